@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: the lab's kernel
+# tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
+# client for interop tests, and the Go modules. Safe to run repeatedly.
+set -euo pipefail
+
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
+
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps: missing ${need[*]}; run as root (or install them) to run the lab tests" >&2
+		if [ "${CI:-}" = "true" ]; then exit 1; fi
+	else
+		echo "deps: installing ${need[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	fi
+fi
+
+# coturn's package may start a TURN server on install; the tests do not want it.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop coturn >/dev/null 2>&1 || true; fi
+
+go mod download
