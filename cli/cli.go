@@ -38,7 +38,7 @@ var ErrHelp = flag.ErrHelp
 // every flag's environment twin, to out and returns ErrHelp.
 func Parse(name, envPrefix, usage string, cfg any, args []string, out io.Writer) ([]string, error) {
 	if err := env.ParseWithOptions(cfg, env.Options{Prefix: envPrefix}); err != nil {
-		return nil, fmt.Errorf("%s: environment: %w", name, err)
+		return nil, envError(name, envPrefix, cfg, err)
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -175,4 +175,40 @@ func (l Logging) Logger(w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", l.LogFormat)
+}
+
+// envError rewrites caarlos0/env's parse errors to name the variable, such
+// as "relayd: $RELAYD_DRAIN_GRACE: time: invalid duration \"soon\"".
+func envError(name, envPrefix string, cfg any, err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return fmt.Errorf("%s: environment: %w", name, err)
+	}
+	var msgs []string
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := findField(reflect.TypeOf(cfg).Elem(), pe.Name); ok {
+				msgs = append(msgs, "$"+envPrefix+f.Tag.Get("env")+": "+pe.Err.Error())
+				continue
+			}
+		}
+		msgs = append(msgs, e.Error())
+	}
+	return fmt.Errorf("%s: %s", name, strings.Join(msgs, "; "))
+}
+
+func findField(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Name == name {
+			return f, true
+		}
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			if sf, ok := findField(f.Type, name); ok {
+				return sf, true
+			}
+		}
+	}
+	return reflect.StructField{}, false
 }
