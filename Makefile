@@ -61,7 +61,7 @@ demo:
 
 ## sweep: remove lab namespaces and links left behind by killed test runs
 sweep:
-	$(GO) run -tags lab ./lab/cmd/labsweep
+	$(GO) run ./lab/cmd/labsweep
 
 clean:
 	rm -rf $(BIN)
