@@ -57,6 +57,13 @@ func parseHex(kind, prefix string, text []byte, out []byte) error {
 	if len(s) != hex.EncodedLen(len(out)) {
 		return fmt.Errorf("%w: %s must have %d hex digits, got %d", ErrBadKey, kind, hex.EncodedLen(len(out)), len(s))
 	}
+	// Only lowercase hex is accepted, so every key has one text form and
+	// text can be compared or used as a map key.
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return fmt.Errorf("%w: %s: invalid character %q at %d (want lowercase hex)", ErrBadKey, kind, c, len(prefix)+i)
+		}
+	}
 	if _, err := hex.Decode(out, []byte(s)); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrBadKey, kind, err)
 	}

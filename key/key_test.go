@@ -47,6 +47,7 @@ func TestParseRejects(t *testing.T) {
 		{"long", good + "00"},
 		{"non-hex", good[:len(good)-1] + "g"},
 		{"upper prefix", "NODEKEY:" + good[len("nodekey:"):]},
+		{"upper hex", "nodekey:" + strings.ToUpper(good[len("nodekey:"):])},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseNodePublic(tc.in)
