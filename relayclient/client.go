@@ -97,7 +97,6 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-
 func (c *Client) setConn(conn *Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -117,7 +117,7 @@ type Conn struct {
 	transport string
 	handle    uint32
 	region    string
-	qc        *quic.Conn   // nil on TCP
+	qc        *quic.Conn    // nil on TCP
 	rw        io.ReadWriter // the stream (QUIC stream or tls.Conn)
 	closeFn   func()
 
