@@ -175,6 +175,11 @@ func (s *Server) bind() error {
 	if s.ql, err = s.tr.Listen(tconf, quicConfig()); err != nil {
 		return fmt.Errorf("relayd: quic listen: %w", err)
 	}
+	// quic-go discards non-QUIC packets until the first ReadNonQUICPacket
+	// call; make that call now so STUN that arrives before Run is queued.
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.tr.ReadNonQUICPacket(done, nil)
 	switch tcpAddr := s.cfg.ListenTCP; tcpAddr {
 	case "off":
 	default:
