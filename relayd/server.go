@@ -144,7 +144,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, m: newMetrics(reg), priv: priv, pub: priv.Public(), cert: cert,
-		pin: tlspin.Pin(cert.Leaf), t0: time.Now()}
+		pin: pinFromCert(cert), t0: time.Now()}
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.handles = map[uint32]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
@@ -363,6 +363,8 @@ func (s *Server) closeAllClients(why string) {
 // nowNanos returns monotonic nanoseconds since the server started, for
 // queue timestamps (8 bytes instead of a 24-byte time.Time per packet).
 func (s *Server) nowNanos() int64 { return int64(time.Since(s.t0)) }
+
+func pinFromCert(c tls.Certificate) string { return tlspin.Pin(c.Leaf) }
 
 // State file names in --state-dir.
 const (
