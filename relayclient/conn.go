@@ -539,13 +539,17 @@ func (c *Conn) Send(dst key.NodePublic, payload []byte) error {
 	h, haveHandle := c.mu.handles[dst]
 	c.mu.Unlock()
 	if c.cfg.Datagrams && c.qc != nil {
-		var d []byte
+		// SendDatagram copies, so the buffer goes back to the pool.
+		bp := dgramPool.Get().(*[]byte)
+		d := (*bp)[:0]
 		if haveHandle {
-			d = relayproto.AppendHandlePacket(append(make([]byte, 0, 1+relayproto.HandleLen+len(payload)), byte(relayproto.FrameSendHandle)), h, payload)
+			d = relayproto.AppendHandlePacket(append(d, byte(relayproto.FrameSendHandle)), h, payload)
 		} else {
-			d = relayproto.AppendKeyPacket(append(make([]byte, 0, 1+relayproto.KeyLen+len(payload)), byte(relayproto.FrameSendPacket)), dst, payload)
+			d = relayproto.AppendKeyPacket(append(d, byte(relayproto.FrameSendPacket)), dst, payload)
 		}
 		err := c.qc.SendDatagram(d)
+		*bp = d
+		dgramPool.Put(bp)
 		var tooLarge *quic.DatagramTooLargeError
 		if err == nil || !errors.As(err, &tooLarge) {
 			return err
@@ -566,6 +570,10 @@ func (c *Conn) Send(dst key.NodePublic, payload []byte) error {
 	}
 	return nil
 }
+
+// dgramPool holds datagram build buffers; 2 KiB covers any datagram a
+// 1500-byte path can carry, and larger ones simply grow their buffer.
+var dgramPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // SendDisco relays a disco packet; the relay gives disco its own queue.
 func (c *Conn) SendDisco(dst key.NodePublic, payload []byte) error {

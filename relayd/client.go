@@ -344,9 +344,9 @@ func (cl *client) enqueue(p packet, disco bool, from *client) {
 	cl.mu.Unlock()
 	if dropped {
 		if disco {
-			cl.s.m.drops.WithLabelValues(dropDiscoQueueFull).Inc()
+			cl.s.m.dropDisco.Inc()
 		} else {
-			cl.s.m.drops.WithLabelValues(dropQueueFull).Inc()
+			cl.s.m.dropQueue.Inc()
 		}
 	}
 	if announce {
@@ -443,12 +443,12 @@ func (cl *client) write() {
 					t = relayproto.FrameRecvDisco
 				}
 				if cl.dgram && t == relayproto.FrameRecvPacket {
-					scratch = append(append(scratch[:0], byte(t)), relayproto.AppendKeyPacket(nil, p.src, nil)...)
-					scratch = append(scratch, p.payload...)
+					// sendDatagram copies, so one scratch buffer serves all.
+					scratch = relayproto.AppendKeyPacket(append(scratch[:0], byte(t)), p.src, p.payload)
 					err := cl.c.sendDatagram(scratch)
 					if err == nil {
-						cl.s.m.forwardedPkts.WithLabelValues("datagram").Inc()
-						cl.s.m.forwardedBytes.WithLabelValues("datagram").Add(float64(len(p.payload)))
+						cl.s.m.fwdDgramPkts.Inc()
+						cl.s.m.fwdDgramBytes.Add(float64(len(p.payload)))
 						continue
 					}
 					var tooLarge *quic.DatagramTooLargeError
@@ -459,8 +459,8 @@ func (cl *client) write() {
 				}
 				buf = relayproto.AppendHeader(buf, t, relayproto.KeyLen+len(p.payload))
 				buf = relayproto.AppendKeyPacket(buf, p.src, p.payload)
-				cl.s.m.forwardedPkts.WithLabelValues("stream").Inc()
-				cl.s.m.forwardedBytes.WithLabelValues("stream").Add(float64(len(p.payload)))
+				cl.s.m.fwdStreamPkts.Inc()
+				cl.s.m.fwdStreamBytes.Add(float64(len(p.payload)))
 				if len(buf) >= writeBatch {
 					if _, err := cl.c.Write(buf); err != nil {
 						return

@@ -354,7 +354,7 @@ func (mo *meshOut) write() error {
 			if _, err := mo.str.Write(buf); err != nil {
 				return err
 			}
-			mo.s.m.meshForwarded.WithLabelValues("out").Add(float64(n))
+			mo.s.m.meshOutPkts.Add(float64(n))
 		}
 	}
 }
@@ -498,7 +498,7 @@ func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn) {
 				s.m.badFrames.WithLabelValues(relayproto.BadFrameReason(err)).Inc()
 				return
 			}
-			s.m.meshForwarded.WithLabelValues("in").Inc()
+			s.m.meshInPkts.Inc()
 			s.mu.RLock()
 			c := s.mu.clients[dst]
 			s.mu.RUnlock()
