@@ -302,10 +302,16 @@ func (s *Server) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	s.drain()
-	stop()
-	s.closeSockets()
+	// Close clients while the socket is still open, so their close
+	// frames reach them; closing the transport first would drop them
+	// silently and leave clients waiting out the idle timeout.
 	s.closeAllClients("relay shut down")
+	stop()
+	if s.tcp != nil {
+		s.tcp.Close() // unblocks acceptTCP
+	}
 	s.wg.Wait()
+	s.closeSockets()
 	return nil
 }
 
