@@ -1,0 +1,398 @@
+package loadtest
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/relayclient"
+)
+
+// Payload layout of every test packet: the latency is measured one way
+// between a sender and a receiver in this process, on one monotonic clock.
+//
+//	magic  4 bytes  payloadMagic
+//	phase  1 byte   phaseWarm or phaseMeasure
+//	sent   8 bytes  nanoseconds since the run's start
+const (
+	payloadMagic = 0x574d4c54 // "WMLT"
+	headerLen    = 13
+	phaseWarm    = 0
+	phaseMeasure = 1
+	// drainWait is how long receivers keep counting after senders stop;
+	// far above any queueing delay the relay may add.
+	drainWait = 500 * time.Millisecond
+	// dialParallel bounds concurrent dials while setting up pairs.
+	dialParallel = 32
+)
+
+type relayOpts struct {
+	RelayFlags
+	Pairs       int           `flag:"pairs" env:"PAIRS" envDefault:"8" help:"client pairs (each pair: one sender, one receiver)"`
+	Size        int           `flag:"size" env:"SIZE" envDefault:"1280" help:"packet payload size in bytes"`
+	Duration    time.Duration `flag:"duration" env:"DURATION" envDefault:"10s" help:"measured sending time per run"`
+	Rate        float64       `flag:"rate" env:"RATE" help:"total packets per second over all pairs (0: as fast as the relay takes them)"`
+	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream or both (side by side)"`
+	BaselineUDP string        `flag:"baseline-udp" env:"BASELINE_UDP" help:"address of a running loadtest udpfwd, measured in the same run for a ratio"`
+	Flood       bool          `flag:"flood" env:"FLOOD" help:"also measure p99 of paced pairs while one extra pair floods, against the same pairs unloaded"`
+	ProbeRate   float64       `flag:"probe-rate" env:"PROBE_RATE" envDefault:"1000" help:"packets per second per paced pair in the --flood runs"`
+	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
+	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
+}
+
+// RunResult is one measured run.
+type RunResult struct {
+	Delivery     string  `json:"delivery"` // datagram, stream or udp
+	Transport    string  `json:"transport"`
+	Pairs        int     `json:"pairs"`
+	Size         int     `json:"size"`
+	DurationS    float64 `json:"duration_s"`
+	TargetPPS    float64 `json:"target_pps,omitempty"`
+	Sent         uint64  `json:"sent"`
+	Received     uint64  `json:"received"`
+	Loss         float64 `json:"loss"`
+	PacketsPerS  float64 `json:"packets_per_s"`
+	GbitPerS     float64 `json:"gbit_per_s"`
+	LatencyP50Ms float64 `json:"latency_p50_ms"`
+	LatencyP99Ms float64 `json:"latency_p99_ms"`
+	FloodPairs   int     `json:"flood_pairs,omitempty"`
+	FloodGbitS   float64 `json:"flood_gbit_per_s,omitempty"`
+}
+
+// FloodResult compares paced pairs' p99 with and without a flooding pair.
+type FloodResult struct {
+	Delivery string    `json:"delivery"`
+	Unloaded RunResult `json:"unloaded"`
+	Loaded   RunResult `json:"loaded"`
+	P99Ratio float64   `json:"p99_ratio"`
+}
+
+// RelayReport is `loadtest relay --json` output.
+type RelayReport struct {
+	Mode     string             `json:"mode"`
+	Relay    string             `json:"relay"`
+	Runs     []RunResult        `json:"runs"`
+	Baseline *RunResult         `json:"baseline_udp,omitempty"`
+	Ratios   map[string]float64 `json:"gbit_ratio_to_udp,omitempty"`
+	Flood    []FloodResult      `json:"flood,omitempty"`
+}
+
+func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
+	o := relayOpts{}
+	if err := parse("relay", &o, args, out, "loadtest relay [--relay HOST:PORT --pin PIN --relay-key KEY --signing-key-file FILE] [--pairs 8] [--size 1280] [--duration 10s] [--rate PPS] [--delivery both] [--baseline-udp ADDR] [--flood] [--json]"); err != nil {
+		return err
+	}
+	if o.Pairs < 1 || o.Size < headerLen || o.Size > 65000 || o.Duration <= 0 {
+		return fmt.Errorf("loadtest relay: need --pairs ≥ 1, --size %d..65000, --duration > 0", headerLen)
+	}
+	var deliveries []string
+	switch o.Delivery {
+	case "both":
+		deliveries = []string{"datagram", "stream"}
+	case "datagram", "stream":
+		deliveries = []string{o.Delivery}
+	default:
+		return fmt.Errorf("loadtest relay: --delivery %q: want datagram, stream or both", o.Delivery)
+	}
+	tgt, err := o.target(ctx, errOut)
+	if err != nil {
+		return err
+	}
+	defer tgt.stop()
+	rep := RelayReport{Mode: "relay", Relay: tgt.relay.Addr}
+	for _, d := range deliveries {
+		r, err := runPairs(ctx, tgt, pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.Rate}, o.Progress, errOut)
+		if err != nil {
+			return err
+		}
+		rep.Runs = append(rep.Runs, r)
+	}
+	if o.BaselineUDP != "" {
+		b, err := runUDPPairs(ctx, o.BaselineUDP, pairSpec{delivery: "udp", pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.Rate}, o.Progress, errOut)
+		if err != nil {
+			return err
+		}
+		rep.Baseline = &b
+		rep.Ratios = map[string]float64{}
+		for _, r := range rep.Runs {
+			if b.GbitPerS > 0 {
+				rep.Ratios[r.Delivery] = round(r.GbitPerS/b.GbitPerS, 3)
+			}
+		}
+	}
+	if o.Flood {
+		for _, d := range deliveries {
+			spec := pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.ProbeRate * float64(o.Pairs)}
+			un, err := runPairs(ctx, tgt, spec, o.Progress, errOut)
+			if err != nil {
+				return err
+			}
+			spec.flood = 1
+			lo, err := runPairs(ctx, tgt, spec, o.Progress, errOut)
+			if err != nil {
+				return err
+			}
+			fr := FloodResult{Delivery: d, Unloaded: un, Loaded: lo}
+			if un.LatencyP99Ms > 0 {
+				fr.P99Ratio = round(lo.LatencyP99Ms/un.LatencyP99Ms, 2)
+			}
+			rep.Flood = append(rep.Flood, fr)
+		}
+	}
+	return emit(out, o.JSON, rep, func(w io.Writer) {
+		fmt.Fprintf(w, "relay %s\n", rep.Relay)
+		all := rep.Runs
+		if rep.Baseline != nil {
+			all = append(all, *rep.Baseline)
+		}
+		for _, r := range all {
+			printRun(w, r)
+		}
+		for k, v := range rep.Ratios {
+			fmt.Fprintf(w, "ratio %s/udp: %.3f\n", k, v)
+		}
+		for _, f := range rep.Flood {
+			fmt.Fprintf(w, "flood %s: p99 unloaded %.3f ms, with one flooding pair %.3f ms (%.2fx); flood pair got %.3f Gbit/s\n",
+				f.Delivery, f.Unloaded.LatencyP99Ms, f.Loaded.LatencyP99Ms, f.P99Ratio, f.Loaded.FloodGbitS)
+		}
+	})
+}
+
+func printRun(w io.Writer, r RunResult) {
+	fmt.Fprintf(w, "%-8s %s pairs=%d size=%d: %.0f pkt/s, %.3f Gbit/s, loss %.2f%%, one-way p50 %.3f ms p99 %.3f ms (sent %d, received %d)\n",
+		r.Delivery, r.Transport, r.Pairs, r.Size, r.PacketsPerS, r.GbitPerS, 100*r.Loss, r.LatencyP50Ms, r.LatencyP99Ms, r.Sent, r.Received)
+}
+
+type pairSpec struct {
+	delivery string
+	pairs    int
+	size     int
+	dur      time.Duration
+	rate     float64 // total pps over the measured pairs; 0 = unpaced
+	flood    int     // extra unpaced pairs, not measured
+}
+
+// counters are one receiver's figures.
+type counters struct {
+	sent, recv, bytes atomic.Uint64
+	h                 hist
+}
+
+// record is the receive path: it must stay cheap (it runs in the client's
+// datagram loop).
+func (c *counters) record(t0 time.Time, p []byte) {
+	if len(p) < headerLen || binary.BigEndian.Uint32(p) != payloadMagic || p[4] != phaseMeasure {
+		return
+	}
+	sent := time.Duration(binary.BigEndian.Uint64(p[5:]))
+	c.h.add(time.Since(t0) - sent)
+	c.recv.Add(1)
+	c.bytes.Add(uint64(len(p)))
+}
+
+// sender sends to one destination.
+type sender func(payload []byte) error
+
+// runPairs measures one run through the relay.
+func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duration, errOut io.Writer) (RunResult, error) {
+	datagrams := spec.delivery == "datagram"
+	n := spec.pairs + spec.flood
+	t0 := time.Now()
+	stats := make([]*counters, n)
+	sends := make([]sender, n)
+	var conns []*relayclient.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	var (
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, dialParallel)
+	)
+	transport := ""
+	for i := range n {
+		stats[i] = &counters{}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			a, b, err := dialPair(ctx, tgt, datagrams, stats[i], t0)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				firstErr = errors.Join(firstErr, err)
+				return
+			}
+			conns = append(conns, a, b.Conn)
+			transport = a.Transport()
+			dst := b.peerKey
+			sends[i] = func(p []byte) error { return a.Send(dst, p) }
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return RunResult{}, firstErr
+	}
+	// Warm up: the first packets go by key and earn handles.
+	warm := make([]byte, spec.size)
+	binary.BigEndian.PutUint32(warm, payloadMagic)
+	for range 3 {
+		for _, s := range sends {
+			s(warm)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	res := RunResult{Delivery: spec.delivery, Transport: transport, Pairs: spec.pairs, Size: spec.size, TargetPPS: spec.rate, FloodPairs: spec.flood}
+	err := drive(ctx, t0, sends, stats, spec, prog, errOut)
+	if err != nil {
+		return res, err
+	}
+	summarize(&res, stats, spec)
+	return res, nil
+}
+
+// peerConn is a relay connection plus the key others address it by.
+type peerConn struct {
+	*relayclient.Conn
+	peerKey key.NodePublic
+}
+
+func dialPair(ctx context.Context, tgt *target, datagrams bool, st *counters, t0 time.Time) (*relayclient.Conn, peerConn, error) {
+	ca, err := tgt.config(datagrams)
+	if err != nil {
+		return nil, peerConn{}, err
+	}
+	cb, err := tgt.config(datagrams)
+	if err != nil {
+		return nil, peerConn{}, err
+	}
+	cb.Handler = func(p relayclient.Packet) { st.record(t0, p.Payload) }
+	a, err := relayclient.Dial(ctx, ca)
+	if err != nil {
+		return nil, peerConn{}, err
+	}
+	b, err := relayclient.Dial(ctx, cb)
+	if err != nil {
+		a.Close()
+		return nil, peerConn{}, err
+	}
+	return a, peerConn{b, cb.NodeKey.Public()}, nil
+}
+
+// drive runs the senders for spec.dur, then waits drainWait for stragglers.
+func drive(ctx context.Context, t0 time.Time, sends []sender, stats []*counters, spec pairSpec, prog time.Duration, errOut io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, spec.dur)
+	defer cancel()
+	if prog > 0 {
+		start := time.Now()
+		stop := progress(ctx, errOut, prog, func() string {
+			var s, r, b uint64
+			for _, c := range stats[:spec.pairs] {
+				s += c.sent.Load()
+				r += c.recv.Load()
+				b += c.bytes.Load()
+			}
+			el := time.Since(start).Seconds()
+			return fmt.Sprintf("loadtest: %s %4.1fs/%.0fs sent %d received %d (%.3f Gbit/s)", spec.delivery, el, spec.dur.Seconds(), s, r, float64(b)*8/el/1e9)
+		})
+		defer stop()
+	}
+	var wg sync.WaitGroup
+	for i, send := range sends {
+		rate := 0.0
+		if i < spec.pairs && spec.rate > 0 {
+			rate = spec.rate / float64(spec.pairs)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sendLoop(ctx, t0, send, stats[i], spec.size, rate)
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-time.After(drainWait):
+	case <-context.WithoutCancel(ctx).Done():
+	}
+	return nil
+}
+
+// pacingTick is the pacing granularity: each tick sends the packets due.
+const pacingTick = time.Millisecond
+
+func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size int, rate float64) {
+	buf := make([]byte, size)
+	binary.BigEndian.PutUint32(buf, payloadMagic)
+	buf[4] = phaseMeasure
+	one := func() bool {
+		binary.BigEndian.PutUint64(buf[5:], uint64(time.Since(t0)))
+		if err := send(buf); err != nil {
+			return false
+		}
+		c.sent.Add(1)
+		return true
+	}
+	if rate <= 0 {
+		for ctx.Err() == nil {
+			if !one() {
+				return
+			}
+		}
+		return
+	}
+	start := time.Now()
+	t := time.NewTicker(pacingTick)
+	defer t.Stop()
+	var done float64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		due := time.Since(start).Seconds() * rate
+		for done+1 <= due {
+			if !one() {
+				return
+			}
+			done++
+		}
+	}
+}
+
+func summarize(res *RunResult, stats []*counters, spec pairSpec) {
+	var h hist
+	for i, c := range stats {
+		if i >= spec.pairs {
+			res.FloodGbitS += round(float64(c.bytes.Load())*8/spec.dur.Seconds()/1e9, 3)
+			continue
+		}
+		res.Sent += c.sent.Load()
+		res.Received += c.recv.Load()
+		h.merge(&c.h)
+	}
+	var bytes uint64
+	for _, c := range stats[:spec.pairs] {
+		bytes += c.bytes.Load()
+	}
+	secs := spec.dur.Seconds()
+	res.DurationS = secs
+	if res.Sent > 0 {
+		res.Loss = round(1-float64(res.Received)/float64(res.Sent), 4)
+	}
+	res.PacketsPerS = round(float64(res.Received)/secs, 0)
+	res.GbitPerS = round(float64(bytes)*8/secs/1e9, 3)
+	res.LatencyP50Ms = round(h.quantile(0.50).Seconds()*1e3, 3)
+	res.LatencyP99Ms = round(h.quantile(0.99).Seconds()*1e3, 3)
+}
