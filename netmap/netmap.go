@@ -125,7 +125,7 @@ type MapResponse struct {
 	PeersChanged []Node `json:"peers_changed,omitempty"`
 	// PeersRemoved are peers this node may no longer see (deleted, expired or
 	// no longer allowed by policy).
-	PeersRemoved []NodeID `json:"peers_removed,omitempty"`
+	PeersRemoved []NodeID  `json:"peers_removed,omitempty"`
 	RelayMap     *RelayMap `json:"relay_map,omitempty"` // nil: unchanged
 	DNS          *DNS      `json:"dns,omitempty"`       // nil: unchanged
 	// PacketFilter is this node's inbound filter; nil: unchanged. An empty
