@@ -20,6 +20,10 @@ type Disco struct{}
 // their proof of possession.
 type Relay struct{}
 
+// Coord is the Kind of the coordinator's Curve25519 key: nodes and relays
+// seal their proof of possession of their own keys to it.
+type Coord struct{}
+
 func (Node) publicPrefix() string   { return NodePublicPrefix }
 func (Node) privatePrefix() string  { return NodePrivatePrefix }
 func (Node) name() string           { return "node" }
@@ -29,6 +33,9 @@ func (Disco) name() string          { return "disco" }
 func (Relay) publicPrefix() string  { return RelayPublicPrefix }
 func (Relay) privatePrefix() string { return RelayPrivatePrefix }
 func (Relay) name() string          { return "relay" }
+func (Coord) publicPrefix() string  { return CoordPublicPrefix }
+func (Coord) privatePrefix() string { return CoordPrivatePrefix }
+func (Coord) name() string          { return "coordinator" }
 
 // Private is a Curve25519 private key of kind K. The zero value is not a
 // valid key. String never reveals it.
@@ -46,6 +53,8 @@ type (
 	DiscoPublic  = Public[Disco]
 	RelayPrivate = Private[Relay]
 	RelayPublic  = Public[Relay]
+	CoordPrivate = Private[Coord]
+	CoordPublic  = Public[Coord]
 )
 
 // NewNode returns a fresh random node private key.
@@ -56,6 +65,9 @@ func NewDisco() DiscoPrivate { return DiscoPrivate{newCurvePrivate()} }
 
 // NewRelay returns a fresh random relay private key.
 func NewRelay() RelayPrivate { return RelayPrivate{newCurvePrivate()} }
+
+// NewCoord returns a fresh random coordinator private key.
+func NewCoord() CoordPrivate { return CoordPrivate{newCurvePrivate()} }
 
 // PrivateFromRaw returns the private key of kind K with the given raw bytes.
 func PrivateFromRaw[K Kind](b [Len]byte) Private[K] { return Private[K]{curvePrivate(b)} }
@@ -71,6 +83,9 @@ func ParseDiscoPublic(s string) (DiscoPublic, error) { return parsePublic[Disco]
 
 // ParseRelayPublic parses "relaykey:<hex>".
 func ParseRelayPublic(s string) (RelayPublic, error) { return parsePublic[Relay](s) }
+
+// ParseCoordPublic parses "coordkey:<hex>".
+func ParseCoordPublic(s string) (CoordPublic, error) { return parsePublic[Coord](s) }
 
 func parsePublic[K Kind](s string) (Public[K], error) {
 	var k Public[K]

@@ -32,6 +32,8 @@ const (
 	DiscoPrivatePrefix = "discopriv:"
 	RelayPublicPrefix  = "relaykey:"
 	RelayPrivatePrefix = "relaypriv:"
+	CoordPublicPrefix  = "coordkey:"
+	CoordPrivatePrefix = "coordpriv:"
 	SignPublicPrefix   = "signkey:"
 	SignPrivatePrefix  = "signpriv:"
 )

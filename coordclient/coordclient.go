@@ -1,0 +1,306 @@
+// Package coordclient is the client side of the coordinator protocol, for
+// nodes and relays: fetch the server info, register with an auth key, open
+// the netmap stream (a full map, then deltas), report endpoints, home relay
+// and netcheck results, and, for relays, join with a join key and heartbeat.
+//
+// Every request carries a proof of possession of the caller's private key
+// (see netmap.ProofHeader); no bearer secret alone ever authenticates a
+// node. TLS is verified by certificate pin, which travels inside every auth
+// key and join key, so the coordinator URL plus the key is all a node or
+// relay needs.
+package coordclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
+	"github.com/wiremesh/wiremesh/tlspin"
+)
+
+// API paths, as the coordinator serves them.
+const (
+	pathInfo      = "/coord/v1/info"
+	pathRegister  = "/coord/v1/register"
+	pathMap       = "/coord/v1/map"
+	pathUpdate    = "/coord/v1/update"
+	pathRelayJoin = "/coord/v1/relay/join"
+	pathRelayBeat = "/coord/v1/relay/heartbeat"
+)
+
+// maxResponse bounds a non-stream response body (the largest is a join
+// response with a region's relays).
+const maxResponse = 1 << 20
+
+// requestTimeout bounds every non-stream request.
+const requestTimeout = 30 * time.Second
+
+// APIError is a non-2xx answer from the coordinator.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("coordinator: %s (HTTP %d)", e.Message, e.Status)
+}
+
+// IsUnauthorized reports whether err is a 401 from the coordinator (bad or
+// used auth key, expired node key, failed proof).
+func IsUnauthorized(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusUnauthorized
+}
+
+// NewHTTPClient returns an HTTP client for a coordinator at baseURL: HTTP/2
+// over TLS trusting exactly pin for https URLs, unencrypted HTTP/2 for http
+// URLs (a coordinator started with --insecure-http on loopback). Many
+// Clients may share one; streams multiplex on its connections.
+func NewHTTPClient(baseURL, pin string) (*http.Client, error) {
+	tr := &http.Transport{
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     2 * time.Minute,
+		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	var p http.Protocols
+	switch {
+	case strings.HasPrefix(baseURL, "https://"):
+		if !tlspin.ValidPin(pin) {
+			return nil, fmt.Errorf("coordclient: %q is not a certificate pin", pin)
+		}
+		cfg := tlspin.ClientConfig(pin, "", "h2")
+		cfg.MinVersion = tls.VersionTLS12
+		tr.TLSClientConfig = cfg
+		p.SetHTTP2(true)
+	case strings.HasPrefix(baseURL, "http://"):
+		p.SetUnencryptedHTTP2(true)
+	default:
+		return nil, fmt.Errorf("coordclient: coordinator URL %q must start with https:// (or http:// for a loopback test server)", baseURL)
+	}
+	tr.Protocols = &p
+	return &http.Client{Transport: tr}, nil
+}
+
+// FetchInfo gets the coordinator's public keys.
+func FetchInfo(ctx context.Context, hc *http.Client, baseURL string) (netmap.ServerInfo, error) {
+	var info netmap.ServerInfo
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(baseURL, "/")+pathInfo, nil)
+	if err != nil {
+		return info, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return info, fmt.Errorf("coordinator info: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := readResponse(resp, &info); err != nil {
+		return info, err
+	}
+	if info.Key.IsZero() {
+		return info, errors.New("coordinator info: no key")
+	}
+	return info, nil
+}
+
+func readResponse(resp *http.Response, v any) error {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return fmt.Errorf("coordinator: read response: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var er netmap.ErrorResponse
+		if json.Unmarshal(b, &er) != nil || er.Error == "" {
+			er.Error = strings.TrimSpace(string(b))
+		}
+		return &APIError{Status: resp.StatusCode, Message: er.Error}
+	}
+	if v == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("coordinator: decode response: %w", err)
+	}
+	return nil
+}
+
+// prover signs requests with a private key of some kind.
+type prover struct {
+	base   string
+	hc     *http.Client
+	pub    string
+	shared key.SharedKey
+	now    func() time.Time
+}
+
+func (p *prover) newRequest(ctx context.Context, path string, body []byte) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, "POST", p.base+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(netmap.ProofHeader, netmap.MakeProof(&p.shared, p.pub, "POST", path, body, p.now()))
+	return req, nil
+}
+
+// post sends v to path and decodes the answer into out.
+func (p *prover) post(ctx context.Context, path string, v, out any, hdr http.Header) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	req, err := p.newRequest(ctx, path, body)
+	if err != nil {
+		return err
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("coordinator %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	return readResponse(resp, out)
+}
+
+// Client is a node's connection to the coordinator.
+type Client struct {
+	p    prover
+	Info netmap.ServerInfo
+}
+
+// New returns a node client for baseURL using hc (see NewHTTPClient) and
+// info (see FetchInfo); clients of many simulated nodes share both.
+func New(baseURL string, hc *http.Client, info netmap.ServerInfo, priv key.NodePrivate) *Client {
+	return &Client{
+		p: prover{base: strings.TrimRight(baseURL, "/"), hc: hc, pub: priv.Public().String(),
+			shared: key.Precompute(priv, info.Key), now: time.Now},
+		Info: info,
+	}
+}
+
+// Dial makes an HTTP client trusting pin, fetches the server info and
+// returns a node client.
+func Dial(ctx context.Context, baseURL, pin string, priv key.NodePrivate) (*Client, error) {
+	hc, err := NewHTTPClient(baseURL, pin)
+	if err != nil {
+		return nil, err
+	}
+	info, err := FetchInfo(ctx, hc, baseURL)
+	if err != nil {
+		return nil, err
+	}
+	return New(baseURL, hc, info, priv), nil
+}
+
+// DialWithAuthKey is Dial with the pin taken from an auth key.
+func DialWithAuthKey(ctx context.Context, baseURL, authKey string, priv key.NodePrivate) (*Client, error) {
+	_, pin, err := netmap.ParseAuthKey(authKey)
+	if err != nil {
+		return nil, err
+	}
+	return Dial(ctx, baseURL, pin, priv)
+}
+
+// Register registers the node with an auth key (the whole text form). A node
+// already registered gets its existing record back without using the key.
+func (c *Client) Register(ctx context.Context, authKey string, disco key.DiscoPublic, hostname, os string) (*netmap.RegisterResponse, error) {
+	req := netmap.RegisterRequest{
+		Version: netmap.CurrentCapabilityVersion, AuthKey: authKey,
+		NodeKey: mustNodeKey(c.p.pub), DiscoKey: disco, Hostname: hostname, OS: os,
+	}
+	var resp netmap.RegisterResponse
+	if err := c.p.post(ctx, pathRegister, req, &resp, nil); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func mustNodeKey(s string) key.NodePublic {
+	k, _ := key.ParseNodePublic(s)
+	return k
+}
+
+// Update reports endpoints, home relay or a netcheck result; nil fields are
+// unchanged.
+func (c *Client) Update(ctx context.Context, u netmap.UpdateRequest) error {
+	return c.p.post(ctx, pathUpdate, u, nil, nil)
+}
+
+// Stream is an open netmap stream.
+type Stream struct {
+	body io.ReadCloser
+	fr   *netmap.FrameReader
+}
+
+// OpenStream opens the netmap stream. The first frame is a full map. The
+// stream lives until ctx ends, Close is called or the server ends it.
+func (c *Client) OpenStream(ctx context.Context, mr netmap.MapRequest) (*Stream, error) {
+	mr.Version = netmap.CurrentCapabilityVersion
+	body, err := json.Marshal(mr)
+	if err != nil {
+		return nil, err
+	}
+	req, err := c.p.newRequest(ctx, pathMap, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.p.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator map stream: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, readResponse(resp, nil)
+	}
+	return &Stream{body: resp.Body, fr: netmap.NewFrameReader(resp.Body)}, nil
+}
+
+// NextRaw returns the next frame's JSON; valid until the next call.
+func (s *Stream) NextRaw() ([]byte, error) { return s.fr.Next() }
+
+// Next returns the next frame, decoded.
+func (s *Stream) Next() (*netmap.MapResponse, error) { return s.fr.ReadMapResponse() }
+
+// Close ends the stream.
+func (s *Stream) Close() error { return s.body.Close() }
+
+// Watch opens the stream and calls fn with the updated map after every
+// frame until ctx ends, fn returns an error, or the stream fails.
+func (c *Client) Watch(ctx context.Context, mr netmap.MapRequest, fn func(*netmap.NetworkMap, *netmap.MapResponse) error) error {
+	s, err := c.OpenStream(ctx, mr)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	var nm netmap.NetworkMap
+	for {
+		m, err := s.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		if err := nm.Apply(m); err != nil {
+			return err
+		}
+		if err := fn(&nm, m); err != nil {
+			return err
+		}
+	}
+}

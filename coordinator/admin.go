@@ -1,0 +1,284 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wiremesh/wiremesh/coordinator/policy"
+	"github.com/wiremesh/wiremesh/coordinator/store"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+// The admin socket: HTTP with JSON over a Unix socket in the state
+// directory, made with mode 0600. Each connection's peer credentials
+// (SO_PEERCRED) are checked too: only root and the coordinator's own user
+// get in, even if someone loosens the file mode.
+
+// Admin API paths (on the admin socket only).
+const (
+	AdminPathAuthKey  = "/admin/v1/authkey"
+	AdminPathRelayKey = "/admin/v1/relaykey"
+	AdminPathNodes    = "/admin/v1/nodes"
+	AdminPathDelete   = "/admin/v1/nodes/delete"
+	AdminPathExpire   = "/admin/v1/nodes/expire"
+	AdminPathRelays   = "/admin/v1/relays"
+	AdminPathPolicy   = "/admin/v1/policy"
+)
+
+// maxAdminBody bounds admin requests; a policy is the largest.
+const maxAdminBody = policy.MaxSize + 4<<10
+
+func listenAdmin(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	old := syscall.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return &credListener{Listener: ln, uid: os.Geteuid()}, nil
+}
+
+// credListener drops connections from users other than root and uid.
+type credListener struct {
+	net.Listener
+	uid int
+}
+
+func (l *credListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			return c, nil
+		}
+		if uid, err := peerUID(uc); err == nil && (uid == 0 || uid == l.uid) {
+			return c, nil
+		}
+		c.Close()
+	}
+}
+
+func peerUID(c *net.UnixConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	err = raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	if err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
+}
+
+// AuthKeyRequest asks for a new auth key.
+type AuthKeyRequest struct {
+	Reusable  bool     `json:"reusable"`
+	Ephemeral bool     `json:"ephemeral"`
+	Tags      []string `json:"tags,omitempty"`
+	Expiry    string   `json:"expiry,omitempty"` // Go duration; empty: never
+}
+
+// KeyResponse carries a newly made key.
+type KeyResponse struct {
+	Key     string    `json:"key"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// RelayKeyRequest asks for a relay join key.
+type RelayKeyRequest struct {
+	Region     string `json:"region"`
+	RegionName string `json:"region_name,omitempty"`
+}
+
+// NameRequest names one node.
+type NameRequest struct {
+	Name string `json:"name"`
+}
+
+// NodeInfo is one row of `nodes list`.
+type NodeInfo struct {
+	Name      string    `json:"name"`
+	IP        string    `json:"ip"`
+	Online    bool      `json:"online"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+	Tags      []string  `json:"tags"`
+	KeyExpiry time.Time `json:"key_expiry,omitzero"`
+	Expired   bool      `json:"expired"`
+	HomeRelay string    `json:"home_relay"`
+	NodeKey   string    `json:"node_key"`
+	Hostname  string    `json:"hostname"`
+	OS        string    `json:"os"`
+	Ephemeral bool      `json:"ephemeral"`
+	Endpoints []string  `json:"endpoints"`
+}
+
+// CreateAuthKey makes a pre-auth key and returns its text form.
+func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyResponse, error) {
+	now := srv.now()
+	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now}
+	for _, t := range req.Tags {
+		if !strings.HasPrefix(t, "tag:") || !validLabel(t[4:]) {
+			return KeyResponse{}, fmt.Errorf("--tags: %q is not a tag (want tag:name, lower case)", t)
+		}
+		k.Tags = append(k.Tags, t)
+	}
+	if req.Expiry != "" {
+		d, err := time.ParseDuration(req.Expiry)
+		if err != nil || d <= 0 {
+			return KeyResponse{}, fmt.Errorf("--expiry %q: want a positive Go duration such as 24h", req.Expiry)
+		}
+		k.Expires = now.Add(d)
+	}
+	sec := netmap.NewSecret()
+	k.Hash = sec.Hash()
+	if err := srv.store.CreateAuthKey(ctx, k); err != nil {
+		return KeyResponse{}, err
+	}
+	return KeyResponse{Key: netmap.FormatAuthKey(sec, srv.pin), Expires: k.Expires}, nil
+}
+
+// Nodes lists every node, sorted by name.
+func (srv *Server) Nodes() []NodeInfo {
+	now := srv.now()
+	st := srv.st
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	out := make([]NodeInfo, 0, len(st.nodes))
+	for _, n := range st.nodes {
+		ni := NodeInfo{
+			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.sess != nil, LastSeen: n.rec.LastSeen,
+			Tags: n.rec.Tags, KeyExpiry: n.rec.KeyExpiry, Expired: n.expired(now), HomeRelay: n.rec.HomeRelay,
+			NodeKey: n.rec.NodeKey, Hostname: n.rec.Hostname, OS: n.rec.OS, Ephemeral: n.rec.Ephemeral,
+			Endpoints: []string{},
+		}
+		if ni.Tags == nil {
+			ni.Tags = []string{}
+		}
+		for _, e := range n.rec.Endpoints {
+			ni.Endpoints = append(ni.Endpoints, e.String())
+		}
+		out = append(out, ni)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// DeleteNode deletes a node by name; its peers drop it at once.
+func (srv *Server) DeleteNode(ctx context.Context, name string) error {
+	return srv.deleteNode(ctx, name, false)
+}
+
+// ExpireNode expires a node's key now.
+func (srv *Server) ExpireNode(ctx context.Context, name string) error {
+	return srv.expireNode(ctx, name)
+}
+
+func (srv *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+AdminPathAuthKey, func(w http.ResponseWriter, r *http.Request) {
+		var req AuthKeyRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		resp, err := srv.CreateAuthKey(r.Context(), req)
+		adminReply(w, resp, err)
+	})
+	mux.HandleFunc("POST "+AdminPathRelayKey, func(w http.ResponseWriter, r *http.Request) {
+		var req RelayKeyRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		k, err := srv.CreateJoinKey(r.Context(), req.Region, req.RegionName)
+		adminReply(w, KeyResponse{Key: k}, err)
+	})
+	mux.HandleFunc("GET "+AdminPathNodes, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, srv.Nodes())
+	})
+	mux.HandleFunc("POST "+AdminPathDelete, func(w http.ResponseWriter, r *http.Request) {
+		var req NameRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.DeleteNode(r.Context(), req.Name))
+	})
+	mux.HandleFunc("POST "+AdminPathExpire, func(w http.ResponseWriter, r *http.Request) {
+		var req NameRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.ExpireNode(r.Context(), req.Name))
+	})
+	mux.HandleFunc("GET "+AdminPathRelays, func(w http.ResponseWriter, r *http.Request) {
+		out := srv.Relays()
+		if out == nil {
+			out = []RelayInfo{}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET "+AdminPathPolicy, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/hujson")
+		w.Write([]byte(srv.Policy()))
+	})
+	mux.HandleFunc("PUT "+AdminPathPolicy, func(w http.ResponseWriter, r *http.Request) {
+		body, err := readBody(w, r, maxAdminBody)
+		if err != nil {
+			srv.fail(w, r, err)
+			return
+		}
+		adminReply(w, struct{}{}, srv.SetPolicy(r.Context(), body))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func adminDecode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := readBody(w, r, maxAdminBody)
+	if err == nil {
+		err = decodeJSON(body, v)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return false
+	}
+	return true
+}
+
+func adminReply(w http.ResponseWriter, v any, err error) {
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, v)
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	default:
+		// Admin errors are the operator's own input (bad policy, bad flag
+		// value) or store failures; the message is what they need either way.
+		writeError(w, http.StatusBadRequest, err.Error())
+	}
+}

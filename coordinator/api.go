@@ -1,0 +1,336 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wiremesh/wiremesh/coordinator/store"
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+// API paths. They are part of the coordinator protocol (netmap package).
+const (
+	PathInfo      = "/coord/v1/info"
+	PathRegister  = "/coord/v1/register"
+	PathMap       = "/coord/v1/map"
+	PathUpdate    = "/coord/v1/update"
+	PathRelayJoin = "/coord/v1/relay/join"
+	PathRelayBeat = "/coord/v1/relay/heartbeat"
+)
+
+// Handler returns the API handler (TLS is the listener's business).
+func (srv *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathInfo, srv.handleInfo)
+	mux.HandleFunc("POST "+PathRegister, srv.handleRegister)
+	mux.HandleFunc("POST "+PathMap, srv.handleMap)
+	mux.HandleFunc("POST "+PathUpdate, srv.handleUpdate)
+	mux.HandleFunc("POST "+PathRelayJoin, srv.handleRelayJoin)
+	mux.HandleFunc("POST "+PathRelayBeat, srv.handleRelayHeartbeat)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// apiError is an error with the HTTP status it maps to.
+type apiError struct {
+	code int
+	msg  string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(code int, format string, args ...any) error {
+	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, netmap.ErrorResponse{Error: msg})
+}
+
+// fail writes err as a JSON error: its own status for an apiError, else 500
+// with a generic message (details go to the log only).
+func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		writeError(w, ae.code, ae.msg)
+		return
+	}
+	srv.log.Error("request failed", "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal error; see the coordinator log")
+}
+
+// readBody reads the whole body, at most limit bytes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", limit)
+		}
+		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
+	}
+	return b, nil
+}
+
+// decodeJSON decodes one JSON value; trailing data is an error.
+func decodeJSON(b []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	if err := dec.Decode(v); err != nil {
+		return errorf(http.StatusBadRequest, "malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return errorf(http.StatusBadRequest, "malformed JSON: data after the object")
+	}
+	return nil
+}
+
+func (srv *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, netmap.ServerInfo{
+		Version:   netmap.CurrentCapabilityVersion,
+		Key:       srv.coordPub,
+		AdmitKeys: []key.SigningPublic{srv.signPub},
+	})
+}
+
+// authNode checks the request's proof against a registered node and returns
+// it. The body must already be read.
+func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
+	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
+	if err != nil {
+		srv.m.authFailures.WithLabelValues("malformed").Inc()
+		return nil, errorf(http.StatusUnauthorized, "%v", err)
+	}
+	nk, err := key.ParseNodePublic(pubText)
+	if err != nil {
+		srv.m.authFailures.WithLabelValues("malformed").Inc()
+		return nil, errorf(http.StatusUnauthorized, "proof of possession: %v", err)
+	}
+	now := srv.now()
+	srv.st.mu.RLock()
+	n := srv.st.byKey[nk]
+	var shared key.SharedKey
+	var expired bool
+	if n != nil {
+		shared, expired = n.shared, n.expired(now)
+	}
+	srv.st.mu.RUnlock()
+	if n == nil {
+		srv.m.authFailures.WithLabelValues("unknown_node").Inc()
+		return nil, errorf(http.StatusUnauthorized, "node key %s is not registered", nk.ShortString())
+	}
+	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+		return nil, err
+	}
+	if expired {
+		srv.m.authFailures.WithLabelValues("expired").Inc()
+		return nil, errorf(http.StatusUnauthorized, "node key expired; register again with an auth key")
+	}
+	return n, nil
+}
+
+func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Request, body []byte, now time.Time) error {
+	nonce, err := netmap.OpenProof(shared, sealed, r.Method, r.URL.Path, body, now)
+	if err != nil {
+		srv.m.authFailures.WithLabelValues(proofReason(err)).Inc()
+		return errorf(http.StatusUnauthorized, "%v", err)
+	}
+	if err := srv.replay.add(nonce, now); err != nil {
+		srv.m.authFailures.WithLabelValues("replay").Inc()
+		return err
+	}
+	return nil
+}
+
+func proofReason(err error) string {
+	switch {
+	case errors.Is(err, netmap.ErrProofStale):
+		return "stale"
+	case errors.Is(err, netmap.ErrProofMismatch):
+		return "mismatch"
+	}
+	return "invalid"
+}
+
+// replayCache remembers accepted proof nonces for one proof window, in two
+// generations: a nonce is looked up in both, and the older generation is
+// dropped once it is a full window old. Each generation holds at most
+// maxReplayEntries; past that, requests are refused (503) rather than
+// letting memory grow.
+type replayCache struct {
+	mu        sync.Mutex
+	window    time.Duration
+	cur, prev map[[key.NonceLen]byte]struct{}
+	rotated   time.Time
+}
+
+// maxReplayEntries is far above any honest rate: 1M proofs in two minutes
+// is over 8,000 requests per second; 1M entries cost about 50 MB.
+const maxReplayEntries = 1 << 20
+
+func newReplayCache(window time.Duration) *replayCache {
+	return &replayCache{window: window, cur: map[[key.NonceLen]byte]struct{}{}, prev: map[[key.NonceLen]byte]struct{}{}}
+}
+
+func (c *replayCache) add(n [key.NonceLen]byte, now time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Sub(c.rotated) > c.window {
+		c.prev, c.cur, c.rotated = c.cur, map[[key.NonceLen]byte]struct{}{}, now
+	}
+	if _, ok := c.cur[n]; ok {
+		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
+	}
+	if _, ok := c.prev[n]; ok {
+		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
+	}
+	if len(c.cur) >= maxReplayEntries {
+		return errorf(http.StatusServiceUnavailable, "too many requests; retry shortly")
+	}
+	c.cur[n] = struct{}{}
+	return nil
+}
+
+func (srv *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, MaxRequestBody)
+	if err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	n, err := srv.authNode(r, body)
+	if err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	var req netmap.UpdateRequest
+	if err := decodeJSON(body, &req); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	if err := validateReport(req.Endpoints, req.HomeRelay); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	if err := srv.applyReport(r.Context(), n, nil, req.Endpoints, req.HomeRelay, req.Netcheck); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// handleMap serves a node's netmap stream.
+func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, MaxRequestBody)
+	if err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	n, err := srv.authNode(r, body)
+	if err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	var req netmap.MapRequest
+	if err := decodeJSON(body, &req); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	if req.Version < netmap.MinCapabilityVersion {
+		srv.fail(w, r, errorf(http.StatusBadRequest, "client version %d is too old; this coordinator needs %d or newer", req.Version, netmap.MinCapabilityVersion))
+		return
+	}
+	if err := validateReport(&req.Endpoints, &req.HomeRelay); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	var dk *key.DiscoPublic
+	if !req.DiscoKey.IsZero() {
+		dk = &req.DiscoKey
+	}
+	eps := req.Endpoints
+	if err := srv.applyReport(r.Context(), n, dk, &eps, &req.HomeRelay, req.Netcheck); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	s := newSession(n, cancel)
+	srv.openSession(s)
+	defer srv.closeSession(s)
+	w.Header().Set("Content-Type", "application/x-wiremesh-frames")
+	w.WriteHeader(http.StatusOK)
+	if err := srv.runStream(ctx, s, w); err != nil && !errors.Is(err, context.Canceled) {
+		srv.log.Debug("map stream ended", "node", n.rec.Name, "err", err)
+	}
+}
+
+func (srv *Server) openSession(s *session) {
+	now := srv.now()
+	st := srv.st
+	st.mu.Lock()
+	n := s.node
+	old := n.sess
+	n.sess = s
+	if old != nil {
+		old.cancel() // a node has one stream; the newest wins
+	} else {
+		st.changedLocked(n, now, false)
+	}
+	st.mu.Unlock()
+	srv.m.streams.Inc()
+}
+
+func (srv *Server) closeSession(s *session) {
+	srv.m.streams.Dec()
+	n := s.node
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	now := srv.now()
+	st := srv.st
+	st.mu.Lock()
+	if n.sess != s {
+		st.mu.Unlock()
+		return // replaced by a newer stream
+	}
+	n.sess = nil
+	n.rec.LastSeen = now
+	rec := n.rec
+	_, live := st.nodes[n.id]
+	if live && !n.expired(now) {
+		st.changedLocked(n, now, false)
+	}
+	st.mu.Unlock()
+	if live {
+		// last_seen is informational: a failed write loses only it.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.store.UpdateNode(ctx, &rec); err != nil && !errors.Is(err, store.ErrNotFound) {
+			srv.log.Warn("store last seen", "node", rec.Name, "err", err)
+		}
+	}
+}
+
+func parseLeaf(c tls.Certificate) (*x509.Certificate, error) {
+	if len(c.Certificate) == 0 {
+		return nil, errors.New("tls certificate: empty chain")
+	}
+	return x509.ParseCertificate(c.Certificate[0])
+}

@@ -1,0 +1,111 @@
+package coordinator
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+// serverMetrics are the coordinator's Prometheus metrics. None carries a
+// per-node label; region labels are bounded by the operator's region count.
+type serverMetrics struct {
+	streams       prometheus.Gauge
+	updates       *prometheus.CounterVec
+	fanout        prometheus.Histogram
+	registrations *prometheus.CounterVec
+	authFailures  *prometheus.CounterVec
+	relayEvents   *prometheus.CounterVec
+}
+
+// fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
+// and beyond.
+var fanoutBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10}
+
+func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
+	m := &serverMetrics{
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "coordinator_map_streams", Help: "Open netmap streams.",
+		}),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coordinator_map_updates_sent_total", Help: "Netmap frames written to streams, by kind (full, delta, keepalive).",
+		}, []string{"kind"}),
+		fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "coordinator_fanout_latency_seconds",
+			Help:    "Time from a change being applied to a stream writing the frame that carries it.",
+			Buckets: fanoutBuckets,
+		}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coordinator_registrations_total", Help: "Node registrations, by result.",
+		}, []string{"result"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coordinator_auth_failures_total", Help: "Requests refused for a missing or bad proof of possession, by reason.",
+		}, []string{"reason"}),
+		relayEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coordinator_relay_events_total", Help: "Relay joins, heartbeats and state changes, by event.",
+		}, []string{"event"}),
+	}
+	for _, k := range []string{"full", "delta", "keepalive"} {
+		m.updates.WithLabelValues(k)
+	}
+	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultExisting, resultError} {
+		m.registrations.WithLabelValues(r)
+	}
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, &stateCollector{s: s})
+	return m
+}
+
+// Registration results.
+const (
+	resultOK         = "ok"
+	resultExisting   = "existing"
+	resultBadRequest = "bad_request"
+	resultBadKey     = "bad_key"
+	resultUsedKey    = "used_key"
+	resultExpiredKey = "expired_key"
+	resultError      = "error"
+)
+
+var (
+	nodesDesc  = prometheus.NewDesc("coordinator_nodes", "Registered nodes, by state (online, offline, expired).", []string{"state"}, nil)
+	relaysDesc = prometheus.NewDesc("coordinator_relays", "Relays in the relay map, by region and state.", []string{"region", "state"}, nil)
+)
+
+// stateCollector counts nodes and relays from the live state at scrape time.
+type stateCollector struct{ s *Server }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- nodesDesc; ch <- relaysDesc }
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	st := c.s.st
+	st.mu.RLock()
+	var online, offline, expired int
+	for _, n := range st.nodes {
+		switch {
+		case n.expired(now):
+			expired++
+		case n.sess != nil:
+			online++
+		default:
+			offline++
+		}
+	}
+	st.mu.RUnlock()
+	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(online), "online")
+	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(offline), "offline")
+	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(expired), "expired")
+
+	counts := map[[2]string]int{}
+	for _, r := range c.s.relays.relayMap().Regions {
+		for _, states := range []string{netmap.RelayUp, netmap.RelayDown, netmap.RelayDraining, netmap.RelayOverloaded, netmap.RelayStatic} {
+			counts[[2]string{r.Code, states}] += 0
+		}
+		for _, rl := range r.Relays {
+			counts[[2]string{r.Code, rl.State}]++
+		}
+	}
+	for k, v := range counts {
+		ch <- prometheus.MustNewConstMetric(relaysDesc, prometheus.GaugeValue, float64(v), k[0], k[1])
+	}
+}

@@ -1,0 +1,388 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/wiremesh/wiremesh/coordinator/policy"
+	"github.com/wiremesh/wiremesh/coordinator/store"
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+// Limits on what a node reports about itself.
+const (
+	maxHostname  = 256 // longer hostnames are refused, not truncated
+	maxOS        = 64
+	maxEndpoints = 32 // interfaces + STUN + port mapping stay far below this
+	maxRegionLen = 32 // matches admit.MaxRegionLen
+	maxNameLen   = 63 // one DNS label
+)
+
+func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, MaxRequestBody)
+	if err != nil {
+		srv.m.registrations.WithLabelValues(resultBadRequest).Inc()
+		srv.fail(w, r, err)
+		return
+	}
+	resp, result, err := srv.register(r, body)
+	srv.m.registrations.WithLabelValues(result).Inc()
+	if err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// register handles one registration and returns the result label for metrics.
+func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterResponse, string, error) {
+	var req netmap.RegisterRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return nil, resultBadRequest, err
+	}
+	if req.Version < netmap.MinCapabilityVersion {
+		return nil, resultBadRequest, errorf(http.StatusBadRequest, "client version %d is too old; this coordinator needs %d or newer", req.Version, netmap.MinCapabilityVersion)
+	}
+	if req.NodeKey.IsZero() {
+		return nil, resultBadRequest, errorf(http.StatusBadRequest, "node_key is missing")
+	}
+	if req.DiscoKey.IsZero() {
+		return nil, resultBadRequest, errorf(http.StatusBadRequest, "disco_key is missing")
+	}
+	if len(req.Hostname) > maxHostname || len(req.OS) > maxOS {
+		return nil, resultBadRequest, errorf(http.StatusBadRequest, "hostname longer than %d bytes or os longer than %d", maxHostname, maxOS)
+	}
+	// Proof of possession of the key being registered.
+	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
+	if err != nil {
+		return nil, resultBadRequest, errorf(http.StatusUnauthorized, "%v", err)
+	}
+	if pubText != req.NodeKey.String() {
+		return nil, resultBadRequest, errorf(http.StatusUnauthorized, "proof of possession made with another key than node_key")
+	}
+	shared := key.Precompute(srv.coordPriv, req.NodeKey)
+	now := srv.now()
+	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+		return nil, resultBadRequest, err
+	}
+	secret, err := parseAuthSecret(req.AuthKey)
+	if err != nil {
+		return nil, resultBadKey, errorf(http.StatusUnauthorized, "auth key: %v", err)
+	}
+
+	srv.regMu.Lock()
+	defer srv.regMu.Unlock()
+	st := srv.st
+	st.mu.RLock()
+	existing := st.byKey[req.NodeKey]
+	st.mu.RUnlock()
+	if existing != nil && !existing.expired(now) {
+		// Already registered: idempotent, no key use.
+		st.mu.RLock()
+		node := existing.toNetmap()
+		st.mu.RUnlock()
+		return &netmap.RegisterResponse{Node: node}, resultExisting, nil
+	}
+
+	rec := store.Node{
+		NodeKey:   req.NodeKey.String(),
+		DiscoKey:  req.DiscoKey.String(),
+		Hostname:  req.Hostname,
+		OS:        req.OS,
+		Created:   now,
+		KeyExpiry: now.Add(srv.cfg.KeyExpiry),
+		LastSeen:  now,
+	}
+	if existing != nil {
+		// An expired node re-authenticates: same ID, name and address.
+		existing.writeMu.Lock()
+		defer existing.writeMu.Unlock()
+		st.mu.RLock()
+		old := existing.rec
+		st.mu.RUnlock()
+		rec.ID, rec.Name, rec.IP, rec.Created = old.ID, old.Name, old.IP, old.Created
+	} else {
+		st.mu.RLock()
+		rec.Name = st.uniqueNameLocked(sanitizeName(req.Hostname))
+		ip, ok := st.nextIPLocked()
+		st.mu.RUnlock()
+		if !ok {
+			return nil, resultError, errorf(http.StatusServiceUnavailable, "no free mesh address left in %s", meshPrefix)
+		}
+		rec.IP = ip
+	}
+	if _, err := srv.store.RegisterNode(r.Context(), secret.Hash(), now, &rec); err != nil {
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, resultBadKey, errorf(http.StatusUnauthorized, "auth key not recognised")
+		case errors.Is(err, store.ErrKeyUsed):
+			return nil, resultUsedKey, errorf(http.StatusUnauthorized, "auth key already used (it is single-use; create a --reusable one for many nodes)")
+		case errors.Is(err, store.ErrKeyExpired):
+			return nil, resultExpiredKey, errorf(http.StatusUnauthorized, "auth key expired")
+		case errors.Is(err, store.ErrConflict):
+			return nil, resultError, errorf(http.StatusConflict, "node name, key or address already taken; retry")
+		}
+		return nil, resultError, err
+	}
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if existing != nil {
+		existing.rec = rec
+		existing.discoKey = req.DiscoKey
+		existing.expiredSent = false
+		st.unindexLocked(existing)
+		st.indexLocked(existing)
+		st.changedLocked(existing, now, true)
+		return &netmap.RegisterResponse{Node: existing.toNetmap()}, resultOK, nil
+	}
+	n, err := srv.newNodeState(rec)
+	if err != nil {
+		return nil, resultError, err
+	}
+	st.addLocked(n)
+	st.ipCursor = rec.IP
+	st.changedLocked(n, now, true)
+	srv.log.Info("node registered", "node", rec.Name, "ip", rec.IP.String(), "key", req.NodeKey.ShortString())
+	return &netmap.RegisterResponse{Node: n.toNetmap()}, resultOK, nil
+}
+
+// parseAuthSecret accepts the full auth key text or just its secret.
+func parseAuthSecret(s string) (netmap.Secret, error) {
+	if s == "" {
+		return netmap.Secret{}, errors.New("missing")
+	}
+	if strings.HasPrefix(s, netmap.AuthKeyPrefix) {
+		sec, _, err := netmap.ParseAuthKey(s)
+		return sec, err
+	}
+	return netmap.ParseSecret(s)
+}
+
+// sanitizeName turns a hostname into a DNS label: lower case, runs of
+// other characters as one '-', at most maxNameLen-6 bytes so a "-NNNNN"
+// suffix still fits.
+func sanitizeName(h string) string {
+	if i := strings.IndexByte(h, '.'); i > 0 {
+		h = h[:i] // first label of an FQDN
+	}
+	var b strings.Builder
+	dash := false
+	for _, c := range strings.ToLower(h) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
+			b.WriteRune(c)
+			dash = false
+		} else if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+		if b.Len() >= maxNameLen-6 {
+			break
+		}
+	}
+	s := strings.Trim(b.String(), "-")
+	if s == "" {
+		s = "node"
+	}
+	return s
+}
+
+// uniqueNameLocked returns base, or base-2, base-3, ... whichever is free.
+func (st *state) uniqueNameLocked(base string) string {
+	if _, taken := st.byName[base]; !taken {
+		return base
+	}
+	for i := 2; ; i++ {
+		n := base + "-" + strconv.Itoa(i)
+		if _, taken := st.byName[n]; !taken {
+			return n
+		}
+	}
+}
+
+func validateReport(eps *[]netip.AddrPort, home *string) error {
+	if eps != nil {
+		if len(*eps) > maxEndpoints {
+			return errorf(http.StatusBadRequest, "at most %d endpoints, got %d", maxEndpoints, len(*eps))
+		}
+		for _, e := range *eps {
+			if !e.IsValid() || e.Port() == 0 {
+				return errorf(http.StatusBadRequest, "endpoint %q is not ip:port", e.String())
+			}
+		}
+	}
+	if home != nil && len(*home) > maxRegionLen {
+		return errorf(http.StatusBadRequest, "home_relay longer than %d bytes", maxRegionLen)
+	}
+	return nil
+}
+
+// applyReport records what a node says about itself and, when peers can see
+// the difference, fans it out. Nil arguments are unchanged.
+func (srv *Server) applyReport(ctx context.Context, n *nodeState, disco *key.DiscoPublic, eps *[]netip.AddrPort, home *string, nc *netmap.Netcheck) error {
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	st := srv.st
+	st.mu.RLock()
+	rec := n.rec
+	oldDisco := n.discoKey
+	st.mu.RUnlock()
+	visible := false
+	if disco != nil && *disco != oldDisco {
+		rec.DiscoKey = disco.String()
+		visible = true
+	}
+	if eps != nil && !slices.Equal(*eps, rec.Endpoints) {
+		rec.Endpoints = slices.Clone(*eps)
+		visible = true
+	}
+	if home != nil && *home != rec.HomeRelay {
+		rec.HomeRelay = *home
+		visible = true
+	}
+	changed := visible
+	if nc != nil {
+		b, _ := json.Marshal(nc)
+		if !bytes.Equal(b, rec.Netcheck) {
+			rec.Netcheck = b
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := srv.store.UpdateNode(ctx, &rec); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errorf(http.StatusNotFound, "node was deleted")
+		}
+		return err
+	}
+	now := srv.now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	n.rec = rec
+	if disco != nil {
+		n.discoKey = *disco
+	}
+	if _, live := st.nodes[n.id]; visible && live {
+		st.changedLocked(n, now, false)
+	}
+	return nil
+}
+
+// deleteNode removes a node by name. onlyIfOffline refuses when it has a
+// stream (ephemeral cleanup racing a reconnect).
+func (srv *Server) deleteNode(ctx context.Context, name string, onlyIfOffline bool) error {
+	st := srv.st
+	st.mu.RLock()
+	n := st.byName[name]
+	st.mu.RUnlock()
+	if n == nil {
+		return fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+	}
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	st.mu.RLock()
+	online := n.sess != nil
+	st.mu.RUnlock()
+	if onlyIfOffline && online {
+		return nil
+	}
+	if err := srv.store.DeleteNode(ctx, n.rec.ID); err != nil {
+		return err
+	}
+	now := srv.now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !n.expiredSent {
+		st.removedLocked(n, now)
+	}
+	st.removeLocked(n)
+	if n.sess != nil {
+		n.sess.cancel()
+	}
+	return nil
+}
+
+// expireNode ends a node's key validity now: its peers drop it within one
+// delta and its stream is closed; it must register again.
+func (srv *Server) expireNode(ctx context.Context, name string) error {
+	st := srv.st
+	st.mu.RLock()
+	n := st.byName[name]
+	st.mu.RUnlock()
+	if n == nil {
+		return fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+	}
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	now := srv.now()
+	st.mu.RLock()
+	rec := n.rec
+	st.mu.RUnlock()
+	rec.KeyExpiry = now
+	if err := srv.store.UpdateNode(ctx, &rec); err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !n.expiredSent {
+		st.removedLocked(n, now)
+	}
+	n.rec = rec
+	n.expiredSent = true
+	n.wire.Store(nil)
+	if n.sess != nil {
+		n.sess.cancel()
+	}
+	return nil
+}
+
+// SetPolicy parses text, runs its tests against the registered nodes, and
+// only if all pass stores it and applies it: every node with a stream gets
+// a delta with its new peers and packet filter. A failing test leaves the
+// old policy in force and returns an error wrapping policy.ErrTestFailed.
+func (srv *Server) SetPolicy(ctx context.Context, text []byte) error {
+	p, err := policy.Parse(text)
+	if err != nil {
+		return err
+	}
+	srv.policyMu.Lock()
+	defer srv.policyMu.Unlock()
+	st := srv.st
+	st.mu.RLock()
+	err = p.RunTests(st.lookupPrincipalLocked)
+	st.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if err := srv.store.SetPolicy(ctx, string(text), srv.now()); err != nil {
+		return err
+	}
+	now := srv.now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.setPolicyLocked(p)
+	for _, n := range st.nodes {
+		if n.sess != nil {
+			n.sess.mark(func(pd *pending) { pd.recompute = true }, now)
+		}
+	}
+	return nil
+}
+
+// Policy returns the policy text in force (empty: none, all allowed).
+func (srv *Server) Policy() string {
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	return srv.st.policy.Text
+}

@@ -1,0 +1,134 @@
+package policy
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+const sample = `{
+	// comments and trailing commas are HuJSON
+	"groups":    {"group:ops": ["alice", "tag:admin"]},
+	"tagOwners": {"tag:web": ["group:ops"], "tag:admin": [], "tag:db": []},
+	"hosts":     {"dbhost": "100.64.0.9", "lab": "198.18.0.0/15"},
+	"acls": [
+		{"action": "accept", "src": ["group:ops"], "dst": ["tag:web:22,80-81", "dbhost:*"]},
+		{"action": "accept", "src": ["tag:web"], "dst": ["tag:db:5432"]},
+		{"action": "accept", "src": ["lab"], "dst": ["bob:443"]},
+	],
+	"tests": [
+		{"src": "alice", "accept": ["tag:web:22", "tag:web:81", "dbhost:1"], "deny": ["tag:web:443", "tag:db:5432"]},
+		{"src": "tag:web", "accept": ["tag:db:5432"], "deny": ["tag:db:22"]},
+		{"src": "198.18.1.1", "accept": ["bob:443"]},
+	],
+}`
+
+func TestParseAndTests(t *testing.T) {
+	p, err := Parse([]byte(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RunTests(nil); err != nil {
+		t.Fatal(err)
+	}
+	alice := Principal{Name: "alice", IP: netip.MustParseAddr("100.64.0.1")}
+	web := Principal{Name: "w1", Tags: []string{"tag:web"}, IP: netip.MustParseAddr("100.64.0.2")}
+	db := Principal{Name: "d1", Tags: []string{"tag:db"}, IP: netip.MustParseAddr("100.64.0.9")}
+	cases := []struct {
+		name     string
+		src, dst Principal
+		port     uint16
+		want     bool
+	}{
+		{"group member to tag port", alice, web, 80, true},
+		{"group member to tag other port", alice, web, 8080, false},
+		{"host alias matches by IP", alice, db, 1234, true},
+		{"tag to tag", web, db, 5432, true},
+		{"reverse direction not allowed", db, web, 22, false},
+	}
+	for _, c := range cases {
+		if got := p.Allows(c.src, c.dst, c.port); got != c.want {
+			t.Errorf("%s: Allows = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestFailingTestRejected(t *testing.T) {
+	text := strings.Replace(sample, `"deny": ["tag:db:22"]`, `"deny": ["tag:db:5432"]`, 1)
+	p, err := Parse([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.RunTests(nil)
+	if !errors.Is(err, ErrTestFailed) || !strings.Contains(err.Error(), "should be denied") {
+		t.Fatalf("RunTests = %v, want a failing deny test", err)
+	}
+}
+
+func TestTestsUseRegisteredNodes(t *testing.T) {
+	p, err := Parse([]byte(`{"tagOwners": {"tag:web": []},
+		"acls": [{"action": "accept", "src": ["tag:web"], "dst": ["*:80"]}],
+		"tests": [{"src": "n1", "accept": ["n2:80"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RunTests(nil); err == nil {
+		t.Fatal("untagged unknown node passed a test that needs tag:web")
+	}
+	lookup := func(name string) (Principal, bool) {
+		return Principal{Name: name, Tags: []string{"tag:web"}}, name == "n1"
+	}
+	if err := p.RunTests(lookup); err != nil {
+		t.Fatalf("registered tagged node: %v", err)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	cases := map[string]string{
+		"not json":        `{`,
+		"unknown field":   `{"acls": [], "bogus": 1}`,
+		"bad action":      `{"acls": [{"action": "drop", "src": ["*"], "dst": ["*:*"]}]}`,
+		"undeclared tag":  `{"acls": [{"action": "accept", "src": ["tag:x"], "dst": ["*:*"]}]}`,
+		"unknown group":   `{"acls": [{"action": "accept", "src": ["group:x"], "dst": ["*:*"]}]}`,
+		"no ports":        `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*"]}]}`,
+		"bad port":        `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:70000"]}]}`,
+		"backwards range": `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:9-1"]}]}`,
+		"bad cidr":        `{"acls": [{"action": "accept", "src": ["10.0.0.0/99"], "dst": ["*:*"]}]}`,
+		"bad name":        `{"acls": [{"action": "accept", "src": ["Bad_Name"], "dst": ["*:*"]}]}`,
+		"empty src":       `{"acls": [{"action": "accept", "src": [], "dst": ["*:*"]}]}`,
+		"nested group":    `{"groups": {"group:a": ["group:b"], "group:b": []}, "acls": []}`,
+		"autogroup":       `{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["*:*"]}]}`,
+		"bad test dst":    `{"acls": [], "tests": [{"src": "a", "accept": ["b"]}]}`,
+		"trailing data":   `{"acls": []} {}`,
+	}
+	for name, text := range cases {
+		if _, err := Parse([]byte(text)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Parse = %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
+func TestAllowAll(t *testing.T) {
+	p := AllowAll()
+	if !p.Allows(Principal{Name: "a"}, Principal{Name: "b"}, 1) {
+		t.Fatal("AllowAll denies")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(sample))
+	f.Add([]byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`))
+	f.Add([]byte(`{"hosts": {"h": "1.2.3.0/24"}, "acls": [{"action": "accept", "src": ["h"], "dst": ["h:1-2,3"]}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := Parse(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error does not wrap ErrInvalid: %v", err)
+			}
+			return
+		}
+		p.RunTests(nil)
+		p.Allows(Principal{Name: "a", IP: netip.MustParseAddr("100.64.0.1")}, Principal{Tags: []string{"tag:x"}}, 80)
+	})
+}

@@ -1,0 +1,462 @@
+// Package coordinator is Wiremesh's control plane: it registers nodes with
+// pre-auth keys, gives each a stable name and 100.64.0.0/10 address, streams
+// every node its netmap (a full map, then deltas), keeps the relay fleet
+// (join keys, join, heartbeats), compiles the policy into per-node packet
+// filters and peer lists, and serves the admin socket. It never carries
+// traffic.
+//
+// Flow of one change: a request (register, endpoint update, stream open or
+// close, admin delete/expire, policy set, relay heartbeat) is authenticated,
+// written through the store, then applied to the in-memory state under one
+// lock, which marks the sessions of exactly the nodes it affects (see
+// state.go). Each session's writer sends one coalesced delta (session.go).
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/coordinator/policy"
+	"github.com/wiremesh/wiremesh/coordinator/store"
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
+	"github.com/wiremesh/wiremesh/tlspin"
+)
+
+// Defaults, with reasons.
+const (
+	// DefaultKeyExpiry is how long a node key stays valid after
+	// registration: 180 days, as Tailscale does, so a stolen key dies on its
+	// own while honest nodes re-authenticate twice a year.
+	DefaultKeyExpiry = 180 * 24 * time.Hour
+	// DefaultEphemeralTimeout is how long an ephemeral node may stay offline
+	// before it is deleted: long enough to ride out a reconnect.
+	DefaultEphemeralTimeout = 2 * time.Minute
+	// DefaultHeartbeatInterval is how often relays heartbeat; a relay is
+	// marked down after netmap.RelayDownAfter missed ones (30 s).
+	DefaultHeartbeatInterval = 10 * time.Second
+	// DefaultSweepInterval is how often expiries, relay silence and token
+	// refreshes are checked: a small fraction of the deadlines it enforces.
+	DefaultSweepInterval = 2 * time.Second
+	// DefaultDNSDomain is the suffix of MagicDNS names.
+	DefaultDNSDomain = "mesh.internal"
+	// MaxRequestBody bounds every node and relay request body. The largest,
+	// an update with many endpoints and a netcheck, is a few KiB.
+	MaxRequestBody = 64 << 10
+	// maxConcurrentStreams per HTTP/2 connection: one node needs two, but a
+	// load generator or a NAT full of nodes multiplexes many on a few
+	// connections.
+	maxConcurrentStreams = 1000
+)
+
+// Files in the state directory.
+const (
+	dbFile      = "coordinator.db"
+	coordKeyF   = "coordinator.key"
+	signKeyF    = "signing.key"
+	certName    = "tls" // tls.crt and tls.key, made by tlspin
+	AdminSocket = "admin.sock"
+)
+
+// Config configures a Server. Zero durations take the defaults above.
+type Config struct {
+	Listen       string
+	StateDir     string
+	ServerURL    string
+	DB           string // empty or a path; postgres:// is not supported yet
+	PolicyFile   string
+	RelayMapFile string
+	TLSCert      string
+	TLSKey       string
+	// InsecureHTTP serves plain HTTP; allowed only on a loopback address.
+	InsecureHTTP      bool
+	KeyExpiry         time.Duration
+	EphemeralTimeout  time.Duration
+	HeartbeatInterval time.Duration
+	TokenLifetime     time.Duration
+	SweepInterval     time.Duration
+	DNSDomain         string
+	Nameservers       []netip.Addr
+	// NoAdminSocket skips the admin socket (tests drive Admin directly).
+	NoAdminSocket bool
+
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is a running coordinator.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	store store.Store
+	st    *state
+	dns   netmap.DNS
+	m     *serverMetrics
+
+	coordPriv key.CoordPrivate
+	coordPub  key.CoordPublic
+	signPriv  key.SigningPrivate
+	signer    key.Signer
+	signPub   key.SigningPublic
+	cert      tls.Certificate
+	pin       string
+
+	relays *relayFleet
+	replay *replayCache
+	// regMu serializes registrations: name and address choice, then the
+	// store write, then the state insert.
+	regMu sync.Mutex
+	// policyMu orders policy changes: store write, then install.
+	policyMu sync.Mutex
+
+	ln      net.Listener
+	adminLn net.Listener
+}
+
+// ErrPostgres is returned for --db postgres://, which arrives later.
+var ErrPostgres = errors.New("--db postgres:// is not supported yet; omit --db to use the embedded SQLite database in --state-dir")
+
+// New opens the state directory and the store, loads the working set, and
+// binds the listeners. Call Run to serve.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("--state-dir is required")
+	}
+	if cfg.Listen == "" {
+		return nil, errors.New("--listen is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.KeyExpiry, DefaultKeyExpiry)
+	def(&cfg.EphemeralTimeout, DefaultEphemeralTimeout)
+	def(&cfg.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&cfg.TokenLifetime, 12*time.Hour)
+	def(&cfg.SweepInterval, DefaultSweepInterval)
+	if cfg.DNSDomain == "" {
+		cfg.DNSDomain = DefaultDNSDomain
+	}
+	dbPath := filepath.Join(cfg.StateDir, dbFile)
+	switch {
+	case strings.HasPrefix(cfg.DB, "postgres://"), strings.HasPrefix(cfg.DB, "postgresql://"):
+		return nil, ErrPostgres
+	case strings.HasPrefix(cfg.DB, "sqlite://"):
+		dbPath = strings.TrimPrefix(cfg.DB, "sqlite://")
+	case cfg.DB != "":
+		return nil, fmt.Errorf("--db %q: want sqlite://PATH (or omit it)", cfg.DB)
+	}
+	if cfg.InsecureHTTP {
+		host, _, err := net.SplitHostPort(cfg.Listen)
+		ip, perr := netip.ParseAddr(host)
+		if err != nil || perr != nil || !ip.IsLoopback() {
+			return nil, fmt.Errorf("--insecure-http needs a loopback --listen address such as 127.0.0.1:8080, not %q", cfg.Listen)
+		}
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), replay: newReplayCache(netmap.ProofWindow)}
+	var err error
+	if srv.coordPriv, err = key.LoadOrCreate(filepath.Join(cfg.StateDir, coordKeyF), key.NewCoord); err != nil {
+		return nil, fmt.Errorf("coordinator key: %w", err)
+	}
+	if srv.signPriv, err = key.LoadOrCreate(filepath.Join(cfg.StateDir, signKeyF), key.NewSigning); err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	srv.coordPub, srv.signer, srv.signPub = srv.coordPriv.Public(), srv.signPriv.Signer(), srv.signPriv.Public()
+	if err := srv.loadCert(); err != nil {
+		return nil, err
+	}
+	srv.dns = netmap.DNS{Domain: cfg.DNSDomain, MagicDNS: true, Nameservers: cfg.Nameservers}
+
+	st, err := store.OpenSQLite(ctx, dbPath)
+	if err != nil {
+		return nil, err
+	}
+	srv.store = st
+	fail := func(err error) (*Server, error) {
+		srv.closeAll()
+		return nil, err
+	}
+	snap, err := st.Load(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if err := srv.loadSnapshot(snap); err != nil {
+		return fail(err)
+	}
+	if srv.relays, err = newRelayFleet(srv, snap); err != nil {
+		return fail(err)
+	}
+	if cfg.PolicyFile != "" {
+		text, err := os.ReadFile(cfg.PolicyFile)
+		if err != nil {
+			return fail(fmt.Errorf("--policy: %w", err))
+		}
+		if err := srv.SetPolicy(ctx, text); err != nil {
+			return fail(fmt.Errorf("--policy %s: %w", cfg.PolicyFile, err))
+		}
+	}
+	srv.m = newServerMetrics(cfg.Registry, srv)
+
+	if srv.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fail(fmt.Errorf("listen %s: %w", cfg.Listen, err))
+	}
+	if !cfg.NoAdminSocket {
+		if srv.adminLn, err = listenAdmin(filepath.Join(cfg.StateDir, AdminSocket)); err != nil {
+			return fail(err)
+		}
+	}
+	return srv, nil
+}
+
+func (srv *Server) closeAll() {
+	if srv.ln != nil {
+		srv.ln.Close()
+	}
+	if srv.adminLn != nil {
+		srv.adminLn.Close()
+	}
+	if srv.store != nil {
+		srv.store.Close()
+	}
+}
+
+func (srv *Server) loadCert() error {
+	var err error
+	switch {
+	case srv.cfg.TLSCert != "" || srv.cfg.TLSKey != "":
+		if srv.cfg.TLSCert == "" || srv.cfg.TLSKey == "" {
+			return errors.New("--tls-cert and --tls-key go together")
+		}
+		srv.cert, err = tls.LoadX509KeyPair(srv.cfg.TLSCert, srv.cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+	default:
+		hosts := []string{"localhost", "127.0.0.1", "::1"}
+		if h, _, err := net.SplitHostPort(srv.cfg.Listen); err == nil && h != "" {
+			hosts = append(hosts, h)
+		}
+		if u, err := url.Parse(srv.cfg.ServerURL); err == nil && u.Hostname() != "" {
+			hosts = append(hosts, u.Hostname())
+		}
+		srv.cert, err = tlspin.LoadOrCreate(srv.cfg.StateDir, certName, hosts...)
+		if err != nil {
+			return fmt.Errorf("tls certificate: %w", err)
+		}
+	}
+	if srv.cert.Leaf == nil {
+		if srv.cert.Leaf, err = parseLeaf(srv.cert); err != nil {
+			return err
+		}
+	}
+	srv.pin = tlspin.Pin(srv.cert.Leaf)
+	return nil
+}
+
+// loadSnapshot fills the in-memory state from the store.
+func (srv *Server) loadSnapshot(snap *store.Snapshot) error {
+	st := srv.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if snap.Policy != "" {
+		p, err := policy.Parse([]byte(snap.Policy))
+		if err != nil {
+			return fmt.Errorf("stored policy: %w", err)
+		}
+		st.setPolicyLocked(p)
+	} else {
+		st.setPolicyLocked(policy.AllowAll())
+	}
+	for _, rec := range snap.Nodes {
+		n, err := srv.newNodeState(rec)
+		if err != nil {
+			return fmt.Errorf("stored node %s: %w", rec.Name, err)
+		}
+		n.expiredSent = n.expired(srv.now())
+		st.addLocked(n)
+	}
+	st.ipCursor = snap.IPCursor
+	return nil
+}
+
+func (srv *Server) newNodeState(rec store.Node) (*nodeState, error) {
+	nk, err := key.ParseNodePublic(rec.NodeKey)
+	if err != nil {
+		return nil, err
+	}
+	dk, _ := key.ParseDiscoPublic(rec.DiscoKey)
+	n := &nodeState{rec: rec, id: netmap.NodeID(rec.ID), nodeKey: nk, discoKey: dk}
+	n.shared = key.Precompute(srv.coordPriv, nk)
+	return n, nil
+}
+
+func (srv *Server) now() time.Time { return srv.cfg.Now() }
+
+// Addr returns the address the API listens on.
+func (srv *Server) Addr() net.Addr { return srv.ln.Addr() }
+
+// Pin returns the pin of the coordinator's TLS certificate.
+func (srv *Server) Pin() string { return srv.pin }
+
+// URL returns the coordinator's base URL (--server-url, else derived from
+// the listener).
+func (srv *Server) URL() string {
+	if srv.cfg.ServerURL != "" {
+		return strings.TrimRight(srv.cfg.ServerURL, "/")
+	}
+	scheme := "https"
+	if srv.cfg.InsecureHTTP {
+		scheme = "http"
+	}
+	return scheme + "://" + srv.ln.Addr().String()
+}
+
+// Registry returns where the server registered its metrics.
+func (srv *Server) Registry() prometheus.Registerer { return srv.cfg.Registry }
+
+// Run serves the API and the admin socket and runs the sweeper until ctx is
+// done, then stops them all and closes the store. It returns only after
+// every goroutine it started has exited.
+func (srv *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer srv.store.Close()
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(srv.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams},
+	}
+	ln := srv.ln
+	if !srv.cfg.InsecureHTTP {
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{srv.cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+		ln = tls.NewListener(srv.ln, hs.TLSConfig)
+	} else {
+		var p http.Protocols
+		p.SetHTTP1(true)
+		p.SetUnencryptedHTTP2(true)
+		hs.Protocols = &p
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve: %w", err)
+		}
+	}()
+	var as *http.Server
+	if srv.adminLn != nil {
+		as = &http.Server{Handler: srv.adminHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := as.Serve(srv.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin socket: %w", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srv.sweepLoop(ctx)
+	}()
+	srv.log.Info("coordinator serving", "addr", srv.ln.Addr().String(), "url", srv.URL(), "pin", srv.pin)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	hs.Shutdown(sctx) // streams end: their contexts derive from ctx
+	hs.Close()
+	if as != nil {
+		as.Shutdown(sctx)
+		as.Close()
+	}
+	wg.Wait()
+	return err
+}
+
+// sweepLoop enforces deadlines: node-key expiry, ephemeral nodes gone
+// offline, silent relays, and admission tokens due for refresh.
+func (srv *Server) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(srv.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			srv.sweep(ctx)
+		}
+	}
+}
+
+func (srv *Server) sweep(ctx context.Context) {
+	now := srv.now()
+	var ephemeral []*nodeState
+	st := srv.st
+	st.mu.Lock()
+	for _, n := range st.nodes {
+		if n.expired(now) && !n.expiredSent {
+			n.expiredSent = true
+			st.removedLocked(n, now)
+			if n.sess != nil {
+				n.sess.cancel()
+			}
+		}
+		if n.rec.Ephemeral && n.sess == nil && now.Sub(n.rec.LastSeen) > srv.cfg.EphemeralTimeout {
+			ephemeral = append(ephemeral, n)
+		}
+		if n.sess != nil {
+			n.sess.wake() // lets the writer refresh a due admission token
+		}
+	}
+	st.mu.Unlock()
+	for _, n := range ephemeral {
+		if err := srv.deleteNode(ctx, n.rec.Name, true); err != nil && !errors.Is(err, store.ErrNotFound) {
+			srv.log.Warn("delete ephemeral node", "node", n.rec.Name, "err", err)
+		} else if err == nil {
+			srv.log.Info("deleted ephemeral node after going offline", "node", n.rec.Name)
+		}
+	}
+	srv.relays.sweep(ctx, now)
+}
+
+func encodeToken(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

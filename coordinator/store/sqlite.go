@@ -1,0 +1,411 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// SQLite is the Store on an embedded SQLite database in WAL mode.
+//
+// Durability: synchronous=FULL makes every commit fsync the WAL, so an
+// acknowledged change survives kill -9 and power loss alike.
+type SQLite struct {
+	db *sql.DB
+}
+
+// OpenSQLite opens (creating if needed) the database at path and applies
+// every pending migration.
+func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	// One connection: SQLite has one writer anyway, and the coordinator
+	// reads only at start.
+	db.SetMaxOpenConns(1)
+	s := &SQLite{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *SQLite) Close() error { return s.db.Close() }
+
+// migrations are applied in order, each once, in its own transaction. Never
+// edit one that has shipped: add another.
+var migrations = []string{
+	// 1 (2026-11-25): initial schema.
+	`CREATE TABLE nodes (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		name TEXT NOT NULL UNIQUE,
+		node_key TEXT NOT NULL UNIQUE,
+		disco_key TEXT NOT NULL,
+		hostname TEXT NOT NULL,
+		os TEXT NOT NULL,
+		ip TEXT NOT NULL UNIQUE,
+		tags TEXT NOT NULL,
+		ephemeral INTEGER NOT NULL,
+		created INTEGER NOT NULL,
+		key_expiry INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL,
+		endpoints TEXT NOT NULL,
+		home_relay TEXT NOT NULL,
+		netcheck TEXT,
+		authkey_id INTEGER NOT NULL
+	);
+	CREATE TABLE authkeys (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		hash TEXT NOT NULL UNIQUE,
+		reusable INTEGER NOT NULL,
+		ephemeral INTEGER NOT NULL,
+		tags TEXT NOT NULL,
+		expires INTEGER NOT NULL,
+		created INTEGER NOT NULL,
+		uses INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE TABLE regions (
+		code TEXT PRIMARY KEY,
+		name TEXT NOT NULL,
+		lat REAL NOT NULL DEFAULT 0,
+		lon REAL NOT NULL DEFAULT 0,
+		mesh_secret TEXT NOT NULL
+	);
+	CREATE TABLE joinkeys (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		hash TEXT NOT NULL UNIQUE,
+		region TEXT NOT NULL REFERENCES regions(code),
+		created INTEGER NOT NULL
+	);
+	CREATE TABLE relays (
+		key TEXT PRIMARY KEY,
+		name TEXT NOT NULL UNIQUE,
+		region TEXT NOT NULL REFERENCES regions(code),
+		addr TEXT NOT NULL,
+		pin TEXT NOT NULL,
+		joined INTEGER NOT NULL,
+		last_heartbeat INTEGER NOT NULL
+	);
+	CREATE TABLE policy (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		text TEXT NOT NULL,
+		updated INTEGER NOT NULL
+	);
+	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);`,
+}
+
+func (s *SQLite) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	var have int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return err
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this binary knows (%d)", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+				return fmt.Errorf("migration %d: %w", v, err)
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied) VALUES (?, ?)`, v, time.Now().Unix())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SchemaVersion returns the applied migration count.
+func (s *SQLite) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+func (s *SQLite) tx(ctx context.Context, f func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v)
+}
+
+func jsonText(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func isUnique(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+// Load implements Store.
+func (s *SQLite) Load(ctx context.Context) (*Snapshot, error) {
+	snap := &Snapshot{}
+	rows, err := s.db.QueryContext(ctx, `SELECT id, name, node_key, disco_key, hostname, os, ip, tags, ephemeral,
+		created, key_expiry, last_seen, endpoints, home_relay, netcheck, authkey_id FROM nodes ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("load nodes: %w", err)
+	}
+	for rows.Next() {
+		var n Node
+		var ip, tags, eps string
+		var created, exp, seen int64
+		var nc sql.NullString
+		if err := rows.Scan(&n.ID, &n.Name, &n.NodeKey, &n.DiscoKey, &n.Hostname, &n.OS, &ip, &tags, &n.Ephemeral,
+			&created, &exp, &seen, &eps, &n.HomeRelay, &nc, &n.AuthKeyID); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load nodes: %w", err)
+		}
+		if n.IP, err = netip.ParseAddr(ip); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load node %s: ip %q: %w", n.Name, ip, err)
+		}
+		json.Unmarshal([]byte(tags), &n.Tags)
+		json.Unmarshal([]byte(eps), &n.Endpoints)
+		if nc.Valid {
+			n.Netcheck = []byte(nc.String)
+		}
+		n.Created, n.KeyExpiry, n.LastSeen = fromMS(created), fromMS(exp), fromMS(seen)
+		snap.Nodes = append(snap.Nodes, n)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load nodes: %w", err)
+	}
+
+	rows, err = s.db.QueryContext(ctx, `SELECT code, name, lat, lon, mesh_secret FROM regions ORDER BY code`)
+	if err != nil {
+		return nil, fmt.Errorf("load regions: %w", err)
+	}
+	for rows.Next() {
+		var r Region
+		if err := rows.Scan(&r.Code, &r.Name, &r.Lat, &r.Lon, &r.MeshSecret); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load regions: %w", err)
+		}
+		snap.Regions = append(snap.Regions, r)
+	}
+	rows.Close()
+
+	rows, err = s.db.QueryContext(ctx, `SELECT key, name, region, addr, pin, joined, last_heartbeat FROM relays ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("load relays: %w", err)
+	}
+	for rows.Next() {
+		var r Relay
+		var joined, hb int64
+		if err := rows.Scan(&r.Key, &r.Name, &r.Region, &r.Addr, &r.Pin, &joined, &hb); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load relays: %w", err)
+		}
+		r.Joined, r.LastHeartbeat = fromMS(joined), fromMS(hb)
+		snap.Relays = append(snap.Relays, r)
+	}
+	rows.Close()
+
+	err = s.db.QueryRowContext(ctx, `SELECT text FROM policy WHERE id = 1`).Scan(&snap.Policy)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	var cur string
+	err = s.db.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'ip_cursor'`).Scan(&cur)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("load meta: %w", err)
+	}
+	if cur != "" {
+		snap.IPCursor, _ = netip.ParseAddr(cur)
+	}
+	return snap, nil
+}
+
+// CreateAuthKey implements Store.
+func (s *SQLite) CreateAuthKey(ctx context.Context, k *AuthKey) error {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO authkeys (hash, reusable, ephemeral, tags, expires, created) VALUES (?, ?, ?, ?, ?, ?)`,
+		k.Hash, k.Reusable, k.Ephemeral, jsonText(k.Tags), ms(k.Expires), ms(k.Created))
+	if err != nil {
+		if isUnique(err) {
+			return ErrConflict
+		}
+		return fmt.Errorf("create auth key: %w", err)
+	}
+	k.ID, _ = res.LastInsertId()
+	return nil
+}
+
+// RegisterNode implements Store.
+func (s *SQLite) RegisterNode(ctx context.Context, keyHash string, now time.Time, n *Node) (AuthKey, error) {
+	var k AuthKey
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var tags string
+		var exp, created int64
+		err := tx.QueryRowContext(ctx, `SELECT id, hash, reusable, ephemeral, tags, expires, created, uses FROM authkeys WHERE hash = ?`, keyHash).
+			Scan(&k.ID, &k.Hash, &k.Reusable, &k.Ephemeral, &tags, &exp, &created, &k.Uses)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		json.Unmarshal([]byte(tags), &k.Tags)
+		k.Expires, k.Created = fromMS(exp), fromMS(created)
+		if !k.Expires.IsZero() && !now.Before(k.Expires) {
+			return ErrKeyExpired
+		}
+		if !k.Reusable && k.Uses > 0 {
+			return ErrKeyUsed
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE authkeys SET uses = uses + 1 WHERE id = ?`, k.ID); err != nil {
+			return err
+		}
+		n.Tags, n.Ephemeral, n.AuthKeyID = k.Tags, k.Ephemeral, k.ID
+		if n.ID != 0 {
+			_, err = tx.ExecContext(ctx, `UPDATE nodes SET disco_key = ?, hostname = ?, os = ?, tags = ?, ephemeral = ?, key_expiry = ?, authkey_id = ? WHERE id = ?`,
+				n.DiscoKey, n.Hostname, n.OS, jsonText(n.Tags), n.Ephemeral, ms(n.KeyExpiry), n.AuthKeyID, n.ID)
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, node_key, disco_key, hostname, os, ip, tags, ephemeral, created,
+			key_expiry, last_seen, endpoints, home_relay, netcheck, authkey_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)`,
+			n.Name, n.NodeKey, n.DiscoKey, n.Hostname, n.OS, n.IP.String(), jsonText(n.Tags), n.Ephemeral, ms(n.Created),
+			ms(n.KeyExpiry), ms(n.LastSeen), jsonText(n.Endpoints), n.HomeRelay, n.AuthKeyID)
+		if err != nil {
+			if isUnique(err) {
+				return ErrConflict
+			}
+			return err
+		}
+		n.ID, _ = res.LastInsertId()
+		_, err = tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('ip_cursor', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`, n.IP.String())
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrKeyUsed) && !errors.Is(err, ErrKeyExpired) && !errors.Is(err, ErrConflict) {
+		err = fmt.Errorf("register node: %w", err)
+	}
+	return k, err
+}
+
+// UpdateNode implements Store.
+func (s *SQLite) UpdateNode(ctx context.Context, n *Node) error {
+	var nc any
+	if n.Netcheck != nil {
+		nc = string(n.Netcheck)
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET disco_key = ?, key_expiry = ?, last_seen = ?, endpoints = ?, home_relay = ?, netcheck = ? WHERE id = ?`,
+		n.DiscoKey, ms(n.KeyExpiry), ms(n.LastSeen), jsonText(n.Endpoints), n.HomeRelay, nc, n.ID)
+	if err != nil {
+		return fmt.Errorf("update node %s: %w", n.Name, err)
+	}
+	if c, _ := res.RowsAffected(); c == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// DeleteNode implements Store.
+func (s *SQLite) DeleteNode(ctx context.Context, id int64) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM nodes WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("delete node %d: %w", id, err)
+	}
+	if c, _ := res.RowsAffected(); c == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// CreateJoinKey implements Store.
+func (s *SQLite) CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO regions (code, name, lat, lon, mesh_secret) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT(code) DO UPDATE SET name = CASE WHEN excluded.name != '' THEN excluded.name ELSE regions.name END`,
+			r.Code, r.Name, r.Lat, r.Lon, r.MeshSecret)
+		if err != nil {
+			return fmt.Errorf("create region %s: %w", r.Code, err)
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO joinkeys (hash, region, created) VALUES (?, ?, ?)`, k.Hash, k.Region, ms(k.Created))
+		if err != nil {
+			return fmt.Errorf("create join key: %w", err)
+		}
+		k.ID, _ = res.LastInsertId()
+		return nil
+	})
+}
+
+// JoinKeyByHash implements Store.
+func (s *SQLite) JoinKeyByHash(ctx context.Context, hash string) (JoinKey, error) {
+	var k JoinKey
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, hash, region, created FROM joinkeys WHERE hash = ?`, hash).Scan(&k.ID, &k.Hash, &k.Region, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, ErrNotFound
+	}
+	if err != nil {
+		return k, fmt.Errorf("look up join key: %w", err)
+	}
+	k.Created = fromMS(created)
+	return k, nil
+}
+
+// PutRelay implements Store.
+func (s *SQLite) PutRelay(ctx context.Context, r Relay) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO relays (key, name, region, addr, pin, joined, last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(key) DO UPDATE SET name = excluded.name, region = excluded.region, addr = excluded.addr, pin = excluded.pin, last_heartbeat = excluded.last_heartbeat`,
+		r.Key, r.Name, r.Region, r.Addr, r.Pin, ms(r.Joined), ms(r.LastHeartbeat))
+	if err != nil {
+		if isUnique(err) {
+			return ErrConflict
+		}
+		return fmt.Errorf("put relay %s: %w", r.Name, err)
+	}
+	return nil
+}
+
+// SetPolicy implements Store.
+func (s *SQLite) SetPolicy(ctx context.Context, text string, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO policy (id, text, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET text = excluded.text, updated = excluded.updated`,
+		text, ms(now))
+	if err != nil {
+		return fmt.Errorf("set policy: %w", err)
+	}
+	return nil
+}
+
+var _ Store = (*SQLite)(nil)
