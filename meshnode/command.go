@@ -1,0 +1,250 @@
+package meshnode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wiremesh/wiremesh/cli"
+	"github.com/wiremesh/wiremesh/meshnode/localapi"
+)
+
+// RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
+type RunFlags struct {
+	Coordinator   string `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
+	AuthKey       string `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
+	Hostname      string `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
+	StateDir      string `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
+	TUN           string `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
+	Userspace     bool   `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
+	Port          uint16 `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
+	Socks5        string `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
+	MetricsListen string `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	cli.Logging
+}
+
+// ClientFlags are the options of the local commands.
+type ClientFlags struct {
+	StateDir string        `flag:"state-dir" env:"STATE_DIR" help:"the daemon's state directory"`
+	Socket   string        `flag:"socket" env:"SOCKET" help:"the daemon's socket (default: STATE_DIR/meshnode.sock)"`
+	JSON     bool          `flag:"json" env:"JSON" help:"print JSON"`
+	Count    int           `flag:"c" env:"PING_COUNT" envDefault:"10" help:"ping: number of pings"`
+	Timeout  time.Duration `flag:"timeout" env:"PING_TIMEOUT" envDefault:"5s" help:"ping: how long to wait for each pong"`
+}
+
+const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
+             [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
+       meshnode status [--json]            peers, paths and traffic
+       meshnode ping [--json] [-c N] [--timeout D] PEER
+       meshnode ip [PEER]                  this node's (or PEER's) mesh address
+       meshnode whois IP                   the peer with mesh address IP
+       meshnode down                       stop the daemon
+       meshnode version
+Local commands take --state-dir DIR or --socket PATH.`
+
+// Command runs the meshnode CLI with args (without the program name) and
+// returns the exit code.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: "+usage)
+		return 2, nil
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "-h", "--help", "help":
+		fmt.Fprintln(stdout, "usage: "+usage)
+		return 0, nil
+	case "version":
+		fmt.Fprintln(stdout, cli.Version())
+		return 0, nil
+	case "run":
+		return runCommand(ctx, rest, stdout, stderr)
+	case "status", "ping", "ip", "whois", "down":
+		return clientCommand(ctx, sub, rest, stdout)
+	}
+	return 2, fmt.Errorf("unknown command %q (see meshnode --help)", sub)
+}
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	var f RunFlags
+	if _, err := cli.Parse("meshnode run", "MESHNODE_", usage, &f, args, stdout); err != nil {
+		return 2, err
+	}
+	log, err := f.Logger(stderr)
+	if err != nil {
+		return 2, err
+	}
+	if f.StateDir == "" {
+		return 2, errors.New("--state-dir is required")
+	}
+	if f.Hostname == "" {
+		f.Hostname, _ = os.Hostname()
+	}
+	cfg := Config{
+		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
+		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
+	}
+	if f.Userspace {
+		cfg.Socks5 = f.Socks5
+	}
+	if err := Run(ctx, cfg); err != nil {
+		return 1, err
+	}
+	return 0, nil
+}
+
+func clientCommand(ctx context.Context, sub string, args []string, stdout io.Writer) (int, error) {
+	var f ClientFlags
+	pos, err := cli.Parse("meshnode "+sub, "MESHNODE_", usage, &f, args, stdout)
+	if err != nil {
+		return 2, err
+	}
+	sock := f.Socket
+	if sock == "" {
+		if f.StateDir == "" {
+			return 2, errors.New("--state-dir or --socket is required")
+		}
+		sock = filepath.Join(f.StateDir, localapi.SocketName)
+	}
+	c := localapi.NewClient(sock)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	switch sub {
+	case "status":
+		st, err := c.Status(ctx)
+		if err != nil {
+			return 1, err
+		}
+		if f.JSON {
+			return 0, writeJSON(stdout, st)
+		}
+		printStatus(stdout, st)
+		return 0, nil
+	case "ping":
+		if len(pos) != 1 {
+			return 2, errors.New("usage: meshnode ping [--json] [-c N] [--timeout D] PEER")
+		}
+		got := 0
+		err := c.Ping(ctx, localapi.PingRequest{Peer: pos[0], Count: f.Count, Timeout: f.Timeout}, func(r localapi.PingResult) {
+			got++
+			if f.JSON {
+				writeJSON(stdout, r)
+				return
+			}
+			fmt.Fprintf(stdout, "pong from %s (%s) via %s %s in %.2fms\n", r.Peer, r.IP, r.Path, r.Via, r.RTTMs)
+		})
+		if err != nil {
+			return 1, err
+		}
+		if got == 0 {
+			return 1, errors.New("no pong")
+		}
+		return 0, nil
+	case "ip":
+		st, err := c.Status(ctx)
+		if err != nil {
+			return 1, err
+		}
+		ips := st.Self.IPs
+		if len(pos) == 1 {
+			p, ok := findPeer(st, pos[0])
+			if !ok {
+				return 1, fmt.Errorf("no peer %q", pos[0])
+			}
+			ips = p.IPs
+		}
+		for _, ip := range ips {
+			fmt.Fprintln(stdout, ip)
+		}
+		return 0, nil
+	case "whois":
+		if len(pos) != 1 {
+			return 2, errors.New("usage: meshnode whois IP")
+		}
+		ip, err := netip.ParseAddr(pos[0])
+		if err != nil {
+			return 2, fmt.Errorf("whois: %q is not an IP address", pos[0])
+		}
+		st, err := c.Status(ctx)
+		if err != nil {
+			return 1, err
+		}
+		p, ok := findPeer(st, ip.String())
+		if !ok {
+			return 1, fmt.Errorf("no peer has address %s", ip)
+		}
+		if f.JSON {
+			return 0, writeJSON(stdout, p)
+		}
+		fmt.Fprintf(stdout, "%s\t%s\t%s\n", p.Name, strings.Join(p.IPs, ","), p.NodeKey)
+		return 0, nil
+	case "down":
+		if err := c.Down(ctx); err != nil {
+			return 1, err
+		}
+		return 0, nil
+	}
+	return 2, fmt.Errorf("unknown command %q", sub)
+}
+
+func findPeer(st localapi.Status, nameOrIP string) (localapi.PeerStatus, bool) {
+	for _, p := range st.Peers {
+		if p.Name == nameOrIP {
+			return p, true
+		}
+		for _, ip := range p.IPs {
+			if ip == nameOrIP {
+				return p, true
+			}
+		}
+	}
+	return localapi.PeerStatus{}, false
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	return enc.Encode(v)
+}
+
+func printStatus(w io.Writer, st localapi.Status) {
+	coord := "connected"
+	if !st.Coordinator.Connected {
+		coord = "disconnected"
+		if st.Coordinator.LastError != "" {
+			coord += " (" + st.Coordinator.LastError + ")"
+		}
+	}
+	fmt.Fprintf(w, "%s %s  home relay %s  coordinator %s\n", st.Self.Name, strings.Join(st.Self.IPs, ","), orDash(st.Self.HomeRelay), coord)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tIP\tONLINE\tPATH\tVIA\tRTT\tRX\tTX\tHANDSHAKE")
+	for _, p := range st.Peers {
+		via := p.Endpoint
+		if p.Path == "relay" {
+			via = p.Relay
+		}
+		rtt, hs := "-", "-"
+		if p.RTTMs > 0 {
+			rtt = fmt.Sprintf("%.1fms", p.RTTMs)
+		}
+		if p.LastHandshake != nil {
+			hs = time.Since(*p.LastHandshake).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, strings.Join(p.IPs, ","), p.Online, p.Path, orDash(via), rtt, p.RxBytes, p.TxBytes, hs)
+	}
+	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,86 @@
+package meshnode
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/meshnode/bind"
+)
+
+// nodeMetrics are the meshnode_ metrics. None carries a per-peer label.
+type nodeMetrics struct {
+	peers             prometheus.Gauge
+	coordConnected    prometheus.Gauge
+	filterDrops       *prometheus.CounterVec
+	homeChanges       *prometheus.CounterVec
+	discoRx           *prometheus.CounterVec
+	pingRTT           *prometheus.HistogramVec
+	relayPendingDrops prometheus.Counter
+}
+
+func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
+	m := &nodeMetrics{
+		peers: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshnode_peers_configured",
+			Help: "Peers configured in the WireGuard device."}),
+		coordConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshnode_coordinator_connected",
+			Help: "1 while the netmap stream from the coordinator is open."}),
+		filterDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_filter_drops_total",
+			Help: "Inbound packets dropped by the packet filter, by reason."}, []string{"reason"}),
+		homeChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_home_relay_changes_total",
+			Help: "Home relay changes, by reason."}, []string{"reason"}),
+		discoRx: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_disco_received_total",
+			Help: "Disco packets received, by kind or reason for dropping."}, []string{"kind"}),
+		pingRTT: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshnode_peer_rtt_seconds",
+			Help:    "Disco ping round trips to peers, by path.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1}}, []string{"path"}),
+		relayPendingDrops: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshnode_relay_pending_drops_total",
+			Help: "Packets dropped while waiting for a relay connection."}),
+	}
+	for _, r := range []string{"no_rule", "malformed", "fragment"} {
+		m.filterDrops.WithLabelValues(r)
+	}
+	reg.MustRegister(m.peers, m.coordConnected, m.filterDrops, m.homeChanges, m.discoRx, m.pingRTT, m.relayPendingDrops,
+		&pathCollector{n: n})
+	return m
+}
+
+// pathCollector reports per-path counts and bytes from the bind and status.
+type pathCollector struct{ n *Node }
+
+var (
+	descPeersByPath = prometheus.NewDesc("meshnode_peers", "Peers by current path.", []string{"path"}, nil)
+	descTxBytes     = prometheus.NewDesc("meshnode_tx_bytes_total", "WireGuard bytes sent, by path.", []string{"path"}, nil)
+	descRxBytes     = prometheus.NewDesc("meshnode_rx_bytes_total", "WireGuard bytes received, by path.", []string{"path"}, nil)
+	descRelayConns  = prometheus.NewDesc("meshnode_relay_connections", "Open relay connections, by region.", []string{"region"}, nil)
+	descRelayDrops  = prometheus.NewDesc("meshnode_relay_queue_drops_total", "Relayed packets dropped because wireguard-go fell behind.", nil, nil)
+)
+
+func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPeersByPath
+	ch <- descTxBytes
+	ch <- descRxBytes
+	ch <- descRelayConns
+	ch <- descRelayDrops
+}
+
+func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.n.bind.Stats()
+	for _, p := range []bind.Path{bind.PathRelay, bind.PathDirect} {
+		ch <- prometheus.MustNewConstMetric(descTxBytes, prometheus.CounterValue, float64(st.TxBytes[p]), p.String())
+		ch <- prometheus.MustNewConstMetric(descRxBytes, prometheus.CounterValue, float64(st.RxBytes[p]), p.String())
+	}
+	ch <- prometheus.MustNewConstMetric(descRelayDrops, prometheus.CounterValue, float64(st.RelayQueueDrops))
+	counts := map[string]int{"direct": 0, "relay": 0, "none": 0}
+	for _, p := range c.n.Status().Peers {
+		counts[p.Path]++
+	}
+	for path, v := range counts {
+		ch <- prometheus.MustNewConstMetric(descPeersByPath, prometheus.GaugeValue, float64(v), path)
+	}
+	byRegion := map[string]int{}
+	regionOf := c.n.relayRegions()
+	for _, addr := range c.n.relays.pool.Open() {
+		byRegion[regionOf[addr]]++
+	}
+	for region, v := range byRegion {
+		ch <- prometheus.MustNewConstMetric(descRelayConns, prometheus.GaugeValue, float64(v), region)
+	}
+}

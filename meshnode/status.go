@@ -1,0 +1,213 @@
+package meshnode
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/meshnode/bind"
+	"github.com/wiremesh/wiremesh/meshnode/localapi"
+)
+
+var _ localapi.Backend = (*Node)(nil)
+
+// Down implements localapi.Backend.
+func (n *Node) Down() {
+	select {
+	case <-n.down:
+	default:
+		close(n.down)
+	}
+}
+
+// Status implements localapi.Backend.
+func (n *Node) Status() localapi.Status {
+	n.mu.Lock()
+	var st localapi.Status
+	st.Self.NodeKey = n.priv.Public().String()
+	st.Self.HomeRelay = n.mu.home.Region
+	st.Self.IPs = []string{}
+	if n.mu.nm != nil {
+		st.Self.Name = n.mu.nm.Self.Name
+		for _, a := range n.mu.nm.Self.Addresses {
+			st.Self.IPs = append(st.Self.IPs, a.Addr().String())
+		}
+	}
+	st.Coordinator.Connected = n.mu.coordUp
+	if !n.mu.coordUp {
+		st.Coordinator.LastError = n.mu.coordErr
+	}
+	peers := n.mu.applied
+	rtts := make(map[key.NodePublic]float64, len(n.mu.rtt))
+	for k, v := range n.mu.rtt {
+		rtts[k] = v
+	}
+	eng := n.mu.engine
+	n.mu.Unlock()
+
+	var wg map[key.NodePublic]wgPeer
+	if eng != nil {
+		wg = readWGPeers(eng)
+	}
+	st.Peers = []localapi.PeerStatus{}
+	for k, p := range peers {
+		ps := localapi.PeerStatus{Name: p.Name, NodeKey: k.String(), Online: p.Online, IPs: []string{}, RTTMs: rtts[k]}
+		for _, a := range p.Addresses {
+			ps.IPs = append(ps.IPs, a.Addr().String())
+		}
+		ep := n.bind.Peer(k)
+		switch ep.Path() {
+		case bind.PathDirect:
+			ps.Path = "direct"
+			if d, ok := ep.Direct(); ok {
+				ps.Endpoint = d.String()
+			}
+		case bind.PathRelay:
+			ps.Path = "relay"
+			if r, ok := n.relayFor(k); ok {
+				ps.Relay = r.Region
+			}
+		default:
+			ps.Path = "none"
+		}
+		if w, ok := wg[k]; ok {
+			ps.RxBytes, ps.TxBytes = w.rx, w.tx
+			if !w.handshake.IsZero() {
+				hs := w.handshake.UTC()
+				ps.LastHandshake = &hs
+			}
+		}
+		// Until a handshake completes nothing has flowed: report no path.
+		if ps.LastHandshake == nil && ps.RxBytes == 0 {
+			ps.Path, ps.Endpoint, ps.Relay = "none", "", ""
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
+	return st
+}
+
+type wgPeer struct {
+	rx, tx    uint64
+	handshake time.Time
+}
+
+// readWGPeers parses wireguard-go's UAPI dump for per-peer counters.
+func readWGPeers(e *engine) map[key.NodePublic]wgPeer {
+	s, err := e.dev.IpcGet()
+	if err != nil {
+		return nil
+	}
+	out := map[key.NodePublic]wgPeer{}
+	var cur key.NodePublic
+	var p wgPeer
+	var sec, nsec int64
+	flush := func() {
+		if !cur.IsZero() {
+			if sec != 0 {
+				p.handshake = time.Unix(sec, nsec)
+			}
+			out[cur] = p
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			flush()
+			cur, p, sec, nsec = parseUAPIKey(v), wgPeer{}, 0, 0
+		case "rx_bytes":
+			p.rx, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			p.tx, _ = strconv.ParseUint(v, 10, 64)
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	flush()
+	return out
+}
+
+func parseUAPIKey(hexKey string) key.NodePublic {
+	k, err := key.ParseNodePublic(key.NodePublicPrefix + hexKey)
+	if err != nil {
+		return key.NodePublic{}
+	}
+	return k
+}
+
+// Ping implements localapi.Backend: disco pings through the relay (and,
+// once a direct path exists, over it), one result per pong.
+func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(localapi.PingResult)) error {
+	p, ok := n.peerByNameOrIP(req.Peer)
+	if !ok {
+		return fmt.Errorf("%w: %q", localapi.ErrNotFound, req.Peer)
+	}
+	ip := ""
+	if a, ok := selfAddr(p); ok {
+		ip = a.String()
+	}
+	got := false
+	var lastErr error
+	for i := 0; i < req.Count && ctx.Err() == nil; i++ {
+		pctx, cancel := context.WithTimeout(ctx, req.Timeout)
+		rtt, err := n.disco.ping(pctx, p.NodeKey)
+		cancel()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		got = true
+		ms := float64(rtt.Microseconds()) / 1000
+		n.mu.Lock()
+		n.mu.rtt[p.NodeKey] = ms
+		n.mu.Unlock()
+		via := ""
+		if r, ok := n.relayFor(p.NodeKey); ok {
+			via = r.Region
+		}
+		n.metrics.pingRTT.WithLabelValues("relay").Observe(rtt.Seconds())
+		emit(localapi.PingResult{Peer: p.Name, IP: ip, Path: "relay", Via: via, RTTMs: ms})
+		if i+1 < req.Count {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	if !got {
+		if lastErr == nil {
+			lastErr = ctx.Err()
+		}
+		if errors.Is(lastErr, context.DeadlineExceeded) {
+			return fmt.Errorf("no pong from %s", p.Name)
+		}
+		return fmt.Errorf("ping %s: %w", p.Name, lastErr)
+	}
+	return nil
+}
+
+// Whois returns the peer with mesh address ip.
+func (n *Node) Whois(ip netip.Addr) (localapi.PeerStatus, bool) {
+	for _, p := range n.Status().Peers {
+		for _, a := range p.IPs {
+			if a == ip.String() {
+				return p, true
+			}
+		}
+	}
+	return localapi.PeerStatus{}, false
+}
