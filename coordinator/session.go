@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wiremesh/wiremesh/admit"
@@ -48,10 +49,12 @@ type session struct {
 	p  pending
 
 	// Writer-owned fields.
-	seq         uint64
-	sent        map[netmap.NodeID]struct{} // peers the node currently has
-	lastFilter  []byte
-	tokenIssued time.Time
+	seq        uint64
+	sent       map[netmap.NodeID]struct{} // peers the node currently has
+	lastFilter []byte
+	// tokenIssued is when the last admission token was sent, in unix
+	// nanoseconds: written by the writer, read by the sweeper.
+	tokenIssued atomic.Int64
 }
 
 func newSession(n *nodeState, cancel context.CancelFunc) *session {
@@ -281,11 +284,11 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 		msg.DNS = &d
 		empty = false
 	}
-	if p.admission || admissionDue(s.tokenIssued, srv.cfg.TokenLifetime, now) {
+	if p.admission || s.admissionDue(srv.cfg.TokenLifetime, now) {
 		tok, err := admit.IssueWith(srv.signer, srv.signPub, n.nodeKey, "", now, srv.cfg.TokenLifetime)
 		if err == nil {
 			msg.Admission = &netmap.Admission{Token: encodeToken(tok), Expires: now.Add(srv.cfg.TokenLifetime)}
-			s.tokenIssued = now
+			s.tokenIssued.Store(now.UnixNano())
 			empty = false
 		}
 	}
@@ -308,8 +311,9 @@ func addID(m map[netmap.NodeID]struct{}, id netmap.NodeID) map[netmap.NodeID]str
 	return m
 }
 
-// admissionDue reports whether a token issued at issued needs replacing:
-// once half its lifetime is over, as admit.Token.NeedsRefresh says.
-func admissionDue(issued time.Time, lifetime time.Duration, now time.Time) bool {
-	return !issued.IsZero() && !now.Before(issued.Add(lifetime/2))
+// admissionDue reports whether the last token sent needs replacing: once
+// half its lifetime is over, as admit.Token.NeedsRefresh says.
+func (s *session) admissionDue(lifetime time.Duration, now time.Time) bool {
+	issued := s.tokenIssued.Load()
+	return issued != 0 && !now.Before(time.Unix(0, issued).Add(lifetime/2))
 }
