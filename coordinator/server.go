@@ -57,10 +57,12 @@ const (
 	// MaxRequestBody bounds every node and relay request body. The largest,
 	// an update with many endpoints and a netcheck, is a few KiB.
 	MaxRequestBody = 64 << 10
-	// maxConcurrentStreams per HTTP/2 connection: one node needs two, but a
-	// load generator or a NAT full of nodes multiplexes many on a few
-	// connections.
-	maxConcurrentStreams = 1000
+	// maxConcurrentStreams per HTTP/2 connection: one node needs two, a
+	// load generator multiplexes many. Go's HTTP/2 round-robin write
+	// scheduler scans every stream of a connection for each frame it
+	// sends, so a connection with S streams costs O(S) per frame; 100
+	// keeps that small (clients open more connections past the limit).
+	maxConcurrentStreams = 100
 )
 
 // Files in the state directory.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,6 +155,67 @@ type wireMapResponse struct {
 	Admission    *netmap.Admission `json:"admission,omitempty"`
 }
 
+// appendJSON appends m's JSON encoding to b. Pre-encoded peers are copied
+// as they are: json.Marshal would re-validate every one of them, which
+// dominated the cost of a full map.
+func (m *wireMapResponse) appendJSON(b []byte) []byte {
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, m.Seq, 10)
+	if m.KeepAlive {
+		b = append(b, `,"keep_alive":true`...)
+	}
+	if m.Full {
+		b = append(b, `,"full":true`...)
+	}
+	if m.Self != nil {
+		b = append(append(b, `,"self":`...), m.Self...)
+	}
+	b = appendRawList(b, `,"peers":[`, m.Peers)
+	b = appendRawList(b, `,"peers_changed":[`, m.PeersChanged)
+	if len(m.PeersRemoved) > 0 {
+		b = append(b, `,"peers_removed":[`...)
+		for i, id := range m.PeersRemoved {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(id), 10)
+		}
+		b = append(b, ']')
+	}
+	b = appendField(b, `,"relay_map":`, m.RelayMap, m.RelayMap != nil)
+	b = appendField(b, `,"dns":`, m.DNS, m.DNS != nil)
+	if m.PacketFilter != nil {
+		b = append(append(b, `,"packet_filter":`...), m.PacketFilter...)
+	}
+	b = appendField(b, `,"admission":`, m.Admission, m.Admission != nil)
+	return append(b, '}')
+}
+
+func appendRawList(b []byte, prefix string, list []json.RawMessage) []byte {
+	if len(list) == 0 {
+		return b
+	}
+	b = append(b, prefix...)
+	for i, r := range list {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, r...)
+	}
+	return append(b, ']')
+}
+
+func appendField(b []byte, prefix string, v any, present bool) []byte {
+	if !present {
+		return b
+	}
+	enc, err := json.Marshal(v)
+	if err != nil {
+		return b // these types always encode
+	}
+	return append(append(b, prefix...), enc...)
+}
+
 // runStream writes frames to w until ctx ends or a write fails.
 func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWriter) error {
 	rc := http.NewResponseController(w)
@@ -181,12 +243,9 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 				continue
 			}
 		}
-		b, err := json.Marshal(msg)
-		if err != nil {
-			return err
-		}
-		buf = netmap.AppendFrame(buf[:0], len(b))
-		buf = append(buf, b...)
+		buf = append(buf[:0], 0, 0, 0, 0) // frame header, filled below
+		buf = msg.appendJSON(buf)
+		netmap.AppendFrame(buf[:0], len(buf)-4)
 		if _, err := w.Write(buf); err != nil {
 			return err
 		}
