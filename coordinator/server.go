@@ -57,10 +57,12 @@ const (
 	// MaxRequestBody bounds every node and relay request body. The largest,
 	// an update with many endpoints and a netcheck, is a few KiB.
 	MaxRequestBody = 64 << 10
-	// maxConcurrentStreams per HTTP/2 connection: one node needs two, but a
-	// load generator or a NAT full of nodes multiplexes many on a few
-	// connections.
-	maxConcurrentStreams = 1000
+	// maxConcurrentStreams per HTTP/2 connection: one node needs two, a
+	// load generator multiplexes many. Go's HTTP/2 round-robin write
+	// scheduler scans every stream of a connection for each frame it
+	// sends, so a connection with S streams costs O(S) per frame; 100
+	// keeps that small (clients open more connections past the limit).
+	maxConcurrentStreams = 100
 )
 
 // Files in the state directory.
@@ -430,25 +432,37 @@ func (srv *Server) sweepLoop(ctx context.Context) {
 
 func (srv *Server) sweep(ctx context.Context) {
 	now := srv.now()
-	var ephemeral []*nodeState
+	var expired, ephemeral []*nodeState
 	st := srv.st
-	st.mu.Lock()
+	// Scan under the read lock: streams keep flowing. Only sessions whose
+	// admission token is due are woken, so a sweep costs O(nodes) reads and
+	// no stream work in the common case.
+	st.mu.RLock()
 	for _, n := range st.nodes {
 		if n.expired(now) && !n.expiredSent {
-			n.expiredSent = true
-			st.removedLocked(n, now)
-			if n.sess != nil {
-				n.sess.cancel()
-			}
+			expired = append(expired, n)
 		}
 		if n.rec.Ephemeral && n.sess == nil && now.Sub(n.rec.LastSeen) > srv.cfg.EphemeralTimeout {
 			ephemeral = append(ephemeral, n)
 		}
-		if n.sess != nil {
-			n.sess.wake() // lets the writer refresh a due admission token
+		if n.sess != nil && n.sess.admissionDue(srv.cfg.TokenLifetime, now) {
+			n.sess.wake()
 		}
 	}
-	st.mu.Unlock()
+	st.mu.RUnlock()
+	if len(expired) > 0 {
+		st.mu.Lock()
+		for _, n := range expired {
+			if _, live := st.nodes[n.id]; live && !n.expiredSent {
+				n.expiredSent = true
+				st.removedLocked(n, now)
+				if n.sess != nil {
+					n.sess.cancel()
+				}
+			}
+		}
+		st.mu.Unlock()
+	}
 	for _, n := range ephemeral {
 		if err := srv.deleteNode(ctx, n.rec.Name, true); err != nil && !errors.Is(err, store.ErrNotFound) {
 			srv.log.Warn("delete ephemeral node", "node", n.rec.Name, "err", err)

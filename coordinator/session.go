@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wiremesh/wiremesh/admit"
@@ -48,10 +50,12 @@ type session struct {
 	p  pending
 
 	// Writer-owned fields.
-	seq         uint64
-	sent        map[netmap.NodeID]struct{} // peers the node currently has
-	lastFilter  []byte
-	tokenIssued time.Time
+	seq        uint64
+	sent       map[netmap.NodeID]struct{} // peers the node currently has
+	lastFilter []byte
+	// tokenIssued is when the last admission token was sent, in unix
+	// nanoseconds: written by the writer, read by the sweeper.
+	tokenIssued atomic.Int64
 }
 
 func newSession(n *nodeState, cancel context.CancelFunc) *session {
@@ -151,6 +155,67 @@ type wireMapResponse struct {
 	Admission    *netmap.Admission `json:"admission,omitempty"`
 }
 
+// appendJSON appends m's JSON encoding to b. Pre-encoded peers are copied
+// as they are: json.Marshal would re-validate every one of them, which
+// dominated the cost of a full map.
+func (m *wireMapResponse) appendJSON(b []byte) []byte {
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, m.Seq, 10)
+	if m.KeepAlive {
+		b = append(b, `,"keep_alive":true`...)
+	}
+	if m.Full {
+		b = append(b, `,"full":true`...)
+	}
+	if m.Self != nil {
+		b = append(append(b, `,"self":`...), m.Self...)
+	}
+	b = appendRawList(b, `,"peers":[`, m.Peers)
+	b = appendRawList(b, `,"peers_changed":[`, m.PeersChanged)
+	if len(m.PeersRemoved) > 0 {
+		b = append(b, `,"peers_removed":[`...)
+		for i, id := range m.PeersRemoved {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(id), 10)
+		}
+		b = append(b, ']')
+	}
+	b = appendField(b, `,"relay_map":`, m.RelayMap, m.RelayMap != nil)
+	b = appendField(b, `,"dns":`, m.DNS, m.DNS != nil)
+	if m.PacketFilter != nil {
+		b = append(append(b, `,"packet_filter":`...), m.PacketFilter...)
+	}
+	b = appendField(b, `,"admission":`, m.Admission, m.Admission != nil)
+	return append(b, '}')
+}
+
+func appendRawList(b []byte, prefix string, list []json.RawMessage) []byte {
+	if len(list) == 0 {
+		return b
+	}
+	b = append(b, prefix...)
+	for i, r := range list {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, r...)
+	}
+	return append(b, ']')
+}
+
+func appendField(b []byte, prefix string, v any, present bool) []byte {
+	if !present {
+		return b
+	}
+	enc, err := json.Marshal(v)
+	if err != nil {
+		return b // these types always encode
+	}
+	return append(append(b, prefix...), enc...)
+}
+
 // runStream writes frames to w until ctx ends or a write fails.
 func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWriter) error {
 	rc := http.NewResponseController(w)
@@ -178,12 +243,9 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 				continue
 			}
 		}
-		b, err := json.Marshal(msg)
-		if err != nil {
-			return err
-		}
-		buf = netmap.AppendFrame(buf[:0], len(b))
-		buf = append(buf, b...)
+		buf = append(buf[:0], 0, 0, 0, 0) // frame header, filled below
+		buf = msg.appendJSON(buf)
+		netmap.AppendFrame(buf[:0], len(buf)-4)
 		if _, err := w.Write(buf); err != nil {
 			return err
 		}
@@ -281,11 +343,11 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 		msg.DNS = &d
 		empty = false
 	}
-	if p.admission || admissionDue(s.tokenIssued, srv.cfg.TokenLifetime, now) {
+	if p.admission || s.admissionDue(srv.cfg.TokenLifetime, now) {
 		tok, err := admit.IssueWith(srv.signer, srv.signPub, n.nodeKey, "", now, srv.cfg.TokenLifetime)
 		if err == nil {
 			msg.Admission = &netmap.Admission{Token: encodeToken(tok), Expires: now.Add(srv.cfg.TokenLifetime)}
-			s.tokenIssued = now
+			s.tokenIssued.Store(now.UnixNano())
 			empty = false
 		}
 	}
@@ -308,8 +370,9 @@ func addID(m map[netmap.NodeID]struct{}, id netmap.NodeID) map[netmap.NodeID]str
 	return m
 }
 
-// admissionDue reports whether a token issued at issued needs replacing:
-// once half its lifetime is over, as admit.Token.NeedsRefresh says.
-func admissionDue(issued time.Time, lifetime time.Duration, now time.Time) bool {
-	return !issued.IsZero() && !now.Before(issued.Add(lifetime/2))
+// admissionDue reports whether the last token sent needs replacing: once
+// half its lifetime is over, as admit.Token.NeedsRefresh says.
+func (s *session) admissionDue(lifetime time.Duration, now time.Time) bool {
+	issued := s.tokenIssued.Load()
+	return issued != 0 && !now.Before(time.Unix(0, issued).Add(lifetime/2))
 }

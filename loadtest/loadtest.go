@@ -34,6 +34,10 @@ var modes = map[string]mode{
 	"connect": {"M concurrent idle relay clients: connects/s and relay memory per client", runConnect},
 	"udpfwd":  {"a plain Go UDP forwarder, the baseline for `loadtest relay --baseline-udp`", runUDPFwd},
 	"keygen":  {"make a signing key for relayd --trust-key and --signing-key-file", runKeygen},
+	"coordinator": {"N simulated nodes registering and streaming netmaps: fan-out p50/p99, memory",
+		func(ctx context.Context, args []string, out, _ io.Writer) error {
+			return RunCoordinator(ctx, args, out)
+		}},
 }
 
 // Command runs loadtest with args (without the program name).
