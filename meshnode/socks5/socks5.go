@@ -148,6 +148,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	c.SetDeadline(time.Time{})
+	// Shutdown must end both directions, whichever side is idle.
+	stop := context.AfterFunc(ctx, func() { c.Close(); out.Close() })
+	defer stop()
 	return splice(c, out)
 }
 
