@@ -125,3 +125,18 @@ func (n *Namespace) sysctls(kv map[string]string) error {
 		return nil
 	})
 }
+
+// StartWith is Start with the command's stdout and stderr going to out.
+func (n *Namespace) StartWith(ctx context.Context, out *os.File, name string, args ...string) (*exec.Cmd, error) {
+	c := n.Command(ctx, name, args...)
+	c.Stdout, c.Stderr = out, out
+	if err := c.Start(); err != nil {
+		return nil, fmt.Errorf("lab: start %s in %s: %w", name, n.Short, err)
+	}
+	if err := n.lab.track(c); err != nil {
+		c.Process.Kill()
+		c.Wait()
+		return nil, err
+	}
+	return c, nil
+}

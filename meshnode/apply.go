@@ -88,6 +88,9 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 		}
 	}
 	n.metrics.peers.Set(float64(len(next)))
+	if fromCoordinator && len(old) == 0 {
+		n.saveCache() // the first map is worth keeping at once
+	}
 	return nil
 }
 

@@ -175,6 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	cancel()
 	n.wg.Wait()
+	n.saveCache()
 	n.mu.Lock()
 	eng := n.mu.engine
 	n.mu.Unlock()
@@ -255,17 +256,27 @@ func (n *Node) housekeeping(ctx context.Context) {
 		case <-t.C:
 		}
 		n.failoverIfHomeDown(false)
-		n.mu.Lock()
-		dirty, nm := n.mu.dirtyCache, n.mu.nm
-		n.mu.dirtyCache = false
-		n.mu.Unlock()
-		if dirty && nm != nil {
-			if err := n.state.saveNetmap(nm); err != nil {
-				n.log.Warn("saving netmap cache failed", "err", err)
-			}
-		}
+		n.saveCache()
 		n.filter.Expire()
 	}
+}
+
+// saveCache writes the netmap cache if it changed since the last write.
+// Housekeeping calls it every second, and Run once more on the way out, so
+// at most a second of changes is lost to a crash and none to a clean stop.
+func (n *Node) saveCache() {
+	n.mu.Lock()
+	dirty, nm := n.mu.dirtyCache, n.mu.nm
+	n.mu.dirtyCache = false
+	n.mu.Unlock()
+	if !dirty || nm == nil {
+		return
+	}
+	if err := n.state.saveNetmap(nm); err != nil {
+		n.log.Warn("saving netmap cache failed", "err", err)
+		return
+	}
+	n.log.Debug("saved netmap cache", "peers", len(nm.Peers))
 }
 
 // homeDownAfter is how long the home relay may stay disconnected before the

@@ -10,6 +10,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,277 @@
+//go:build lab
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/lab"
+	"github.com/wiremesh/wiremesh/meshnode/localapi"
+)
+
+// binDir holds the binaries, built once per test process.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "wiremesh-e2e-bin")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "../cmd/coordinator", "../cmd/relayd", "../cmd/meshnode")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// world is a lab with a coordinator and relays on public hosts.
+type world struct {
+	t        testing.TB
+	l        *lab.Lab
+	bin      string
+	coord    *lab.Host
+	coordDir string
+	coordURL string
+	coordCmd *exec.Cmd
+	signer   key.SigningPrivate
+	relays   []relayInfo
+	authKey  string
+}
+
+type relayInfo struct {
+	Region string
+	Host   *lab.Host
+	Addr   string
+	Pin    string `json:"pin"`
+	Key    string `json:"relay_key"`
+	Dir    string
+	Cmd    *exec.Cmd
+}
+
+// proc starts a long-running binary in ns with output to a log file that
+// is printed if the test fails.
+func (w *world) proc(ns *lab.Namespace, name string, args ...string) *exec.Cmd {
+	w.t.Helper()
+	logf, err := os.CreateTemp("", "wiremesh-e2e-"+ns.Short+"-*.log")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	c, err := ns.StartWith(context.Background(), logf, filepath.Join(w.bin, name), args...)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() {
+		logf.Close()
+		if w.t.Failed() || os.Getenv("WIREMESH_TEST_LOG") == "1" {
+			b, _ := os.ReadFile(logf.Name())
+			if len(b) > 20000 {
+				b = b[len(b)-20000:]
+			}
+			w.t.Logf("--- %s %s log ---\n%s", ns.Short, name, b)
+		}
+		os.Remove(logf.Name())
+	})
+	return c
+}
+
+// run runs a short command from the root namespace and returns stdout.
+func (w *world) run(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	c := exec.CommandContext(ctx, filepath.Join(w.bin, name), args...)
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+func newWorld(t testing.TB, regions ...string) *world {
+	t.Helper()
+	w := &world{t: t, l: lab.New(t), bin: binaries(t), signer: key.NewSigning()}
+	var err error
+	if w.coord, err = w.l.AddHost("coord", nil); err != nil {
+		t.Fatal(err)
+	}
+	var regs []string
+	for _, region := range regions {
+		r := relayInfo{Region: region, Dir: t.TempDir()}
+		if r.Host, err = w.l.AddHost("relay-"+region, nil); err != nil {
+			t.Fatal(err)
+		}
+		r.Addr = netip.AddrPortFrom(r.Host.Addr, 443).String()
+		out, err := w.run("relayd", "pin", "--json", "--state-dir", r.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("relayd pin: %v: %s", err, out)
+		}
+		r.Cmd = w.proc(r.Host.Namespace, "relayd", "--region", region, "--listen", r.Addr, "--public-addr", r.Addr,
+			"--state-dir", r.Dir, "--trust-key", w.signer.Public().String())
+		w.relays = append(w.relays, r)
+		regs = append(regs, fmt.Sprintf(`{"code":%q,"name":%q,"relays":[{"name":"%s-1","addr":%q,"pin":%q,"key":%q}]}`,
+			region, strings.ToUpper(region), region, r.Addr, r.Pin, r.Key))
+	}
+	w.coordDir = t.TempDir()
+	if err := key.WriteKeyFile(filepath.Join(w.coordDir, "signing.key"), w.signer); err != nil {
+		t.Fatal(err)
+	}
+	rm := filepath.Join(t.TempDir(), "relays.json")
+	os.WriteFile(rm, []byte(`{"regions":[`+strings.Join(regs, ",")+`]}`), 0o600)
+	w.coordURL = "https://" + netip.AddrPortFrom(w.coord.Addr, 8443).String()
+	w.startCoordinator(rm)
+	out, err := w.run("coordinator", "authkey", "create", "--reusable", "--state-dir", w.coordDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	w.authKey = lines[len(lines)-1]
+	return w
+}
+
+func (w *world) startCoordinator(relayMap string) {
+	w.t.Helper()
+	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir}
+	if relayMap != "" {
+		args = append(args, "--relay-map", relayMap)
+	}
+	w.coordCmd = w.proc(w.coord.Namespace, "coordinator", args...)
+	// Wait for the admin socket.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := w.run("coordinator", "nodes", "list", "--state-dir", w.coordDir); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatal("coordinator did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (w *world) stopCoordinator() {
+	w.coordCmd.Process.Kill()
+	w.coordCmd.Wait()
+}
+
+// node is a meshnode process in a lab host.
+type node struct {
+	w    *world
+	name string
+	host *lab.Host
+	dir  string
+	cmd  *exec.Cmd
+	args []string
+}
+
+func (w *world) startNode(name string, h *lab.Host, extra ...string) *node {
+	w.t.Helper()
+	n := &node{w: w, name: name, host: h, dir: w.t.TempDir()}
+	n.args = append([]string{"run", "--coordinator", w.coordURL, "--authkey", w.authKey, "--hostname", name,
+		"--state-dir", n.dir, "--log-level", "debug"}, extra...)
+	n.start()
+	return n
+}
+
+func (n *node) start() {
+	n.cmd = n.w.proc(n.host.Namespace, "meshnode", n.args...)
+}
+
+func (n *node) stop() {
+	n.w.run("meshnode", "down", "--state-dir", n.dir)
+	done := make(chan struct{})
+	go func() { n.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		n.cmd.Process.Kill()
+		<-done
+		n.w.t.Errorf("%s did not stop on meshnode down", n.name)
+	}
+}
+
+func (n *node) status() (localapi.Status, error) {
+	var st localapi.Status
+	out, err := n.w.run("meshnode", "status", "--json", "--state-dir", n.dir)
+	if err != nil {
+		return st, err
+	}
+	err = json.Unmarshal([]byte(out), &st)
+	return st, err
+}
+
+func (n *node) waitStatus(what string, cond func(localapi.Status) bool) localapi.Status {
+	n.w.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := n.status()
+		if err == nil && cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			b, _ := json.Marshal(st)
+			n.w.t.Fatalf("%s: %s never happened: %s %v", n.name, what, b, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (n *node) ip() netip.Addr {
+	n.w.t.Helper()
+	st := n.waitStatus("an address", func(st localapi.Status) bool { return len(st.Self.IPs) > 0 })
+	return netip.MustParseAddr(st.Self.IPs[0])
+}
+
+// ping runs the kernel's ping inside the node's namespace.
+func (n *node) ping(ip netip.Addr, count int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(count+5)*time.Second)
+	defer cancel()
+	out, err := n.host.Command(ctx, "ping", "-c", fmt.Sprint(count), "-W", "1", "-i", "0.2", ip.String()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s from %s: %v\n%s", ip, n.name, err, out)
+	}
+	return nil
+}
+
+func peerOf(st localapi.Status, name string) (localapi.PeerStatus, bool) {
+	for _, p := range st.Peers {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return localapi.PeerStatus{}, false
+}
