@@ -141,7 +141,8 @@ func newWorld(t testing.TB, regions ...string) *world {
 			t.Fatalf("relayd pin: %v: %s", err, out)
 		}
 		r.Cmd = w.proc(r.Host.Namespace, "relayd", "--region", region, "--listen", r.Addr, "--public-addr", r.Addr,
-			"--state-dir", r.Dir, "--trust-key", w.signer.Public().String())
+			"--state-dir", r.Dir, "--trust-key", w.signer.Public().String(),
+			"--metrics-listen", netip.AddrPortFrom(r.Host.Addr, 9100).String())
 		w.relays = append(w.relays, r)
 		regs = append(regs, fmt.Sprintf(`{"code":%q,"name":%q,"relays":[{"name":"%s-1","addr":%q,"pin":%q,"key":%q}]}`,
 			region, strings.ToUpper(region), region, r.Addr, r.Pin, r.Key))
@@ -202,7 +203,7 @@ func (w *world) startNode(name string, h *lab.Host, extra ...string) *node {
 	w.t.Helper()
 	n := &node{w: w, name: name, host: h, dir: w.t.TempDir()}
 	n.args = append([]string{"run", "--coordinator", w.coordURL, "--authkey", w.authKey, "--hostname", name,
-		"--state-dir", n.dir, "--log-level", "debug"}, extra...)
+		"--state-dir", n.dir, "--log-level", "debug", "--metrics-listen", "127.0.0.1:9100"}, extra...)
 	n.start()
 	return n
 }
@@ -274,4 +275,19 @@ func peerOf(st localapi.Status, name string) (localapi.PeerStatus, bool) {
 		}
 	}
 	return localapi.PeerStatus{}, false
+}
+
+// metrics fetches a Prometheus page from inside ns and returns the lines
+// that start with prefix.
+func metricsOf(ns *lab.Namespace, url, prefix string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := ns.Command(ctx, "curl", "-s", url).Output()
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }

@@ -115,6 +115,14 @@ func peerDelta(old, next map[key.NodePublic]netmap.Node) string {
 	}
 	for k, p := range next {
 		o, existed := old[k]
+		if existed && o.DiscoKey != p.DiscoKey {
+			// A new disco key means the peer restarted: its WireGuard
+			// sessions with us are gone. Re-creating the peer drops ours,
+			// so the next packet starts a handshake at once instead of
+			// after WireGuard's 15 s "stopped hearing back" timeout.
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.UAPI())
+			existed = false
+		}
 		if existed && slices.Equal(o.AllowedIPs, p.AllowedIPs) && slices.Equal(o.Addresses, p.Addresses) {
 			continue
 		}
