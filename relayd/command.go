@@ -36,6 +36,7 @@ type Flags struct {
 	QueueLen       int           `flag:"queue-len" env:"QUEUE_LEN" envDefault:"128" help:"per-client data queue in packets (oldest dropped when full)"`
 	DiscoQueueLen  int           `flag:"disco-queue-len" env:"DISCO_QUEUE_LEN" envDefault:"16" help:"per-client disco queue in packets"`
 	DrainGrace     time.Duration `flag:"drain-grace" env:"DRAIN_GRACE" envDefault:"10s" help:"on SIGTERM, how long clients get to move before the relay closes"`
+	PprofListen    string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"address to serve net/http/pprof on, for profiling (default: off; never expose it)"`
 	JSON           bool          `flag:"json" env:"JSON" help:"relayd pin: print JSON"`
 	cli.Logging
 }
@@ -167,6 +168,15 @@ func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 		log.Info("metrics serving", "addr", ms.Addr().String())
 		wg.Add(1)
 		go func() { defer wg.Done(); ms.Run(mctx, log) }()
+	}
+	if f.PprofListen != "" {
+		ps, err := servePprof(f.PprofListen)
+		if err != nil {
+			s.closeSockets()
+			return err
+		}
+		defer ps.Close()
+		log.Info("pprof serving", "addr", f.PprofListen)
 	}
 	return s.Run(ctx)
 }
