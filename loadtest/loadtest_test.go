@@ -23,7 +23,7 @@ func TestRelayModeJSON(t *testing.T) {
 	defer cancel()
 	go forwardUDP(ctx, fwd)
 	var out, errOut bytes.Buffer
-	err = Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", "2000",
+	err = Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", "2000", "--delivery", "all",
 		"--baseline-udp", fwd.LocalAddr().String(), "--flood", "--probe-rate", "200", "--json", "--progress", "100ms"}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
@@ -32,7 +32,7 @@ func TestRelayModeJSON(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("output is not one JSON object: %v\n%s", err, out.String())
 	}
-	if len(rep.Runs) != 2 || rep.Runs[0].Delivery != "datagram" || rep.Runs[1].Delivery != "stream" {
+	if len(rep.Runs) != 3 || rep.Runs[0].Delivery != "datagram" || rep.Runs[1].Delivery != "stream" || rep.Runs[2].Delivery != "fastpath" {
 		t.Fatalf("runs %+v", rep.Runs)
 	}
 	for _, r := range append(rep.Runs, *rep.Baseline) {
@@ -40,7 +40,7 @@ func TestRelayModeJSON(t *testing.T) {
 			t.Errorf("inconsistent run %+v", r)
 		}
 	}
-	if len(rep.Ratios) != 2 || len(rep.Flood) != 2 || rep.Flood[0].Loaded.FloodPairs != 1 {
+	if len(rep.Ratios) != 3 || len(rep.Flood) != 3 || rep.Flood[0].Loaded.FloodPairs != 1 {
 		t.Errorf("ratios %v flood %+v", rep.Ratios, rep.Flood)
 	}
 	if !strings.Contains(errOut.String(), "loadtest: datagram") {

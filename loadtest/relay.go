@@ -38,7 +38,7 @@ type relayOpts struct {
 	Size        int           `flag:"size" env:"SIZE" envDefault:"1280" help:"packet payload size in bytes"`
 	Duration    time.Duration `flag:"duration" env:"DURATION" envDefault:"10s" help:"measured sending time per run"`
 	Rate        float64       `flag:"rate" env:"RATE" help:"total packets per second over all pairs (0: as fast as the relay takes them)"`
-	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream or both (side by side)"`
+	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream, fastpath, both (datagram and stream) or all three, side by side; fastpath needs relayd --fastpath-listen"`
 	BaselineUDP string        `flag:"baseline-udp" env:"BASELINE_UDP" help:"address of a running loadtest udpfwd, measured in the same run for a ratio"`
 	Flood       bool          `flag:"flood" env:"FLOOD" help:"also measure p99 of paced pairs while one extra pair floods, against the same pairs unloaded"`
 	ProbeRate   float64       `flag:"probe-rate" env:"PROBE_RATE" envDefault:"1000" help:"packets per second per paced pair in the --flood runs"`
@@ -95,10 +95,12 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 	switch o.Delivery {
 	case "both":
 		deliveries = []string{"datagram", "stream"}
-	case "datagram", "stream":
+	case "all":
+		deliveries = []string{"datagram", "stream", "fastpath"}
+	case "datagram", "stream", "fastpath":
 		deliveries = []string{o.Delivery}
 	default:
-		return fmt.Errorf("loadtest relay: --delivery %q: want datagram, stream or both", o.Delivery)
+		return fmt.Errorf("loadtest relay: --delivery %q: want datagram, stream, fastpath, both or all", o.Delivery)
 	}
 	tgt, err := o.target(ctx, errOut)
 	if err != nil {
@@ -201,7 +203,8 @@ type sender func(payload []byte) error
 
 // runPairs measures one run through the relay.
 func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duration, errOut io.Writer) (RunResult, error) {
-	datagrams := spec.delivery == "datagram"
+	datagrams := spec.delivery != "stream"
+	fast := spec.delivery == "fastpath"
 	n := spec.pairs + spec.flood
 	t0 := time.Now()
 	stats := make([]*counters, n)
@@ -227,6 +230,17 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 			defer wg.Done()
 			defer func() { <-sem }()
 			a, b, err := dialPair(ctx, tgt, datagrams, stats[i], t0)
+			if err == nil && fast {
+				for _, c := range []*relayclient.Conn{a, b.Conn} {
+					if ferr := c.EnableFastPath(ctx); ferr != nil {
+						err = fmt.Errorf("fast path: %w", ferr)
+					}
+				}
+				if err != nil {
+					a.Close()
+					b.Close()
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -235,6 +249,9 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 			}
 			conns = append(conns, a, b.Conn)
 			transport = a.Transport()
+			if fast {
+				transport = "udp+" + transport
+			}
 			dst := b.peerKey
 			sends[i] = func(p []byte) error { return a.Send(dst, p) }
 		}()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -85,8 +86,9 @@ type client struct {
 	handle uint32
 	dgram  bool // deliver packets as datagrams when they fit
 	lim    *limiter
-	wake   chan struct{} // cap 1: writer has work
-	done   chan struct{} // closed by close
+	fast   atomic.Pointer[fastState] // nil until the client asks for a fast path
+	wake   chan struct{}             // cap 1: writer has work
+	done   chan struct{}             // closed by close
 
 	mu struct {
 		sync.Mutex
@@ -138,6 +140,9 @@ func (s *Server) unregister(cl *client) {
 		delete(s.mu.clients, cl.key)
 	}
 	delete(s.mu.handles, cl.handle)
+	if fs := cl.fast.Load(); fs != nil {
+		delete(s.mu.sessions, fs.session)
+	}
 	s.mu.Unlock()
 	cl.mu.Lock()
 	senders := cl.mu.senders
@@ -279,6 +284,10 @@ func (cl *client) handleFrame(typ relayproto.FrameType, body []byte) error {
 			cl.s.m.clientRTT.Observe(rtt.Seconds())
 		}
 	case relayproto.FrameKeepAlive:
+	case relayproto.FrameFastPathRequest:
+		cl.startFastPath()
+	case relayproto.FrameFastPathConfirm:
+		return cl.confirmFastPath(body)
 	default:
 		cl.s.m.badFrames.WithLabelValues("unexpected").Inc()
 		return errUnexpected
@@ -311,6 +320,27 @@ func (s *Server) forward(src *client, dstKey key.NodePublic, dst *client, payloa
 	default:
 		s.m.drops.WithLabelValues(dropNoSuchPeer).Inc()
 		src.notifyNotHere(dstKey)
+	}
+}
+
+// noteSender records from as a sender to cl (for PeerGone on departure)
+// and, the first time, sends it a PeerPresent with cl's handle.
+func (cl *client) noteSender(from *client) {
+	cl.mu.Lock()
+	_, ok := cl.mu.senders[from.key]
+	announce := false
+	if !ok && !cl.mu.closed {
+		if cl.mu.senders == nil {
+			cl.mu.senders = map[key.NodePublic]struct{}{}
+		}
+		if len(cl.mu.senders) < senderSetMax {
+			cl.mu.senders[from.key] = struct{}{}
+			announce = true
+		}
+	}
+	cl.mu.Unlock()
+	if announce {
+		from.enqueueCtrl(relayproto.FramePeerPresent, relayproto.AppendPeerPresent(nil, cl.key, cl.handle))
 	}
 }
 
@@ -441,6 +471,15 @@ func (cl *client) write() {
 				t := relayproto.FrameRecvPacket
 				if i < nDisco {
 					t = relayproto.FrameRecvDisco
+				}
+				if t == relayproto.FrameRecvPacket {
+					if addr, ok := cl.fastAddr(); ok {
+						if err := cl.s.sendFast(addr, p.src, p.payload); err == nil {
+							cl.s.m.fwdFastPkts.Inc()
+							cl.s.m.fwdFastBytes.Add(float64(len(p.payload)))
+							continue
+						}
+					}
 				}
 				if cl.dgram && t == relayproto.FrameRecvPacket {
 					// sendDatagram copies, so one scratch buffer serves all.
