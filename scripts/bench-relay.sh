@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Reproduces the relay figures in BENCHMARKS.md on one machine: builds the
-# binaries, starts a relayd and the plain UDP forwarder baseline on
-# 127.0.0.1:7000-7003, and runs
+# binaries, starts a relayd (fast path on) and the plain UDP forwarder
+# baseline on 127.0.0.1:7000-7004, and runs
 #   1. loadtest relay: 8 pairs, 1280-byte packets, datagram and stream side
-#      by side, the UDP forwarder in the same run, and the flood test;
-#   2. loadtest relay --rate: latency at half of each mode's peak;
+#      by side with the UDP fast path, the UDP forwarder in the same run,
+#      and the flood test;
+#   2. loadtest relay --rate: latency at half of each mode's peak, and at a
+#      light 8000 packets/s (the "unloaded" reference);
 #   3. loadtest connect: 10,000 idle QUIC clients against a fresh relay
 #      (relay memory per client after a forced GC), then 10,000 TCP ones.
 # Results land in $OUT (default bench-out/) as one JSON file per step.
@@ -30,7 +32,7 @@ SK=$(bin/loadtest keygen --out "$work/sign.key")
 relay_up() {
 	rm -rf "$work/relay"
 	bin/relayd --region bench --state-dir "$work/relay" --listen 127.0.0.1:7000 --trust-key "$SK" \
-		--metrics-listen 127.0.0.1:7001 --pprof-listen 127.0.0.1:7003 --log-level warn &
+		--fastpath-listen 127.0.0.1:7004 --metrics-listen 127.0.0.1:7001 --pprof-listen 127.0.0.1:7003 --log-level warn &
 	RELAY_PID=$!
 	pids+=("$RELAY_PID")
 	for _ in $(seq 50); do curl -sf http://127.0.0.1:7001/healthz >/dev/null && break; sleep 0.1; done
@@ -45,18 +47,18 @@ pids+=("$!")
 relay_up
 
 echo "== throughput, baseline and flood" >&2
-bin/loadtest relay $(target) --pairs "$PAIRS" --size 1280 --duration "$DURATION" \
+bin/loadtest relay $(target) --pairs "$PAIRS" --size 1280 --duration "$DURATION" --delivery all \
 	--baseline-udp 127.0.0.1:7002 --flood --probe-rate 1000 --json | tee "$OUT/relay.json"
 
 echo "== latency at half of peak" >&2
-for mode in datagram stream; do
+for mode in datagram stream fastpath; do
 	pps=$(jq -r ".runs[] | select(.delivery==\"$mode\") | .packets_per_s" "$OUT/relay.json")
 	half=$(jq -n "$pps / 2 | floor")
 	bin/loadtest relay $(target) --pairs "$PAIRS" --size 1280 --duration "$DURATION" \
 		--delivery "$mode" --rate "$half" --json | tee "$OUT/relay-half-$mode.json"
 done
-bin/loadtest relay --pairs "$PAIRS" --size 1280 --duration "$DURATION" --delivery datagram \
-	--baseline-udp 127.0.0.1:7002 --rate 1000 --json $(target) | tee "$OUT/relay-unloaded.json"
+bin/loadtest relay --pairs "$PAIRS" --size 1280 --duration "$DURATION" --delivery all \
+	--baseline-udp 127.0.0.1:7002 --rate 8000 --json $(target) | tee "$OUT/relay-unloaded.json"
 
 echo "== idle clients" >&2
 relay_down
