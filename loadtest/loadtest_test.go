@@ -24,7 +24,7 @@ func TestRelayModeJSON(t *testing.T) {
 	go forwardUDP(ctx, fwd)
 	var out, errOut bytes.Buffer
 	err = Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", "2000", "--delivery", "all",
-		"--baseline-udp", fwd.LocalAddr().String(), "--flood", "--probe-rate", "200", "--json", "--progress", "100ms"}, &out, &errOut)
+		"--baseline-udp", fwd.LocalAddr().String(), "--flood", "--probe-rate", "200", "--max-loss", "0.5", "--search-duration", "200ms", "--json", "--progress", "100ms"}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
@@ -42,6 +42,14 @@ func TestRelayModeJSON(t *testing.T) {
 	}
 	if len(rep.Ratios) != 3 || len(rep.Flood) != 3 || rep.Flood[0].Loaded.FloodPairs != 1 {
 		t.Errorf("ratios %v flood %+v", rep.Ratios, rep.Flood)
+	}
+	if len(rep.BelowLoss) != 4 || len(rep.LossRatios) != 3 {
+		t.Errorf("below-loss search: %+v %v", rep.BelowLoss, rep.LossRatios)
+	}
+	for _, r := range rep.BelowLoss {
+		if r.Loss >= 0.5 || r.TargetPPS <= 0 {
+			t.Errorf("below-loss run %+v", r)
+		}
 	}
 	if !strings.Contains(errOut.String(), "loadtest: datagram") {
 		t.Errorf("no progress lines on stderr:\n%s", errOut.String())
