@@ -36,6 +36,11 @@ const senderSetMax = 256
 // packet, without unbounded growth; the set is reset when it fills.
 const notHereMax = 64
 
+// writeTimeout bounds one stream write. A client whose flow-control
+// window stays shut this long is not reading and is closed; its queues
+// meanwhile drop their oldest packets as usual.
+const writeTimeout = 10 * time.Second
+
 // writeBatch bounds how many bytes of stream frames the writer gathers
 // before one Write; larger batches amortize quic-go's per-Write locking.
 const writeBatch = 64 << 10
@@ -172,7 +177,11 @@ func (s *Server) unregister(cl *client) {
 func (cl *client) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); cl.write() }()
+	go func() {
+		defer wg.Done()
+		cl.write()
+		cl.close("write failed") // a client nobody can write to is gone
+	}()
 	if cl.c.transport() == transportQUIC {
 		wg.Add(1)
 		go func() { defer wg.Done(); cl.readDatagrams(ctx) }()
@@ -501,6 +510,7 @@ func (cl *client) write() {
 				cl.s.m.fwdStreamPkts.Inc()
 				cl.s.m.fwdStreamBytes.Add(float64(len(p.payload)))
 				if len(buf) >= writeBatch {
+					cl.c.setWriteDeadline(time.Now().Add(writeTimeout))
 					if _, err := cl.c.Write(buf); err != nil {
 						return
 					}
@@ -508,6 +518,7 @@ func (cl *client) write() {
 				}
 			}
 			if len(buf) > 0 {
+				cl.c.setWriteDeadline(time.Now().Add(writeTimeout))
 				if _, err := cl.c.Write(buf); err != nil {
 					cl.s.m.drops.WithLabelValues(dropWriteError).Inc()
 					return
