@@ -17,6 +17,7 @@ OUT=${OUT:-bench-out}
 PAIRS=${PAIRS:-8}
 DURATION=${DURATION:-10s}
 CLIENTS=${CLIENTS:-10000}
+STEPS=${STEPS:-relay connect} # which steps to run
 mkdir -p "$OUT"
 make build >/dev/null
 work=$(mktemp -d)
@@ -36,16 +37,16 @@ relay_up() {
 	RELAY_PID=$!
 	pids+=("$RELAY_PID")
 	for _ in $(seq 50); do curl -sf http://127.0.0.1:7001/healthz >/dev/null && break; sleep 0.1; done
-	PIN=$(bin/relayd pin --state-dir "$work/relay" | head -1)
-	RK=$(bin/relayd pin --state-dir "$work/relay" | tail -1)
+	# sed, not head: head would close the pipe early and pipefail would
+	# turn relayd's SIGPIPE into a failure.
+	PIN=$(bin/relayd pin --state-dir "$work/relay" | sed -n 1p)
+	RK=$(bin/relayd pin --state-dir "$work/relay" | sed -n 2p)
 }
 relay_down() { kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; }
 target() { echo --relay 127.0.0.1:7000 --pin "$PIN" --relay-key "$RK" --signing-key-file "$work/sign.key"; }
 
-bin/loadtest udpfwd --listen 127.0.0.1:7002 &
-pids+=("$!")
+step_relay() {
 relay_up
-
 echo "== throughput, baseline and flood" >&2
 bin/loadtest relay $(target) --pairs "$PAIRS" --size 1280 --duration "$DURATION" --delivery all \
 	--baseline-udp 127.0.0.1:7002 --max-loss 0.01 --flood --probe-rate 1000 --json | tee "$OUT/relay.json"
@@ -60,8 +61,11 @@ done
 bin/loadtest relay --pairs "$PAIRS" --size 1280 --duration "$DURATION" --delivery all \
 	--baseline-udp 127.0.0.1:7002 --rate 8000 --json $(target) | tee "$OUT/relay-unloaded.json"
 
-echo "== idle clients" >&2
 relay_down
+}
+
+step_connect() {
+echo "== idle clients" >&2
 relay_up
 bin/loadtest connect $(target) --clients "$CLIENTS" --hold 5s \
 	--relay-metrics http://127.0.0.1:7001/metrics --relay-pprof http://127.0.0.1:7003 --json | tee "$OUT/connect-quic.json"
@@ -69,3 +73,9 @@ relay_down
 relay_up
 bin/loadtest connect $(target) --tcp --clients "$CLIENTS" --hold 5s \
 	--relay-metrics http://127.0.0.1:7001/metrics --relay-pprof http://127.0.0.1:7003 --json | tee "$OUT/connect-tcp.json"
+relay_down
+}
+
+bin/loadtest udpfwd --listen 127.0.0.1:7002 &
+pids+=("$!")
+for s in $STEPS; do "step_$s"; done
