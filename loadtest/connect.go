@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ type connectOpts struct {
 	PerSocket    int           `flag:"per-socket" env:"PER_SOCKET" envDefault:"100" help:"QUIC clients sharing one UDP socket"`
 	Hold         time.Duration `flag:"hold" env:"HOLD" envDefault:"5s" help:"how long to hold the clients idle before measuring"`
 	RelayMetrics string        `flag:"relay-metrics" env:"RELAY_METRICS" help:"the relay's /metrics URL, to measure its memory per client"`
+	RelayPprof   string        `flag:"relay-pprof" env:"RELAY_PPROF" help:"the relay's --pprof-listen base URL; if set, a GC is forced there before each memory reading so heap figures are live memory, not garbage"`
 	Progress     time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
 	JSON         bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 }
@@ -70,7 +70,9 @@ func runConnect(ctx context.Context, args []string, out, errOut io.Writer) error
 	}
 	before := map[string]float64{}
 	if o.RelayMetrics != "" {
-		runtime.GC()
+		if err := forceGC(ctx, o.RelayPprof); err != nil {
+			return err
+		}
 		if before, err = scrape(ctx, o.RelayMetrics); err != nil {
 			return err
 		}
@@ -157,6 +159,9 @@ func runConnect(ctx context.Context, args []string, out, errOut io.Writer) error
 	case <-ctx.Done():
 	}
 	if o.RelayMetrics != "" && rep.Connected > 0 {
+		if err := forceGC(ctx, o.RelayPprof); err != nil {
+			return err
+		}
 		after, err := scrape(ctx, o.RelayMetrics)
 		if err != nil {
 			return err
@@ -177,6 +182,25 @@ func runConnect(ctx context.Context, args []string, out, errOut io.Writer) error
 				rep.RelayRSSBefore/1e6, rep.RelayRSSAfter/1e6, rep.RelayHeapBefore/1e6, rep.RelayHeapAfter/1e6, rep.RelayClients)
 		}
 	})
+}
+
+// forceGC asks the relay's pprof endpoint for a heap profile with gc=1,
+// which runs a garbage collection first. No-op when base is empty.
+func forceGC(ctx context.Context, base string) error {
+	if base == "" {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return fmt.Errorf("loadtest: --relay-pprof: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("loadtest: --relay-pprof: %w", err)
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<20))
+	resp.Body.Close()
+	return nil
 }
 
 // scrape reads a Prometheus text endpoint into series → value. Bounded:

@@ -24,7 +24,7 @@ func startLocalRelay(ctx context.Context, errOut io.Writer) (*target, error) {
 	}
 	signer := key.NewSigning()
 	s, err := relayd.New(relayd.Config{
-		Region: "lt", Listen: "127.0.0.1:0", StateDir: dir,
+		Region: "lt", Listen: "127.0.0.1:0", ListenFast: "127.0.0.1:0", StateDir: dir,
 		Trusted: []key.SigningPublic{signer.Public()},
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {

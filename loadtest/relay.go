@@ -38,13 +38,19 @@ type relayOpts struct {
 	Size        int           `flag:"size" env:"SIZE" envDefault:"1280" help:"packet payload size in bytes"`
 	Duration    time.Duration `flag:"duration" env:"DURATION" envDefault:"10s" help:"measured sending time per run"`
 	Rate        float64       `flag:"rate" env:"RATE" help:"total packets per second over all pairs (0: as fast as the relay takes them)"`
-	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream or both (side by side)"`
+	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream, fastpath, both (datagram and stream) or all three, side by side; fastpath needs relayd --fastpath-listen"`
 	BaselineUDP string        `flag:"baseline-udp" env:"BASELINE_UDP" help:"address of a running loadtest udpfwd, measured in the same run for a ratio"`
 	Flood       bool          `flag:"flood" env:"FLOOD" help:"also measure p99 of paced pairs while one extra pair floods, against the same pairs unloaded"`
 	ProbeRate   float64       `flag:"probe-rate" env:"PROBE_RATE" envDefault:"1000" help:"packets per second per paced pair in the --flood runs"`
+	MaxLoss     float64       `flag:"max-loss" env:"MAX_LOSS" help:"also find, per delivery (and the baseline), the highest paced rate with loss below this fraction, e.g. 0.01 (0: skip)"`
+	SearchTime  time.Duration `flag:"search-duration" env:"SEARCH_DURATION" envDefault:"3s" help:"length of each --max-loss trial run"`
 	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 }
+
+// searchSteps are the fractions of the unpaced delivery rate tried, in
+// order, by --max-loss; the first whose loss is below the limit is kept.
+var searchSteps = []float64{1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1}
 
 // RunResult is one measured run.
 type RunResult struct {
@@ -81,6 +87,12 @@ type RelayReport struct {
 	Baseline *RunResult         `json:"baseline_udp,omitempty"`
 	Ratios   map[string]float64 `json:"gbit_ratio_to_udp,omitempty"`
 	Flood    []FloodResult      `json:"flood,omitempty"`
+	// BelowLoss holds, per delivery, the fastest paced run whose loss was
+	// below MaxLoss (--max-loss), and LossRatios their Gbit/s over the
+	// baseline's.
+	MaxLoss    float64            `json:"max_loss,omitempty"`
+	BelowLoss  []RunResult        `json:"below_max_loss,omitempty"`
+	LossRatios map[string]float64 `json:"below_max_loss_ratio_to_udp,omitempty"`
 }
 
 func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
@@ -95,10 +107,12 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 	switch o.Delivery {
 	case "both":
 		deliveries = []string{"datagram", "stream"}
-	case "datagram", "stream":
+	case "all":
+		deliveries = []string{"datagram", "stream", "fastpath"}
+	case "datagram", "stream", "fastpath":
 		deliveries = []string{o.Delivery}
 	default:
-		return fmt.Errorf("loadtest relay: --delivery %q: want datagram, stream or both", o.Delivery)
+		return fmt.Errorf("loadtest relay: --delivery %q: want datagram, stream, fastpath, both or all", o.Delivery)
 	}
 	tgt, err := o.target(ctx, errOut)
 	if err != nil {
@@ -123,6 +137,36 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 		for _, r := range rep.Runs {
 			if b.GbitPerS > 0 {
 				rep.Ratios[r.Delivery] = round(r.GbitPerS/b.GbitPerS, 3)
+			}
+		}
+	}
+	if o.MaxLoss > 0 {
+		rep.MaxLoss = o.MaxLoss
+		all := rep.Runs
+		if rep.Baseline != nil {
+			all = append(all, *rep.Baseline)
+		}
+		var base *RunResult
+		for _, full := range all {
+			spec := pairSpec{delivery: full.Delivery, pairs: o.Pairs, size: o.Size, dur: o.SearchTime}
+			best, err := searchRate(ctx, tgt, o.BaselineUDP, spec, full.PacketsPerS, o.MaxLoss, errOut)
+			if err != nil {
+				return err
+			}
+			if best == nil {
+				continue
+			}
+			rep.BelowLoss = append(rep.BelowLoss, *best)
+			if best.Delivery == "udp" {
+				base = best
+			}
+		}
+		if base != nil && base.GbitPerS > 0 {
+			rep.LossRatios = map[string]float64{}
+			for _, r := range rep.BelowLoss {
+				if r.Delivery != "udp" {
+					rep.LossRatios[r.Delivery] = round(r.GbitPerS/base.GbitPerS, 3)
+				}
 			}
 		}
 	}
@@ -157,6 +201,13 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 		for k, v := range rep.Ratios {
 			fmt.Fprintf(w, "ratio %s/udp: %.3f\n", k, v)
 		}
+		for _, r := range rep.BelowLoss {
+			fmt.Fprintf(w, "below %.1f%% loss: ", 100*rep.MaxLoss)
+			printRun(w, r)
+		}
+		for k, v := range rep.LossRatios {
+			fmt.Fprintf(w, "below-loss ratio %s/udp: %.3f\n", k, v)
+		}
 		for _, f := range rep.Flood {
 			fmt.Fprintf(w, "flood %s: p99 unloaded %.3f ms, with one flooding pair %.3f ms (%.2fx); flood pair got %.3f Gbit/s\n",
 				f.Delivery, f.Unloaded.LatencyP99Ms, f.Loaded.LatencyP99Ms, f.P99Ratio, f.Loaded.FloodGbitS)
@@ -167,6 +218,32 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 func printRun(w io.Writer, r RunResult) {
 	fmt.Fprintf(w, "%-8s %s pairs=%d size=%d: %.0f pkt/s, %.3f Gbit/s, loss %.2f%%, one-way p50 %.3f ms p99 %.3f ms (sent %d, received %d)\n",
 		r.Delivery, r.Transport, r.Pairs, r.Size, r.PacketsPerS, r.GbitPerS, 100*r.Loss, r.LatencyP50Ms, r.LatencyP99Ms, r.Sent, r.Received)
+}
+
+// searchRate tries paced runs at searchSteps fractions of peak (the
+// unpaced delivery rate) and returns the first with loss below maxLoss.
+func searchRate(ctx context.Context, tgt *target, udpAddr string, spec pairSpec, peak, maxLoss float64, errOut io.Writer) (*RunResult, error) {
+	for _, f := range searchSteps {
+		spec.rate = round(peak*f, 0)
+		if spec.rate < 1 {
+			break
+		}
+		var r RunResult
+		var err error
+		if spec.delivery == "udp" {
+			r, err = runUDPPairs(ctx, udpAddr, spec, 0, errOut)
+		} else {
+			r, err = runPairs(ctx, tgt, spec, 0, errOut)
+		}
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(errOut, "loadtest: %s at %.0f pkt/s: loss %.2f%%\n", spec.delivery, spec.rate, 100*r.Loss)
+		if r.Loss < maxLoss {
+			return &r, nil
+		}
+	}
+	return nil, nil
 }
 
 type pairSpec struct {
@@ -201,7 +278,8 @@ type sender func(payload []byte) error
 
 // runPairs measures one run through the relay.
 func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duration, errOut io.Writer) (RunResult, error) {
-	datagrams := spec.delivery == "datagram"
+	datagrams := spec.delivery != "stream"
+	fast := spec.delivery == "fastpath"
 	n := spec.pairs + spec.flood
 	t0 := time.Now()
 	stats := make([]*counters, n)
@@ -227,6 +305,17 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 			defer wg.Done()
 			defer func() { <-sem }()
 			a, b, err := dialPair(ctx, tgt, datagrams, stats[i], t0)
+			if err == nil && fast {
+				for _, c := range []*relayclient.Conn{a, b.Conn} {
+					if ferr := c.EnableFastPath(ctx); ferr != nil {
+						err = fmt.Errorf("fast path: %w", ferr)
+					}
+				}
+				if err != nil {
+					a.Close()
+					b.Close()
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -235,6 +324,9 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 			}
 			conns = append(conns, a, b.Conn)
 			transport = a.Transport()
+			if fast {
+				transport = "udp+" + transport
+			}
 			dst := b.peerKey
 			sends[i] = func(p []byte) error { return a.Send(dst, p) }
 		}()

@@ -129,6 +129,8 @@ type Conn struct {
 		handles map[key.NodePublic]uint32
 		pings   map[[relayproto.PingLen]byte]chan struct{}
 		err     error
+		fastCh  chan fastMsg // fast-path control frames, while negotiating
+		fast    *fastPath    // nil until EnableFastPath succeeds
 	}
 	done     chan struct{}
 	doneOnce sync.Once
@@ -499,6 +501,8 @@ func (c *Conn) handleFrame(typ relayproto.FrameType, body []byte, dgram bool) er
 		}
 		c.notify(Notice{Kind: NoticeHealth, Health: m})
 	case relayproto.FrameKeepAlive:
+	case relayproto.FrameFastPathOffer, relayproto.FrameFastPathReady:
+		c.handleFastFrame(typ, body)
 	default:
 		return fmt.Errorf("%w: %s from relay", relayproto.ErrMalformed, typ)
 	}
@@ -534,6 +538,9 @@ func (c *Conn) Send(dst key.NodePublic, payload []byte) error {
 	}
 	if len(payload) > relayproto.MaxPayloadLen {
 		return fmt.Errorf("relayclient: packet of %d bytes: %w", len(payload), relayproto.ErrOversized)
+	}
+	if ok, err := c.sendFast(dst, payload); ok {
+		return err
 	}
 	c.mu.Lock()
 	h, haveHandle := c.mu.handles[dst]

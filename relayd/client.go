@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -34,6 +35,11 @@ const senderSetMax = 256
 // so a client spraying unknown keys gets one PeerGone per key, not one per
 // packet, without unbounded growth; the set is reset when it fills.
 const notHereMax = 64
+
+// writeTimeout bounds one stream write. A client whose flow-control
+// window stays shut this long is not reading and is closed; its queues
+// meanwhile drop their oldest packets as usual.
+const writeTimeout = 10 * time.Second
 
 // writeBatch bounds how many bytes of stream frames the writer gathers
 // before one Write; larger batches amortize quic-go's per-Write locking.
@@ -85,8 +91,9 @@ type client struct {
 	handle uint32
 	dgram  bool // deliver packets as datagrams when they fit
 	lim    *limiter
-	wake   chan struct{} // cap 1: writer has work
-	done   chan struct{} // closed by close
+	fast   atomic.Pointer[fastState] // nil until the client asks for a fast path
+	wake   chan struct{}             // cap 1: writer has work
+	done   chan struct{}             // closed by close
 
 	mu struct {
 		sync.Mutex
@@ -138,6 +145,9 @@ func (s *Server) unregister(cl *client) {
 		delete(s.mu.clients, cl.key)
 	}
 	delete(s.mu.handles, cl.handle)
+	if fs := cl.fast.Load(); fs != nil {
+		delete(s.mu.sessions, fs.session)
+	}
 	s.mu.Unlock()
 	cl.mu.Lock()
 	senders := cl.mu.senders
@@ -167,7 +177,11 @@ func (s *Server) unregister(cl *client) {
 func (cl *client) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); cl.write() }()
+	go func() {
+		defer wg.Done()
+		cl.write()
+		cl.close("write failed") // a client nobody can write to is gone
+	}()
 	if cl.c.transport() == transportQUIC {
 		wg.Add(1)
 		go func() { defer wg.Done(); cl.readDatagrams(ctx) }()
@@ -279,6 +293,10 @@ func (cl *client) handleFrame(typ relayproto.FrameType, body []byte) error {
 			cl.s.m.clientRTT.Observe(rtt.Seconds())
 		}
 	case relayproto.FrameKeepAlive:
+	case relayproto.FrameFastPathRequest:
+		cl.startFastPath()
+	case relayproto.FrameFastPathConfirm:
+		return cl.confirmFastPath(body)
 	default:
 		cl.s.m.badFrames.WithLabelValues("unexpected").Inc()
 		return errUnexpected
@@ -311,6 +329,27 @@ func (s *Server) forward(src *client, dstKey key.NodePublic, dst *client, payloa
 	default:
 		s.m.drops.WithLabelValues(dropNoSuchPeer).Inc()
 		src.notifyNotHere(dstKey)
+	}
+}
+
+// noteSender records from as a sender to cl (for PeerGone on departure)
+// and, the first time, sends it a PeerPresent with cl's handle.
+func (cl *client) noteSender(from *client) {
+	cl.mu.Lock()
+	_, ok := cl.mu.senders[from.key]
+	announce := false
+	if !ok && !cl.mu.closed {
+		if cl.mu.senders == nil {
+			cl.mu.senders = map[key.NodePublic]struct{}{}
+		}
+		if len(cl.mu.senders) < senderSetMax {
+			cl.mu.senders[from.key] = struct{}{}
+			announce = true
+		}
+	}
+	cl.mu.Unlock()
+	if announce {
+		from.enqueueCtrl(relayproto.FramePeerPresent, relayproto.AppendPeerPresent(nil, cl.key, cl.handle))
 	}
 }
 
@@ -442,6 +481,15 @@ func (cl *client) write() {
 				if i < nDisco {
 					t = relayproto.FrameRecvDisco
 				}
+				if t == relayproto.FrameRecvPacket {
+					if addr, ok := cl.fastAddr(); ok {
+						if err := cl.s.sendFast(addr, p.src, p.payload); err == nil {
+							cl.s.m.fwdFastPkts.Inc()
+							cl.s.m.fwdFastBytes.Add(float64(len(p.payload)))
+							continue
+						}
+					}
+				}
 				if cl.dgram && t == relayproto.FrameRecvPacket {
 					// sendDatagram copies, so one scratch buffer serves all.
 					scratch = relayproto.AppendKeyPacket(append(scratch[:0], byte(t)), p.src, p.payload)
@@ -462,6 +510,7 @@ func (cl *client) write() {
 				cl.s.m.fwdStreamPkts.Inc()
 				cl.s.m.fwdStreamBytes.Add(float64(len(p.payload)))
 				if len(buf) >= writeBatch {
+					cl.c.setWriteDeadline(time.Now().Add(writeTimeout))
 					if _, err := cl.c.Write(buf); err != nil {
 						return
 					}
@@ -469,6 +518,7 @@ func (cl *client) write() {
 				}
 			}
 			if len(buf) > 0 {
+				cl.c.setWriteDeadline(time.Now().Add(writeTimeout))
 				if _, err := cl.c.Write(buf); err != nil {
 					cl.s.m.drops.WithLabelValues(dropWriteError).Inc()
 					return

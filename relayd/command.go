@@ -23,6 +23,7 @@ type Flags struct {
 	Listen         string        `flag:"listen" env:"LISTEN" envDefault:":443" help:"UDP address for QUIC and STUN"`
 	ListenTCP      string        `flag:"listen-tcp" env:"LISTEN_TCP" help:"TCP address for the TLS fallback (default: the --listen port on TCP; off disables)"`
 	STUNListen     string        `flag:"stun-listen" env:"STUN_LISTEN" help:"extra plain STUN UDP address, such as :3478 (default: none)"`
+	FastListen     string        `flag:"fastpath-listen" env:"FASTPATH_LISTEN" help:"UDP address for the plain-UDP fast path clients may negotiate (default: off)"`
 	PublicAddr     string        `flag:"public-addr" env:"PUBLIC_ADDR" help:"host:port clients reach this relay at"`
 	StateDir       string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the relay key and certificate (required)"`
 	MetricsListen  string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -36,6 +37,7 @@ type Flags struct {
 	QueueLen       int           `flag:"queue-len" env:"QUEUE_LEN" envDefault:"128" help:"per-client data queue in packets (oldest dropped when full)"`
 	DiscoQueueLen  int           `flag:"disco-queue-len" env:"DISCO_QUEUE_LEN" envDefault:"16" help:"per-client disco queue in packets"`
 	DrainGrace     time.Duration `flag:"drain-grace" env:"DRAIN_GRACE" envDefault:"10s" help:"on SIGTERM, how long clients get to move before the relay closes"`
+	PprofListen    string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"address to serve net/http/pprof on, for profiling (default: off; never expose it)"`
 	JSON           bool          `flag:"json" env:"JSON" help:"relayd pin: print JSON"`
 	cli.Logging
 }
@@ -88,7 +90,7 @@ func printPin(f Flags, out io.Writer) error {
 
 func (f Flags) config() (Config, error) {
 	cfg := Config{
-		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen,
+		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen,
 		PublicAddr: f.PublicAddr, StateDir: f.StateDir, MeshWith: f.MeshWith,
 		QueueLen: f.QueueLen, DiscoQueueLen: f.DiscoQueueLen,
 		ClientRate: f.ClientRate, ClientBurst: f.ClientBurst, DrainGrace: f.DrainGrace,
@@ -167,6 +169,15 @@ func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 		log.Info("metrics serving", "addr", ms.Addr().String())
 		wg.Add(1)
 		go func() { defer wg.Done(); ms.Run(mctx, log) }()
+	}
+	if f.PprofListen != "" {
+		ps, err := servePprof(f.PprofListen)
+		if err != nil {
+			s.closeSockets()
+			return err
+		}
+		defer ps.Close()
+		log.Info("pprof serving", "addr", f.PprofListen)
 	}
 	return s.Run(ctx)
 }

@@ -8,16 +8,17 @@ import (
 
 // Drop reasons: the values of relayd_dropped_packets_total's reason label.
 const (
-	dropQueueFull      = "queue_full"       // per-client data queue full; oldest packet dropped
-	dropDiscoQueueFull = "disco_queue_full" // per-client disco queue full; oldest dropped
-	dropRateLimited    = "rate_limited"     // sender over its rate limit
-	dropNoSuchPeer     = "no_such_peer"     // destination not connected here or in the region
-	dropWriteError     = "write_error"      // the destination connection failed mid-write
-	dropMeshQueueFull  = "mesh_queue_full"  // queue to a mesh peer full
-	dropClosed         = "closed"           // destination went away with packets queued
+	dropQueueFull      = "queue_full"           // per-client data queue full; oldest packet dropped
+	dropDiscoQueueFull = "disco_queue_full"     // per-client disco queue full; oldest dropped
+	dropRateLimited    = "rate_limited"         // sender over its rate limit
+	dropNoSuchPeer     = "no_such_peer"         // destination not connected here or in the region
+	dropWriteError     = "write_error"          // the destination connection failed mid-write
+	dropMeshQueueFull  = "mesh_queue_full"      // queue to a mesh peer full
+	dropClosed         = "closed"               // destination went away with packets queued
+	dropFastUnvalid    = "fastpath_unvalidated" // fast-path packet with an unknown session or unproven source
 )
 
-var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, dropNoSuchPeer, dropWriteError, dropMeshQueueFull, dropClosed}
+var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, dropNoSuchPeer, dropWriteError, dropMeshQueueFull, dropClosed, dropFastUnvalid}
 
 // metrics holds every relayd_ series. No label carries a per-client value.
 type metrics struct {
@@ -41,6 +42,8 @@ type metrics struct {
 	fwdStreamPkts, fwdStreamBytes prometheus.Counter
 	dropQueue, dropDisco          prometheus.Counter
 	meshOutPkts, meshInPkts       prometheus.Counter
+	fwdFastPkts, fwdFastBytes     prometheus.Counter
+	dropFastUnvalidated           prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "relayd_rejects_total", Help: "Client hellos refused, by reason.",
 		}, []string{"reason"}),
 		forwardedPkts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relayd_forwarded_packets_total", Help: "Packets delivered to clients, by mode (datagram or stream).",
+			Name: "relayd_forwarded_packets_total", Help: "Packets delivered to clients, by mode (datagram, stream or fastpath).",
 		}, []string{"mode"}),
 		forwardedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relayd_forwarded_bytes_total", Help: "Payload bytes delivered to clients, by mode.",
@@ -103,13 +106,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"truncated", "oversized", "unknown", "malformed", "unexpected", "other"} {
 		m.badFrames.WithLabelValues(r)
 	}
-	for _, d := range []string{"datagram", "stream"} {
+	for _, d := range []string{"datagram", "stream", "fastpath"} {
 		m.forwardedPkts.WithLabelValues(d)
 		m.forwardedBytes.WithLabelValues(d)
 	}
 	m.fwdDgramPkts, m.fwdDgramBytes = m.forwardedPkts.WithLabelValues("datagram"), m.forwardedBytes.WithLabelValues("datagram")
 	m.fwdStreamPkts, m.fwdStreamBytes = m.forwardedPkts.WithLabelValues("stream"), m.forwardedBytes.WithLabelValues("stream")
 	m.dropQueue, m.dropDisco = m.drops.WithLabelValues(dropQueueFull), m.drops.WithLabelValues(dropDiscoQueueFull)
+	m.fwdFastPkts, m.fwdFastBytes = m.forwardedPkts.WithLabelValues("fastpath"), m.forwardedBytes.WithLabelValues("fastpath")
+	m.dropFastUnvalidated = m.drops.WithLabelValues(dropFastUnvalid)
 	m.meshOutPkts, m.meshInPkts = m.meshForwarded.WithLabelValues("out"), m.meshForwarded.WithLabelValues("in")
 	m.stunRequests.WithLabelValues("ok")
 	m.stunRequests.WithLabelValues("invalid")

@@ -74,6 +74,7 @@ type Config struct {
 	Listen     string // UDP address for QUIC and STUN
 	ListenTCP  string // TCP address for TLS fallback; "" means the port of Listen; "off" disables
 	ListenSTUN string // optional extra plain STUN UDP address (e.g. ":3478")
+	ListenFast string // optional UDP fast-path address; "" disables the fast path
 	PublicAddr string // host:port clients use; only put in the certificate
 	StateDir   string // relay key and certificate live here
 
@@ -107,6 +108,7 @@ type Server struct {
 	ql   *quic.Listener
 	tcp  net.Listener
 	stun *net.UDPConn
+	fast *net.UDPConn
 
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
@@ -119,7 +121,8 @@ type Server struct {
 		handles    map[uint32]*client
 		nextHandle uint32
 		remote     map[key.NodePublic]key.RelayPublic // client → mesh peer it is on
-		meshOut    map[key.RelayPublic]*meshOut       // authenticated outbound mesh links
+		sessions   map[[relayproto.SessionLen]byte]*client
+		meshOut    map[key.RelayPublic]*meshOut // authenticated outbound mesh links
 	}
 	mesh meshState
 }
@@ -148,6 +151,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.handles = map[uint32]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
+	s.mu.sessions = map[[relayproto.SessionLen]byte]*client{}
 	s.mu.meshOut = map[key.RelayPublic]*meshOut{}
 	s.SetTrusted(cfg.Trusted)
 	s.mesh.init(cfg.MeshWith, cfg.MeshSecret)
@@ -201,6 +205,19 @@ func (s *Server) bind() error {
 			return fmt.Errorf("relayd: listen stun: %w", err)
 		}
 	}
+	if s.cfg.ListenFast != "" {
+		fa, err := net.ResolveUDPAddr("udp", s.cfg.ListenFast)
+		if err != nil {
+			return fmt.Errorf("relayd: --fastpath-listen %q: %w", s.cfg.ListenFast, err)
+		}
+		if s.fast, err = net.ListenUDP("udp", fa); err != nil {
+			return fmt.Errorf("relayd: listen fast path: %w", err)
+		}
+		// Same buffer quic-go asks for on its socket; the fast path has no
+		// other queue in front of it.
+		s.fast.SetReadBuffer(7 << 20)
+		s.fast.SetWriteBuffer(7 << 20)
+	}
 	return nil
 }
 
@@ -231,6 +248,9 @@ func (s *Server) closeSockets() {
 	}
 	if s.stun != nil {
 		s.stun.Close()
+	}
+	if s.fast != nil {
+		s.fast.Close()
 	}
 }
 
@@ -266,6 +286,14 @@ func (s *Server) SetTrusted(keys []key.SigningPublic) {
 	s.trusted.Store(&k)
 }
 
+// FastAddr returns the fast-path UDP address, or nil.
+func (s *Server) FastAddr() net.Addr {
+	if s.fast == nil {
+		return nil
+	}
+	return s.fast.LocalAddr()
+}
+
 // Clients returns the number of connected clients.
 func (s *Server) Clients() int {
 	s.mu.RLock()
@@ -294,6 +322,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.spawn(func() { s.serveSTUNQUIC(sctx) })
 	if s.stun != nil {
 		s.spawn(func() { s.serveSTUNUDP(sctx) })
+	}
+	if s.fast != nil {
+		s.spawn(func() { s.serveFast(sctx) })
 	}
 	s.spawn(func() { s.pingLoop(sctx) })
 	s.spawn(func() { s.meshLoop(sctx) })

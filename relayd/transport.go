@@ -28,6 +28,9 @@ type conn interface {
 	exporter(label string) ([]byte, error)
 	// setReadDeadline bounds the next stream read (TCP idle detection).
 	setReadDeadline(t time.Time)
+	// setWriteDeadline bounds stream writes, so a client that stops
+	// reading cannot park its writer forever.
+	setWriteDeadline(t time.Time)
 	close(msg string)
 	transport() string
 	remoteAddr() net.Addr
@@ -46,10 +49,11 @@ func (q *quicConn) exporter(label string) ([]byte, error) {
 	cs := q.c.ConnectionState().TLS
 	return cs.ExportKeyingMaterial(label, nil, 32)
 }
-func (q *quicConn) setReadDeadline(time.Time) {} // QUIC has its own idle timeout
-func (q *quicConn) close(msg string)          { q.c.CloseWithError(0, msg) }
-func (q *quicConn) transport() string         { return transportQUIC }
-func (q *quicConn) remoteAddr() net.Addr      { return q.c.RemoteAddr() }
+func (q *quicConn) setReadDeadline(time.Time)    {} // QUIC has its own idle timeout
+func (q *quicConn) setWriteDeadline(t time.Time) { q.Stream.SetWriteDeadline(t) }
+func (q *quicConn) close(msg string)             { q.c.CloseWithError(0, msg) }
+func (q *quicConn) transport() string            { return transportQUIC }
+func (q *quicConn) remoteAddr() net.Addr         { return q.c.RemoteAddr() }
 
 type tcpConn struct{ *tls.Conn }
 
@@ -61,7 +65,8 @@ func (t *tcpConn) exporter(label string) ([]byte, error) {
 	cs := t.ConnectionState()
 	return cs.ExportKeyingMaterial(label, nil, 32)
 }
-func (t *tcpConn) setReadDeadline(d time.Time) { t.SetReadDeadline(d) }
-func (t *tcpConn) close(string)                { t.Close() }
-func (t *tcpConn) transport() string           { return transportTCP }
-func (t *tcpConn) remoteAddr() net.Addr        { return t.RemoteAddr() }
+func (t *tcpConn) setReadDeadline(d time.Time)  { t.SetReadDeadline(d) }
+func (t *tcpConn) setWriteDeadline(d time.Time) { t.SetWriteDeadline(d) }
+func (t *tcpConn) close(string)                 { t.Close() }
+func (t *tcpConn) transport() string            { return transportTCP }
+func (t *tcpConn) remoteAddr() net.Addr         { return t.RemoteAddr() }

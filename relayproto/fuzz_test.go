@@ -34,6 +34,8 @@ func seedBodies() map[string][][]byte {
 		"FuzzPacket":      {AppendKeyPacket(nil, nk, []byte("x")), AppendHandlePacket(nil, 9, []byte("y"))},
 		"FuzzNotices":     {AppendPeerPresent(nil, nk, 4), AppendPeerGone(nil, nk, PeerGoneNotHere), rs.Append(nil), []byte("12345678")},
 		"FuzzMesh":        {mh.Append(nil), AppendMeshForward(nil, nk, nk, 0, []byte("p")), AppendKey(nil, nk)},
+		"FuzzFast": {AppendFastSend(nil, [SessionLen]byte{1}, nk, []byte("wg")), AppendFastRecv(nil, nk, []byte("wg")),
+			append([]byte{FastBind}, make([]byte, SessionLen)...), (&FastPathOffer{Port: 7000}).Append(nil)},
 	}
 }
 
@@ -212,6 +214,42 @@ func FuzzMesh(f *testing.F) {
 			checkErr(t, err)
 		}
 		_, err := ParseKey(b)
+		checkErr(t, err)
+	})
+}
+
+func FuzzFast(f *testing.F) {
+	nk := key.NewNode().Public()
+	var sess [SessionLen]byte
+	sess[0] = 9
+	f.Add(AppendFastSend(nil, sess, nk, []byte("wg")))
+	f.Add(AppendFastRecv(nil, nk, []byte("wg")))
+	f.Add(append([]byte{FastBind}, sess[:]...))
+	f.Add(append(append([]byte{FastChallenge}, sess[:]...), 1, 2, 3, 4, 5, 6, 7, 8))
+	f.Add((&FastPathOffer{Port: 7000, Session: sess}).Append(nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fd, err := ParseFast(b)
+		checkErr(t, err)
+		if err == nil {
+			switch fd.Kind {
+			case FastSend:
+				if !bytes.Equal(AppendFastSend(nil, fd.Session, fd.Key, fd.Payload), b) {
+					t.Fatal("fast send does not round-trip")
+				}
+			case FastRecv:
+				if !bytes.Equal(AppendFastRecv(nil, fd.Key, fd.Payload), b) {
+					t.Fatal("fast recv does not round-trip")
+				}
+			}
+		}
+		if o, err := ParseFastPathOffer(b); err == nil {
+			if !bytes.Equal(o.Append(nil), b) {
+				t.Fatal("offer does not round-trip")
+			}
+		} else {
+			checkErr(t, err)
+		}
+		_, err = ParseChallenge(b)
 		checkErr(t, err)
 	})
 }

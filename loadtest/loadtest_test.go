@@ -1,0 +1,101 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// These tests run each mode briefly on loopback and check the report's
+// shape and internal consistency, never its speed.
+
+func TestRelayModeJSON(t *testing.T) {
+	fwd, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go forwardUDP(ctx, fwd)
+	var out, errOut bytes.Buffer
+	err = Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", "2000", "--delivery", "all",
+		"--baseline-udp", fwd.LocalAddr().String(), "--flood", "--probe-rate", "200", "--max-loss", "0.5", "--search-duration", "200ms", "--json", "--progress", "100ms"}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	var rep RelayReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("output is not one JSON object: %v\n%s", err, out.String())
+	}
+	if len(rep.Runs) != 3 || rep.Runs[0].Delivery != "datagram" || rep.Runs[1].Delivery != "stream" || rep.Runs[2].Delivery != "fastpath" {
+		t.Fatalf("runs %+v", rep.Runs)
+	}
+	for _, r := range append(rep.Runs, *rep.Baseline) {
+		if r.Sent == 0 || r.Received == 0 || r.Received > r.Sent || r.GbitPerS <= 0 || r.LatencyP99Ms < r.LatencyP50Ms {
+			t.Errorf("inconsistent run %+v", r)
+		}
+	}
+	if len(rep.Ratios) != 3 || len(rep.Flood) != 3 || rep.Flood[0].Loaded.FloodPairs != 1 {
+		t.Errorf("ratios %v flood %+v", rep.Ratios, rep.Flood)
+	}
+	if len(rep.BelowLoss) != 4 || len(rep.LossRatios) != 3 {
+		t.Errorf("below-loss search: %+v %v", rep.BelowLoss, rep.LossRatios)
+	}
+	for _, r := range rep.BelowLoss {
+		if r.Loss >= 0.5 || r.TargetPPS <= 0 {
+			t.Errorf("below-loss run %+v", r)
+		}
+	}
+	if !strings.Contains(errOut.String(), "loadtest: datagram") {
+		t.Errorf("no progress lines on stderr:\n%s", errOut.String())
+	}
+}
+
+func TestConnectMode(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := Command(context.Background(), []string{"connect", "--clients", "20", "--per-socket", "5", "--hold", "0s", "--json"}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	var rep ConnectReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Connected != 20 || rep.Failed != 0 || rep.ConnectsPerS <= 0 {
+		t.Fatalf("report %+v\n%s", rep, errOut.String())
+	}
+}
+
+func TestKeygenAndErrors(t *testing.T) {
+	var out bytes.Buffer
+	f := filepath.Join(t.TempDir(), "sign.key")
+	if err := Command(context.Background(), []string{"keygen", "--out", f}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "signkey:") {
+		t.Fatalf("keygen: %v %q", err, out.String())
+	}
+	for _, args := range [][]string{
+		{"nosuchmode"},
+		{"relay", "--delivery", "carrier-pigeon"},
+		{"relay", "--relay", "127.0.0.1:1"},
+		{"connect", "--clients", "0"},
+	} {
+		if err := Command(context.Background(), args, &out, &out); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestHistQuantiles(t *testing.T) {
+	var h hist
+	for i := 1; i <= 1000; i++ {
+		h.add(time.Duration(i) * time.Microsecond)
+	}
+	p50, p99 := h.quantile(0.5), h.quantile(0.99)
+	if p50 < 490*time.Microsecond || p50 > 510*time.Microsecond || p99 < 980*time.Microsecond || p99 > 1000*time.Microsecond {
+		t.Fatalf("p50 %v p99 %v", p50, p99)
+	}
+}
