@@ -286,7 +286,10 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	s := newSession(n, cancel)
-	srv.openSession(s)
+	if !srv.openSession(s) {
+		srv.fail(w, r, errorf(http.StatusUnauthorized, "node was deleted or expired"))
+		return
+	}
 	defer srv.closeSession(s)
 	w.Header().Set("Content-Type", "application/x-wiremesh-frames")
 	w.WriteHeader(http.StatusOK)
@@ -295,11 +298,17 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (srv *Server) openSession(s *session) {
+// openSession attaches s to its node, unless the node was deleted or
+// expired since the request was authenticated.
+func (srv *Server) openSession(s *session) bool {
 	now := srv.now()
 	st := srv.st
 	st.mu.Lock()
 	n := s.node
+	if st.nodes[n.id] != n || n.expired(now) {
+		st.mu.Unlock()
+		return false
+	}
 	old := n.sess
 	n.sess = s
 	if old != nil {
@@ -309,6 +318,7 @@ func (srv *Server) openSession(s *session) {
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
+	return true
 }
 
 func (srv *Server) closeSession(s *session) {
