@@ -31,16 +31,29 @@ const (
 // Handler returns the API handler (TLS is the listener's business).
 func (srv *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathInfo, srv.handleInfo)
-	mux.HandleFunc("POST "+PathRegister, srv.handleRegister)
-	mux.HandleFunc("POST "+PathMap, srv.handleMap)
-	mux.HandleFunc("POST "+PathUpdate, srv.handleUpdate)
-	mux.HandleFunc("POST "+PathRelayJoin, srv.handleRelayJoin)
-	mux.HandleFunc("POST "+PathRelayBeat, srv.handleRelayHeartbeat)
+	route(mux, "GET", PathInfo, srv.handleInfo)
+	route(mux, "POST", PathRegister, srv.handleRegister)
+	route(mux, "POST", PathMap, srv.handleMap)
+	route(mux, "POST", PathUpdate, srv.handleUpdate)
+	route(mux, "POST", PathRelayJoin, srv.handleRelayJoin)
+	route(mux, "POST", PathRelayBeat, srv.handleRelayHeartbeat)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// route registers h for method on path, answering other methods with a
+// JSON 405 (ServeMux's own 405 is plain text).
+func route(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != method {
+			w.Header().Set("Allow", method)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s wants %s, not %s", path, method, r.Method))
+			return
+		}
+		h(w, r)
+	})
 }
 
 // apiError is an error with the HTTP status it maps to.
@@ -273,7 +286,10 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	s := newSession(n, cancel)
-	srv.openSession(s)
+	if !srv.openSession(s) {
+		srv.fail(w, r, errorf(http.StatusUnauthorized, "node was deleted or expired"))
+		return
+	}
 	defer srv.closeSession(s)
 	w.Header().Set("Content-Type", "application/x-wiremesh-frames")
 	w.WriteHeader(http.StatusOK)
@@ -282,11 +298,17 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (srv *Server) openSession(s *session) {
+// openSession attaches s to its node, unless the node was deleted or
+// expired since the request was authenticated.
+func (srv *Server) openSession(s *session) bool {
 	now := srv.now()
 	st := srv.st
 	st.mu.Lock()
 	n := s.node
+	if st.nodes[n.id] != n || n.expired(now) {
+		st.mu.Unlock()
+		return false
+	}
 	old := n.sess
 	n.sess = s
 	if old != nil {
@@ -296,6 +318,7 @@ func (srv *Server) openSession(s *session) {
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
+	return true
 }
 
 func (srv *Server) closeSession(s *session) {

@@ -62,8 +62,9 @@ type serveFlags struct {
 	cli.Logging
 }
 
-// adminFlags are shared by every admin command.
-type adminFlags struct {
+// AdminFlags are shared by every admin command. Exported so that the
+// environment parser reaches its fields through embedding.
+type AdminFlags struct {
 	StateDir string `flag:"state-dir" env:"STATE_DIR" help:"the server's --state-dir (its admin.sock is used)"`
 }
 
@@ -241,7 +242,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 	switch cmd {
 	case "authkey create":
 		var f struct {
-			adminFlags
+			AdminFlags
 			Reusable  bool     `flag:"reusable" env:"REUSABLE" help:"the key may register any number of nodes"`
 			Ephemeral bool     `flag:"ephemeral" env:"EPHEMERAL" help:"nodes registered with it are deleted once offline"`
 			Tags      []string `flag:"tags" env:"TAGS" help:"tags given to nodes registered with it"`
@@ -262,7 +263,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		return nil
 	case "relaykey create":
 		var f struct {
-			adminFlags
+			AdminFlags
 			Region     string `flag:"region" env:"REGION" help:"region code, a short DNS label (nyc)"`
 			RegionName string `flag:"region-name" env:"REGION_NAME" help:"human-readable region name"`
 		}
@@ -284,7 +285,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		return nil
 	case "nodes list":
 		var f struct {
-			adminFlags
+			AdminFlags
 			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
 		}
 		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
@@ -313,7 +314,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		}
 		return tw.Flush()
 	case "nodes delete", "nodes expire":
-		var f struct{ adminFlags }
+		var f struct{ AdminFlags }
 		pos, err := parseAdminPos(name, "NAME --state-dir DIR", &f, args, stdout)
 		if err != nil {
 			return err
@@ -336,7 +337,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		return nil
 	case "relays list":
 		var f struct {
-			adminFlags
+			AdminFlags
 			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
 		}
 		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
@@ -360,7 +361,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		}
 		return tw.Flush()
 	case "policy get":
-		var f struct{ adminFlags }
+		var f struct{ AdminFlags }
 		if err := parseAdmin(name, "--state-dir DIR", &f, args, stdout, 0); err != nil {
 			return err
 		}
@@ -382,7 +383,7 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		}
 		return nil
 	case "policy set":
-		var f struct{ adminFlags }
+		var f struct{ AdminFlags }
 		pos, err := parseAdminPos(name, "FILE --state-dir DIR", &f, args, stdout)
 		if err != nil {
 			return err

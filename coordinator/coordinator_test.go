@@ -221,7 +221,9 @@ func TestRegisterStreamAndDelta(t *testing.T) {
 
 func TestAuthKeyKinds(t *testing.T) {
 	s := coordtest.Start(t, func(c *coordinator.Config) {
-		c.EphemeralTimeout = time.Millisecond
+		// Long enough that eph connects before the sweeper may delete it
+		// for being offline since registration.
+		c.EphemeralTimeout = 2 * time.Second
 		c.SweepInterval = 20 * time.Millisecond
 	})
 	ctx := context.Background()
@@ -255,9 +257,8 @@ func TestAuthKeyKinds(t *testing.T) {
 	}
 
 	// An ephemeral node is deleted once it goes offline.
-	eph := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{Ephemeral: true}), "eph")
 	watcherOfTagged := watch(t, tagged, netmap.MapRequest{})
-	watcherOfTagged.waitFor("eph present", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("eph"); return ok })
+	eph := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{Ephemeral: true}), "eph")
 	we := watch(t, eph, netmap.MapRequest{})
 	watcherOfTagged.waitFor("eph online", func(nm *netmap.NetworkMap) bool { p, _ := nm.PeerByName("eph"); return p.Online })
 	if len(s.Nodes()) != 2 {

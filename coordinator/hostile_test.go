@@ -86,6 +86,16 @@ func TestHostileInput(t *testing.T) {
 			t.Errorf("%s: HTTP %d %q, want %d with a one-line JSON error", c.name, resp.StatusCode, b, c.want)
 		}
 	}
+	// Wrong method: a JSON 405 too.
+	resp, err := s.HTTP.Get(s.URL() + coordinator.PathRegister)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 405 || !json.Valid(b) {
+		t.Errorf("GET register: %d %s", resp.StatusCode, b)
+	}
 	after := s.Nodes()
 	if len(after) != len(before) || after[0].Name != before[0].Name || len(after[0].Endpoints) != 0 {
 		t.Errorf("hostile input changed state: %+v", after)

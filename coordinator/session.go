@@ -23,6 +23,11 @@ import (
 // under the 60 s idle timeout common to proxies and load balancers.
 const keepAliveInterval = 50 * time.Second
 
+// maxKeptFrameBuf is the largest frame buffer a stream keeps between
+// frames. Deltas fit in a few KiB; a full map of 1,000 peers is ~400 KiB,
+// and keeping one per stream would cost 400 MiB at 1,000 streams.
+const maxKeptFrameBuf = 64 << 10
+
 // maxPendingPeers bounds a session's pending peer marks. A node this far
 // behind gets a full map instead, which is cheaper than this many deltas.
 const maxPendingPeers = 1 << 16
@@ -256,7 +261,7 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 		if !p.since.IsZero() {
 			srv.m.fanout.Observe(time.Since(p.since).Seconds())
 		}
-		if cap(buf) > 1<<20 {
+		if cap(buf) > maxKeptFrameBuf {
 			buf = make([]byte, 0, 4<<10) // do not pin a full map's buffer
 		}
 	}

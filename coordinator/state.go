@@ -115,6 +115,9 @@ type state struct {
 	ipCursor netip.Addr
 	policy   *policy.Policy
 	rules    []*ruleState
+	// visits counts nodes examined by visibleFrom, so tests can check that
+	// a change costs work proportional to the nodes it affects.
+	visits atomic.Int64
 }
 
 func newState() *state {
@@ -224,14 +227,18 @@ func (st *state) visibleFrom(x *nodeState, now time.Time, fn func(*nodeState)) {
 				fn(n)
 			}
 		}
+		st.visits.Add(int64(len(st.nodes)))
 		return
 	}
+	visited := 0
+	defer func() { st.visits.Add(int64(visited)) }()
 	var seen map[netmap.NodeID]struct{}
 	if len(x.srcRules)+len(x.dstRules) > 1 {
 		seen = map[netmap.NodeID]struct{}{}
 	}
 	visit := func(set map[netmap.NodeID]*nodeState) {
 		for id, n := range set {
+			visited++
 			if n == x || n.expired(now) {
 				continue
 			}

@@ -71,6 +71,13 @@ type CoordinatorResult struct {
 	FanoutP50MS       float64 `json:"fanout_p50_ms"`
 	FanoutP99MS       float64 `json:"fanout_p99_ms"`
 	FanoutMaxMS       float64 `json:"fanout_max_ms"`
+	// CoordinatorCPUPerChangeMS is the coordinator's CPU time (from
+	// process_cpu_seconds_total, 10 ms resolution) over the change phase,
+	// per change: a measure of fan-out cost that other load on the machine
+	// does not inflate the way it inflates latency.
+	CoordinatorCPUPerChangeMS float64 `json:"coordinator_cpu_ms_per_change,omitempty"`
+	// CoordinatorCPUPerStreamUS is the same per affected stream.
+	CoordinatorCPUPerStreamUS float64 `json:"coordinator_cpu_us_per_stream,omitempty"`
 	// CoordinatorRSSBytes is process_resident_memory_bytes from --metrics-url.
 	CoordinatorRSSBytes  float64 `json:"coordinator_rss_bytes,omitempty"`
 	CoordinatorHeapBytes float64 `json:"coordinator_heap_inuse_bytes,omitempty"`
@@ -197,6 +204,13 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 	res.StreamsSeconds = time.Since(start).Seconds()
 
 	// 3. Change one node's endpoints and time the fan-out.
+	var cpu0 []float64
+	if f.MetricsURL != "" {
+		time.Sleep(time.Second) // let the online deltas of stream opening drain
+		if cpu0, err = scrapeNamed(ctx, f.MetricsURL, "process_cpu_seconds_total"); err != nil {
+			return fmt.Errorf("--metrics-url: %w", err)
+		}
+	}
 	changer := nodes[0]
 	var lat []float64
 	for c := 0; c < f.Changes; c++ {
@@ -242,13 +256,21 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 		res.FanoutMaxMS = lat[len(lat)-1]
 	}
 
-	// 4. Memory.
+	// 4. CPU and memory.
 	if f.MetricsURL != "" {
-		m, err := scrape(ctx, f.MetricsURL)
+		cpu1, err := scrapeNamed(ctx, f.MetricsURL, "process_cpu_seconds_total")
 		if err != nil {
 			return fmt.Errorf("--metrics-url: %w", err)
 		}
-		res.CoordinatorRSSBytes, res.CoordinatorHeapBytes = m["process_resident_memory_bytes"], m["go_memstats_heap_inuse_bytes"]
+		res.CoordinatorCPUPerChangeMS = (cpu1[0] - cpu0[0]) * 1000 / float64(f.Changes)
+		if res.AffectedStreams > 0 {
+			res.CoordinatorCPUPerStreamUS = res.CoordinatorCPUPerChangeMS * 1000 / float64(res.AffectedStreams)
+		}
+		m, err := scrapeNamed(ctx, f.MetricsURL, "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes")
+		if err != nil {
+			return fmt.Errorf("--metrics-url: %w", err)
+		}
+		res.CoordinatorRSSBytes, res.CoordinatorHeapBytes = m[0], m[1]
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -262,6 +284,7 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 	fmt.Fprintf(stdout, "fan-out of %d endpoint changes to %d streams each: p50 %.1f ms, p99 %.1f ms, max %.1f ms, missed %d\n",
 		res.Changes, res.AffectedStreams, res.FanoutP50MS, res.FanoutP99MS, res.FanoutMaxMS, res.Missed)
 	if res.CoordinatorRSSBytes > 0 {
+		fmt.Fprintf(stdout, "coordinator CPU per change: %.1f ms (%.1f µs per affected stream)\n", res.CoordinatorCPUPerChangeMS, res.CoordinatorCPUPerStreamUS)
 		fmt.Fprintf(stdout, "coordinator memory: RSS %.0f MiB, heap in use %.0f MiB\n", res.CoordinatorRSSBytes/(1<<20), res.CoordinatorHeapBytes/(1<<20))
 	}
 	return nil
@@ -349,4 +372,18 @@ func percentile(sorted []float64, p float64) float64 {
 	}
 	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
 	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// scrapeNamed reads the named unlabelled metrics from a Prometheus text
+// endpoint (see scrape).
+func scrapeNamed(ctx context.Context, url string, names ...string) ([]float64, error) {
+	m, err := scrape(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, len(names))
+	for i, n := range names {
+		out[i] = m[n]
+	}
+	return out, nil
 }
