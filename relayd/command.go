@@ -15,10 +15,13 @@ import (
 	"github.com/wiremesh/wiremesh/cli"
 	"github.com/wiremesh/wiremesh/key"
 	metricsrv "github.com/wiremesh/wiremesh/metrics"
+	"github.com/wiremesh/wiremesh/netmap"
 )
 
 // Flags are relayd's command-line options; each has a RELAYD_ twin.
 type Flags struct {
+	Coordinator    string        `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL to join (with --join-key; remembered afterwards)"`
+	JoinKey        string        `flag:"join-key" env:"JOIN_KEY" help:"relay join key from coordinator relaykey create (needed once)"`
 	Region         string        `flag:"region" env:"REGION" help:"region code this relay serves (required)"`
 	Listen         string        `flag:"listen" env:"LISTEN" envDefault:":443" help:"UDP address for QUIC and STUN"`
 	ListenTCP      string        `flag:"listen-tcp" env:"LISTEN_TCP" help:"TCP address for the TLS fallback (default: the --listen port on TCP; off disables)"`
@@ -42,7 +45,9 @@ type Flags struct {
 	cli.Logging
 }
 
-const usage = `relayd --region CODE --state-dir DIR --trust-key signkey:... [--listen ADDR] [--listen-tcp ADDR]
+const usage = `relayd --coordinator URL --join-key KEY --region CODE --listen ADDR --public-addr HOST:PORT
+              --state-dir DIR [--listen-tcp ADDR] [--metrics-listen ADDR]
+       relayd --region CODE --state-dir DIR --trust-key signkey:... [--listen ADDR] [--listen-tcp ADDR]
               [--public-addr HOST:PORT] [--metrics-listen ADDR] [--mesh-with ADDR,... --mesh-secret-file FILE]
        relayd pin --state-dir DIR [--json]   print the certificate pin and relay key
        relayd version`
@@ -120,10 +125,10 @@ func (f Flags) config() (Config, error) {
 		}
 		cfg.Trusted = append(cfg.Trusted, pk)
 	}
-	if len(cfg.Trusted) == 0 {
-		// Until the coordinator join feeds keys at runtime, a relay
-		// without a trust anchor would refuse every client.
-		return cfg, errors.New("relayd: no trust anchor: give --trust-key or --trust-key-file")
+	if len(cfg.Trusted) == 0 && !f.joins() {
+		// Without the coordinator join to feed keys, a relay without a
+		// trust anchor would refuse every client.
+		return cfg, errors.New("relayd: no trust anchor: give --coordinator and --join-key, or --trust-key")
 	}
 	secret := f.MeshSecret
 	if f.MeshSecretFile != "" {
@@ -146,15 +151,50 @@ func (f Flags) config() (Config, error) {
 	return cfg, nil
 }
 
+// joins reports whether the relay takes its trust from the coordinator:
+// flags given now, or a join remembered in the state directory.
+func (f Flags) joins() bool {
+	if f.JoinKey != "" || f.Coordinator != "" {
+		return true
+	}
+	js, _ := loadJoin(f.StateDir)
+	return js != nil
+}
+
 func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 	cfg, err := f.config()
 	if err != nil {
 		return err
 	}
+	var j *joiner
+	if f.joins() {
+		priv, cert, err := LoadState(f.StateDir, f.PublicAddr)
+		if err != nil {
+			return err
+		}
+		if f.PublicAddr == "" {
+			return errors.New("relayd: joining needs --public-addr")
+		}
+		j = &joiner{dir: f.StateDir, url: f.Coordinator, self: f.PublicAddr, priv: priv, log: log, region: f.Region}
+		req := netmap.RelayJoinRequest{Region: f.Region, PublicAddr: f.PublicAddr, Pin: pinFromCert(cert)}
+		if err := j.join(ctx, f.JoinKey, req); err != nil {
+			return err
+		}
+		static := cfg.Trusted
+		j.apply(&cfg)
+		cfg.Trusted = append(cfg.Trusted, static...)
+	}
 	reg := metricsrv.NewRegistry()
 	s, err := New(cfg, log, reg)
 	if err != nil {
 		return err
+	}
+	if j != nil {
+		j.srv = s
+		hctx, hstop := context.WithCancel(ctx)
+		hdone := make(chan struct{})
+		go func() { defer close(hdone); j.heartbeats(hctx) }()
+		defer func() { hstop(); <-hdone }()
 	}
 	mctx, mstop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

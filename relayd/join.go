@@ -1,0 +1,174 @@
+package relayd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/wiremesh/wiremesh/coordclient"
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+// Joining the coordinator's fleet (relayd --coordinator URL --join-key KEY):
+//
+//	start ─► join (join key) ─► trust keys, mesh secret, region peers ─► serve
+//	  │         │ coordinator unreachable                                  │
+//	  │         └─► last join.json in --state-dir (keeps working offline)  │
+//	  └──────────────────────────── heartbeat every interval ◄─────────────┘
+//	                                (refreshes trust and mesh; SIGTERM sends
+//	                                 a final "draining" heartbeat)
+//
+// The join key is needed once: afterwards the relay authenticates with its
+// relay key, and the coordinator's URL and pin are kept in join.json.
+
+const joinFile = "join.json"
+
+// joinState is what a joined relay remembers in --state-dir.
+type joinState struct {
+	URL      string                   `json:"url"`
+	Pin      string                   `json:"pin"`
+	Response netmap.RelayJoinResponse `json:"response"`
+}
+
+func loadJoin(dir string) (*joinState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, joinFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var js joinState
+	if err := json.Unmarshal(b, &js); err != nil {
+		return nil, fmt.Errorf("relayd: %s: %w", joinFile, err)
+	}
+	return &js, nil
+}
+
+func saveJoin(dir string, js *joinState) error {
+	b, err := json.Marshal(js)
+	if err != nil {
+		return err
+	}
+	return key.WriteFileAtomic(filepath.Join(dir, joinFile), b, 0o600)
+}
+
+// joiner keeps a relay's membership in the coordinator's fleet.
+type joiner struct {
+	dir    string
+	url    string
+	self   string // this relay's public address, excluded from mesh peers
+	priv   key.RelayPrivate
+	log    *slog.Logger
+	rc     *coordclient.RelayClient
+	state  *joinState
+	srv    *Server
+	region string
+}
+
+// join joins with joinKey, or reuses a previous join from the state
+// directory when the key is absent or the coordinator is unreachable.
+func (j *joiner) join(ctx context.Context, joinKey string, req netmap.RelayJoinRequest) error {
+	prev, err := loadJoin(j.dir)
+	if err != nil {
+		return err
+	}
+	if j.url == "" && prev != nil {
+		j.url = prev.URL
+	}
+	if j.url == "" {
+		return errors.New("relayd: --join-key needs --coordinator")
+	}
+	jctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if joinKey != "" && (prev == nil || prev.URL != j.url) {
+		rc, resp, err := coordclient.JoinRelay(jctx, j.url, joinKey, j.priv, req)
+		if err == nil {
+			j.rc, j.state = rc, &joinState{URL: j.url, Pin: rc.Pin, Response: *resp}
+			j.log.Info("joined the relay fleet", "coordinator", j.url, "name", resp.Name, "region", resp.Region.Code)
+			return saveJoin(j.dir, j.state)
+		}
+		if prev == nil {
+			return fmt.Errorf("relayd: join %s: %w", j.url, err)
+		}
+		j.log.Warn("join failed; using the previous join", "err", err)
+	}
+	if prev == nil {
+		return errors.New("relayd: not joined yet: give --coordinator and --join-key")
+	}
+	j.state = prev
+	if rc, err := coordclient.NewRelayClient(jctx, prev.URL, prev.Pin, j.priv); err == nil {
+		j.rc = rc
+	} else {
+		j.log.Warn("coordinator unreachable; serving from the last join", "err", err)
+	}
+	return nil
+}
+
+// apply configures cfg from the join response.
+func (j *joiner) apply(cfg *Config) {
+	r := j.state.Response
+	cfg.Trusted = append([]key.SigningPublic(nil), r.AdmitKeys...)
+	cfg.MeshSecret = []byte(r.MeshSecret)
+	cfg.MeshWith = j.meshPeers(r.Region)
+}
+
+func (j *joiner) meshPeers(reg netmap.Region) []string {
+	var out []string
+	for _, rl := range reg.Relays {
+		if rl.Addr != j.self && rl.Key != j.priv.Public() {
+			out = append(out, rl.Addr)
+		}
+	}
+	return out
+}
+
+// heartbeats reports health at the coordinator's interval until ctx ends,
+// applying each answer, then sends a final draining heartbeat.
+func (j *joiner) heartbeats(ctx context.Context) {
+	interval := time.Duration(j.state.Response.HeartbeatInterval)
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			j.beat(context.Background(), true)
+			return
+		case <-t.C:
+			j.beat(ctx, false)
+		}
+	}
+}
+
+func (j *joiner) beat(ctx context.Context, draining bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if j.rc == nil {
+		rc, err := coordclient.NewRelayClient(ctx, j.state.URL, j.state.Pin, j.priv)
+		if err != nil {
+			j.log.Debug("coordinator unreachable", "err", err)
+			return
+		}
+		j.rc = rc
+	}
+	resp, err := j.rc.Heartbeat(ctx, netmap.RelayHeartbeat{Clients: j.srv.Clients(), Draining: draining || j.srv.Healthy() != nil})
+	if err != nil {
+		j.log.Debug("heartbeat failed", "err", err)
+		return
+	}
+	j.srv.SetTrusted(resp.AdmitKeys)
+	j.srv.SetMesh(j.meshPeers(resp.Region), []byte(resp.MeshSecret))
+	j.state.Response = *resp
+	if err := saveJoin(j.dir, j.state); err != nil {
+		j.log.Warn("saving join state failed", "err", err)
+	}
+}
