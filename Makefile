@@ -54,10 +54,9 @@ lint:
 fuzz:
 	@FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
-## demo: the three-node loopback demo
-demo:
-	@echo "make demo: the demo arrives with meshnode (issue 5); there are no node binaries to run yet." >&2
-	@exit 2
+## demo: coordinator, two relay regions and three userspace nodes on loopback (no root)
+demo: build
+	@scripts/demo.sh
 
 ## sweep: remove lab namespaces and links left behind by killed test runs
 sweep:

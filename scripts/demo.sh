@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The Wiremesh demo: a coordinator with embedded SQLite, two relay regions
+# and three userspace nodes, all on loopback and without root. Node A
+# fetches a page that node C serves, over the mesh, through A's SOCKS5
+# proxy; then A's status and a disco ping are shown. Everything lives in a
+# temporary directory and stops when the script ends, however it ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+tmp=$(mktemp -d -t wiremesh-demo.XXXXXX)
+pids=()
+cleanup() {
+	for d in "$tmp"/node-*; do
+		[ -S "$d/meshnode.sock" ] && "$BIN/meshnode" down --state-dir "$d" >/dev/null 2>&1 || true
+	done
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+# wait_for CMD...: retry for up to 20 s.
+wait_for() {
+	for _ in $(seq 200); do
+		if "$@" >/dev/null 2>&1; then return 0; fi
+		sleep 0.1
+	done
+	echo "demo: timed out waiting for: $*" >&2
+	return 1
+}
+
+# Ports: a random base in 20000-39999, so two demos rarely collide.
+base=$((20000 + RANDOM % 20000))
+coord_port=$base web_port=$((base + 1)) nyc_port=$((base + 2)) fra_port=$((base + 3))
+socks_a=$((base + 4)) socks_b=$((base + 5)) socks_c=$((base + 6))
+
+say "Starting the coordinator (SQLite in $tmp/coord)"
+"$BIN/coordinator" serve --listen "127.0.0.1:$coord_port" --state-dir "$tmp/coord" \
+	--log-level warn 2>"$tmp/coordinator.log" &
+pids+=($!)
+wait_for "$BIN/coordinator" nodes list --state-dir "$tmp/coord"
+url="https://127.0.0.1:$coord_port"
+
+for r in nyc:"New York":$nyc_port fra:Frankfurt:$fra_port; do
+	IFS=: read -r code name port <<<"$r"
+	say "Relay $code ($name) joins with a relay key"
+	jk=$("$BIN/coordinator" relaykey create --region "$code" --region-name "$name" --state-dir "$tmp/coord" | tail -n 1)
+	"$BIN/relayd" --coordinator "$url" --join-key "$jk" --region "$code" \
+		--listen "127.0.0.1:$port" --public-addr "127.0.0.1:$port" --state-dir "$tmp/relay-$code" \
+		--log-level warn 2>"$tmp/relay-$code.log" &
+	pids+=($!)
+done
+relays_up() { [ "$("$BIN/coordinator" relays list --json --state-dir "$tmp/coord" | grep -o '"state":"up"' | wc -l)" -ge 2 ]; }
+wait_for relays_up
+"$BIN/coordinator" relays list --state-dir "$tmp/coord"
+
+say "Three userspace nodes join with one reusable auth key"
+key=$("$BIN/coordinator" authkey create --reusable --state-dir "$tmp/coord" | tail -n 1)
+for n in a:$socks_a b:$socks_b c:$socks_c; do
+	IFS=: read -r name socks <<<"$n"
+	"$BIN/meshnode" run --coordinator "$url" --authkey "$key" --hostname "$name" --state-dir "$tmp/node-$name" \
+		--userspace --socks5 "127.0.0.1:$socks" --port 0 --log-level warn 2>"$tmp/node-$name.log" &
+	pids+=($!)
+done
+two_peers() { [ "$("$BIN/meshnode" status --json --state-dir "$tmp/node-$1" | grep -o '"name":"[abc]"' | wc -l)" -ge 3 ]; }
+for n in a b c; do wait_for two_peers "$n"; done
+"$BIN/coordinator" nodes list --state-dir "$tmp/coord"
+
+say "Node C serves a page on its localhost:$web_port; its mesh address forwards there"
+mkdir -p "$tmp/www"
+echo "Hello from node C, over the Wiremesh mesh." >"$tmp/www/index.html"
+(cd "$tmp/www" && exec python3 -m http.server "$web_port" --bind 127.0.0.1 >/dev/null 2>&1) &
+pids+=($!)
+wait_for curl -sf "http://127.0.0.1:$web_port/"
+
+say "Node A fetches http://c:$web_port/ through its SOCKS5 proxy (127.0.0.1:$socks_a)"
+curl -sS --max-time 20 --retry 5 --retry-all-errors --socks5-hostname "127.0.0.1:$socks_a" "http://c:$web_port/"
+
+say "meshnode ping c (disco ping through the relay)"
+"$BIN/meshnode" ping -c 3 --state-dir "$tmp/node-a" c
+
+say "meshnode status on A"
+"$BIN/meshnode" status --state-dir "$tmp/node-a"
+
+say "Done; stopping everything"
