@@ -11,6 +11,8 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
