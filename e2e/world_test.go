@@ -142,7 +142,8 @@ func newWorld(t testing.TB, regions ...string) *world {
 		}
 		r.Cmd = w.proc(r.Host.Namespace, "relayd", "--region", region, "--listen", r.Addr, "--public-addr", r.Addr,
 			"--state-dir", r.Dir, "--trust-key", w.signer.Public().String(),
-			"--metrics-listen", netip.AddrPortFrom(r.Host.Addr, 9100).String())
+			"--metrics-listen", netip.AddrPortFrom(r.Host.Addr, 9100).String(),
+			"--fastpath-listen", netip.AddrPortFrom(r.Host.Addr, 444).String())
 		w.relays = append(w.relays, r)
 		regs = append(regs, fmt.Sprintf(`{"code":%q,"name":%q,"relays":[{"name":"%s-1","addr":%q,"pin":%q,"key":%q}]}`,
 			region, strings.ToUpper(region), region, r.Addr, r.Pin, r.Key))

@@ -129,6 +129,7 @@ func Run(ctx context.Context, cfg Config) error {
 		NodeKey:   priv,
 		Token:     n.currentToken,
 		Datagrams: true,
+		FastPath:  true,
 		Handler:   n.onRelayPacket,
 		OnNotice:  n.onRelayNotice,
 		Log:       n.log.With("component", "relay"),

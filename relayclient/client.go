@@ -20,6 +20,11 @@ const (
 	backoffMax = 10 * time.Second
 )
 
+// fastPathSetup bounds the fast-path negotiation after a connect: a few
+// round trips on a working network; if UDP is blocked the connection goes
+// on without it after this long.
+const fastPathSetup = time.Second
+
 // Client keeps one relay connection up: it dials, serves, and on failure
 // redials with jittered exponential backoff. On a Restarting notice it
 // waits the relay's hint (jittered) before redialing.
@@ -65,6 +70,13 @@ func (c *Client) Run(ctx context.Context) error {
 		conn, err := Dial(ctx, c.cfg)
 		if err == nil {
 			backoff = backoffMin
+			if c.cfg.FastPath {
+				fctx, cancel := context.WithTimeout(ctx, fastPathSetup)
+				if ferr := conn.EnableFastPath(fctx); ferr != nil && !errors.Is(ferr, ErrNoFastPath) {
+					c.cfg.Log.Debug("relay fast path unavailable", "relay", c.cfg.Relay.Addr, "err", ferr)
+				}
+				cancel()
+			}
 			c.setConn(conn)
 			select {
 			case <-ctx.Done():

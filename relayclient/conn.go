@@ -90,6 +90,10 @@ type Config struct {
 	Prefs *Prefs
 	// DisableQUIC and DisableTCP force one transport (tests, operators).
 	DisableQUIC, DisableTCP bool
+	// FastPath makes Client negotiate the plain-UDP fast path after each
+	// connect (see Conn.EnableFastPath); without one it carries on over
+	// QUIC or TCP.
+	FastPath bool
 }
 
 // Errors.
