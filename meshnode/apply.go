@@ -76,6 +76,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	}
 	n.filter.SetRules(filterRules(nm.Filter))
 	n.disco.setPeers(next)
+	n.paths.setPeers(next)
 
 	// Home relay: the first region of the map until geo chooses by latency;
 	// kept while it is still in the map.

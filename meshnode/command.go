@@ -19,15 +19,16 @@ import (
 
 // RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
 type RunFlags struct {
-	Coordinator   string `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
-	AuthKey       string `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
-	Hostname      string `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
-	StateDir      string `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
-	TUN           string `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
-	Userspace     bool   `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
-	Port          uint16 `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
-	Socks5        string `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
-	MetricsListen string `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	Coordinator      string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
+	AuthKey          string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
+	Hostname         string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
+	StateDir         string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
+	TUN              string   `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
+	Userspace        bool     `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
+	Port             uint16   `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
+	Socks5           string   `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
+	MetricsListen    string   `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
 	cli.Logging
 }
 
@@ -94,6 +95,13 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 	}
 	if f.Userspace {
 		cfg.Socks5 = f.Socks5
+	}
+	for _, p := range f.EndpointPrefixes {
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil {
+			return 2, fmt.Errorf("--endpoint-prefixes: %w", err)
+		}
+		cfg.EndpointPrefixes = append(cfg.EndpointPrefixes, pfx)
 	}
 	if err := Run(ctx, cfg); err != nil {
 		return 1, err

@@ -1,7 +1,6 @@
 package meshnode
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"time"
@@ -15,13 +14,11 @@ import (
 // timeNow is the clock; tests may replace it per Node in the future.
 var timeNow = time.Now
 
-// Disco bounds. A peer may have at most maxPendingPings outstanding pings
-// from us (the CLI bounds its count too), and inbound pings are answered at
-// most pingAnswerBurst at a time per peer, refilled every
-// pingAnswerInterval: enough for a path probe round, too little to make
-// the node a reflector.
+// Disco bounds. Inbound pings are answered at most pingAnswerBurst at a
+// time per peer, refilled every pingAnswerInterval: enough for a path probe
+// round, too little to make the node a reflector. Outstanding pings of our
+// own are bounded in paths (maxPathPings).
 const (
-	maxPendingPings    = 1024
 	pingAnswerBurst    = 20
 	pingAnswerInterval = 50 * time.Millisecond
 )
@@ -32,9 +29,9 @@ type discoState struct {
 	priv key.DiscoPrivate
 	pub  key.DiscoPublic
 
-	mu      sync.Mutex
-	peers   map[key.DiscoPublic]*discoPeer
-	pending map[disco.TxID]chan pongResult
+	mu     sync.Mutex
+	peers  map[key.DiscoPublic]*discoPeer
+	byNode map[key.NodePublic]*discoPeer
 }
 
 type discoPeer struct {
@@ -49,12 +46,13 @@ type pongResult struct {
 	from key.NodePublic
 	src  bind.Source
 	at   time.Time
+	rtt  time.Duration
 }
 
 func newDiscoState(n *Node) *discoState {
 	priv := key.NewDisco()
 	return &discoState{n: n, priv: priv, pub: priv.Public(),
-		peers: map[key.DiscoPublic]*discoPeer{}, pending: map[disco.TxID]chan pongResult{}}
+		peers: map[key.DiscoPublic]*discoPeer{}, byNode: map[key.NodePublic]*discoPeer{}}
 }
 
 // setPeers updates the shared keys to match the configured peers.
@@ -73,6 +71,10 @@ func (d *discoState) setPeers(peers map[key.NodePublic]netmap.Node) {
 		next[p.DiscoKey] = &discoPeer{node: p.NodeKey, shared: key.Precompute(d.priv, p.DiscoKey), tokens: pingAnswerBurst}
 	}
 	d.peers = next
+	d.byNode = make(map[key.NodePublic]*discoPeer, len(next))
+	for _, dp := range next {
+		d.byNode[dp.node] = dp
+	}
 }
 
 // handle processes a disco packet from either path. Anything that does not
@@ -114,19 +116,18 @@ func (d *discoState) handle(src bind.Source, pkt []byte) {
 		}
 		d.n.metrics.discoRx.WithLabelValues("ping").Inc()
 		d.send(p, src, &disco.Pong{TxID: m.TxID, Src: src.Addr})
+		if src.Addr.IsValid() {
+			d.n.paths.gotPing(p.node, src.Addr)
+		}
 	case *disco.Pong:
 		d.n.metrics.discoRx.WithLabelValues("pong").Inc()
-		d.mu.Lock()
-		ch := d.pending[m.TxID]
-		d.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- pongResult{from: p.node, src: src, at: time.Now()}:
-			default:
-			}
-		}
+		d.n.paths.gotPong(p.node, m.TxID, src, time.Now())
 	case *disco.CallMeMaybe:
 		d.n.metrics.discoRx.WithLabelValues("call_me_maybe").Inc()
+		if src.Addr.IsValid() {
+			return // only meaningful through the relay
+		}
+		d.n.paths.gotCallMeMaybe(p.node, m.Endpoints)
 	}
 }
 
@@ -157,47 +158,13 @@ func (d *discoState) send(p *discoPeer, via bind.Source, m disco.Message) error 
 
 var errNoDiscoKey = errors.New("peer has no disco key")
 
-// ping sends one disco ping to peer through the relay and waits for the
-// pong. It returns the round trip.
-func (d *discoState) ping(ctx context.Context, peer key.NodePublic) (time.Duration, error) {
+// sendTo seals m for peer and sends it over via (UDP address, or relay).
+func (d *discoState) sendTo(peer key.NodePublic, via bind.Source, m disco.Message) error {
 	d.mu.Lock()
-	var p *discoPeer
-	for _, dp := range d.peers {
-		if dp.node == peer {
-			p = dp
-			break
-		}
-	}
-	if p == nil {
-		d.mu.Unlock()
-		return 0, errNoDiscoKey
-	}
-	if len(d.pending) >= maxPendingPings {
-		d.mu.Unlock()
-		return 0, errors.New("too many pings in flight")
-	}
-	tx := disco.NewTxID()
-	ch := make(chan pongResult, 1)
-	d.pending[tx] = ch
+	p := d.byNode[peer]
 	d.mu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		delete(d.pending, tx)
-		d.mu.Unlock()
-	}()
-	start := time.Now()
-	if err := d.send(p, bind.Source{Peer: peer}, &disco.Ping{TxID: tx, NodeKey: d.n.priv.Public()}); err != nil {
-		return 0, err
+	if p == nil {
+		return errNoDiscoKey
 	}
-	for {
-		select {
-		case r := <-ch:
-			if r.from != peer {
-				continue
-			}
-			return r.at.Sub(start), nil
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
+	return d.send(p, via, m)
 }

@@ -14,6 +14,10 @@ type nodeMetrics struct {
 	discoRx           *prometheus.CounterVec
 	pingRTT           *prometheus.HistogramVec
 	relayPendingDrops prometheus.Counter
+	discoPings        *prometheus.CounterVec
+	pathChanges       *prometheus.CounterVec
+	timeToDirect      prometheus.Histogram
+	hardNAT           prometheus.Gauge
 }
 
 func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
@@ -33,12 +37,27 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1}}, []string{"path"}),
 		relayPendingDrops: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshnode_relay_pending_drops_total",
 			Help: "Packets dropped while waiting for a relay connection."}),
+		discoPings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_disco_pings_total",
+			Help: "Disco pings this node sent, by result (sent, pong, timeout)."}, []string{"result"}),
+		pathChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_path_changes_total",
+			Help: "Peer path changes: upgrade (relay to direct) and downgrade (direct to relay)."}, []string{"direction"}),
+		timeToDirect: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshnode_time_to_direct_seconds",
+			Help:    "From the start of an upgrade attempt to a confirmed direct path.",
+			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2, 5, 10}}),
+		hardNAT: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshnode_hard_nat",
+			Help: "1 when relays see different public ports for this node's socket (endpoint-dependent mapping)."}),
+	}
+	for _, r := range []string{"sent", "pong", "timeout"} {
+		m.discoPings.WithLabelValues(r)
+	}
+	for _, d := range []string{"upgrade", "downgrade"} {
+		m.pathChanges.WithLabelValues(d)
 	}
 	for _, r := range []string{"no_rule", "malformed", "fragment"} {
 		m.filterDrops.WithLabelValues(r)
 	}
 	reg.MustRegister(m.peers, m.coordConnected, m.filterDrops, m.homeChanges, m.discoRx, m.pingRTT, m.relayPendingDrops,
-		&pathCollector{n: n})
+		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, &pathCollector{n: n})
 	return m
 }
 

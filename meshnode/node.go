@@ -60,20 +60,26 @@ type Config struct {
 	// ForwardHost is where --userspace forwards inbound mesh TCP
 	// connections (default 127.0.0.1).
 	ForwardHost string
-	Log         *slog.Logger
+	// EndpointPrefixes, if set, limits the local interface addresses
+	// offered to peers as direct-path candidates to these prefixes (for
+	// example 127.0.0.0/8 when every node runs on one host).
+	EndpointPrefixes []netip.Prefix
+	Log              *slog.Logger
 }
 
 // Node is a running daemon.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	state   stateDir
-	priv    key.NodePrivate
-	metrics *nodeMetrics
-	filter  *filter.Filter
-	bind    *bind.Bind
-	relays  *relays
-	disco   *discoState
+	cfg       Config
+	log       *slog.Logger
+	state     stateDir
+	priv      key.NodePrivate
+	metrics   *nodeMetrics
+	filter    *filter.Filter
+	bind      *bind.Bind
+	relays    *relays
+	disco     *discoState
+	paths     *paths
+	endpoints *endpointState
 
 	ctx  context.Context // the daemon's lifetime
 	wg   sync.WaitGroup
@@ -123,6 +129,8 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := metrics.NewRegistry()
 	n.metrics = newNodeMetrics(reg, n)
 	n.disco = newDiscoState(n)
+	n.paths = newPaths(n)
+	n.endpoints = newEndpointState(n)
 	n.log.Info("starting", "node_key", priv.Public(), "state_dir", cfg.StateDir)
 
 	pool := &relayclient.Pool{Template: relayclient.Config{
@@ -136,7 +144,8 @@ func Run(ctx context.Context, cfg Config) error {
 		Prefs:     &relayclient.Prefs{},
 	}}
 	n.relays = &relays{n: n, pool: pool, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: true, OnDisco: n.disco.handle})
+	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: true, OnDisco: n.disco.handle,
+		OnSTUN: n.endpoints.onSTUN, OnRelaySend: n.paths.onRelaySend})
 
 	// The local API comes up first so `meshnode status` works while the
 	// node waits for the coordinator.
@@ -168,6 +177,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
+	n.goAsync(n.endpoints.run)
 
 	select {
 	case <-ctx.Done():
@@ -257,6 +267,7 @@ func (n *Node) housekeeping(ctx context.Context) {
 		case <-t.C:
 		}
 		n.failoverIfHomeDown(false)
+		n.paths.tick(time.Now())
 		n.saveCache()
 		n.filter.Expire()
 	}

@@ -3,7 +3,6 @@ package meshnode
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -68,6 +67,9 @@ func (n *Node) Status() localapi.Status {
 			ps.Path = "direct"
 			if d, ok := ep.Direct(); ok {
 				ps.Endpoint = d.String()
+			}
+			if _, rtt, ok := n.paths.direct(k); ok && rtt > 0 {
+				ps.RTTMs = float64(rtt.Microseconds()) / 1000
 			}
 		case bind.PathRelay:
 			ps.Path = "relay"
@@ -149,8 +151,10 @@ func parseUAPIKey(hexKey string) key.NodePublic {
 	return k
 }
 
-// Ping implements localapi.Backend: disco pings through the relay (and,
-// once a direct path exists, over it), one result per pong.
+// Ping implements localapi.Backend. Each round sends a disco ping through
+// the relay and one to every direct candidate, and reports every pong with
+// the path it took. It stops after a round in which a pong came back over a
+// direct path, or after Count rounds.
 func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(localapi.PingResult)) error {
 	p, ok := n.peerByNameOrIP(req.Peer)
 	if !ok {
@@ -160,27 +164,39 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 	if a, ok := selfAddr(p); ok {
 		ip = a.String()
 	}
-	got := false
-	var lastErr error
+	got := 0
 	for i := 0; i < req.Count && ctx.Err() == nil; i++ {
-		pctx, cancel := context.WithTimeout(ctx, req.Timeout)
-		rtt, err := n.disco.ping(pctx, p.NodeKey)
-		cancel()
-		if err != nil {
-			lastErr = err
-			continue
+		ch := make(chan pongResult, maxCandidates+1)
+		sent := n.paths.cliPing(ctx, p.NodeKey, ch)
+		timer := time.NewTimer(req.Timeout)
+		direct := false
+	round:
+		for answered := 0; answered < sent; {
+			select {
+			case r := <-ch:
+				answered++
+				got++
+				ms := float64(r.rtt.Microseconds()) / 1000
+				res := localapi.PingResult{Peer: p.Name, IP: ip, Path: "relay", RTTMs: ms}
+				if r.src.Addr.IsValid() {
+					res.Path, res.Via, direct = "direct", r.src.Addr.String(), true
+				} else if rl, ok := n.relayFor(p.NodeKey); ok {
+					res.Via = rl.Region
+				}
+				n.mu.Lock()
+				n.mu.rtt[p.NodeKey] = ms
+				n.mu.Unlock()
+				emit(res)
+			case <-timer.C:
+				break round
+			case <-ctx.Done():
+				break round
+			}
 		}
-		got = true
-		ms := float64(rtt.Microseconds()) / 1000
-		n.mu.Lock()
-		n.mu.rtt[p.NodeKey] = ms
-		n.mu.Unlock()
-		via := ""
-		if r, ok := n.relayFor(p.NodeKey); ok {
-			via = r.Region
+		timer.Stop()
+		if direct {
+			break
 		}
-		n.metrics.pingRTT.WithLabelValues("relay").Observe(rtt.Seconds())
-		emit(localapi.PingResult{Peer: p.Name, IP: ip, Path: "relay", Via: via, RTTMs: ms})
 		if i+1 < req.Count {
 			select {
 			case <-ctx.Done():
@@ -188,14 +204,11 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 			}
 		}
 	}
-	if !got {
-		if lastErr == nil {
-			lastErr = ctx.Err()
+	if got == 0 {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		if errors.Is(lastErr, context.DeadlineExceeded) {
-			return fmt.Errorf("no pong from %s", p.Name)
-		}
-		return fmt.Errorf("ping %s: %w", p.Name, lastErr)
+		return fmt.Errorf("no pong from %s", p.Name)
 	}
 	return nil
 }

@@ -62,7 +62,7 @@ key=$("$BIN/coordinator" authkey create --reusable --state-dir "$tmp/coord" | ta
 for n in a:$socks_a b:$socks_b c:$socks_c; do
 	IFS=: read -r name socks <<<"$n"
 	"$BIN/meshnode" run --coordinator "$url" --authkey "$key" --hostname "$name" --state-dir "$tmp/node-$name" \
-		--userspace --socks5 "127.0.0.1:$socks" --port 0 --log-level warn 2>"$tmp/node-$name.log" &
+		--userspace --socks5 "127.0.0.1:$socks" --port 0 --endpoint-prefixes 127.0.0.0/8 --log-level warn 2>"$tmp/node-$name.log" &
 	pids+=($!)
 done
 two_peers() { [ "$("$BIN/meshnode" status --json --state-dir "$tmp/node-$1" | grep -o '"name":"[abc]"' | wc -l)" -ge 3 ]; }

@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/wiremesh/wiremesh/disco"
 	"github.com/wiremesh/wiremesh/key"
@@ -88,7 +89,15 @@ type Config struct {
 	OnDisco func(src Source, pkt []byte)
 	// OnSTUN receives STUN packets from the UDP socket. May be nil.
 	OnSTUN func(src netip.AddrPort, pkt []byte)
+	// OnRelaySend, if set, is told that packets to a peer went through the
+	// relay (at most once per relaySendNotify per peer), so the path
+	// manager can try to upgrade. It must not block.
+	OnRelaySend func(peer key.NodePublic)
 }
+
+// relaySendNotify limits OnRelaySend calls per peer, keeping the relay
+// send path to one atomic load per batch.
+const relaySendNotify = time.Second
 
 // Stats are cumulative counters, by path.
 type Stats struct {
@@ -278,6 +287,12 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	}
 	if b.cfg.Relay == nil {
 		return errors.New("bind: no relay configured")
+	}
+	if b.cfg.OnRelaySend != nil {
+		now := time.Now().UnixNano()
+		if last := ep.relayNotified.Load(); now-last >= int64(relaySendNotify) && ep.relayNotified.CompareAndSwap(last, now) {
+			b.cfg.OnRelaySend(ep.key)
+		}
 	}
 	var firstErr error
 	for _, p := range bufs {
@@ -495,6 +510,7 @@ type Endpoint struct {
 	bind             *Bind
 	direct           atomic.Pointer[netip.AddrPort]
 	txBytes, rxBytes atomic.Uint64
+	relayNotified    atomic.Int64 // unix nanoseconds of the last OnRelaySend
 }
 
 // Key returns the peer's node key.
