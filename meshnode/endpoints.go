@@ -25,9 +25,9 @@ const (
 	restunInterval = 25 * time.Second
 	stunTimeout    = 2 * time.Second
 	// netCheckEvery is how often local addresses are compared for a network
-	// change: one stat of the interfaces, cheap enough to do every second,
-	// and what bounds how fast a migration is noticed.
-	netCheckEvery = time.Second
+	// change: one netlink dump of the interface addresses (tens of
+	// microseconds), and what bounds how fast a migration is noticed.
+	netCheckEvery = 250 * time.Millisecond
 )
 
 // endpointState is owned by the endpoints goroutine, except for what the

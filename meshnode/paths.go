@@ -3,6 +3,7 @@ package meshnode
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -196,7 +197,10 @@ func (ps *paths) gotPing(peer key.NodePublic, addr netip.AddrPort) {
 	}
 }
 
-// gotCallMeMaybe adds the peer's endpoints and pings them all now.
+// gotCallMeMaybe adds the peer's endpoints and pings them all now. If the
+// list no longer holds our best address for the peer, the peer has moved:
+// the direct path is dropped at once (traffic goes through the relay) and
+// the new candidates' pongs pick the next one.
 func (ps *paths) gotCallMeMaybe(peer key.NodePublic, eps []netip.AddrPort) {
 	ps.mu.Lock()
 	pp := ps.peers[peer]
@@ -210,7 +214,18 @@ func (ps *paths) gotCallMeMaybe(peer key.NodePublic, eps []netip.AddrPort) {
 		}
 		pp.cands[ep] = struct{}{}
 	}
+	moved := pp.best.IsValid() && !slices.Contains(eps, pp.best)
+	if moved {
+		delete(pp.cands, pp.best)
+		pp.best, pp.bestRTT = netip.AddrPort{}, 0
+		pp.probing = time.Now()
+	}
 	ps.mu.Unlock()
+	if moved {
+		ps.n.bind.SetDirect(peer, netip.AddrPort{})
+		ps.n.metrics.pathChanges.WithLabelValues("downgrade").Inc()
+		ps.n.log.Info("peer moved; probing its new endpoints", "peer", peer.ShortString())
+	}
 	ps.attempt(peer, false)
 }
 
