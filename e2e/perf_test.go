@@ -7,7 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,6 +147,161 @@ func BenchmarkLabTimeToFirstPing(b *testing.B) {
 		d := time.Since(start)
 		runs = append(runs, d.Seconds())
 		b.Logf("run %d: first ping after %v", i, d.Round(time.Millisecond))
+	}
+	b.ReportMetric(median(runs)*1000, "median-ms")
+	b.ReportMetric(slices.Max(runs)*1000, "worst-ms")
+}
+
+// plainWireGuard sets up the wireguard-go binary (our module's version)
+// between two hosts with tunnel addresses 100.100.0.1 and .2, configured by
+// wg(8), each peer pointed at the other's public address.
+func plainWireGuard(b testing.TB, w *world, x, y *lab.Host) netip.Addr {
+	b.Helper()
+	type side struct {
+		h    *lab.Host
+		ip   string
+		dev  string // distinct: wireguard-go's UAPI socket path is global
+		priv string
+		pub  string
+	}
+	tag := fmt.Sprintf("%d", os.Getpid()%10000)
+	sides := []*side{{h: x, ip: "100.100.0.1", dev: "wga" + tag}, {h: y, ip: "100.100.0.2", dev: "wgb" + tag}}
+	for _, s := range sides {
+		priv, err := exec.Command("wg", "genkey").Output()
+		if err != nil {
+			b.Fatalf("wg genkey: %v (install wireguard-tools)", err)
+		}
+		pubCmd := exec.Command("wg", "pubkey")
+		pubCmd.Stdin = strings.NewReader(string(priv))
+		pub, err := pubCmd.Output()
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.priv, s.pub = strings.TrimSpace(string(priv)), strings.TrimSpace(string(pub))
+		w.proc(s.h.Namespace, "wireguard", "-f", s.dev) // go build names it after the module
+	}
+	for i, s := range sides {
+		o := sides[1-i]
+		kf := filepath.Join(b.TempDir(), "k")
+		os.WriteFile(kf, []byte(s.priv), 0o600)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			out, err := s.h.Command(ctx, "wg", "set", s.dev, "private-key", kf, "listen-port", "51820",
+				"peer", o.pub, "endpoint", netip.AddrPortFrom(o.h.PublicAddr(), 51820).String(),
+				"allowed-ips", o.ip+"/32", "persistent-keepalive", "1").CombinedOutput()
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("wg set: %v: %s", err, out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := s.h.IP("addr add "+s.ip+"/32 dev "+s.dev, "link set "+s.dev+" mtu 1420 up", "route add "+o.ip+"/32 dev "+s.dev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	peer := netip.MustParseAddr("100.100.0.2")
+	n := &node{w: w, name: "wg-a", host: x}
+	deadline := time.Now().Add(30 * time.Second)
+	for n.ping(peer, 1) != nil {
+		if time.Now().After(deadline) {
+			b.Fatal("plain wireguard-go tunnel never came up")
+		}
+	}
+	return peer
+}
+
+// BenchmarkLabDirectIperf3 measures iperf3 TCP over meshnode's direct path
+// between two hosts behind easy NATs, beside plain wireguard-go (our
+// module's version, configured with wg) between the same two hosts, in the
+// same run, and reports the ratio.
+func BenchmarkLabDirectIperf3(b *testing.B) {
+	w := newWorld(b, "nyc")
+	ha, hb := easy.host(b, w, "a"), easy.host(b, w, "b")
+	a := w.startNode("a", ha)
+	bn := w.startNode("b", hb)
+	for _, n := range []*node{a, bn} {
+		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
+	}
+	time.Sleep(300 * time.Millisecond)
+	bIP := bn.ip()
+	a.ping(bIP, 3)
+	a.waitStatus("direct path", func(st localapi.Status) bool { p, _ := peerOf(st, "b"); return p.Path == "direct" })
+	wgIP := plainWireGuard(b, w, ha, hb)
+	const d = 5 * time.Second
+	var mesh, plain []float64
+	for i := 0; i < b.N; i++ {
+		bps, retr := iperf3(b, a.host.Namespace, bn.host.Namespace, bIP, d)
+		pbps, pretr := iperf3(b, a.host.Namespace, bn.host.Namespace, wgIP, d)
+		mesh, plain = append(mesh, bps), append(plain, pbps)
+		st, _ := a.status()
+		p, _ := peerOf(st, "b")
+		b.Logf("run %d: meshnode direct (%s) %.0f Mbit/s (%d retr), plain wireguard-go %.0f Mbit/s (%d retr), ratio %.3f",
+			i, p.Path, bps/1e6, retr, pbps/1e6, pretr, bps/pbps)
+	}
+	b.ReportMetric(median(mesh)/1e6, "direct-Mbit/s")
+	b.ReportMetric(median(plain)/1e6, "wggo-Mbit/s")
+	b.ReportMetric(median(mesh)/median(plain), "ratio")
+}
+
+// BenchmarkLabTimeToDirect measures, per run, the time from the first
+// packet between two nodes behind double NAT (home routers) to a confirmed
+// direct path: node b restarts (a new disco key, so a forgets the path),
+// a pings b once, and a's meshnode_time_to_direct_seconds records the
+// upgrade. The first packet starts the attempt.
+func BenchmarkLabTimeToDirect(b *testing.B) {
+	w := newWorld(b, "nyc")
+	a := w.startNode("a", double.host(b, w, "a"))
+	bn := w.startNode("b", double.host(b, w, "b"))
+	for _, n := range []*node{a, bn} {
+		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
+	}
+	bIP := bn.ip()
+	sumCount := func() (float64, float64) {
+		out := metricsOf(a.host.Namespace, "http://127.0.0.1:9100/metrics", "meshnode_time_to_direct_seconds_")
+		var s, c float64
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 2 {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				switch f[0] {
+				case "meshnode_time_to_direct_seconds_sum":
+					s = v
+				case "meshnode_time_to_direct_seconds_count":
+					c = v
+				}
+			}
+		}
+		return s, c
+	}
+	var runs []float64
+	for i := 0; i < b.N; i++ {
+		// The sample is a's upgrade to b in this run, whatever starts it
+		// (a's first packet, or b's call-me-maybe once b is back).
+		s0, c0 := sumCount()
+		bn.stop()
+		bn.start()
+		bn.waitStatus("peer", func(st localapi.Status) bool { return len(st.Peers) == 1 && st.Coordinator.Connected })
+		a.waitStatus("b's new disco key applied", func(st localapi.Status) bool {
+			p, _ := peerOf(st, "b")
+			return p.Path != "direct"
+		})
+		if err := a.ping(bIP, 1); err != nil {
+			b.Fatal(err)
+		}
+		a.waitStatus("direct", func(st localapi.Status) bool { p, _ := peerOf(st, "b"); return p.Path == "direct" })
+		var s1, c1 float64
+		for deadline := time.Now().Add(5 * time.Second); c1 <= c0 && time.Now().Before(deadline); {
+			s1, c1 = sumCount()
+		}
+		if c1 <= c0 {
+			b.Fatalf("run %d: no time-to-direct sample", i)
+		}
+		ttd := (s1 - s0) / (c1 - c0)
+		runs = append(runs, ttd)
+		b.Logf("run %d: time to direct %.1f ms", i, ttd*1000)
 	}
 	b.ReportMetric(median(runs)*1000, "median-ms")
 	b.ReportMetric(slices.Max(runs)*1000, "worst-ms")

@@ -61,6 +61,7 @@ type paths struct {
 
 type peerPath struct {
 	node      key.NodePublic
+	discoKey  key.DiscoPublic // a new one means the peer restarted
 	fromMap   []netip.AddrPort            // the peer's reported endpoints
 	cands     map[netip.AddrPort]struct{} // every candidate, map ones included
 	best      netip.AddrPort
@@ -84,8 +85,17 @@ func newPaths(n *Node) *paths {
 	return &paths{n: n, peers: map[key.NodePublic]*peerPath{}, pings: map[disco.TxID]sentPing{}}
 }
 
-// setPeers matches the peer set and each peer's reported endpoints.
+// setPeers matches the peer set and each peer's reported endpoints. A peer
+// that reports new endpoints while we talk to it through the relay is
+// probed at once: its first report often arrives just after our first
+// packet, whose upgrade attempt then had nothing to ping.
 func (ps *paths) setPeers(next map[key.NodePublic]netmap.Node) {
+	var probe []key.NodePublic
+	defer func() {
+		for _, k := range probe {
+			ps.attempt(k, true)
+		}
+	}()
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	for k := range ps.peers {
@@ -95,9 +105,20 @@ func (ps *paths) setPeers(next map[key.NodePublic]netmap.Node) {
 	}
 	for k, p := range next {
 		pp := ps.peers[k]
+		if pp != nil && pp.discoKey != p.DiscoKey {
+			// The peer restarted: whatever path we had is unconfirmed.
+			if pp.best.IsValid() {
+				ps.n.bind.SetDirect(k, netip.AddrPort{})
+			}
+			pp = nil
+		}
 		if pp == nil {
-			pp = &peerPath{node: k, cands: map[netip.AddrPort]struct{}{}}
+			pp = &peerPath{node: k, discoKey: p.DiscoKey, cands: map[netip.AddrPort]struct{}{}}
 			ps.peers[k] = pp
+		}
+		if !pp.best.IsValid() && !slices.Equal(pp.fromMap, p.Endpoints) && len(p.Endpoints) > 0 &&
+			time.Since(pp.attempted) < activeFor {
+			probe = append(probe, k)
 		}
 		for _, old := range pp.fromMap {
 			delete(pp.cands, old)

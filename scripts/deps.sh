@@ -12,6 +12,7 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -112,7 +112,7 @@ type Stats struct {
 type Bind struct {
 	cfg Config
 
-	mu       sync.Mutex // guards the fields below
+	mu       sync.RWMutex // guards the fields below; read-locked per packet batch
 	std      conn.Bind
 	open     bool
 	relayIn  chan relayPacket
@@ -268,9 +268,9 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 		n += uint64(len(p))
 	}
 	if d := ep.direct.Load(); d != nil {
-		b.mu.Lock()
+		b.mu.RLock()
 		std := b.std
-		b.mu.Unlock()
+		b.mu.RUnlock()
 		if std != nil {
 			err := std.Send(bufs, &conn.StdNetEndpoint{AddrPort: *d})
 			if err == nil {
@@ -379,6 +379,11 @@ func (b *Bind) wrapDirect(recv conn.ReceiveFunc) conn.ReceiveFunc {
 				return 0, err
 			}
 			kept := 0
+			// One read lock per batch, and the previous packet's sender
+			// reused: a batch is usually one peer's packets.
+			b.mu.RLock()
+			var lastSrc netip.AddrPort
+			var lastEP *Endpoint
 			for i := 0; i < n; i++ {
 				pkt := packets[i][:sizes[i]]
 				se, _ := eps[i].(*conn.StdNetEndpoint)
@@ -389,18 +394,24 @@ func (b *Bind) wrapDirect(recv conn.ReceiveFunc) conn.ReceiveFunc {
 				switch classify(pkt) {
 				case kindDisco:
 					if b.cfg.OnDisco != nil {
+						b.mu.RUnlock()
 						b.cfg.OnDisco(Source{Addr: src}, pkt)
+						b.mu.RLock()
 					}
 					continue
 				case kindSTUN:
 					if b.cfg.OnSTUN != nil {
+						b.mu.RUnlock()
 						b.cfg.OnSTUN(src, pkt)
+						b.mu.RLock()
 					}
 					continue
 				}
-				b.mu.Lock()
-				ep := b.byAddr[src]
-				b.mu.Unlock()
+				ep := lastEP
+				if src != lastSrc || ep == nil {
+					ep = b.byAddr[src]
+					lastSrc, lastEP = src, ep
+				}
 				if ep == nil {
 					b.unknownDrops.Add(1)
 					continue
@@ -414,6 +425,7 @@ func (b *Bind) wrapDirect(recv conn.ReceiveFunc) conn.ReceiveFunc {
 				ep.rxBytes.Add(uint64(len(pkt)))
 				kept++
 			}
+			b.mu.RUnlock()
 			if kept > 0 {
 				b.rxPackets[PathDirect].Add(uint64(kept))
 				return kept, nil
@@ -447,9 +459,9 @@ func classify(p []byte) packetKind {
 
 // WriteTo sends a raw packet (disco, STUN) from the UDP socket.
 func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
-	b.mu.Lock()
+	b.mu.RLock()
 	std := b.std
-	b.mu.Unlock()
+	b.mu.RUnlock()
 	if std == nil {
 		return errors.New("bind: direct path is off")
 	}
