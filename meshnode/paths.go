@@ -61,7 +61,7 @@ type paths struct {
 
 type peerPath struct {
 	node      key.NodePublic
-	discoKey  key.DiscoPublic // a new one means the peer restarted
+	discoKey  key.DiscoPublic             // a new one means the peer restarted
 	fromMap   []netip.AddrPort            // the peer's reported endpoints
 	cands     map[netip.AddrPort]struct{} // every candidate, map ones included
 	best      netip.AddrPort
