@@ -60,6 +60,7 @@ type paths struct {
 }
 
 type peerPath struct {
+	confirmed bool // a second pong on best confirmed it (else tentative)
 	node      key.NodePublic
 	discoKey  key.DiscoPublic             // a new one means the peer restarted
 	fromMap   []netip.AddrPort            // the peer's reported endpoints
@@ -262,12 +263,13 @@ func (ps *paths) gotPong(peer key.NodePublic, tx disco.TxID, src bind.Source, at
 	delete(ps.pings, tx)
 	rtt := at.Sub(sp.sent)
 	pp := ps.peers[peer]
-	var upgraded bool
+	var upgraded, confirm bool
 	var ttd time.Duration
 	if pp != nil && src.Addr.IsValid() {
 		switch {
 		case !pp.best.IsValid():
 			pp.best, pp.bestRTT, pp.lastPong = src.Addr, rtt, at
+			pp.confirmed = false
 			upgraded = true
 			if !pp.probing.IsZero() {
 				ttd = at.Sub(pp.probing)
@@ -275,6 +277,10 @@ func (ps *paths) gotPong(peer key.NodePublic, tx disco.TxID, src bind.Source, at
 			pp.probing = time.Time{}
 		case pp.best == src.Addr:
 			pp.lastPong, pp.bestRTT = at, rtt
+			if !pp.confirmed {
+				pp.confirmed = true
+				confirm = true
+			}
 		case pp.bestRTT-rtt >= betterAbs && float64(rtt) <= float64(pp.bestRTT)*(1-betterRel),
 			at.Sub(pp.lastPong) > heartbeatInterval:
 			// Clearly faster, or the best went quiet while this one answers.
@@ -290,12 +296,18 @@ func (ps *paths) gotPong(peer key.NodePublic, tx disco.TxID, src bind.Source, at
 	ps.n.metrics.discoPings.WithLabelValues("pong").Inc()
 	ps.n.metrics.pingRTT.WithLabelValues(path).Observe(rtt.Seconds())
 	if upgraded {
-		ps.n.bind.SetDirect(peer, src.Addr)
+		// The first pong proves the path works now; until a second one
+		// (sent at once) confirms it, packets go both ways.
+		ps.n.bind.SetTentative(peer, src.Addr)
 		ps.n.metrics.pathChanges.WithLabelValues("upgrade").Inc()
 		if ttd > 0 {
 			ps.n.metrics.timeToDirect.Observe(ttd.Seconds())
 		}
 		ps.n.log.Info("direct path", "peer", peer.ShortString(), "addr", src.Addr, "rtt", rtt, "time_to_direct", ttd)
+		ps.ping(peer, src.Addr, nil)
+	}
+	if confirm {
+		ps.n.bind.SetDirect(peer, src.Addr)
 	}
 	if sp.cli != nil {
 		select {

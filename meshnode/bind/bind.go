@@ -273,16 +273,22 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 		b.mu.RUnlock()
 		if std != nil {
 			err := std.Send(bufs, &conn.StdNetEndpoint{AddrPort: *d})
-			if err == nil {
+			switch {
+			case err != nil:
+				// The direct path failed (network gone, address
+				// changed): this batch goes through the relay, and the
+				// path state machine will notice the missing pongs.
+				b.directErrs.Add(1)
+			case ep.both.Load():
+				// Unconfirmed direct path: the relay carries a copy.
+				b.txBytes[PathDirect].Add(n)
+				b.txPackets[PathDirect].Add(uint64(len(bufs)))
+			default:
 				b.txBytes[PathDirect].Add(n)
 				b.txPackets[PathDirect].Add(uint64(len(bufs)))
 				ep.txBytes.Add(n)
 				return nil
 			}
-			// The direct path failed (network gone, address changed):
-			// this batch goes through the relay instead, and the path
-			// state machine will notice the missing pongs.
-			b.directErrs.Add(1)
 		}
 	}
 	if b.cfg.Relay == nil {
@@ -472,7 +478,19 @@ func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
 // clears it so that packets go through the relay). A failed direct send
 // falls back to the relay.
 func (b *Bind) SetDirect(k key.NodePublic, addr netip.AddrPort) {
+	b.setDirect(k, addr, false)
+}
+
+// SetTentative makes addr the peer's direct path while it is unconfirmed:
+// packets go both to addr and through the relay, so none is lost if the
+// path turns out not to work. SetDirect with the same address confirms it.
+func (b *Bind) SetTentative(k key.NodePublic, addr netip.AddrPort) {
+	b.setDirect(k, addr, true)
+}
+
+func (b *Bind) setDirect(k key.NodePublic, addr netip.AddrPort, both bool) {
 	ep := b.Peer(k)
+	ep.both.Store(both && addr.IsValid())
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if old := ep.direct.Load(); old != nil {
@@ -523,14 +541,16 @@ type Endpoint struct {
 	direct           atomic.Pointer[netip.AddrPort]
 	txBytes, rxBytes atomic.Uint64
 	relayNotified    atomic.Int64 // unix nanoseconds of the last OnRelaySend
+	both             atomic.Bool  // direct path unconfirmed: relay as well
 }
 
 // Key returns the peer's node key.
 func (e *Endpoint) Key() key.NodePublic { return e.key }
 
-// Path returns the peer's current path.
+// Path returns the peer's current path. A tentative direct path reports
+// as relay until it is confirmed.
 func (e *Endpoint) Path() Path {
-	if e.direct.Load() != nil {
+	if e.direct.Load() != nil && !e.both.Load() {
 		return PathDirect
 	}
 	if e.bind.cfg.Relay != nil {
