@@ -523,3 +523,28 @@ func writeFile(t *testing.T, s string) string {
 	}
 	return p
 }
+
+// TestAdmissionTokenRefreshed checks that a streaming node gets a new
+// admission token once half of the previous one's lifetime is over.
+func TestAdmissionTokenRefreshed(t *testing.T) {
+	s := coordtest.Start(t, func(c *coordinator.Config) {
+		c.TokenLifetime = 2 * time.Second // refreshed after 1 s
+		c.SweepInterval = 50 * time.Millisecond
+	})
+	n := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "n")
+	w := watch(t, n, netmap.MapRequest{})
+	first := w.waitFor("first token", func(nm *netmap.NetworkMap) bool { return nm.Admission.Token != "" }).Admission
+	second := w.waitFor("refreshed token", func(nm *netmap.NetworkMap) bool {
+		return nm.Admission.Token != "" && nm.Admission.Token != first.Token
+	}).Admission
+	if !second.Expires.After(first.Expires) {
+		t.Errorf("refreshed token expires %v, first %v", second.Expires, first.Expires)
+	}
+	tok, err := base64.RawURLEncoding.DecodeString(second.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admit.Verify(tok, s.Info.AdmitKeys, n.Key.Public(), "", time.Now()); err != nil {
+		t.Errorf("refreshed token: %v", err)
+	}
+}
