@@ -37,6 +37,12 @@ const (
 const maxAdminBody = policy.MaxSize + 4<<10
 
 func listenAdmin(path string) (net.Listener, error) {
+	// A socket that answers belongs to a running coordinator on the same
+	// state directory: two would corrupt each other's view of the database.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another coordinator is running with this --state-dir (%s answers)", path)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}

@@ -186,20 +186,31 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), replay: newReplayCache(netmap.ProofWindow)}
 	var err error
+	// The admin socket comes first: it also detects another coordinator
+	// on this state directory before anything is opened or written.
+	if !cfg.NoAdminSocket {
+		if srv.adminLn, err = listenAdmin(filepath.Join(cfg.StateDir, AdminSocket)); err != nil {
+			return nil, err
+		}
+	}
 	if srv.coordPriv, err = key.LoadOrCreate(filepath.Join(cfg.StateDir, coordKeyF), key.NewCoord); err != nil {
+		srv.closeAll()
 		return nil, fmt.Errorf("coordinator key: %w", err)
 	}
 	if srv.signPriv, err = key.LoadOrCreate(filepath.Join(cfg.StateDir, signKeyF), key.NewSigning); err != nil {
+		srv.closeAll()
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
 	srv.coordPub, srv.signer, srv.signPub = srv.coordPriv.Public(), srv.signPriv.Signer(), srv.signPriv.Public()
 	if err := srv.loadCert(); err != nil {
+		srv.closeAll()
 		return nil, err
 	}
 	srv.dns = netmap.DNS{Domain: cfg.DNSDomain, MagicDNS: true, Nameservers: cfg.Nameservers}
 
 	st, err := store.OpenSQLite(ctx, dbPath)
 	if err != nil {
+		srv.closeAll()
 		return nil, err
 	}
 	srv.store = st
@@ -230,11 +241,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 
 	if srv.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return fail(fmt.Errorf("listen %s: %w", cfg.Listen, err))
-	}
-	if !cfg.NoAdminSocket {
-		if srv.adminLn, err = listenAdmin(filepath.Join(cfg.StateDir, AdminSocket)); err != nil {
-			return fail(err)
-		}
 	}
 	return srv, nil
 }

@@ -253,3 +253,16 @@ func TestAdminCommands(t *testing.T) {
 func relayReq() netmap.RelayJoinRequest {
 	return netmap.RelayJoinRequest{Region: "nyc", PublicAddr: "198.18.1.1:443", Pin: "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}
 }
+
+// TestSecondServerRefused checks that a second coordinator on the same
+// state directory refuses to start instead of taking over the socket.
+func TestSecondServerRefused(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	startServe(t, bin, dir, freeAddr(t))
+	out, err := exec.Command(bin, "serve", "--listen", freeAddr(t), "--state-dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another coordinator is running") {
+		t.Fatalf("second server: %v %s", err, out)
+	}
+	admin(t, bin, "nodes", "list", "--state-dir", dir) // the first still answers
+}
