@@ -548,3 +548,41 @@ func TestAdmissionTokenRefreshed(t *testing.T) {
 		t.Errorf("refreshed token: %v", err)
 	}
 }
+
+// TestConcurrentRegistrations registers many nodes with the same hostname
+// at once: names and addresses stay unique although the store commits them
+// in groups.
+func TestConcurrentRegistrations(t *testing.T) {
+	s := coordtest.Start(t)
+	ak := s.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	const n = 60
+	var wg sync.WaitGroup
+	nodes := make([]netmap.Node, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := s.NewClient()
+			resp, err := c.Client.Register(context.Background(), ak, c.Disco.Public(), "same", "linux")
+			if err == nil {
+				nodes[i] = resp.Node
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	names, ips := map[string]bool{}, map[netip.Prefix]bool{}
+	for i, nd := range nodes {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if names[nd.Name] || ips[nd.Addresses[0]] {
+			t.Fatalf("duplicate name %q or address %v", nd.Name, nd.Addresses[0])
+		}
+		names[nd.Name], ips[nd.Addresses[0]] = true, true
+	}
+	if got := len(s.Nodes()); got != n {
+		t.Fatalf("%d nodes listed, want %d", got, n)
+	}
+}

@@ -121,9 +121,6 @@ type Server struct {
 
 	relays *relayFleet
 	replay *replayCache
-	// regMu serializes registrations: name and address choice, then the
-	// store write, then the state insert.
-	regMu sync.Mutex
 	// policyMu orders policy changes: store write, then install.
 	policyMu sync.Mutex
 
