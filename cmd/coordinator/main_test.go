@@ -137,12 +137,18 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		}()
 	}
 	// Kill once some registrations are through, while others are in flight.
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
 		n := len(acked)
 		mu.Unlock()
 		if n >= 30 {
 			break
+		}
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("only %d registrations in 30 s:\n%s", n, d.logs)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
