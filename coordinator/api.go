@@ -314,7 +314,7 @@ func (srv *Server) openSession(s *session) bool {
 	if old != nil {
 		old.cancel() // a node has one stream; the newest wins
 	} else {
-		st.changedLocked(n, now, false)
+		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
@@ -338,7 +338,7 @@ func (srv *Server) closeSession(s *session) {
 	rec := n.rec
 	_, live := st.nodes[n.id]
 	if live && !n.expired(now) {
-		st.changedLocked(n, now, false)
+		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	if live {

@@ -174,6 +174,17 @@ func TestRegisterStreamAndDelta(t *testing.T) {
 	// b comes online and reports an endpoint: a sees both as deltas.
 	wb := watch(t, b, netmap.MapRequest{})
 	wa.waitFor("b online", func(nm *netmap.NetworkMap) bool { p, _ := nm.PeerByName("alpha-laptop-2"); return p.Online })
+	wa.mu.Lock()
+	patched := false
+	for _, f := range wa.frames {
+		for _, pc := range f.PeersChangedPatch {
+			patched = patched || pc.ID == b.Self.ID && pc.Online != nil && *pc.Online
+		}
+	}
+	wa.mu.Unlock()
+	if !patched {
+		t.Error("b going online did not arrive as a patch")
+	}
 	wb.waitFor("a in b's map with endpoint", func(nm *netmap.NetworkMap) bool {
 		p, _ := nm.PeerByName("alpha-laptop")
 		return p.Online && len(p.Endpoints) == 1 && p.HomeRelay == "nyc"

@@ -336,6 +336,17 @@ func (st *state) changedLocked(n *nodeState, now time.Time, filter bool) {
 	}
 }
 
+// onlineChangedLocked tells every node that sees n that n went online or
+// offline, as a patch rather than a whole record.
+func (st *state) onlineChangedLocked(n *nodeState, now time.Time) {
+	n.wire.Store(nil)
+	st.visibleFrom(n, now, func(o *nodeState) {
+		if o.sess != nil {
+			o.sess.markOnline(n.id, now)
+		}
+	})
+}
+
 // removedLocked tells every node that saw n that it is gone. Call it before
 // removing n from the state (visibility needs n's rule sets).
 func (st *state) removedLocked(n *nodeState, now time.Time) {
