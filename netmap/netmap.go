@@ -83,6 +83,7 @@ type RegisterResponse struct {
 
 // MapRequest opens the netmap stream at POST /coord/v1/map. The response body
 // is a sequence of frames, each a MapResponse: the first has Full set.
+// Empty Endpoints or HomeRelay leave the last reported values in place.
 type MapRequest struct {
 	Version   CapabilityVersion `json:"version"`
 	DiscoKey  key.DiscoPublic   `json:"disco_key"` // fresh each start
