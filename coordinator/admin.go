@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -141,6 +142,8 @@ type NodeInfo struct {
 	OS        string    `json:"os"`
 	Ephemeral bool      `json:"ephemeral"`
 	Endpoints []string  `json:"endpoints"`
+	// Netcheck is the node's last netcheck report, as it sent it.
+	Netcheck json.RawMessage `json:"netcheck,omitempty"`
 }
 
 // CreateAuthKey makes a pre-auth key and returns its text form.
@@ -180,7 +183,7 @@ func (srv *Server) Nodes() []NodeInfo {
 			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.sess != nil, LastSeen: n.rec.LastSeen,
 			Tags: n.rec.Tags, KeyExpiry: n.rec.KeyExpiry, Expired: n.expired(now), HomeRelay: n.rec.HomeRelay,
 			NodeKey: n.rec.NodeKey, Hostname: n.rec.Hostname, OS: n.rec.OS, Ephemeral: n.rec.Ephemeral,
-			Endpoints: []string{},
+			Endpoints: []string{}, Netcheck: n.rec.Netcheck,
 		}
 		if ni.Tags == nil {
 			ni.Tags = []string{}

@@ -220,7 +220,7 @@ func TestRegisterStreamAndDelta(t *testing.T) {
 	for _, n := range s.Nodes() {
 		if n.Name == "alpha-laptop-2" {
 			found = true
-			if n.HomeRelay != "fra" || n.Online || n.LastSeen.IsZero() || n.IP == "" {
+			if n.HomeRelay != "fra" || n.Online || n.LastSeen.IsZero() || n.IP == "" || !strings.Contains(string(n.Netcheck), `"preferred_relay":"fra"`) {
 				t.Errorf("nodes list row: %+v", n)
 			}
 		}
