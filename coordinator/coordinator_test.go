@@ -597,3 +597,34 @@ func TestConcurrentRegistrations(t *testing.T) {
 		t.Fatalf("%d nodes listed, want %d", got, n)
 	}
 }
+
+// TestKeyExpiryBySweeper checks that a node key that runs out on its own
+// (no admin command) disappears from its peers' maps and ends its stream.
+func TestKeyExpiryBySweeper(t *testing.T) {
+	dir := t.TempDir()
+	// a registers with the default 180-day expiry; after a restart with a
+	// 2 s expiry, b registers and its key runs out while a watches.
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.StateDir = dir })
+	a := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "a")
+	s.Stop()
+	s = coordtest.Start(t, func(c *coordinator.Config) {
+		c.StateDir = dir
+		c.KeyExpiry = 2 * time.Second
+		c.SweepInterval = 20 * time.Millisecond
+	})
+	a.Client = coordclient.New(s.URL(), s.HTTP, s.Info, a.Key)
+	wa := watch(t, a, netmap.MapRequest{})
+	b := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "b")
+	wb := watch(t, b, netmap.MapRequest{})
+	wa.waitFor("b present", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("b"); return ok })
+	wa.waitFor("b gone after its key expired", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("b"); return !ok })
+	wb.waitEnd()
+	for _, n := range s.Nodes() {
+		if n.Name == "b" && !n.Expired {
+			t.Errorf("b not listed as expired: %+v", n)
+		}
+		if n.Name == "a" && n.Expired {
+			t.Errorf("a expired too: %+v", n)
+		}
+	}
+}
