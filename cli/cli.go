@@ -57,8 +57,7 @@ func Parse(name, envPrefix, usage string, cfg any, args []string, out io.Writer)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
-			return nil, ErrHelp
+			return nil, ErrHelp // the flag package has printed usage
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -69,8 +68,7 @@ func Parse(name, envPrefix, usage string, cfg any, args []string, out io.Writer)
 		pos = append(pos, rest[0])
 		if err := fs.Parse(rest[1:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fs.Usage()
-				return nil, ErrHelp
+				return nil, ErrHelp // the flag package has printed usage
 			}
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -37,6 +38,12 @@ const (
 const maxAdminBody = policy.MaxSize + 4<<10
 
 func listenAdmin(path string) (net.Listener, error) {
+	// A socket that answers belongs to a running coordinator on the same
+	// state directory: two would corrupt each other's view of the database.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another coordinator is running with this --state-dir (%s answers)", path)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
@@ -135,6 +142,8 @@ type NodeInfo struct {
 	OS        string    `json:"os"`
 	Ephemeral bool      `json:"ephemeral"`
 	Endpoints []string  `json:"endpoints"`
+	// Netcheck is the node's last netcheck report, as it sent it.
+	Netcheck json.RawMessage `json:"netcheck,omitempty"`
 }
 
 // CreateAuthKey makes a pre-auth key and returns its text form.
@@ -174,7 +183,7 @@ func (srv *Server) Nodes() []NodeInfo {
 			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.sess != nil, LastSeen: n.rec.LastSeen,
 			Tags: n.rec.Tags, KeyExpiry: n.rec.KeyExpiry, Expired: n.expired(now), HomeRelay: n.rec.HomeRelay,
 			NodeKey: n.rec.NodeKey, Hostname: n.rec.Hostname, OS: n.rec.OS, Ephemeral: n.rec.Ephemeral,
-			Endpoints: []string{},
+			Endpoints: []string{}, Netcheck: n.rec.Netcheck,
 		}
 		if ni.Tags == nil {
 			ni.Tags = []string{}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -277,8 +278,17 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	if !req.DiscoKey.IsZero() {
 		dk = &req.DiscoKey
 	}
-	eps := req.Endpoints
-	if err := srv.applyReport(r.Context(), n, dk, &eps, &req.HomeRelay, req.Netcheck); err != nil {
+	// Empty endpoints or home relay mean "not known yet": keep the last
+	// reported ones rather than hiding a restarting node from its peers.
+	var eps *[]netip.AddrPort
+	if len(req.Endpoints) > 0 {
+		eps = &req.Endpoints
+	}
+	var home *string
+	if req.HomeRelay != "" {
+		home = &req.HomeRelay
+	}
+	if err := srv.applyReport(r.Context(), n, dk, eps, home, req.Netcheck); err != nil {
 		srv.fail(w, r, err)
 		return
 	}
@@ -314,7 +324,7 @@ func (srv *Server) openSession(s *session) bool {
 	if old != nil {
 		old.cancel() // a node has one stream; the newest wins
 	} else {
-		st.changedLocked(n, now, false)
+		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
@@ -338,7 +348,7 @@ func (srv *Server) closeSession(s *session) {
 	rec := n.rec
 	_, live := st.nodes[n.id]
 	if live && !n.expired(now) {
-		st.changedLocked(n, now, false)
+		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	if live {

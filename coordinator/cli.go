@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -51,6 +52,7 @@ type serveFlags struct {
 	Policy            string        `flag:"policy" env:"POLICY" help:"HuJSON policy file to install at start (its tests must pass)"`
 	RelayMap          string        `flag:"relay-map" env:"RELAY_MAP" help:"static relay map file (JSON) merged with relays that join"`
 	MetricsListen     string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	PprofListen       string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"loopback address to serve Go profiles (/debug/pprof/) on, for diagnosis"`
 	TLSCert           string        `flag:"tls-cert" env:"TLS_CERT" help:"TLS certificate file (default: self-signed, made in --state-dir)"`
 	TLSKey            string        `flag:"tls-key" env:"TLS_KEY" help:"TLS key file for --tls-cert"`
 	InsecureHTTP      bool          `flag:"insecure-http" env:"INSECURE_HTTP" help:"serve plain HTTP (loopback --listen only; for tests)"`
@@ -168,12 +170,40 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else {
 		errc <- nil
 	}
+	if f.PprofListen != "" {
+		stopPprof, err := servePprof(f.PprofListen)
+		if err != nil {
+			srv.closeAll()
+			return err
+		}
+		defer stopPprof()
+	}
 	err = srv.Run(ctx)
 	cancel()
 	if merr := <-errc; err == nil {
 		err = merr
 	}
 	return err
+}
+
+// servePprof serves the Go profiler on a loopback address.
+func servePprof(addr string) (func(), error) {
+	host, _, err := net.SplitHostPort(addr)
+	ip, perr := netip.ParseAddr(host)
+	if err != nil || perr != nil || !ip.IsLoopback() {
+		return nil, usageErr("--pprof-listen %q: want a loopback address such as 127.0.0.1:6060", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	return func() { hs.Close() }, nil
 }
 
 // adminClient talks HTTP to the admin socket.

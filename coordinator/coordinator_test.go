@@ -174,6 +174,17 @@ func TestRegisterStreamAndDelta(t *testing.T) {
 	// b comes online and reports an endpoint: a sees both as deltas.
 	wb := watch(t, b, netmap.MapRequest{})
 	wa.waitFor("b online", func(nm *netmap.NetworkMap) bool { p, _ := nm.PeerByName("alpha-laptop-2"); return p.Online })
+	wa.mu.Lock()
+	patched := false
+	for _, f := range wa.frames {
+		for _, pc := range f.PeersChangedPatch {
+			patched = patched || pc.ID == b.Self.ID && pc.Online != nil && *pc.Online
+		}
+	}
+	wa.mu.Unlock()
+	if !patched {
+		t.Error("b going online did not arrive as a patch")
+	}
 	wb.waitFor("a in b's map with endpoint", func(nm *netmap.NetworkMap) bool {
 		p, _ := nm.PeerByName("alpha-laptop")
 		return p.Online && len(p.Endpoints) == 1 && p.HomeRelay == "nyc"
@@ -209,7 +220,7 @@ func TestRegisterStreamAndDelta(t *testing.T) {
 	for _, n := range s.Nodes() {
 		if n.Name == "alpha-laptop-2" {
 			found = true
-			if n.HomeRelay != "fra" || n.Online || n.LastSeen.IsZero() || n.IP == "" {
+			if n.HomeRelay != "fra" || n.Online || n.LastSeen.IsZero() || n.IP == "" || !strings.Contains(string(n.Netcheck), `"preferred_relay":"fra"`) {
 				t.Errorf("nodes list row: %+v", n)
 			}
 		}
@@ -522,4 +533,98 @@ func writeFile(t *testing.T, s string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestAdmissionTokenRefreshed checks that a streaming node gets a new
+// admission token once half of the previous one's lifetime is over.
+func TestAdmissionTokenRefreshed(t *testing.T) {
+	s := coordtest.Start(t, func(c *coordinator.Config) {
+		c.TokenLifetime = 2 * time.Second // refreshed after 1 s
+		c.SweepInterval = 50 * time.Millisecond
+	})
+	n := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "n")
+	w := watch(t, n, netmap.MapRequest{})
+	first := w.waitFor("first token", func(nm *netmap.NetworkMap) bool { return nm.Admission.Token != "" }).Admission
+	second := w.waitFor("refreshed token", func(nm *netmap.NetworkMap) bool {
+		return nm.Admission.Token != "" && nm.Admission.Token != first.Token
+	}).Admission
+	if !second.Expires.After(first.Expires) {
+		t.Errorf("refreshed token expires %v, first %v", second.Expires, first.Expires)
+	}
+	tok, err := base64.RawURLEncoding.DecodeString(second.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admit.Verify(tok, s.Info.AdmitKeys, n.Key.Public(), "", time.Now()); err != nil {
+		t.Errorf("refreshed token: %v", err)
+	}
+}
+
+// TestConcurrentRegistrations registers many nodes with the same hostname
+// at once: names and addresses stay unique although the store commits them
+// in groups.
+func TestConcurrentRegistrations(t *testing.T) {
+	s := coordtest.Start(t)
+	ak := s.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	const n = 60
+	var wg sync.WaitGroup
+	nodes := make([]netmap.Node, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := s.NewClient()
+			resp, err := c.Client.Register(context.Background(), ak, c.Disco.Public(), "same", "linux")
+			if err == nil {
+				nodes[i] = resp.Node
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	names, ips := map[string]bool{}, map[netip.Prefix]bool{}
+	for i, nd := range nodes {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if names[nd.Name] || ips[nd.Addresses[0]] {
+			t.Fatalf("duplicate name %q or address %v", nd.Name, nd.Addresses[0])
+		}
+		names[nd.Name], ips[nd.Addresses[0]] = true, true
+	}
+	if got := len(s.Nodes()); got != n {
+		t.Fatalf("%d nodes listed, want %d", got, n)
+	}
+}
+
+// TestKeyExpiryBySweeper checks that a node key that runs out on its own
+// (no admin command) disappears from its peers' maps and ends its stream.
+func TestKeyExpiryBySweeper(t *testing.T) {
+	dir := t.TempDir()
+	// a registers with the default 180-day expiry; after a restart with a
+	// 2 s expiry, b registers and its key runs out while a watches.
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.StateDir = dir })
+	a := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "a")
+	s.Stop()
+	s = coordtest.Start(t, func(c *coordinator.Config) {
+		c.StateDir = dir
+		c.KeyExpiry = 2 * time.Second
+		c.SweepInterval = 20 * time.Millisecond
+	})
+	a.Client = coordclient.New(s.URL(), s.HTTP, s.Info, a.Key)
+	wa := watch(t, a, netmap.MapRequest{})
+	b := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "b")
+	wb := watch(t, b, netmap.MapRequest{})
+	wa.waitFor("b present", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("b"); return ok })
+	wa.waitFor("b gone after its key expired", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("b"); return !ok })
+	wb.waitEnd()
+	for _, n := range s.Nodes() {
+		if n.Name == "b" && !n.Expired {
+			t.Errorf("b not listed as expired: %+v", n)
+		}
+		if n.Name == "a" && n.Expired {
+			t.Errorf("a expired too: %+v", n)
+		}
+	}
 }

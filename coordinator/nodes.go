@@ -79,8 +79,6 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		return nil, resultBadKey, errorf(http.StatusUnauthorized, "auth key: %v", err)
 	}
 
-	srv.regMu.Lock()
-	defer srv.regMu.Unlock()
 	st := srv.st
 	st.mu.RLock()
 	existing := st.byKey[req.NodeKey]
@@ -111,14 +109,29 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		st.mu.RUnlock()
 		rec.ID, rec.Name, rec.IP, rec.Created = old.ID, old.Name, old.IP, old.Created
 	} else {
-		st.mu.RLock()
+		// Reserve a name and an address, so that concurrent registrations
+		// (group-committed together by the store) never pick the same.
+		st.mu.Lock()
 		rec.Name = st.uniqueNameLocked(sanitizeName(req.Hostname))
 		ip, ok := st.nextIPLocked()
-		st.mu.RUnlock()
+		if ok {
+			rec.IP = ip
+			st.reservedNames[rec.Name] = struct{}{}
+			st.usedIPs[ip] = 0
+			st.ipCursor = ip
+		}
+		st.mu.Unlock()
 		if !ok {
 			return nil, resultError, errorf(http.StatusServiceUnavailable, "no free mesh address left in %s", meshPrefix)
 		}
-		rec.IP = ip
+		defer func() {
+			st.mu.Lock()
+			delete(st.reservedNames, rec.Name)
+			if st.usedIPs[rec.IP] == 0 { // not taken by the node: release
+				delete(st.usedIPs, rec.IP)
+			}
+			st.mu.Unlock()
+		}()
 	}
 	if _, err := srv.store.RegisterNode(r.Context(), secret.Hash(), now, &rec); err != nil {
 		switch {
@@ -134,6 +147,12 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		return nil, resultError, err
 	}
 
+	var n *nodeState
+	if existing == nil {
+		if n, err = srv.newNodeState(rec); err != nil { // X25519 outside the lock
+			return nil, resultError, err
+		}
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if existing != nil {
@@ -145,12 +164,7 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		st.changedLocked(existing, now, true)
 		return &netmap.RegisterResponse{Node: existing.toNetmap()}, resultOK, nil
 	}
-	n, err := srv.newNodeState(rec)
-	if err != nil {
-		return nil, resultError, err
-	}
 	st.addLocked(n)
-	st.ipCursor = rec.IP
 	st.changedLocked(n, now, true)
 	srv.log.Info("node registered", "node", rec.Name, "ip", rec.IP.String(), "key", req.NodeKey.ShortString())
 	return &netmap.RegisterResponse{Node: n.toNetmap()}, resultOK, nil
@@ -196,14 +210,19 @@ func sanitizeName(h string) string {
 	return s
 }
 
-// uniqueNameLocked returns base, or base-2, base-3, ... whichever is free.
+// uniqueNameLocked returns base, or base-2, base-3, ... whichever is
+// neither taken nor reserved by a registration in flight.
 func (st *state) uniqueNameLocked(base string) string {
-	if _, taken := st.byName[base]; !taken {
+	free := func(n string) bool {
+		_, taken := st.byName[n]
+		_, reserved := st.reservedNames[n]
+		return !taken && !reserved
+	}
+	if free(base) {
 		return base
 	}
 	for i := 2; ; i++ {
-		n := base + "-" + strconv.Itoa(i)
-		if _, taken := st.byName[n]; !taken {
+		if n := base + "-" + strconv.Itoa(i); free(n) {
 			return n
 		}
 	}

@@ -2,6 +2,8 @@ package coordinator_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"testing"
 	"time"
 
@@ -13,13 +15,18 @@ import (
 	"github.com/wiremesh/wiremesh/tlspin"
 )
 
+// testPin returns the pin of a freshly generated relay certificate.
 func testPin(t *testing.T) string {
 	certPEM, _, err := tlspin.Generate("relay")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = certPEM
-	return "sha256/" + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	block, _ := pem.Decode(certPEM)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tlspin.Pin(cert)
 }
 
 func TestRelayJoinHeartbeatDownUp(t *testing.T) {
@@ -115,7 +122,8 @@ func TestRelayJoinHeartbeatDownUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.waitFor("r1 draining", func(nm *netmap.NetworkMap) bool { st, h := state(nm, r1Name); return st == netmap.RelayDraining && !h })
-	if st, h := state(ptr(w.waitFor("static", func(*netmap.NetworkMap) bool { return true })), "fra-1"); st != netmap.RelayStatic || !h {
+	nm := w.waitFor("static", func(*netmap.NetworkMap) bool { return true })
+	if st, h := state(&nm, "fra-1"); st != netmap.RelayStatic || !h {
 		t.Errorf("static relay: %s %v", st, h)
 	}
 	rel := s.Relays()
@@ -123,5 +131,3 @@ func TestRelayJoinHeartbeatDownUp(t *testing.T) {
 		t.Errorf("relays list: %+v", rel)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -42,6 +42,7 @@ type pending struct {
 	dns       bool
 	admission bool
 	changed   map[netmap.NodeID]struct{}
+	online    map[netmap.NodeID]struct{} // only online/last-seen changed
 	removed   map[netmap.NodeID]struct{}
 	since     time.Time // when the oldest pending change happened
 }
@@ -67,6 +68,7 @@ func newSession(n *nodeState, cancel context.CancelFunc) *session {
 	s := &session{node: n, cancel: cancel, notify: make(chan struct{}, 1)}
 	s.p.full = true
 	s.p.since = time.Now()
+	s.wake() // the full map goes out first, without waiting for a change
 	return s
 }
 
@@ -99,6 +101,25 @@ func (s *session) markPeer(id netmap.NodeID, filter bool, now time.Time) {
 			s.p.changed, s.p.removed = nil, nil
 		}
 		s.p.filter = s.p.filter || filter
+	}
+	s.touch(now)
+	s.unlock()
+	s.wake()
+}
+
+// markOnline records that peer id went online or offline: sent as a small
+// patch unless the whole record is pending anyway.
+func (s *session) markOnline(id netmap.NodeID, now time.Time) {
+	s.lock()
+	if !s.p.full {
+		if s.p.online == nil {
+			s.p.online = map[netmap.NodeID]struct{}{}
+		}
+		s.p.online[id] = struct{}{}
+		if len(s.p.online) > maxPendingPeers {
+			s.p.full = true
+			s.p.changed, s.p.online, s.p.removed = nil, nil, nil
+		}
 	}
 	s.touch(now)
 	s.unlock()
@@ -147,17 +168,18 @@ func (s *session) take() pending {
 // one encoding of a changed node serves every stream. Its JSON form is
 // identical to netmap.MapResponse (TestWireMatchesNetmap checks).
 type wireMapResponse struct {
-	Seq          uint64            `json:"seq"`
-	KeepAlive    bool              `json:"keep_alive,omitempty"`
-	Full         bool              `json:"full,omitempty"`
-	Self         json.RawMessage   `json:"self,omitempty"`
-	Peers        []json.RawMessage `json:"peers,omitempty"`
-	PeersChanged []json.RawMessage `json:"peers_changed,omitempty"`
-	PeersRemoved []netmap.NodeID   `json:"peers_removed,omitempty"`
-	RelayMap     *netmap.RelayMap  `json:"relay_map,omitempty"`
-	DNS          *netmap.DNS       `json:"dns,omitempty"`
-	PacketFilter json.RawMessage   `json:"packet_filter,omitempty"`
-	Admission    *netmap.Admission `json:"admission,omitempty"`
+	Seq          uint64              `json:"seq"`
+	KeepAlive    bool                `json:"keep_alive,omitempty"`
+	Full         bool                `json:"full,omitempty"`
+	Self         json.RawMessage     `json:"self,omitempty"`
+	Peers        []json.RawMessage   `json:"peers,omitempty"`
+	PeersChanged []json.RawMessage   `json:"peers_changed,omitempty"`
+	PeersPatch   []netmap.PeerChange `json:"peers_changed_patch,omitempty"`
+	PeersRemoved []netmap.NodeID     `json:"peers_removed,omitempty"`
+	RelayMap     *netmap.RelayMap    `json:"relay_map,omitempty"`
+	DNS          *netmap.DNS         `json:"dns,omitempty"`
+	PacketFilter json.RawMessage     `json:"packet_filter,omitempty"`
+	Admission    *netmap.Admission   `json:"admission,omitempty"`
 }
 
 // appendJSON appends m's JSON encoding to b. Pre-encoded peers are copied
@@ -177,6 +199,7 @@ func (m *wireMapResponse) appendJSON(b []byte) []byte {
 	}
 	b = appendRawList(b, `,"peers":[`, m.Peers)
 	b = appendRawList(b, `,"peers_changed":[`, m.PeersChanged)
+	b = appendField(b, `,"peers_changed_patch":`, m.PeersPatch, len(m.PeersPatch) > 0)
 	if len(m.PeersRemoved) > 0 {
 		b = append(b, `,"peers_removed":[`...)
 		for i, id := range m.PeersRemoved {
@@ -317,6 +340,22 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 			msg.PeersChanged = append(msg.PeersChanged, o.wireBytes())
 			s.sent[id] = struct{}{}
 		}
+		for id := range p.online {
+			if _, full := p.changed[id]; full {
+				continue
+			}
+			o, ok := st.nodes[id]
+			if !ok || o.expired(now) {
+				continue
+			}
+			if _, known := s.sent[id]; !known {
+				msg.PeersChanged = append(msg.PeersChanged, o.wireBytes())
+				s.sent[id] = struct{}{}
+				continue
+			}
+			online, seen := o.sess != nil, o.rec.LastSeen
+			msg.PeersPatch = append(msg.PeersPatch, netmap.PeerChange{ID: id, Online: &online, LastSeen: &seen})
+		}
 		for id := range p.removed {
 			if _, ok := s.sent[id]; ok {
 				if o, live := st.nodes[id]; live && !o.expired(now) && !p.recompute {
@@ -326,7 +365,7 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 				delete(s.sent, id)
 			}
 		}
-		if len(msg.PeersChanged) > 0 || len(msg.PeersRemoved) > 0 {
+		if len(msg.PeersChanged) > 0 || len(msg.PeersPatch) > 0 || len(msg.PeersRemoved) > 0 {
 			empty = false
 		}
 	}

@@ -107,14 +107,18 @@ type ruleState struct {
 
 // state is the coordinator's working set.
 type state struct {
-	mu       sync.RWMutex
-	nodes    map[netmap.NodeID]*nodeState
-	byKey    map[key.NodePublic]*nodeState
-	byName   map[string]*nodeState
-	usedIPs  map[netip.Addr]netmap.NodeID
-	ipCursor netip.Addr
-	policy   *policy.Policy
-	rules    []*ruleState
+	mu     sync.RWMutex
+	nodes  map[netmap.NodeID]*nodeState
+	byKey  map[key.NodePublic]*nodeState
+	byName map[string]*nodeState
+	// usedIPs maps each address in use to its node; 0 marks an address
+	// reserved by a registration in flight.
+	usedIPs map[netip.Addr]netmap.NodeID
+	// reservedNames are names held by registrations in flight.
+	reservedNames map[string]struct{}
+	ipCursor      netip.Addr
+	policy        *policy.Policy
+	rules         []*ruleState
 	// visits counts nodes examined by visibleFrom, so tests can check that
 	// a change costs work proportional to the nodes it affects.
 	visits atomic.Int64
@@ -122,11 +126,12 @@ type state struct {
 
 func newState() *state {
 	return &state{
-		nodes:   map[netmap.NodeID]*nodeState{},
-		byKey:   map[key.NodePublic]*nodeState{},
-		byName:  map[string]*nodeState{},
-		usedIPs: map[netip.Addr]netmap.NodeID{},
-		policy:  policy.AllowAll(),
+		nodes:         map[netmap.NodeID]*nodeState{},
+		byKey:         map[key.NodePublic]*nodeState{},
+		byName:        map[string]*nodeState{},
+		usedIPs:       map[netip.Addr]netmap.NodeID{},
+		reservedNames: map[string]struct{}{},
+		policy:        policy.AllowAll(),
 	}
 }
 
@@ -329,6 +334,17 @@ func (st *state) changedLocked(n *nodeState, now time.Time, filter bool) {
 	if n.sess != nil {
 		n.sess.markSelf(now)
 	}
+}
+
+// onlineChangedLocked tells every node that sees n that n went online or
+// offline, as a patch rather than a whole record.
+func (st *state) onlineChangedLocked(n *nodeState, now time.Time) {
+	n.wire.Store(nil)
+	st.visibleFrom(n, now, func(o *nodeState) {
+		if o.sess != nil {
+			o.sess.markOnline(n.id, now)
+		}
+	})
 }
 
 // removedLocked tells every node that saw n that it is gone. Call it before

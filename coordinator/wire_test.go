@@ -14,6 +14,7 @@ import (
 // TestWireMatchesNetmap checks that the hand-assembled frames decode into
 // exactly the netmap.MapResponse they stand for.
 func TestWireMatchesNetmap(t *testing.T) {
+	online, seen := true, time.Unix(7, 0).UTC()
 	peer := netmap.Node{ID: 2, Name: "b", NodeKey: key.NewNode().Public(), DiscoKey: key.NewDisco().Public(),
 		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/32")}, Online: true}
 	pb, _ := json.Marshal(peer)
@@ -21,12 +22,12 @@ func TestWireMatchesNetmap(t *testing.T) {
 	fb, _ := json.Marshal(filter)
 	want := netmap.MapResponse{
 		Seq: 9, Full: true, Self: &peer, Peers: []netmap.Node{peer, peer}, PeersChanged: []netmap.Node{peer},
-		PeersRemoved: []netmap.NodeID{3, 4}, RelayMap: &netmap.RelayMap{Regions: []netmap.Region{{Code: "nyc", Relays: []netmap.Relay{}}}},
+		PeersRemoved: []netmap.NodeID{3, 4}, PeersChangedPatch: []netmap.PeerChange{{ID: 5, Online: &online, LastSeen: &seen}}, RelayMap: &netmap.RelayMap{Regions: []netmap.Region{{Code: "nyc", Relays: []netmap.Relay{}}}},
 		DNS: &netmap.DNS{Domain: "d", MagicDNS: true}, PacketFilter: filter,
 		Admission: &netmap.Admission{Token: "t", Expires: time.Unix(5, 0).UTC()},
 	}
 	w := wireMapResponse{Seq: 9, Full: true, Self: pb, Peers: []json.RawMessage{pb, pb}, PeersChanged: []json.RawMessage{pb},
-		PeersRemoved: want.PeersRemoved, RelayMap: want.RelayMap, DNS: want.DNS, PacketFilter: fb, Admission: want.Admission}
+		PeersRemoved: want.PeersRemoved, PeersPatch: want.PeersChangedPatch, RelayMap: want.RelayMap, DNS: want.DNS, PacketFilter: fb, Admission: want.Admission}
 	for _, c := range []struct {
 		w    wireMapResponse
 		want netmap.MapResponse

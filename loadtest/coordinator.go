@@ -107,19 +107,19 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 		return err
 	}
 	if len(pos) > 0 {
-		return fmt.Errorf("loadtest coordinator: unexpected argument %q", pos[0])
+		return fmt.Errorf("unexpected argument %q", pos[0])
 	}
 	switch {
 	case f.Coordinator == "" || f.AuthKey == "":
-		return errors.New("loadtest coordinator: --coordinator and --authkey are required")
+		return errors.New("--coordinator and --authkey are required")
 	case f.Nodes < 2 || f.Nodes > 100000:
-		return errors.New("loadtest coordinator: --nodes must be 2 to 100000")
+		return errors.New("--nodes must be 2 to 100000")
 	case f.Hubs < 0 || f.Hubs >= f.Nodes:
-		return errors.New("loadtest coordinator: --hubs must be 0 or more and fewer than --nodes")
+		return errors.New("--hubs must be 0 or more and fewer than --nodes")
 	case f.Hubs > 0 && f.HubAuthKey == "":
-		return errors.New("loadtest coordinator: --hubs needs --hub-authkey")
+		return errors.New("--hubs needs --hub-authkey")
 	case f.Concurrency < 1 || f.Conns < 1 || f.Changes < 1:
-		return errors.New("loadtest coordinator: --concurrency, --conns and --changes must be at least 1")
+		return errors.New("--concurrency, --conns and --changes must be at least 1")
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.Timeout)
 	defer cancel()

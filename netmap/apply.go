@@ -40,6 +40,19 @@ func (nm *NetworkMap) Apply(m *MapResponse) error {
 	for _, p := range m.PeersChanged {
 		nm.Peers[p.ID] = p
 	}
+	for _, pc := range m.PeersChangedPatch {
+		p, ok := nm.Peers[pc.ID]
+		if !ok {
+			continue
+		}
+		if pc.Online != nil {
+			p.Online = *pc.Online
+		}
+		if pc.LastSeen != nil {
+			p.LastSeen = *pc.LastSeen
+		}
+		nm.Peers[pc.ID] = p
+	}
 	for _, id := range m.PeersRemoved {
 		delete(nm.Peers, id)
 	}

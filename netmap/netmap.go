@@ -26,8 +26,9 @@ import (
 //
 // History:
 //
-//	1 (2026-11-25): first version: register, map stream with deltas, endpoint
-//	  updates, relay join and heartbeat, admission tokens in the map.
+//	1 (2026-11-25): first version: register, map stream with deltas (peer
+//	  records and online/last-seen patches), endpoint updates, relay join
+//	  and heartbeat, admission tokens in the map.
 type CapabilityVersion int
 
 // CurrentCapabilityVersion is the version this package implements.
@@ -82,6 +83,7 @@ type RegisterResponse struct {
 
 // MapRequest opens the netmap stream at POST /coord/v1/map. The response body
 // is a sequence of frames, each a MapResponse: the first has Full set.
+// Empty Endpoints or HomeRelay leave the last reported values in place.
 type MapRequest struct {
 	Version   CapabilityVersion `json:"version"`
 	DiscoKey  key.DiscoPublic   `json:"disco_key"` // fresh each start
@@ -123,6 +125,9 @@ type MapResponse struct {
 	Peers []Node `json:"peers,omitempty"`
 	// PeersChanged are peers that were added or changed: replace by ID.
 	PeersChanged []Node `json:"peers_changed,omitempty"`
+	// PeersChangedPatch updates fields of peers the node already has,
+	// cheaper than a whole record: today a peer going online or offline.
+	PeersChangedPatch []PeerChange `json:"peers_changed_patch,omitempty"`
 	// PeersRemoved are peers this node may no longer see (deleted, expired or
 	// no longer allowed by policy).
 	PeersRemoved []NodeID  `json:"peers_removed,omitempty"`
@@ -134,6 +139,14 @@ type MapResponse struct {
 	// Admission is a fresh relay admission token; nil: unchanged. The
 	// coordinator sends a new one once half of the previous one's life is over.
 	Admission *Admission `json:"admission,omitempty"`
+}
+
+// PeerChange patches one peer; nil fields are unchanged. A patch for a
+// peer the node does not have is ignored.
+type PeerChange struct {
+	ID       NodeID     `json:"id"`
+	Online   *bool      `json:"online,omitempty"`
+	LastSeen *time.Time `json:"last_seen,omitempty"`
 }
 
 // Admission carries a relay admission token (see package admit).

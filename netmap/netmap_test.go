@@ -34,7 +34,9 @@ func sampleMap() *MapResponse {
 func TestFrameRoundTripAndApply(t *testing.T) {
 	var buf bytes.Buffer
 	full := sampleMap()
-	delta := &MapResponse{Seq: 2, PeersChanged: []Node{{ID: 3, Name: "c"}}, PeersRemoved: []NodeID{2}}
+	online := true
+	delta := &MapResponse{Seq: 2, PeersChanged: []Node{{ID: 3, Name: "c"}}, PeersRemoved: []NodeID{2},
+		PeersChangedPatch: []PeerChange{{ID: 3, Online: &online}, {ID: 99, Online: &online}}}
 	for _, m := range []*MapResponse{full, delta, {Seq: 3, KeepAlive: true}} {
 		if err := WriteFrame(&buf, m); err != nil {
 			t.Fatal(err)
@@ -57,7 +59,7 @@ func TestFrameRoundTripAndApply(t *testing.T) {
 	if _, err := fr.Next(); err != io.EOF {
 		t.Fatalf("after last frame: %v", err)
 	}
-	if nm.Self.Name != "a" || len(nm.Peers) != 1 || nm.Peers[3].Name != "c" || nm.RelayMap.Regions[0].Relays[0].Name != "nyc-1" ||
+	if nm.Self.Name != "a" || len(nm.Peers) != 1 || nm.Peers[3].Name != "c" || !nm.Peers[3].Online || nm.RelayMap.Regions[0].Relays[0].Name != "nyc-1" ||
 		nm.DNS.Domain != "mesh.internal" || len(nm.Filter.Rules) != 1 || nm.Admission.Token != "tok" || nm.Seq != 2 {
 		t.Fatalf("applied map: %+v", nm)
 	}

@@ -137,12 +137,18 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		}()
 	}
 	// Kill once some registrations are through, while others are in flight.
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
 		n := len(acked)
 		mu.Unlock()
 		if n >= 30 {
 			break
+		}
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("only %d registrations in 30 s:\n%s", n, d.logs)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -252,4 +258,17 @@ func TestAdminCommands(t *testing.T) {
 
 func relayReq() netmap.RelayJoinRequest {
 	return netmap.RelayJoinRequest{Region: "nyc", PublicAddr: "198.18.1.1:443", Pin: "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}
+}
+
+// TestSecondServerRefused checks that a second coordinator on the same
+// state directory refuses to start instead of taking over the socket.
+func TestSecondServerRefused(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	startServe(t, bin, dir, freeAddr(t))
+	out, err := exec.Command(bin, "serve", "--listen", freeAddr(t), "--state-dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another coordinator is running") {
+		t.Fatalf("second server: %v %s", err, out)
+	}
+	admin(t, bin, "nodes", "list", "--state-dir", dir) // the first still answers
 }

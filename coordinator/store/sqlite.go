@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -18,8 +19,30 @@ import (
 //
 // Durability: synchronous=FULL makes every commit fsync the WAL, so an
 // acknowledged change survives kill -9 and power loss alike.
+//
+// Registrations are group-committed: concurrent RegisterNode calls are
+// gathered by one committer goroutine into a single transaction (one
+// fsync), each inside its own savepoint so that one refused registration
+// does not undo the others. Each call still returns only after the commit.
 type SQLite struct {
-	db *sql.DB
+	db     *sql.DB
+	regCh  chan *regJob
+	stop   chan struct{}
+	done   chan struct{}
+	closed sync.Once
+}
+
+// maxRegBatch bounds one group commit: enough to amortise an fsync over a
+// registration burst, small enough that a batch's transaction stays short.
+const maxRegBatch = 128
+
+type regJob struct {
+	keyHash string
+	now     time.Time
+	n       *Node
+	key     AuthKey
+	err     error
+	done    chan struct{}
 }
 
 // OpenSQLite opens (creating if needed) the database at path and applies
@@ -36,16 +59,99 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	// One connection: SQLite has one writer anyway, and the coordinator
 	// reads only at start.
 	db.SetMaxOpenConns(1)
-	s := &SQLite{db: db}
+	s := &SQLite{db: db, regCh: make(chan *regJob, maxRegBatch), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
 	}
+	go s.runCommitter()
 	return s, nil
 }
 
-// Close closes the database.
-func (s *SQLite) Close() error { return s.db.Close() }
+// ErrClosed is returned by calls after Close.
+var ErrClosed = errors.New("store closed")
+
+// Close stops the committer and closes the database.
+func (s *SQLite) Close() error {
+	s.closed.Do(func() {
+		close(s.stop)
+		<-s.done
+	})
+	return s.db.Close()
+}
+
+// runCommitter group-commits registrations until Close.
+func (s *SQLite) runCommitter() {
+	defer close(s.done)
+	for {
+		var batch []*regJob
+		select {
+		case <-s.stop:
+			s.failPending()
+			return
+		case j := <-s.regCh:
+			batch = append(batch, j)
+		}
+	gather:
+		for len(batch) < maxRegBatch {
+			select {
+			case j := <-s.regCh:
+				batch = append(batch, j)
+			default:
+				break gather
+			}
+		}
+		s.commitBatch(batch)
+	}
+}
+
+func (s *SQLite) failPending() {
+	for {
+		select {
+		case j := <-s.regCh:
+			j.err = ErrClosed
+			close(j.done)
+		default:
+			return
+		}
+	}
+}
+
+func (s *SQLite) commitBatch(batch []*regJob) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var cursor string
+		for _, j := range batch {
+			if _, err := tx.ExecContext(ctx, `SAVEPOINT reg`); err != nil {
+				return err
+			}
+			insert := j.n.ID == 0
+			j.key, j.err = registerInTx(ctx, tx, j.keyHash, j.now, j.n)
+			if j.err != nil {
+				if _, err := tx.ExecContext(ctx, `ROLLBACK TO reg`); err != nil {
+					return err
+				}
+			} else if insert {
+				cursor = j.n.IP.String()
+			}
+			if _, err := tx.ExecContext(ctx, `RELEASE reg`); err != nil {
+				return err
+			}
+		}
+		if cursor == "" {
+			return nil
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('ip_cursor', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`, cursor)
+		return err
+	})
+	for _, j := range batch {
+		if err != nil && j.err == nil {
+			j.err = fmt.Errorf("register node: %w", err)
+		}
+		close(j.done)
+	}
+}
 
 // migrations are applied in order, each once, in its own transaction. Never
 // edit one that has shipped: add another.
@@ -271,55 +377,83 @@ func (s *SQLite) CreateAuthKey(ctx context.Context, k *AuthKey) error {
 	return nil
 }
 
-// RegisterNode implements Store.
+// RegisterNode implements Store. It waits for the group commit that
+// carries it.
 func (s *SQLite) RegisterNode(ctx context.Context, keyHash string, now time.Time, n *Node) (AuthKey, error) {
-	var k AuthKey
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var tags string
-		var exp, created int64
-		err := tx.QueryRowContext(ctx, `SELECT id, hash, reusable, ephemeral, tags, expires, created, uses FROM authkeys WHERE hash = ?`, keyHash).
-			Scan(&k.ID, &k.Hash, &k.Reusable, &k.Ephemeral, &tags, &exp, &created, &k.Uses)
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		json.Unmarshal([]byte(tags), &k.Tags)
-		k.Expires, k.Created = fromMS(exp), fromMS(created)
-		if !k.Expires.IsZero() && !now.Before(k.Expires) {
-			return ErrKeyExpired
-		}
-		if !k.Reusable && k.Uses > 0 {
-			return ErrKeyUsed
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE authkeys SET uses = uses + 1 WHERE id = ?`, k.ID); err != nil {
-			return err
-		}
-		n.Tags, n.Ephemeral, n.AuthKeyID = k.Tags, k.Ephemeral, k.ID
-		if n.ID != 0 {
-			_, err = tx.ExecContext(ctx, `UPDATE nodes SET disco_key = ?, hostname = ?, os = ?, tags = ?, ephemeral = ?, key_expiry = ?, authkey_id = ? WHERE id = ?`,
-				n.DiscoKey, n.Hostname, n.OS, jsonText(n.Tags), n.Ephemeral, ms(n.KeyExpiry), n.AuthKeyID, n.ID)
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, node_key, disco_key, hostname, os, ip, tags, ephemeral, created,
-			key_expiry, last_seen, endpoints, home_relay, netcheck, authkey_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)`,
-			n.Name, n.NodeKey, n.DiscoKey, n.Hostname, n.OS, n.IP.String(), jsonText(n.Tags), n.Ephemeral, ms(n.Created),
-			ms(n.KeyExpiry), ms(n.LastSeen), jsonText(n.Endpoints), n.HomeRelay, n.AuthKeyID)
-		if err != nil {
-			if isUnique(err) {
-				return ErrConflict
-			}
-			return err
-		}
-		n.ID, _ = res.LastInsertId()
-		_, err = tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('ip_cursor', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`, n.IP.String())
-		return err
-	})
-	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrKeyUsed) && !errors.Is(err, ErrKeyExpired) && !errors.Is(err, ErrConflict) {
-		err = fmt.Errorf("register node: %w", err)
+	j := &regJob{keyHash: keyHash, now: now, n: n, done: make(chan struct{})}
+	select {
+	case <-s.stop:
+		return AuthKey{}, ErrClosed
+	default:
 	}
-	return k, err
+	select {
+	case s.regCh <- j:
+	case <-s.stop:
+		return AuthKey{}, ErrClosed
+	case <-ctx.Done():
+		return AuthKey{}, ctx.Err()
+	}
+	// Once queued the job is committed or refused; wait for the outcome
+	// even if ctx ends, so the caller never misreads a committed node. If
+	// the committer has exited without taking it (Close raced), it never
+	// will.
+	select {
+	case <-j.done:
+	case <-s.done:
+		select {
+		case <-j.done:
+		default:
+			return AuthKey{}, ErrClosed
+		}
+	}
+	return j.key, j.err
+}
+
+// registerInTx is one registration inside a group commit's savepoint.
+func registerInTx(ctx context.Context, tx *sql.Tx, keyHash string, now time.Time, n *Node) (AuthKey, error) {
+	var k AuthKey
+	var tags string
+	var exp, created int64
+	err := tx.QueryRowContext(ctx, `SELECT id, hash, reusable, ephemeral, tags, expires, created, uses FROM authkeys WHERE hash = ?`, keyHash).
+		Scan(&k.ID, &k.Hash, &k.Reusable, &k.Ephemeral, &tags, &exp, &created, &k.Uses)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, ErrNotFound
+	}
+	if err != nil {
+		return k, fmt.Errorf("register node: %w", err)
+	}
+	json.Unmarshal([]byte(tags), &k.Tags)
+	k.Expires, k.Created = fromMS(exp), fromMS(created)
+	if !k.Expires.IsZero() && !now.Before(k.Expires) {
+		return k, ErrKeyExpired
+	}
+	if !k.Reusable && k.Uses > 0 {
+		return k, ErrKeyUsed
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE authkeys SET uses = uses + 1 WHERE id = ?`, k.ID); err != nil {
+		return k, fmt.Errorf("register node: %w", err)
+	}
+	n.Tags, n.Ephemeral, n.AuthKeyID = k.Tags, k.Ephemeral, k.ID
+	if n.ID != 0 {
+		_, err = tx.ExecContext(ctx, `UPDATE nodes SET disco_key = ?, hostname = ?, os = ?, tags = ?, ephemeral = ?, key_expiry = ?, authkey_id = ? WHERE id = ?`,
+			n.DiscoKey, n.Hostname, n.OS, jsonText(n.Tags), n.Ephemeral, ms(n.KeyExpiry), n.AuthKeyID, n.ID)
+		if err != nil {
+			return k, fmt.Errorf("register node: %w", err)
+		}
+		return k, nil
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, node_key, disco_key, hostname, os, ip, tags, ephemeral, created,
+		key_expiry, last_seen, endpoints, home_relay, netcheck, authkey_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)`,
+		n.Name, n.NodeKey, n.DiscoKey, n.Hostname, n.OS, n.IP.String(), jsonText(n.Tags), n.Ephemeral, ms(n.Created),
+		ms(n.KeyExpiry), ms(n.LastSeen), jsonText(n.Endpoints), n.HomeRelay, n.AuthKeyID)
+	if err != nil {
+		if isUnique(err) {
+			return k, ErrConflict
+		}
+		return k, fmt.Errorf("register node: %w", err)
+	}
+	n.ID, _ = res.LastInsertId()
+	return k, nil
 }
 
 // UpdateNode implements Store.

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -82,5 +84,72 @@ func TestSQLiteRegisterAndReopen(t *testing.T) {
 	}
 	if err := s.DeleteNode(ctx, a.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
+	}
+}
+
+// TestGroupCommit registers concurrently: each registration's own outcome
+// holds inside the shared transaction (a single-use key is used once, a
+// duplicate name fails alone) and everything acknowledged is stored.
+func TestGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "c.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	s.CreateAuthKey(ctx, &AuthKey{Hash: "once", Created: now})
+	s.CreateAuthKey(ctx, &AuthKey{Hash: "many", Reusable: true, Created: now})
+	const n = 200
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h, name := "many", fmt.Sprint("n", i)
+			switch {
+			case i%20 == 0:
+				h = "once"
+			case i == 7:
+				name = "n8" // duplicate of i == 8
+			}
+			_, errs[i] = s.RegisterNode(ctx, h, now, &Node{Name: name, NodeKey: fmt.Sprint("k", i),
+				IP: netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), Created: now})
+		}()
+	}
+	wg.Wait()
+	ok, used, conflict := 0, 0, 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrKeyUsed):
+			used++
+		case errors.Is(err, ErrConflict):
+			conflict++
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	// 10 tried the single-use key: one won. n7 and n8 share a name: one won.
+	if used != 9 || conflict != 1 || ok != n-10 {
+		t.Fatalf("ok %d, used %d, conflict %d", ok, used, conflict)
+	}
+	s.Close()
+	if _, err := s.RegisterNode(ctx, "many", now, &Node{Name: "late"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	s, err = OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	snap, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Nodes) != ok {
+		t.Fatalf("%d nodes stored, %d acknowledged", len(snap.Nodes), ok)
 	}
 }
