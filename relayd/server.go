@@ -175,6 +175,8 @@ func (s *Server) bind() error {
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{s.cert},
 		NextProtos:   []string{relayproto.ALPN, relayproto.MeshALPN},
+		// Clients never resume: a ticket per connection is wasted work and memory.
+		SessionTicketsDisabled: true,
 	}
 	if s.ql, err = s.tr.Listen(tconf, quicConfig()); err != nil {
 		return fmt.Errorf("relayd: quic listen: %w", err)
