@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -731,5 +730,4 @@ func TestStateDirPinStable(t *testing.T) {
 	if _, _, err := relayd.LoadState("", ""); err == nil {
 		t.Fatal("empty state dir accepted")
 	}
-	_ = fmt.Sprint
 }
