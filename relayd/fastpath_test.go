@@ -14,7 +14,15 @@ import (
 )
 
 func TestFastPath(t *testing.T) {
-	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = "127.0.0.1:0" })
+	for _, shared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "own socket per client", true: "shared socket"}[shared], func(t *testing.T) {
+			testFastPath(t, shared)
+		})
+	}
+}
+
+func testFastPath(t *testing.T, shared bool) {
+	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = "127.0.0.1:0"; c.FastShared = shared })
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
 	ka, a, sa := dial(t, r, true, nil)
