@@ -31,6 +31,10 @@ type connectOpts struct {
 	JSON         bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 }
 
+// giveUpAfter is how many failed dials, outnumbering the successful
+// ones, end a connect run early.
+const giveUpAfter = 100
+
 // ConnectReport is `loadtest connect --json` output.
 type ConnectReport struct {
 	Mode              string  `json:"mode"`
@@ -120,7 +124,9 @@ func runConnect(ctx context.Context, args []string, out, errOut io.Writer) error
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, o.Parallel)
 	for i := range o.Clients {
-		if ctx.Err() != nil {
+		// Give up early on a relay that refuses most dials instead of
+		// waiting out a timeout for every remaining client.
+		if ctx.Err() != nil || (failed.Load() > giveUpAfter && failed.Load() > done.Load()) {
 			break
 		}
 		sem <- struct{}{}
@@ -190,16 +196,20 @@ func forceGC(ctx context.Context, base string) error {
 	if base == "" {
 		return nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/debug/pprof/heap?gc=1", nil)
-	if err != nil {
-		return fmt.Errorf("loadtest: --relay-pprof: %w", err)
+	// Twice: sync.Pool keeps objects through one GC (its victim cache),
+	// and quic-go pools 64 KiB send buffers that are not per-client memory.
+	for range 2 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/debug/pprof/heap?gc=1", nil)
+		if err != nil {
+			return fmt.Errorf("loadtest: --relay-pprof: %w", err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("loadtest: --relay-pprof: %w", err)
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<20))
+		resp.Body.Close()
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("loadtest: --relay-pprof: %w", err)
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<20))
-	resp.Body.Close()
 	return nil
 }
 

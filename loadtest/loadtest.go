@@ -11,9 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/wiremesh/wiremesh/admit"
@@ -164,6 +162,3 @@ func round(f float64, digits int) float64 {
 	}
 	return float64(int64(f*p-0.5)) / p
 }
-
-var _ = strings.TrimSpace
-var _ = os.Stderr

@@ -111,6 +111,9 @@ const (
 	keepAlive     = 25 * time.Second // matches relayd.KeepAlive
 	idleTimeout   = 3 * keepAlive
 	maxPendingPng = 16 // outstanding Ping calls per connection
+	// maxHandles bounds the peer handles remembered per connection; a
+	// relay announcing more peers than this only costs 28 bytes a packet.
+	maxHandles = 4096
 )
 
 // Conn is one authenticated relay connection. Send and Ping are safe for
@@ -463,6 +466,9 @@ func (c *Conn) handleFrame(typ relayproto.FrameType, body []byte, dgram bool) er
 			return err
 		}
 		c.mu.Lock()
+		if len(c.mu.handles) >= maxHandles {
+			clear(c.mu.handles) // keys still work; handles are relearned
+		}
 		c.mu.handles[k] = h
 		c.mu.Unlock()
 		c.notify(Notice{Kind: NoticePeerPresent, Peer: k, Handle: h})

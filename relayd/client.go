@@ -145,10 +145,14 @@ func (s *Server) unregister(cl *client) {
 		delete(s.mu.clients, cl.key)
 	}
 	delete(s.mu.handles, cl.handle)
-	if fs := cl.fast.Load(); fs != nil {
+	fs := cl.fast.Load()
+	if fs != nil {
 		delete(s.mu.sessions, fs.session)
 	}
 	s.mu.Unlock()
+	if fs != nil && fs.conn != nil {
+		fs.conn.Close()
+	}
 	cl.mu.Lock()
 	senders := cl.mu.senders
 	cl.mu.senders = nil
@@ -483,7 +487,7 @@ func (cl *client) write() {
 				}
 				if t == relayproto.FrameRecvPacket {
 					if addr, ok := cl.fastAddr(); ok {
-						if err := cl.s.sendFast(addr, p.src, p.payload); err == nil {
+						if err := cl.s.sendFast(cl, addr, p.src, p.payload); err == nil {
 							cl.s.m.fwdFastPkts.Inc()
 							cl.s.m.fwdFastBytes.Add(float64(len(p.payload)))
 							continue

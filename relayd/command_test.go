@@ -12,6 +12,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayd"
+	"github.com/wiremesh/wiremesh/tlspin"
 )
 
 func TestCommandPin(t *testing.T) {
@@ -28,7 +29,9 @@ func TestCommandPin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = cert
+	if got := tlspin.Pin(cert.Leaf); got != lines[0] {
+		t.Fatalf("pin %s, certificate's pin %s", lines[0], got)
+	}
 	if _, err := key.ParseRelayPublic(lines[1]); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,9 @@ import (
 type fastState struct {
 	session   [relayproto.SessionLen]byte
 	challenge [relayproto.ChallengeLen]byte
+	// conn is the client's own fast-path socket (see startFastPath), or
+	// nil when it shares the relay's --fastpath-listen socket.
+	conn      *net.UDPConn
 	candidate atomic.Pointer[netip.AddrPort] // last Bind source, not yet proven
 	addr      atomic.Pointer[netip.AddrPort] // validated: data goes here
 }
@@ -44,7 +47,15 @@ func (cl *client) fastAddr() (netip.AddrPort, bool) {
 }
 
 // startFastPath answers a FastPathRequest with an offer (port 0 when the
-// relay has no fast-path socket).
+// relay has no fast path).
+//
+// Each client gets its own UDP socket, on the --fastpath-listen IP and an
+// ephemeral port, served by its own goroutine. That is what makes the fast
+// path fair: a client flooding its socket overflows only its own kernel
+// buffer, and Go's scheduler shares the CPU between the clients' loops,
+// where one shared socket would drop everyone's packets alike. The shared
+// --fastpath-listen socket still accepts Binds and data for relays whose
+// firewall only opens that one port (Config.FastShared).
 func (cl *client) startFastPath() {
 	s := cl.s
 	if s.fast == nil {
@@ -56,14 +67,38 @@ func (cl *client) startFastPath() {
 		fs = &fastState{}
 		rand.Read(fs.session[:])
 		rand.Read(fs.challenge[:])
+		if !s.cfg.FastShared {
+			ip := s.fast.LocalAddr().(*net.UDPAddr).IP
+			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
+			if err != nil {
+				s.log.Warn("fast path socket", "err", err)
+				cl.enqueueCtrl(relayproto.FrameFastPathOffer, (&relayproto.FastPathOffer{}).Append(nil))
+				return
+			}
+			c.SetReadBuffer(fastClientBuffer)
+			c.SetWriteBuffer(fastClientBuffer)
+			fs.conn = c
+		}
 		s.mu.Lock()
 		s.mu.sessions[fs.session] = cl
 		s.mu.Unlock()
 		cl.fast.Store(fs)
+		if fs.conn != nil {
+			s.spawn(func() { s.serveFastConn(fs.conn, cl.done) })
+		}
 	}
-	o := relayproto.FastPathOffer{Port: uint16(s.fast.LocalAddr().(*net.UDPAddr).Port), Session: fs.session}
+	port := s.fast.LocalAddr().(*net.UDPAddr).Port
+	if fs.conn != nil {
+		port = fs.conn.LocalAddr().(*net.UDPAddr).Port
+	}
+	o := relayproto.FastPathOffer{Port: uint16(port), Session: fs.session}
 	cl.enqueueCtrl(relayproto.FrameFastPathOffer, o.Append(nil))
 }
+
+// fastClientBuffer is each per-client fast-path socket's buffer: room for
+// ~200 full-size packets, a few milliseconds at a client's share of 1 Gbit/s,
+// and only committed while packets actually wait.
+const fastClientBuffer = 256 << 10
 
 // confirmFastPath validates the candidate address with the echoed challenge.
 func (cl *client) confirmFastPath(body []byte) error {
@@ -87,60 +122,93 @@ func (cl *client) confirmFastPath(body []byte) error {
 // fastBufPool holds scratch buffers for fast-path writes.
 var fastBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
-// sendFast writes a FastRecv datagram to addr.
-func (s *Server) sendFast(addr netip.AddrPort, src key.NodePublic, payload []byte) error {
+// sendFast writes a FastRecv datagram to dst's validated address, from the
+// socket dst bound to (its own, or the shared one).
+func (s *Server) sendFast(dst *client, addr netip.AddrPort, src key.NodePublic, payload []byte) error {
+	conn := s.fast
+	if fs := dst.fast.Load(); fs != nil && fs.conn != nil {
+		conn = fs.conn
+	}
 	bp := fastBufPool.Get().(*[]byte)
 	b := relayproto.AppendFastRecv((*bp)[:0], src, payload)
-	_, err := s.fast.WriteToUDPAddrPort(b, addr)
+	_, err := conn.WriteToUDPAddrPort(b, addr)
 	*bp = b
 	fastBufPool.Put(bp)
 	return err
 }
 
-// serveFast is the fast-path loop.
+// serveFast serves the shared --fastpath-listen socket.
 func (s *Server) serveFast(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { s.fast.Close() })
 	defer stop()
+	s.fastLoop(s.fast, nil)
+}
+
+// serveFastConn serves one client's own fast-path socket until the client
+// goes away (done) or the socket fails.
+func (s *Server) serveFastConn(conn *net.UDPConn, done <-chan struct{}) {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-done:
+		case <-stop:
+		}
+		conn.Close()
+	}()
+	s.fastLoop(conn, nil)
+}
+
+// fastLoop reads fast-path datagrams from conn until it is closed.
+func (s *Server) fastLoop(conn *net.UDPConn, _ *client) {
 	buf := make([]byte, 1<<16)
 	for {
-		n, from, err := s.fast.ReadFromUDPAddrPort(buf)
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		fd, err := relayproto.ParseFast(buf[:n])
-		if err != nil {
-			s.m.badFrames.WithLabelValues(relayproto.BadFrameReason(err)).Inc()
-			continue // connectionless: count and ignore
-		}
-		s.mu.RLock()
-		cl := s.mu.sessions[fd.Session]
-		s.mu.RUnlock()
-		if cl == nil {
+		s.handleFast(conn, buf[:n], from)
+	}
+}
+
+// handleFast acts on one fast-path datagram that arrived on conn.
+func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort) {
+	fd, err := relayproto.ParseFast(d)
+	if err != nil {
+		s.m.badFrames.WithLabelValues(relayproto.BadFrameReason(err)).Inc()
+		return // connectionless: count and ignore
+	}
+	s.mu.RLock()
+	cl := s.mu.sessions[fd.Session]
+	s.mu.RUnlock()
+	if cl == nil {
+		s.m.dropFastUnvalidated.Inc()
+		return
+	}
+	fs := cl.fast.Load()
+	if fs.conn != nil && fs.conn != conn {
+		s.m.dropFastUnvalidated.Inc() // a session is only valid on its own socket
+		return
+	}
+	switch fd.Kind {
+	case relayproto.FastBind:
+		fs.candidate.Store(&from)
+		var ch [1 + relayproto.SessionLen + relayproto.ChallengeLen]byte
+		ch[0] = relayproto.FastChallenge
+		copy(ch[1:], fs.session[:])
+		copy(ch[1+relayproto.SessionLen:], fs.challenge[:])
+		conn.WriteToUDPAddrPort(ch[:], from)
+	case relayproto.FastSend:
+		if a := fs.addr.Load(); a == nil || *a != from {
 			s.m.dropFastUnvalidated.Inc()
-			continue
+			return
 		}
-		fs := cl.fast.Load()
-		switch fd.Kind {
-		case relayproto.FastBind:
-			from := from
-			fs.candidate.Store(&from)
-			var ch [1 + relayproto.SessionLen + relayproto.ChallengeLen]byte
-			ch[0] = relayproto.FastChallenge
-			copy(ch[1:], fs.session[:])
-			copy(ch[1+relayproto.SessionLen:], fs.challenge[:])
-			s.fast.WriteToUDPAddrPort(ch[:], from)
-		case relayproto.FastSend:
-			if a := fs.addr.Load(); a == nil || *a != from {
-				s.m.dropFastUnvalidated.Inc()
-				continue
-			}
-			s.forwardFast(cl, fd.Key, fd.Payload)
-		default:
-			s.m.badFrames.WithLabelValues("unexpected").Inc()
-		}
+		s.forwardFast(cl, fd.Key, fd.Payload)
+	default:
+		s.m.badFrames.WithLabelValues("unexpected").Inc()
 	}
 }
 
@@ -157,7 +225,7 @@ func (s *Server) forwardFast(src *client, dstKey key.NodePublic, payload []byte)
 				return
 			}
 			dst.noteSender(src)
-			if err := s.sendFast(addr, src.key, payload); err != nil {
+			if err := s.sendFast(dst, addr, src.key, payload); err != nil {
 				s.m.drops.WithLabelValues(dropWriteError).Inc()
 				return
 			}

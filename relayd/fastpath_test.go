@@ -7,7 +7,6 @@ import (
 	"net"
 	"testing"
 
-	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayclient"
 	"github.com/wiremesh/wiremesh/relayd"
 	"github.com/wiremesh/wiremesh/relayd/relaytest"
@@ -15,7 +14,15 @@ import (
 )
 
 func TestFastPath(t *testing.T) {
-	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = "127.0.0.1:0" })
+	for _, shared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "own socket per client", true: "shared socket"}[shared], func(t *testing.T) {
+			testFastPath(t, shared)
+		})
+	}
+}
+
+func testFastPath(t *testing.T, shared bool) {
+	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = "127.0.0.1:0"; c.FastShared = shared })
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
 	ka, a, sa := dial(t, r, true, nil)
@@ -78,5 +85,4 @@ func TestFastPathUnavailable(t *testing.T) {
 	// The connection still works.
 	kb, _, sb := dial(t, r, true, nil)
 	sendUntil(t, sb, func() { a.Send(kb.Public(), []byte("x")) }, func() bool { return len(sb.pkts) > 0 })
-	_ = key.NodePublic{}
 }

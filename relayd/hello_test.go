@@ -2,7 +2,6 @@ package relayd_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"testing"
@@ -57,5 +56,3 @@ func rawHello(t *testing.T, r *relaytest.Relay, build func(exporter []byte) rela
 	}
 	return relayproto.ParseReject(body)
 }
-
-var _ = tls.VersionTLS13

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -731,5 +730,39 @@ func TestStateDirPinStable(t *testing.T) {
 	if _, _, err := relayd.LoadState("", ""); err == nil {
 		t.Fatal("empty state dir accepted")
 	}
-	_ = fmt.Sprint
+}
+
+// TestStuckReceiverDropsOldestOthersUnaffected: a receiver that stops
+// reading fills its bounded queue at the relay, which then drops the
+// oldest packets (counted), while another receiver keeps getting its own.
+func TestStuckReceiverDropsOldestOthersUnaffected(t *testing.T) {
+	r := relaytest.Start(t, func(c *relayd.Config) { c.QueueLen = 16 })
+	release := make(chan struct{})
+	defer close(release)
+	_, a, _ := dial(t, r, false, nil)
+	kb, _, _ := dial(t, r, false, func(c *relayclient.Config) {
+		c.Handler = func(relayclient.Packet) { <-release } // stuck forever
+	})
+	kc, _, sc := dial(t, r, false, nil)
+	payload := make([]byte, 1200)
+	// Enough to fill B's stream flow-control window and then its queue.
+	deadline := time.Now().Add(testWait)
+	for counter(t, r.Registry, "relayd_dropped_packets_total", "reason", "queue_full") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no queue_full drops for a stuck receiver")
+		}
+		for range 500 {
+			if err := a.Send(kb.Public(), payload); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sendUntil(t, sc, func() { a.Send(kc.Public(), []byte("still flowing")) }, func() bool {
+		for _, p := range sc.pkts {
+			if string(p.Payload) == "still flowing" {
+				return true
+			}
+		}
+		return false
+	})
 }

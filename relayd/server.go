@@ -75,6 +75,10 @@ type Config struct {
 	ListenTCP  string // TCP address for TLS fallback; "" means the port of Listen; "off" disables
 	ListenSTUN string // optional extra plain STUN UDP address (e.g. ":3478")
 	ListenFast string // optional UDP fast-path address; "" disables the fast path
+	// FastShared makes every fast-path client use the ListenFast socket
+	// instead of a socket of its own (for firewalls that open one port);
+	// fairness between fast-path clients is then lost (docs/relayd.md).
+	FastShared bool
 	PublicAddr string // host:port clients use; only put in the certificate
 	StateDir   string // relay key and certificate live here
 
@@ -175,6 +179,8 @@ func (s *Server) bind() error {
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{s.cert},
 		NextProtos:   []string{relayproto.ALPN, relayproto.MeshALPN},
+		// Clients never resume: a ticket per connection is wasted work and memory.
+		SessionTicketsDisabled: true,
 	}
 	if s.ql, err = s.tr.Listen(tconf, quicConfig()); err != nil {
 		return fmt.Errorf("relayd: quic listen: %w", err)

@@ -2,6 +2,7 @@ package relayd_test
 
 import (
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -67,6 +68,9 @@ func TestSTUNOnQUICPortAndExtraPort(t *testing.T) {
 func TestSTUNInteropCoturn(t *testing.T) {
 	bin, err := exec.LookPath("turnutils_stunclient")
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("turnutils_stunclient not installed (package coturn; scripts/deps.sh installs it)")
+		}
 		t.Skip("turnutils_stunclient not installed (package coturn; run make deps)")
 	}
 	r := relaytest.Start(t, nil)
