@@ -261,11 +261,13 @@ func (n *node) ip() netip.Addr {
 	return netip.MustParseAddr(st.Self.IPs[0])
 }
 
-// ping runs the kernel's ping inside the node's namespace.
+// ping runs the kernel's ping inside the node's namespace until count
+// replies arrive (sending every 0.2 s), or fails after count+8 seconds.
 func (n *node) ping(ip netip.Addr, count int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(count+5)*time.Second)
+	deadline := count + 8
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(deadline+5)*time.Second)
 	defer cancel()
-	out, err := n.host.Command(ctx, "ping", "-c", fmt.Sprint(count), "-W", "1", "-i", "0.2", ip.String()).CombinedOutput()
+	out, err := n.host.Command(ctx, "ping", "-c", fmt.Sprint(count), "-w", fmt.Sprint(deadline), "-i", "0.2", ip.String()).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ping %s from %s: %v\n%s", ip, n.name, err, out)
 	}

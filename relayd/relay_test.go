@@ -441,8 +441,13 @@ func TestTCPFallbackAndPreference(t *testing.T) {
 	if q.Transport() != relayclient.TransportQUIC {
 		t.Fatalf("transport %s, want quic", q.Transport())
 	}
-	if counter(t, r.Registry, "relayd_connects_total", "transport", "tcp") < 1 {
-		t.Fatal("tcp connect not counted")
+	// The relay counts the connect after its hello is on the wire; give
+	// it a moment on a busy machine.
+	for deadline := time.Now().Add(5 * time.Second); counter(t, r.Registry, "relayd_connects_total", "transport", "tcp") < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("tcp connect not counted")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
