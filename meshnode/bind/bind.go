@@ -423,7 +423,11 @@ func (b *Bind) wrapDirect(recv conn.ReceiveFunc) conn.ReceiveFunc {
 					continue
 				}
 				if kept != i {
-					packets[kept], packets[i] = packets[i], packets[kept]
+					// Compact by copying, not by swapping slices:
+					// wireguard-go reads its own buffer arrays back, not
+					// the slice headers it passed in. Only a batch that
+					// also held disco, STUN or dropped packets pays this.
+					copy(packets[kept], pkt)
 				}
 				sizes[kept] = len(pkt)
 				eps[kept] = ep

@@ -286,3 +286,38 @@ func BenchmarkRelayTransfer(b *testing.B) {
 		transfer(tb, x, y, size)
 	}
 }
+
+// TestDirectBatchCompaction sends disco and WireGuard traffic to one bind
+// in the same bursts: the WireGuard packets must reach wireguard-go intact
+// (a batch mixing kinds is compacted in place).
+func TestDirectBatchCompaction(t *testing.T) {
+	rn := &relayNet{binds: map[key.NodePublic]*Bind{}}
+	a := newNode(t, rn, "100.64.0.1", true)
+	b := newNode(t, rn, "100.64.0.2", true)
+	a.addPeer(t, b)
+	b.addPeer(t, a)
+	lo := netip.MustParseAddr("127.0.0.1")
+	a.bind.SetDirect(b.priv.Public(), netip.AddrPortFrom(lo, b.bind.Port()))
+	b.bind.SetDirect(a.priv.Public(), netip.AddrPortFrom(lo, a.bind.Port()))
+	dk, dk2 := key.NewDisco(), key.NewDisco()
+	sk := key.Precompute(dk, dk2.Public())
+	pkt := disco.Seal(nil, dk.Public(), &sk, &disco.Ping{TxID: disco.NewTxID()})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for i := 0; i < 8; i++ {
+				a.bind.WriteTo(pkt, netip.AddrPortFrom(lo, b.bind.Port()))
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	transfer(t, a, b, 4<<20)
+}
