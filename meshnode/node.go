@@ -64,6 +64,8 @@ type Config struct {
 	// offered to peers as direct-path candidates to these prefixes (for
 	// example 127.0.0.0/8 when every node runs on one host).
 	EndpointPrefixes []netip.Prefix
+	// RelayOnly disables direct paths: every packet goes through relays.
+	RelayOnly bool
 	Log              *slog.Logger
 }
 
@@ -144,7 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Prefs:     &relayclient.Prefs{},
 	}}
 	n.relays = &relays{n: n, pool: pool, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: true, OnDisco: n.disco.handle,
+	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly, OnDisco: n.disco.handle,
 		OnSTUN: n.endpoints.onSTUN, OnRelaySend: n.paths.onRelaySend})
 
 	// The local API comes up first so `meshnode status` works while the

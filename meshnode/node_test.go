@@ -85,6 +85,11 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 
 func (m *mesh) startNode(t *testing.T, name string, dir string) *testNode {
 	t.Helper()
+	return m.startNodeWith(t, name, dir, nil)
+}
+
+func (m *mesh) startNodeWith(t *testing.T, name string, dir string, mod func(*Config)) *testNode {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
@@ -96,6 +101,9 @@ func (m *mesh) startNode(t *testing.T, name string, dir string) *testNode {
 		// Everything runs on this host: offer loopback only, never the
 		// machine's other addresses.
 		EndpointPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	if mod != nil {
+		mod(&cfg)
+	}
 	go func() { n.done <- Run(ctx, cfg) }()
 	t.Cleanup(func() { n.shutdown(t) })
 	n.api = localapi.NewClient(filepath.Join(dir, localapi.SocketName))
@@ -272,4 +280,33 @@ func fetch(t *testing.T, n *testNode, peer string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestHomeRelayFailover stops the home relay of two relay-only nodes: both
+// move to the other region, tell the coordinator, and relayed traffic
+// between them resumes.
+func TestHomeRelayFailover(t *testing.T) {
+	m := newMesh(t, "nyc", "fra")
+	relayOnly := func(c *Config) { c.RelayOnly = true }
+	a := m.startNodeWith(t, "a", "", relayOnly)
+	b := m.startNodeWith(t, "b", "", relayOnly)
+	var home string
+	for _, n := range []*testNode{a, b} {
+		st := n.waitStatus(t, "a peer and a home", func(st localapi.Status) bool { return len(st.Peers) == 1 && st.Self.HomeRelay != "" })
+		home = st.Self.HomeRelay
+	}
+	if body := fetch(t, a, "b"); body != "hello" {
+		t.Fatalf("before failover: %q", body)
+	}
+	m.relays[home].Stop()
+	for _, n := range []*testNode{a, b} {
+		n.waitStatus(t, "a new home", func(st localapi.Status) bool { return st.Self.HomeRelay != "" && st.Self.HomeRelay != home })
+	}
+	if body := fetch(t, a, "b"); body != "hello" {
+		t.Fatalf("after failover: %q", body)
+	}
+	st, _ := a.api.Status(context.Background())
+	if p, _ := peerNamed(st, "b"); p.Path != "relay" || p.Relay == home {
+		t.Fatalf("a's path to b after failover: %+v", p)
+	}
 }
