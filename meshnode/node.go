@@ -66,7 +66,7 @@ type Config struct {
 	EndpointPrefixes []netip.Prefix
 	// RelayOnly disables direct paths: every packet goes through relays.
 	RelayOnly bool
-	Log              *slog.Logger
+	Log       *slog.Logger
 }
 
 // Node is a running daemon.
