@@ -179,7 +179,7 @@ func TestUserspaceMeshOverRelays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{Transport: &http.Transport{Dial: d.Dial}, Timeout: 20 * time.Second}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.(proxy.ContextDialer).DialContext}, Timeout: 20 * time.Second}
 	resp, err := hc.Get(fmt.Sprintf("http://c:%d/", port))
 	if err != nil {
 		t.Fatalf("fetch from c over the mesh: %v", err)
@@ -272,7 +272,7 @@ func fetch(t *testing.T, n *testNode, peer string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{Transport: &http.Transport{Dial: d.Dial, DisableKeepAlives: true}, Timeout: 20 * time.Second}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.(proxy.ContextDialer).DialContext, DisableKeepAlives: true}, Timeout: 20 * time.Second}
 	resp, err := hc.Get(fmt.Sprintf("http://%s:%d/", peer, ln.Addr().(*net.TCPAddr).Port))
 	if err != nil {
 		t.Fatalf("fetch from %s: %v", peer, err)

@@ -120,7 +120,6 @@ type Bind struct {
 	peers    map[key.NodePublic]*Endpoint
 	byAddr   map[netip.AddrPort]*Endpoint
 	udpPort  uint16
-	stdFuncs []conn.ReceiveFunc
 
 	txBytes, rxBytes     [3]atomic.Uint64
 	txPackets, rxPackets [3]atomic.Uint64
