@@ -112,14 +112,14 @@ type Stats struct {
 type Bind struct {
 	cfg Config
 
-	mu       sync.RWMutex // guards the fields below; read-locked per packet batch
-	std      conn.Bind
-	open     bool
-	relayIn  chan relayPacket
-	closing  chan struct{}
-	peers    map[key.NodePublic]*Endpoint
-	byAddr   map[netip.AddrPort]*Endpoint
-	udpPort  uint16
+	mu      sync.RWMutex // guards the fields below; read-locked per packet batch
+	std     conn.Bind
+	open    bool
+	relayIn chan relayPacket
+	closing chan struct{}
+	peers   map[key.NodePublic]*Endpoint
+	byAddr  map[netip.AddrPort]*Endpoint
+	udpPort uint16
 
 	txBytes, rxBytes     [3]atomic.Uint64
 	txPackets, rxPackets [3]atomic.Uint64
