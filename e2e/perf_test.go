@@ -306,3 +306,71 @@ func BenchmarkLabTimeToDirect(b *testing.B) {
 	b.ReportMetric(median(runs)*1000, "median-ms")
 	b.ReportMetric(slices.Max(runs)*1000, "worst-ms")
 }
+
+// BenchmarkLabProbe10Regions times `meshnode netcheck` (a full probe of
+// every region, STUN from the node's socket) against ten relay regions that
+// all answer, beside the CLI's own round trip to the daemon (status) as the
+// baseline in the same run.
+func BenchmarkLabProbe10Regions(b *testing.B) {
+	codes := []string{"r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"}
+	w := newWorld(b, codes...)
+	a := w.startNode("a", easy.host(b, w, "a"))
+	a.waitStatus("netmap", func(st localapi.Status) bool { return st.Self.HomeRelay != "" })
+	var probe, base []float64
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		nc := a.netcheck(b)
+		probe = append(probe, time.Since(start).Seconds())
+		if len(nc.RelayLatencyMS) != len(codes) {
+			b.Fatalf("netcheck measured %d of %d regions: %+v", len(nc.RelayLatencyMS), len(codes), nc)
+		}
+		start = time.Now()
+		a.status()
+		base = append(base, time.Since(start).Seconds())
+	}
+	b.Logf("full probe of 10 regions: median %.0f ms, worst %.0f ms (CLI round trip alone: median %.0f ms)",
+		median(probe)*1000, slices.Max(probe)*1000, median(base)*1000)
+	b.ReportMetric(median(probe)*1000, "probe-ms")
+	b.ReportMetric(slices.Max(probe)*1000, "worst-ms")
+	b.ReportMetric(median(base)*1000, "cli-ms")
+}
+
+// homeCheckSettle lets the previous run's restarted relay be connected and
+// probed before the next kill.
+const homeCheckSettle = 500 * time.Millisecond
+
+// BenchmarkLabFailover kills the home relay of two relay-only nodes (hard
+// NATs) and times the first ping through the other region; the killed
+// relay is restarted and the next run kills the new home.
+func BenchmarkLabFailover(b *testing.B) {
+	w := newWorld(b, "nyc", "fra")
+	a := w.startNode("a", hardNATHostB(b, w, "a"))
+	bn := w.startNode("b", hardNATHostB(b, w, "b"))
+	for _, n := range []*node{a, bn} {
+		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 && st.Self.HomeRelay != "" })
+	}
+	bIP := bn.ip()
+	var runs []float64
+	for i := 0; i < b.N; i++ {
+		if err := a.ping(bIP, 1); err != nil {
+			b.Fatal(err)
+		}
+		home := a.home(b) // b's home may be the other region: then b moves nothing
+		time.Sleep(homeCheckSettle)
+		idx := slices.IndexFunc(w.relays, func(r relayInfo) bool { return r.Region == home })
+		victim := &w.relays[idx]
+		victim.Cmd.Process.Kill()
+		victim.Cmd.Wait()
+		killed := time.Now()
+		if err := a.ping(bIP, 1); err != nil {
+			b.Fatalf("run %d: %v", i, err)
+		}
+		d := time.Since(killed)
+		runs = append(runs, d.Seconds())
+		b.Logf("run %d: %s killed, traffic back through %s after %v", i, home, a.home(b), d.Round(time.Millisecond))
+		victim.Cmd = w.proc(victim.Host.Namespace, "relayd", victim.Args...)
+		time.Sleep(time.Second) // the restarted relay is probed back into the choice
+	}
+	b.ReportMetric(median(runs)*1000, "median-ms")
+	b.ReportMetric(slices.Max(runs)*1000, "worst-ms")
+}

@@ -73,6 +73,7 @@ type world struct {
 }
 
 type relayInfo struct {
+	Args   []string // relayd's arguments, to restart it
 	Region string
 	Host   *lab.Host
 	Addr   string
@@ -143,10 +144,11 @@ func newWorld(t testing.TB, regions ...string) *world {
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("relayd pin: %v: %s", err, out)
 		}
-		r.Cmd = w.proc(r.Host.Namespace, "relayd", "--region", region, "--listen", r.Addr, "--public-addr", r.Addr,
+		r.Args = []string{"--region", region, "--listen", r.Addr, "--public-addr", r.Addr,
 			"--state-dir", r.Dir, "--trust-key", w.signer.Public().String(),
 			"--metrics-listen", netip.AddrPortFrom(r.Host.Addr, 9100).String(),
-			"--fastpath-listen", netip.AddrPortFrom(r.Host.Addr, 444).String())
+			"--fastpath-listen", netip.AddrPortFrom(r.Host.Addr, 444).String()}
+		r.Cmd = w.proc(r.Host.Namespace, "relayd", r.Args...)
 		w.relays = append(w.relays, r)
 		regs = append(regs, fmt.Sprintf(`{"code":%q,"name":%q,"relays":[{"name":"%s-1","addr":%q,"pin":%q,"key":%q}]}`,
 			region, strings.ToUpper(region), region, r.Addr, r.Pin, r.Key))

@@ -36,7 +36,9 @@ const delayMTU = 1500
 
 // Delay is a running delay stage between two addresses.
 type Delay struct {
-	A, B   netip.Addr
+	A, B netip.Addr
+
+	mu     sync.Mutex // guards OneWay and Jitter; use Set to change them
 	OneWay time.Duration
 	Jitter time.Duration
 
@@ -127,11 +129,26 @@ func (d *Delay) Close() error {
 	return nil
 }
 
-func (d *Delay) hold() time.Duration {
-	if d.Jitter == 0 {
-		return d.OneWay
+// Set changes the stage's one-way delay and jitter; packets already held
+// keep their release times.
+func (d *Delay) Set(oneWay, jitter time.Duration) error {
+	if jitter > oneWay {
+		return fmt.Errorf("lab: jitter %v larger than delay %v", jitter, oneWay)
 	}
-	return d.OneWay + time.Duration(rand.Int64N(int64(2*d.Jitter)+1)) - d.Jitter
+	d.mu.Lock()
+	d.OneWay, d.Jitter = oneWay, jitter
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Delay) hold() time.Duration {
+	d.mu.Lock()
+	oneWay, jitter := d.OneWay, d.Jitter
+	d.mu.Unlock()
+	if jitter == 0 {
+		return oneWay
+	}
+	return oneWay + time.Duration(rand.Int64N(int64(2*jitter)+1)) - jitter
 }
 
 // readLoop takes packets from the TUN device and queues them with their

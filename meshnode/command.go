@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +30,9 @@ type RunFlags struct {
 	Port             uint16   `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
 	Socks5           string   `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
 	MetricsListen    string   `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	PinRegion        string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
+	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
+	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
 	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
 	cli.Logging
 }
@@ -44,6 +49,7 @@ type ClientFlags struct {
 const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
        meshnode status [--json]            peers, paths and traffic
+       meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
        meshnode ping [--json] [-c N] [--timeout D] PEER
        meshnode ip [PEER]                  this node's (or PEER's) mesh address
        meshnode whois IP                   the peer with mesh address IP
@@ -68,7 +74,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 		return 0, nil
 	case "run":
 		return runCommand(ctx, rest, stdout, stderr)
-	case "status", "ping", "ip", "whois", "down":
+	case "status", "ping", "ip", "whois", "down", "netcheck":
 		return clientCommand(ctx, sub, rest, stdout)
 	}
 	return 2, fmt.Errorf("unknown command %q (see meshnode --help)", sub)
@@ -95,6 +101,18 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 	}
 	if f.Userspace {
 		cfg.Socks5 = f.Socks5
+	}
+	cfg.PinRegion, cfg.ExcludeRegions = f.PinRegion, f.ExcludeRegions
+	for _, kv := range f.RegionWeights {
+		code, w, ok := strings.Cut(kv, "=")
+		wf, err := strconv.ParseFloat(w, 64)
+		if !ok || err != nil || wf <= 0 {
+			return 2, fmt.Errorf("--region-weights: %q is not region=weight with a positive weight", kv)
+		}
+		if cfg.RegionWeights == nil {
+			cfg.RegionWeights = map[string]float64{}
+		}
+		cfg.RegionWeights[code] = wf
 	}
 	for _, p := range f.EndpointPrefixes {
 		pfx, err := netip.ParsePrefix(p)
@@ -194,6 +212,16 @@ func clientCommand(ctx context.Context, sub string, args []string, stdout io.Wri
 		}
 		fmt.Fprintf(stdout, "%s\t%s\t%s\n", p.Name, strings.Join(p.IPs, ","), p.NodeKey)
 		return 0, nil
+	case "netcheck":
+		nc, err := c.Netcheck(ctx)
+		if err != nil {
+			return 1, err
+		}
+		if f.JSON {
+			return 0, writeJSON(stdout, nc)
+		}
+		printNetcheck(stdout, nc)
+		return 0, nil
 	case "down":
 		if err := c.Down(ctx); err != nil {
 			return 1, err
@@ -255,4 +283,27 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func printNetcheck(w io.Writer, nc localapi.Netcheck) {
+	udp := "blocked"
+	if nc.UDP {
+		udp = "ok"
+	}
+	nat := "easy (same mapping for every relay)"
+	if nc.MappingVariesByDest {
+		nat = "hard (mapping varies by destination)"
+	}
+	fmt.Fprintf(w, "UDP: %s\npublic address: %s\nNAT: %s\npreferred relay: %s\n\n", udp, orDash(nc.PublicAddr), nat, orDash(nc.PreferredRelay))
+	regions := make([]string, 0, len(nc.RelayLatencyMS))
+	for r := range nc.RelayLatencyMS {
+		regions = append(regions, r)
+	}
+	sort.Slice(regions, func(i, j int) bool { return nc.RelayLatencyMS[regions[i]] < nc.RelayLatencyMS[regions[j]] })
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "REGION\tLATENCY")
+	for _, r := range regions {
+		fmt.Fprintf(tw, "%s\t%.1fms\n", r, nc.RelayLatencyMS[r])
+	}
+	tw.Flush()
 }

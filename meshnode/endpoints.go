@@ -96,7 +96,7 @@ func (e *endpointState) stunAll(ctx context.Context, rm netmap.RelayMap) map[str
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if m, ok := e.stunOne(ctx, a); ok {
+			if m, _, ok := e.stunRTT(ctx, a); ok {
 				mu.Lock()
 				out[a] = m
 				mu.Unlock()
@@ -107,26 +107,28 @@ func (e *endpointState) stunAll(ctx context.Context, rm netmap.RelayMap) map[str
 	return out
 }
 
-func (e *endpointState) stunOne(ctx context.Context, relayAddr string) (netip.AddrPort, bool) {
+// stunRTT asks one relay for our mapped address, retrying a lost packet
+// twice, and returns it with the round trip of the answered request.
+func (e *endpointState) stunRTT(ctx context.Context, relayAddr string) (netip.AddrPort, time.Duration, bool) {
 	dst, err := resolveAddrPort(relayAddr)
 	if err != nil {
-		return netip.AddrPort{}, false
+		return netip.AddrPort{}, 0, false
 	}
 	for try := 0; try < 3; try++ {
 		msg, err := stun.Build(stun.TransactionID, stun.BindingRequest)
 		if err != nil {
-			return netip.AddrPort{}, false
+			return netip.AddrPort{}, 0, false
 		}
 		p := stunProbe{relay: relayAddr, sent: time.Now(), done: make(chan netip.AddrPort, 1)}
 		e.mu.Lock()
 		e.pending[msg.TransactionID] = p
 		e.mu.Unlock()
 		if err := e.n.bind.WriteTo(msg.Raw, dst); err != nil {
-			return netip.AddrPort{}, false
+			return netip.AddrPort{}, 0, false
 		}
 		select {
 		case m := <-p.done:
-			return m, true
+			return m, time.Since(p.sent), true
 		case <-time.After(stunTimeout / 3):
 		case <-ctx.Done():
 		}
@@ -137,7 +139,7 @@ func (e *endpointState) stunOne(ctx context.Context, relayAddr string) (netip.Ad
 			break
 		}
 	}
-	return netip.AddrPort{}, false
+	return netip.AddrPort{}, 0, false
 }
 
 func resolveAddrPort(s string) (netip.AddrPort, error) {

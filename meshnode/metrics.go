@@ -1,6 +1,8 @@
 package meshnode
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 )
@@ -18,6 +20,8 @@ type nodeMetrics struct {
 	pathChanges       *prometheus.CounterVec
 	timeToDirect      prometheus.Histogram
 	hardNAT           prometheus.Gauge
+	regionRTT         *prometheus.GaugeVec
+	regionLatency     *prometheus.HistogramVec
 }
 
 func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
@@ -46,6 +50,11 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2, 5, 10}}),
 		hardNAT: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshnode_hard_nat",
 			Help: "1 when relays see different public ports for this node's socket (endpoint-dependent mapping)."}),
+		regionRTT: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshnode_region_rtt_seconds",
+			Help: "Latest measured round trip to each relay region."}, []string{"region"}),
+		regionLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshnode_region_latency_seconds",
+			Help:    "Relay region round trips measured by probes.",
+			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1}}, []string{"region"}),
 	}
 	for _, r := range []string{"sent", "pong", "timeout"} {
 		m.discoPings.WithLabelValues(r)
@@ -57,7 +66,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 		m.filterDrops.WithLabelValues(r)
 	}
 	reg.MustRegister(m.peers, m.coordConnected, m.filterDrops, m.homeChanges, m.discoRx, m.pingRTT, m.relayPendingDrops,
-		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, &pathCollector{n: n})
+		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, m.regionRTT, m.regionLatency, &pathCollector{n: n})
 	return m
 }
 
@@ -70,6 +79,9 @@ var (
 	descRxBytes     = prometheus.NewDesc("meshnode_rx_bytes_total", "WireGuard bytes received, by path.", []string{"path"}, nil)
 	descRelayConns  = prometheus.NewDesc("meshnode_relay_connections", "Open relay connections, by region.", []string{"region"}, nil)
 	descRelayDrops  = prometheus.NewDesc("meshnode_relay_queue_drops_total", "Relayed packets dropped because wireguard-go fell behind.", nil, nil)
+	descRegionInfo  = prometheus.NewDesc("meshnode_region_info", "Relay regions in the relay map, with their metadata (value 1).",
+		[]string{"region", "name", "latitude", "longitude"}, nil)
+	descHomeRegion = prometheus.NewDesc("meshnode_home_region_info", "The current home relay region (value 1).", []string{"region"}, nil)
 )
 
 func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -78,6 +90,8 @@ func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRxBytes
 	ch <- descRelayConns
 	ch <- descRelayDrops
+	ch <- descRegionInfo
+	ch <- descHomeRegion
 }
 
 func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -101,5 +115,17 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for region, v := range byRegion {
 		ch <- prometheus.MustNewConstMetric(descRelayConns, prometheus.GaugeValue, float64(v), region)
+	}
+	c.n.mu.Lock()
+	nm, home := c.n.mu.nm, c.n.mu.home.Region
+	c.n.mu.Unlock()
+	if nm != nil {
+		for _, r := range nm.RelayMap.Regions {
+			ch <- prometheus.MustNewConstMetric(descRegionInfo, prometheus.GaugeValue, 1, r.Code, r.Name,
+				strconv.FormatFloat(r.Lat, 'f', -1, 64), strconv.FormatFloat(r.Lon, 'f', -1, 64))
+		}
+	}
+	if home != "" {
+		ch <- prometheus.MustNewConstMetric(descHomeRegion, prometheus.GaugeValue, 1, home)
 	}
 }

@@ -66,7 +66,12 @@ type Config struct {
 	EndpointPrefixes []netip.Prefix
 	// RelayOnly disables direct paths: every packet goes through relays.
 	RelayOnly bool
-	Log       *slog.Logger
+	// Home-relay preferences (beside the relay map's): a region to pin,
+	// regions never to use as home, and latency weights by region.
+	PinRegion      string
+	ExcludeRegions []string
+	RegionWeights  map[string]float64
+	Log            *slog.Logger
 }
 
 // Node is a running daemon.
@@ -82,6 +87,7 @@ type Node struct {
 	disco     *discoState
 	paths     *paths
 	endpoints *endpointState
+	geo       *geoState
 
 	ctx  context.Context // the daemon's lifetime
 	wg   sync.WaitGroup
@@ -133,6 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 	n.disco = newDiscoState(n)
 	n.paths = newPaths(n)
 	n.endpoints = newEndpointState(n)
+	n.geo = newGeoState(n)
 	n.log.Info("starting", "node_key", priv.Public(), "state_dir", cfg.StateDir)
 
 	pool := &relayclient.Pool{Template: relayclient.Config{
@@ -180,6 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
 	n.goAsync(n.endpoints.run)
+	n.goAsync(n.geo.run)
 
 	select {
 	case <-ctx.Done():
@@ -250,8 +258,8 @@ func (n *Node) onRelayPacket(p relayclient.Packet) {
 func (n *Node) onRelayNotice(no relayclient.Notice) {
 	switch no.Kind {
 	case relayclient.NoticeRestarting:
-		n.log.Info("relay restarting; moving home if it is ours")
-		n.goAsync(func(ctx context.Context) { n.failoverIfHomeDown(true) })
+		n.log.Info("relay restarting", "region", no.Relay.Region, "relay", no.Relay.Addr)
+		n.geo.relayDraining(no.Relay.Region)
 	case relayclient.NoticePeerGone:
 		n.log.Debug("peer gone from relay", "peer", no.Peer.ShortString(), "reason", no.Gone)
 	}
@@ -268,7 +276,6 @@ func (n *Node) housekeeping(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n.failoverIfHomeDown(false)
 		n.paths.tick(time.Now())
 		n.saveCache()
 		n.filter.Expire()
@@ -291,65 +298,6 @@ func (n *Node) saveCache() {
 		return
 	}
 	n.log.Debug("saved netmap cache", "peers", len(nm.Peers))
-}
-
-// homeDownAfter is how long the home relay may stay disconnected before the
-// node moves elsewhere: long enough to ride out a relay's quick reconnect,
-// short enough to restore relayed traffic within seconds.
-const homeDownAfter = 2 * time.Second
-
-// failoverIfHomeDown moves the home relay to another relay when the current
-// one has been disconnected for homeDownAfter (or at once if now is set).
-func (n *Node) failoverIfHomeDown(now bool) {
-	n.mu.Lock()
-	home, since, nm := n.mu.home, n.mu.homeSince, n.mu.nm
-	n.mu.Unlock()
-	if home.Addr == "" || nm == nil {
-		return
-	}
-	c, err := n.relays.pool.Get(home)
-	if err != nil {
-		return
-	}
-	if c.Conn() != nil && !now {
-		return
-	}
-	if !now && time.Since(since) < homeDownAfter {
-		return
-	}
-	next, ok := nextRelay(nm.RelayMap, home)
-	if !ok || next.Addr == home.Addr {
-		return
-	}
-	n.log.Warn("home relay unreachable; moving", "from", home.Addr, "to", next.Addr, "region", next.Region)
-	n.setHome(next, "home_down")
-}
-
-// nextRelay picks the relay after cur: another healthy relay in the same
-// region first, else the first healthy relay of the next region.
-func nextRelay(rm netmap.RelayMap, cur relayclient.Relay) (relayclient.Relay, bool) {
-	var all []relayclient.Relay
-	for _, reg := range rm.Regions {
-		for _, rl := range reg.Relays {
-			if rl.Healthy || rl.State == "" {
-				all = append(all, relayclient.Relay{Addr: rl.Addr, Pin: rl.Pin, Key: rl.Key, Region: reg.Code})
-			}
-		}
-	}
-	for _, r := range all {
-		if r.Region == cur.Region && r.Addr != cur.Addr {
-			return r, true
-		}
-	}
-	for i, r := range all {
-		if r.Addr == cur.Addr {
-			return all[(i+1)%len(all)], true
-		}
-	}
-	if len(all) > 0 {
-		return all[0], true
-	}
-	return relayclient.Relay{}, false
 }
 
 // setHome makes r the home relay and tells the coordinator.

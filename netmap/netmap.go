@@ -29,6 +29,8 @@ import (
 //	1 (2026-11-25): first version: register, map stream with deltas (peer
 //	  records and online/last-seen patches), endpoint updates, relay join
 //	  and heartbeat, admission tokens in the map.
+//	  Later the same day, without a version change (older clients ignore
+//	  them): Region.Weight, Region.Pinned and Region.Excluded.
 type CapabilityVersion int
 
 // CurrentCapabilityVersion is the version this package implements.
@@ -196,6 +198,13 @@ type Region struct {
 	Lat    float64 `json:"lat,omitempty"`
 	Lon    float64 `json:"lon,omitempty"`
 	Relays []Relay `json:"relays"`
+	// Operator preferences for home-relay choice (package geo). Weight
+	// multiplies the region's measured latency (0 means 1); Pinned makes
+	// every node choose the region whenever it is usable; Excluded keeps
+	// nodes from choosing it as home (they still reach peers homed there).
+	Weight   float64 `json:"weight,omitempty"`
+	Pinned   bool    `json:"pinned,omitempty"`
+	Excluded bool    `json:"excluded,omitempty"`
 }
 
 // Relay states.

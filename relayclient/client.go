@@ -29,7 +29,8 @@ const fastPathSetup = time.Second
 // redials with jittered exponential backoff. On a Restarting notice it
 // waits the relay's hint (jittered) before redialing.
 type Client struct {
-	cfg Config
+	cfg    Config
+	redial chan struct{} // Redial: skip the current backoff wait
 
 	mu struct {
 		sync.Mutex
@@ -46,7 +47,7 @@ func NewClient(cfg Config) *Client {
 	if cfg.Log == nil {
 		cfg.Log = discardLog
 	}
-	c := &Client{cfg: cfg}
+	c := &Client{cfg: cfg, redial: make(chan struct{}, 1)}
 	c.mu.connected = make(chan struct{})
 	user := cfg.OnNotice
 	c.cfg.OnNotice = func(n Notice) {
@@ -104,6 +105,8 @@ func (c *Client) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-c.redial:
+			backoff = backoffMin
 		case <-time.After(wait):
 		}
 	}
@@ -183,4 +186,14 @@ func IsReject(err error) (relayproto.Reason, bool) {
 		return rj.Reason, true
 	}
 	return 0, false
+}
+
+// Redial cuts short a reconnect backoff: a disconnected client dials again
+// at once. Use it when the relay matters now (it just became the home
+// relay) or is known to be back; it does nothing while connected.
+func (c *Client) Redial() {
+	select {
+	case c.redial <- struct{}{}:
+	default:
+	}
 }

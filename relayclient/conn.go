@@ -63,7 +63,9 @@ const (
 
 // Notice is a control message from the relay.
 type Notice struct {
-	Kind       NoticeKind
+	Kind NoticeKind
+	// Relay is the relay the notice came from.
+	Relay      Relay
 	Peer       key.NodePublic
 	Handle     uint32
 	Gone       relayproto.PeerGoneReason
@@ -521,6 +523,7 @@ func (c *Conn) handleFrame(typ relayproto.FrameType, body []byte, dgram bool) er
 
 func (c *Conn) notify(n Notice) {
 	if c.cfg.OnNotice != nil {
+		n.Relay = c.cfg.Relay
 		c.cfg.OnNotice(n)
 	}
 }

@@ -92,12 +92,17 @@ func (p *Pool) closeIdle(now time.Time, idle time.Duration) {
 	}
 }
 
-// SetHome makes r the home relay (never closed for idleness) and connects.
+// SetHome makes r the home relay (never closed for idleness) and connects,
+// at once if its client was waiting out a reconnect backoff.
 func (p *Pool) SetHome(r Relay) (*Client, error) {
 	p.mu.Lock()
 	p.mu.home = r.Addr
 	p.mu.Unlock()
-	return p.Get(r)
+	c, err := p.Get(r)
+	if err == nil && c.Conn() == nil {
+		c.Redial()
+	}
+	return c, err
 }
 
 // Get returns the client for r, starting it if needed, and marks it used.

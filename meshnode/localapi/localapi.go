@@ -1,6 +1,6 @@
 // Package localapi is the meshnode daemon's local control interface: HTTP
 // over a unix socket (DIR/meshnode.sock, mode 0600) that the meshnode CLI
-// uses for status, ping, ip, whois and down. The JSON types here
+// uses for status, ping, netcheck, ip, whois and down. The JSON types here
 // are the ones CONTRACT.md documents for `--json` output.
 package localapi
 
@@ -72,6 +72,16 @@ type PingResult struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Netcheck is `meshnode netcheck --json`.
+type Netcheck struct {
+	UDP                 bool               `json:"udp"`
+	PublicAddr          string             `json:"public_addr"`
+	MappingVariesByDest bool               `json:"mapping_varies_by_dest"`
+	PreferredRelay      string             `json:"preferred_relay"`
+	RelayLatencyMS      map[string]float64 `json:"relay_latency_ms"`
+	PortMapping         string             `json:"port_mapping"`
+}
+
 // PingRequest parameterises Backend.Ping.
 type PingRequest struct {
 	Peer    string
@@ -85,6 +95,8 @@ type Backend interface {
 	// Ping sends disco pings to the peer and calls emit per result. It
 	// stops after Count pings or once a pong arrives over a direct path.
 	Ping(ctx context.Context, req PingRequest, emit func(PingResult)) error
+	// Netcheck probes every relay region now.
+	Netcheck(ctx context.Context) (Netcheck, error)
 	// Down asks the daemon to shut down.
 	Down()
 }
@@ -129,6 +141,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		writeJSON(w, http.StatusOK, s.b.Status())
 	})
 	mux.HandleFunc("POST /v1/ping", s.servePing)
+	mux.HandleFunc("GET /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
+		nc, err := s.b.Netcheck(r.Context())
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, nc)
+	})
 	mux.HandleFunc("POST /v1/down", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, struct{}{})
 		s.b.Down()
@@ -257,6 +277,12 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
 	return s, c.getJSON(ctx, "/v1/status", &s)
+}
+
+// Netcheck asks the daemon to probe every relay region.
+func (c *Client) Netcheck(ctx context.Context) (Netcheck, error) {
+	var n Netcheck
+	return n, c.getJSON(ctx, "/v1/netcheck", &n)
 }
 
 // Down asks the daemon to exit.

@@ -33,6 +33,10 @@ func (f *fakeBackend) Ping(ctx context.Context, req PingRequest, emit func(PingR
 	return nil
 }
 
+func (f *fakeBackend) Netcheck(ctx context.Context) (Netcheck, error) {
+	return Netcheck{UDP: true, PreferredRelay: "nyc", RelayLatencyMS: map[string]float64{"nyc": 1.2}}, nil
+}
+
 func (f *fakeBackend) Down() { close(f.down) }
 
 func TestLocalAPI(t *testing.T) {
@@ -72,6 +76,10 @@ func TestLocalAPI(t *testing.T) {
 	}
 	if err := c.Ping(ctx, PingRequest{Peer: "b", Count: maxPings + 1}, func(PingResult) {}); err == nil {
 		t.Fatal("oversized count accepted")
+	}
+	nc, err := c.Netcheck(ctx)
+	if err != nil || nc.PreferredRelay != "nyc" || nc.RelayLatencyMS["nyc"] != 1.2 {
+		t.Fatalf("netcheck %+v %v", nc, err)
 	}
 	if err := c.Down(ctx); err != nil {
 		t.Fatal(err)

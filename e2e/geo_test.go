@@ -1,0 +1,155 @@
+//go:build lab
+
+package e2e
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/wiremesh/wiremesh/lab"
+	"github.com/wiremesh/wiremesh/meshnode/localapi"
+)
+
+func (n *node) netcheck(t testing.TB) localapi.Netcheck {
+	t.Helper()
+	out, err := n.w.run("meshnode", "netcheck", "--json", "--state-dir", n.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nc localapi.Netcheck
+	if err := json.Unmarshal([]byte(out), &nc); err != nil {
+		t.Fatalf("netcheck output %q: %v", out, err)
+	}
+	return nc
+}
+
+func (n *node) home(t testing.TB) string {
+	t.Helper()
+	st, err := n.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Self.HomeRelay
+}
+
+// TestLabGeoNearest places two relay regions at different latencies from a
+// node (the lab's delay stage): the node picks the nearer, netcheck shows
+// both, and adding 50 ms to the home region moves it.
+func TestLabGeoNearest(t *testing.T) {
+	w := newWorld(t, "nyc", "fra")
+	r, err := w.l.AddRouter("r-a", lab.RouterConfig{NAT: lab.Easy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ha, _ := w.l.AddHost("a", r)
+	// nyc is 30 ms away (one way 15), fra 4 ms (one way 2). The relay map
+	// lists fra first alphabetically, so make nyc the near one to prove
+	// the choice is by latency, not order.
+	dNYC, err := w.l.AddDelay(r.WAN, w.relays[0].Host.Addr, 2*time.Millisecond, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.l.AddDelay(r.WAN, w.relays[1].Host.Addr, 15*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	a := w.startNode("a", ha)
+	a.waitStatus("home nyc", func(st localapi.Status) bool { return st.Self.HomeRelay == "nyc" })
+	nc := a.netcheck(t)
+	if !nc.UDP || nc.PreferredRelay != "nyc" || nc.RelayLatencyMS["nyc"] >= nc.RelayLatencyMS["fra"] || nc.PublicAddr == "" {
+		t.Fatalf("netcheck %+v", nc)
+	}
+	if nc.RelayLatencyMS["fra"] < 25 {
+		t.Fatalf("fra latency %.1f ms, want about 30", nc.RelayLatencyMS["fra"])
+	}
+	// +50 ms to nyc: fra becomes clearly better and the home moves.
+	if err := dNYC.Set(27*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for a.home(t) != "fra" {
+		if time.Now().After(deadline) {
+			t.Fatalf("home stayed %s after nyc got 50 ms slower", a.home(t))
+		}
+		a.netcheck(t) // each netcheck adds a probe round
+	}
+}
+
+// TestLabGeoNoFlap keeps two regions 4 ms apart with ±5 ms of jitter for
+// 60 s of probing: the home never changes.
+func TestLabGeoNoFlap(t *testing.T) {
+	w := newWorld(t, "nyc", "fra")
+	r, _ := w.l.AddRouter("r-a", lab.RouterConfig{NAT: lab.Easy})
+	ha, _ := w.l.AddHost("a", r)
+	w.l.AddDelay(r.WAN, w.relays[0].Host.Addr, 10*time.Millisecond, 5*time.Millisecond)
+	w.l.AddDelay(r.WAN, w.relays[1].Host.Addr, 12*time.Millisecond, 5*time.Millisecond)
+	a := w.startNode("a", ha)
+	first := a.waitStatus("a home", func(st localapi.Status) bool { return st.Self.HomeRelay != "" }).Self.HomeRelay
+	time.Sleep(2 * time.Second) // let the first latency-based choice settle
+	first = a.home(t)
+	end := time.Now().Add(60 * time.Second)
+	rounds := 0
+	for time.Now().Before(end) {
+		a.netcheck(t) // a probe round, as the daemon runs every 10 s
+		rounds++
+		if h := a.home(t); h != first {
+			t.Fatalf("home flapped from %s to %s after %d rounds", first, h, rounds)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("home %s held for %d probe rounds under ±5 ms jitter", first, rounds)
+}
+
+// TestLabGeoFailover kills the home relay of two relay-only nodes (hard
+// NATs): traffic resumes through the other region, and the time from the
+// kill to the first ping through it is logged.
+func TestLabGeoFailover(t *testing.T) {
+	w := newWorld(t, "nyc", "fra")
+	a := w.startNode("a", hardNATHost(t, w, "a"))
+	b := w.startNode("b", hardNATHost(t, w, "b"))
+	for _, n := range []*node{a, b} {
+		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 && st.Self.HomeRelay != "" })
+	}
+	bIP := b.ip()
+	if err := a.ping(bIP, 2); err != nil {
+		t.Fatal(err)
+	}
+	home := a.home(t)
+	var victim *relayInfo
+	for i := range w.relays {
+		if w.relays[i].Region == home {
+			victim = &w.relays[i]
+		}
+	}
+	victim.Cmd.Process.Kill()
+	killed := time.Now()
+	if err := a.ping(bIP, 1); err != nil {
+		t.Fatalf("no traffic after the home relay died: %v", err)
+	}
+	took := time.Since(killed)
+	t.Logf("home relay %s killed; first ping through the other region after %v; homes now %s, %s",
+		home, took.Round(time.Millisecond), a.home(t), b.home(t))
+	if a.home(t) == home {
+		t.Fatalf("a still homed on the dead relay %s", home)
+	}
+}
+
+// TestLabGeoUDPBlocked: a node whose network drops UDP still measures every
+// region (over TLS) and reaches its peers through the relay.
+func TestLabGeoUDPBlocked(t *testing.T) {
+	w := newWorld(t, "nyc", "fra")
+	r, _ := w.l.AddRouter("r-a", lab.RouterConfig{NAT: lab.Easy, BlockUDP: true})
+	ha, _ := w.l.AddHost("a", r)
+	w.l.AddDelay(r.WAN, w.relays[0].Host.Addr, 2*time.Millisecond, 0)
+	w.l.AddDelay(r.WAN, w.relays[1].Host.Addr, 20*time.Millisecond, 0)
+	a := w.startNode("a", ha)
+	b := w.startNode("b", easy.host(t, w, "b"))
+	a.waitStatus("home nyc", func(st localapi.Status) bool { return st.Self.HomeRelay == "nyc" && len(st.Peers) == 1 })
+	nc := a.netcheck(t)
+	if nc.UDP || nc.PreferredRelay != "nyc" || len(nc.RelayLatencyMS) != 2 || nc.RelayLatencyMS["fra"] < nc.RelayLatencyMS["nyc"] {
+		t.Fatalf("netcheck behind a UDP block: %+v", nc)
+	}
+	if err := a.ping(b.ip(), 2); err != nil {
+		t.Fatal(err)
+	}
+}
