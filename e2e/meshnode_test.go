@@ -21,7 +21,7 @@ import (
 
 // hardNATHost puts a host behind its own hard NAT (home firewall): two such
 // hosts cannot reach each other over direct UDP, so they use the relay.
-func hardNATHost(t *testing.T, w *world, name string) *lab.Host {
+func hardNATHost(t testing.TB, w *world, name string) *lab.Host {
 	t.Helper()
 	r, err := w.l.AddRouter("r-"+name, lab.RouterConfig{NAT: lab.Hard})
 	if err != nil {

@@ -66,7 +66,7 @@ func iperf3(b testing.TB, client, server *lab.Namespace, addr netip.Addr, d time
 // two namespaces' routers... measured without the tunnel, in the same run.
 func BenchmarkLabRelayIperf3(b *testing.B) {
 	w := newWorld(b, "nyc")
-	ha, hb := hardNATHostB(b, w, "a"), hardNATHostB(b, w, "b")
+	ha, hb := hardNATHost(b, w, "a"), hardNATHost(b, w, "b")
 	a := w.startNode("a", ha)
 	bn := w.startNode("b", hb)
 	for _, n := range []*node{a, bn} {
@@ -105,17 +105,6 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func hardNATHostB(b testing.TB, w *world, name string) *lab.Host {
-	r, err := w.l.AddRouter("r-"+name, lab.RouterConfig{NAT: lab.Hard})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := w.l.AddHost(name, r)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return h
-}
 
 // BenchmarkLabTimeToFirstPing measures, per run, the time from starting an
 // already registered node's `meshnode run` to the first successful kernel
@@ -123,8 +112,8 @@ func hardNATHostB(b testing.TB, w *world, name string) *lab.Host {
 // sends every 10 ms until the first reply.
 func BenchmarkLabTimeToFirstPing(b *testing.B) {
 	w := newWorld(b, "nyc")
-	a := w.startNode("a", hardNATHostB(b, w, "a"))
-	bn := w.startNode("b", hardNATHostB(b, w, "b"))
+	a := w.startNode("a", hardNATHost(b, w, "a"))
+	bn := w.startNode("b", hardNATHost(b, w, "b"))
 	for _, n := range []*node{a, bn} {
 		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
 	}
@@ -344,8 +333,8 @@ const homeCheckSettle = 500 * time.Millisecond
 // relay is restarted and the next run kills the new home.
 func BenchmarkLabFailover(b *testing.B) {
 	w := newWorld(b, "nyc", "fra")
-	a := w.startNode("a", hardNATHostB(b, w, "a"))
-	bn := w.startNode("b", hardNATHostB(b, w, "b"))
+	a := w.startNode("a", hardNATHost(b, w, "a"))
+	bn := w.startNode("b", hardNATHost(b, w, "b"))
 	for _, n := range []*node{a, bn} {
 		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 && st.Self.HomeRelay != "" })
 	}

@@ -42,16 +42,7 @@ func (n *Namespace) Command(ctx context.Context, name string, args ...string) *e
 // Start starts a long-running command inside the namespace; Close kills it
 // if it is still running.
 func (n *Namespace) Start(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
-	c := n.Command(ctx, name, args...)
-	if err := c.Start(); err != nil {
-		return nil, fmt.Errorf("lab: start %s in %s: %w", name, n.Short, err)
-	}
-	if err := n.lab.track(c); err != nil {
-		c.Process.Kill()
-		c.Wait()
-		return nil, err
-	}
-	return c, nil
+	return n.StartWith(ctx, nil, name, args...)
 }
 
 // Do runs fn on an OS thread that has entered the namespace. Sockets and
@@ -126,10 +117,13 @@ func (n *Namespace) sysctls(kv map[string]string) error {
 	})
 }
 
-// StartWith is Start with the command's stdout and stderr going to out.
+// StartWith is Start with the command's stdout and stderr going to out
+// (nil: discarded).
 func (n *Namespace) StartWith(ctx context.Context, out *os.File, name string, args ...string) (*exec.Cmd, error) {
 	c := n.Command(ctx, name, args...)
-	c.Stdout, c.Stderr = out, out
+	if out != nil {
+		c.Stdout, c.Stderr = out, out
+	}
 	if err := c.Start(); err != nil {
 		return nil, fmt.Errorf("lab: start %s in %s: %w", name, n.Short, err)
 	}
