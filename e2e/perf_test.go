@@ -105,7 +105,6 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-
 // BenchmarkLabTimeToFirstPing measures, per run, the time from starting an
 // already registered node's `meshnode run` to the first successful kernel
 // ping to it from a peer (both behind hard NATs, so over the relay). ping
