@@ -61,6 +61,11 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 		next[p.NodeKey] = p
 	}
 	n.mu.applied = next
+	for k, region := range n.mu.goneFrom {
+		if p, ok := next[k]; !ok || p.HomeRelay != region {
+			delete(n.mu.goneFrom, k) // the map now says where it went
+		}
+	}
 	home := n.mu.home
 	n.mu.Unlock()
 

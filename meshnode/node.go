@@ -104,6 +104,10 @@ type Node struct {
 		coordUp    bool
 		coordErr   string
 		rtt        map[key.NodePublic]float64 // last disco RTT, ms
+		// goneFrom records peers a relay said left it (peer-gone notice),
+		// by the region of that relay: until the netmap names the peer's
+		// new home, packets to it go through our own home relay.
+		goneFrom map[key.NodePublic]string
 		dirtyCache bool
 	}
 	engineReady chan struct{}
@@ -134,6 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
+	n.mu.goneFrom = map[key.NodePublic]string{}
 	reg := metrics.NewRegistry()
 	n.metrics = newNodeMetrics(reg, n)
 	n.disco = newDiscoState(n)
@@ -207,6 +212,10 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// maxGone bounds the peer-gone table (entries are dropped when the netmap
+// changes the peer's home, or the peer shows up again).
+const maxGone = 4096
+
 // goAsync starts f as a goroutine owned by the node: Run waits for it.
 func (n *Node) goAsync(f func(ctx context.Context)) {
 	n.wg.Add(1)
@@ -236,7 +245,7 @@ func (n *Node) health() error {
 func (n *Node) relayFor(peer key.NodePublic) (relayclient.Relay, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if p, ok := n.mu.applied[peer]; ok && p.HomeRelay != "" && n.mu.nm != nil {
+	if p, ok := n.mu.applied[peer]; ok && p.HomeRelay != "" && n.mu.nm != nil && n.mu.goneFrom[peer] != p.HomeRelay {
 		if r, ok := relayOf(n.mu.nm.RelayMap, p.HomeRelay); ok {
 			return r, true
 		}
@@ -261,7 +270,16 @@ func (n *Node) onRelayNotice(no relayclient.Notice) {
 		n.log.Info("relay restarting", "region", no.Relay.Region, "relay", no.Relay.Addr)
 		n.geo.relayDraining(no.Relay.Region)
 	case relayclient.NoticePeerGone:
-		n.log.Debug("peer gone from relay", "peer", no.Peer.ShortString(), "reason", no.Gone)
+		n.log.Debug("peer gone from relay", "peer", no.Peer.ShortString(), "region", no.Relay.Region, "reason", no.Gone)
+		n.mu.Lock()
+		if len(n.mu.goneFrom) < maxGone {
+			n.mu.goneFrom[no.Peer] = no.Relay.Region
+		}
+		n.mu.Unlock()
+	case relayclient.NoticePeerPresent:
+		n.mu.Lock()
+		delete(n.mu.goneFrom, no.Peer)
+		n.mu.Unlock()
 	}
 }
 
