@@ -95,19 +95,19 @@ type Node struct {
 
 	mu struct {
 		sync.Mutex
-		engine     *engine // nil until the first netmap
-		nm         *netmap.NetworkMap
-		applied    map[key.NodePublic]netmap.Node // peers configured in the device
-		token      []byte
-		home       relayclient.Relay
-		homeSince  time.Time
-		coordUp    bool
-		coordErr   string
-		rtt        map[key.NodePublic]float64 // last disco RTT, ms
+		engine    *engine // nil until the first netmap
+		nm        *netmap.NetworkMap
+		applied   map[key.NodePublic]netmap.Node // peers configured in the device
+		token     []byte
+		home      relayclient.Relay
+		homeSince time.Time
+		coordUp   bool
+		coordErr  string
+		rtt       map[key.NodePublic]float64 // last disco RTT, ms
 		// goneFrom records peers a relay said left it (peer-gone notice),
 		// by the region of that relay: until the netmap names the peer's
 		// new home, packets to it go through our own home relay.
-		goneFrom map[key.NodePublic]string
+		goneFrom   map[key.NodePublic]string
 		dirtyCache bool
 	}
 	engineReady chan struct{}
