@@ -327,9 +327,9 @@ func BenchmarkLabProbe10Regions(b *testing.B) {
 // probed before the next kill.
 const homeCheckSettle = 500 * time.Millisecond
 
-// BenchmarkLabFailover kills the home relay of two relay-only nodes (hard
-// NATs) and times the first ping through the other region; the killed
-// relay is restarted and the next run kills the new home.
+// BenchmarkLabFailover kills node a's home relay (two relay-only nodes
+// behind hard NATs) and times b's first ping to a through another region;
+// the killed relay is restarted and the next run kills a's new home.
 func BenchmarkLabFailover(b *testing.B) {
 	w := newWorld(b, "nyc", "fra")
 	a := w.startNode("a", hardNATHost(b, w, "a"))
@@ -337,20 +337,22 @@ func BenchmarkLabFailover(b *testing.B) {
 	for _, n := range []*node{a, bn} {
 		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 && st.Self.HomeRelay != "" })
 	}
-	bIP := bn.ip()
+	aIP := a.ip()
 	var runs []float64
 	for i := 0; i < b.N; i++ {
-		if err := a.ping(bIP, 1); err != nil {
+		if err := bn.ping(aIP, 1); err != nil {
 			b.Fatal(err)
 		}
-		home := a.home(b) // b's home may be the other region: then b moves nothing
+		// Kill a's home: b reaches a through it, so b's pings return only
+		// once a has moved and b knows.
+		home := a.home(b)
 		time.Sleep(homeCheckSettle)
 		idx := slices.IndexFunc(w.relays, func(r relayInfo) bool { return r.Region == home })
 		victim := &w.relays[idx]
 		victim.Cmd.Process.Kill()
 		victim.Cmd.Wait()
 		killed := time.Now()
-		if err := a.ping(bIP, 1); err != nil {
+		if err := bn.ping(aIP, 1); err != nil {
 			b.Fatalf("run %d: %v", i, err)
 		}
 		d := time.Since(killed)
