@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 
+for c in curl python3; do
+	command -v "$c" >/dev/null || { echo "demo: needs $c (apt-get install $c)" >&2; exit 1; }
+done
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 tmp=$(mktemp -d -t wiremesh-demo.XXXXXX)
