@@ -83,7 +83,7 @@ wait_for curl -sf "http://127.0.0.1:$web_port/"
 say "Node A fetches http://c:$web_port/ through its SOCKS5 proxy (127.0.0.1:$socks_a)"
 curl -sS --max-time 20 --retry 5 --retry-all-errors --socks5-hostname "127.0.0.1:$socks_a" "http://c:$web_port/"
 
-say "meshnode ping c (disco ping through the relay)"
+say "meshnode ping c (disco pings through the relay and over the direct path)"
 "$BIN/meshnode" ping -c 3 --state-dir "$tmp/node-a" c
 
 say "meshnode status on A"
