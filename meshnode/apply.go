@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/key"
@@ -55,7 +56,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 		if p.NodeKey.IsZero() || p.NodeKey == n.priv.Public() {
 			continue
 		}
-		if !p.KeyExpiry.IsZero() && !p.KeyExpiry.After(timeNow()) {
+		if !p.KeyExpiry.IsZero() && !p.KeyExpiry.After(time.Now()) {
 			continue // expired keys are not configured
 		}
 		next[p.NodeKey] = p

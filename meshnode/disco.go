@@ -11,9 +11,6 @@ import (
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
-// timeNow is the clock; tests may replace it per Node in the future.
-var timeNow = time.Now
-
 // Disco bounds. Inbound pings are answered at most pingAnswerBurst at a
 // time per peer, refilled every pingAnswerInterval: enough for a path probe
 // round, too little to make the node a reflector. Outstanding pings of our

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,14 +212,3 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 	return nil
 }
 
-// Whois returns the peer with mesh address ip.
-func (n *Node) Whois(ip netip.Addr) (localapi.PeerStatus, bool) {
-	for _, p := range n.Status().Peers {
-		for _, a := range p.IPs {
-			if a == ip.String() {
-				return p, true
-			}
-		}
-	}
-	return localapi.PeerStatus{}, false
-}
