@@ -211,4 +211,3 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 	}
 	return nil
 }
-
