@@ -222,20 +222,31 @@ func (c *replayCache) add(n [key.NonceLen]byte, now time.Time) error {
 	return nil
 }
 
-func (srv *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
+// readNodeRequest reads a size-limited body, authenticates the node by its
+// proof of possession over that body, and decodes the body into v. On any
+// failure it has already answered with a JSON error and returns nil.
+func (srv *Server) readNodeRequest(w http.ResponseWriter, r *http.Request, v any) *nodeState {
 	body, err := readBody(w, r, MaxRequestBody)
 	if err != nil {
 		srv.fail(w, r, err)
-		return
+		return nil
 	}
 	n, err := srv.authNode(r, body)
 	if err != nil {
 		srv.fail(w, r, err)
-		return
+		return nil
 	}
-	var req netmap.UpdateRequest
-	if err := decodeJSON(body, &req); err != nil {
+	if err := decodeJSON(body, v); err != nil {
 		srv.fail(w, r, err)
+		return nil
+	}
+	return n
+}
+
+func (srv *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
+	var req netmap.UpdateRequest
+	n := srv.readNodeRequest(w, r, &req)
+	if n == nil {
 		return
 	}
 	if err := validateReport(req.Endpoints, req.HomeRelay); err != nil {
@@ -251,19 +262,9 @@ func (srv *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
 
 // handleMap serves a node's netmap stream.
 func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, MaxRequestBody)
-	if err != nil {
-		srv.fail(w, r, err)
-		return
-	}
-	n, err := srv.authNode(r, body)
-	if err != nil {
-		srv.fail(w, r, err)
-		return
-	}
 	var req netmap.MapRequest
-	if err := decodeJSON(body, &req); err != nil {
-		srv.fail(w, r, err)
+	n := srv.readNodeRequest(w, r, &req)
+	if n == nil {
 		return
 	}
 	if req.Version < netmap.MinCapabilityVersion {
