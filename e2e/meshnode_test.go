@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -164,15 +165,7 @@ func TestLabACL(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		go func() {
-			for {
-				cc, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				cc.Close()
-			}
-		}()
+		go greet(ln, "")
 	}
 	// a→b works (retry while the policy's filter reaches b).
 	deadline := time.Now().Add(20 * time.Second)
@@ -190,12 +183,7 @@ func TestLabACL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lnA.Close()
-	go func() {
-		cc, err := lnA.Accept()
-		if err == nil {
-			cc.Close()
-		}
-	}()
+	go greet(lnA, "")
 	if !canConnect(c, netip.AddrPortFrom(a.ip(), 7000), 5*time.Second) {
 		t.Fatal("c cannot reach a")
 	}
@@ -219,16 +207,7 @@ func TestLabUserspaceAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			cc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			cc.Write([]byte("hello from a"))
-			cc.Close()
-		}
-	}()
+	go greet(ln, "hello from a")
 	var got string
 	err = uh.Do(func() error {
 		d, err := proxy.SOCKS5("tcp", "127.0.0.1:1080", nil, proxy.Direct)
@@ -262,13 +241,7 @@ func TestLabUserspaceAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lnU.Close()
-	go func() {
-		cc, err := lnU.Accept()
-		if err == nil {
-			cc.Write([]byte("hello from u"))
-			cc.Close()
-		}
-	}()
+	go greet(lnU, "hello from u")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cc, err := a.host.Dial(ctx, "tcp4", netip.AddrPortFrom(u.ip(), 9090).String())
@@ -291,5 +264,18 @@ func TestLabUserspaceAndRestart(t *testing.T) {
 	}
 	if err := a.ping(u.ip(), 3); err != nil {
 		t.Fatalf("after restart from cache: %v", err)
+	}
+}
+
+// greet accepts connections on ln until it is closed, writes msg to each
+// and closes it.
+func greet(ln net.Listener, msg string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte(msg))
+		c.Close()
 	}
 }
