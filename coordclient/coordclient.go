@@ -35,6 +35,7 @@ const (
 	pathUpdate    = "/coord/v1/update"
 	pathRelayJoin = "/coord/v1/relay/join"
 	pathRelayBeat = "/coord/v1/relay/heartbeat"
+	pathRelayRevs = "/coord/v1/relay/revocations"
 )
 
 // maxResponse bounds a non-stream response body (the largest is a join
@@ -156,11 +157,20 @@ func (p *prover) newRequest(ctx context.Context, path string, body []byte) (*htt
 
 // post sends v to path and decodes the answer into out.
 func (p *prover) post(ctx context.Context, path string, v, out any, hdr http.Header) error {
+	return p.postWith(ctx, path, v, out, hdr, requestTimeout)
+}
+
+// postTimeout is post with its own time limit, for long polls.
+func (p *prover) postTimeout(ctx context.Context, path string, v, out any, limit time.Duration) error {
+	return p.postWith(ctx, path, v, out, nil, limit)
+}
+
+func (p *prover) postWith(ctx context.Context, path string, v, out any, hdr http.Header, limit time.Duration) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	req, err := p.newRequest(ctx, path, body)
 	if err != nil {

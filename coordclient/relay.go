@@ -71,3 +71,15 @@ func (rc *RelayClient) Heartbeat(ctx context.Context, hb netmap.RelayHeartbeat) 
 	}
 	return &resp, nil
 }
+
+// Revocations long-polls the coordinator for revoked node keys newer than
+// after (see netmap.RelayRevocationsRequest). It returns the full list in
+// force; pass its Seq as after in the next call.
+func (rc *RelayClient) Revocations(ctx context.Context, after uint64) (*netmap.RelayRevocations, error) {
+	var resp netmap.RelayRevocations
+	if err := rc.p.postTimeout(ctx, pathRelayRevs, netmap.RelayRevocationsRequest{After: after}, &resp,
+		netmap.RevocationPollTimeout+requestTimeout); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}

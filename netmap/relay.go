@@ -66,3 +66,33 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// RevokedNode is a node key that relays must stop serving: a relay closes the
+// node's sessions at once and refuses its admission tokens until Until, the
+// latest expiry of any token the coordinator may have issued to it. After
+// Until every such token has expired anyway, so the entry can be forgotten.
+type RevokedNode struct {
+	Key   key.NodePublic `json:"key"`
+	Until time.Time      `json:"until"`
+}
+
+// RelayRevocationsRequest is sent to POST /coord/v1/relay/revocations with a
+// ProofHeader made with the relay key. It is a long poll: the coordinator
+// answers as soon as its revocation sequence passes After, or after
+// RevocationPollTimeout with no change.
+type RelayRevocationsRequest struct {
+	After uint64 `json:"after"`
+}
+
+// RelayRevocations lists every revocation still in force (Until in the
+// future) and the sequence number of the newest; a relay sends that Seq as
+// After in its next poll. The full list is always sent, so a relay that
+// missed polls (or restarted) is never left with gaps.
+type RelayRevocations struct {
+	Seq     uint64        `json:"seq"`
+	Revoked []RevokedNode `json:"revoked"`
+}
+
+// RevocationPollTimeout is how long the coordinator holds a revocation poll
+// open with nothing new; clients allow that plus a margin before giving up.
+const RevocationPollTimeout = 25 * time.Second
