@@ -49,6 +49,28 @@ const requestTimeout = 30 * time.Second
 type APIError struct {
 	Status  int
 	Message string
+	Code    netmap.ErrorCode // stable reason, when the coordinator gave one
+}
+
+// Sentinels that an *APIError matches with errors.Is, by its Code.
+var (
+	// ErrNodeUnknown: the coordinator does not know this node key (it was
+	// deleted, or never registered).
+	ErrNodeUnknown = errors.New("node is not registered (deleted?)")
+	// ErrNodeExpired: this node key has expired.
+	ErrNodeExpired = errors.New("node key expired")
+)
+
+// Is lets errors.Is(err, ErrNodeUnknown) and errors.Is(err, ErrNodeExpired)
+// match a coordinator answer carrying the matching code.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNodeUnknown:
+		return e.Code == netmap.CodeNodeUnknown
+	case ErrNodeExpired:
+		return e.Code == netmap.CodeNodeExpired
+	}
+	return false
 }
 
 func (e *APIError) Error() string {
@@ -125,7 +147,7 @@ func readResponse(resp *http.Response, v any) error {
 		if json.Unmarshal(b, &er) != nil || er.Error == "" {
 			er.Error = strings.TrimSpace(string(b))
 		}
-		return &APIError{Status: resp.StatusCode, Message: er.Error}
+		return &APIError{Status: resp.StatusCode, Message: er.Error, Code: er.Code}
 	}
 	if v == nil {
 		return nil

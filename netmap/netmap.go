@@ -230,7 +230,23 @@ type Relay struct {
 // ErrorResponse is the body of every non-2xx answer.
 type ErrorResponse struct {
 	Error string `json:"error"`
+	// Code, when set, is a stable machine-readable reason clients branch on
+	// (one of the ErrorCode constants); Error stays the human sentence.
+	Code ErrorCode `json:"code,omitempty"`
 }
+
+// ErrorCode is a stable reason in an ErrorResponse.
+type ErrorCode string
+
+// Error codes. A client that gets NodeUnknown or NodeExpired must not retry
+// at its normal pace: it has been deleted or has expired, and only an
+// operator (or a new registration) changes that.
+const (
+	// CodeNodeUnknown: the node key is not registered (never, or deleted).
+	CodeNodeUnknown ErrorCode = "node_unknown"
+	// CodeNodeExpired: the node key's expiry has passed.
+	CodeNodeExpired ErrorCode = "node_expired"
+)
 
 // ServerInfo answers GET /coord/v1/info: what a client needs before its
 // first authenticated request.
