@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
@@ -89,9 +90,11 @@ type Node struct {
 	endpoints *endpointState
 	geo       *geoState
 
-	ctx  context.Context // the daemon's lifetime
-	wg   sync.WaitGroup
-	down chan struct{}
+	ctx    context.Context // the daemon's lifetime
+	wg     sync.WaitGroup
+	down   chan struct{}
+	reg    *prometheus.Registry
+	socket string // the local API socket, once listening
 
 	mu struct {
 		sync.Mutex
@@ -113,7 +116,11 @@ type Node struct {
 	engineReady chan struct{}
 }
 
-// Run runs a node until ctx ends or `meshnode down` is called.
+// Run runs a node until ctx ends or `meshnode down` is called. It returns
+// only after every goroutine it started has exited, on every path: a
+// start-up error, a stop before the first netmap, or a normal stop. The
+// state directory is locked for the daemon's lifetime, so a second daemon
+// on it refuses to start instead of taking the socket over.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -121,16 +128,40 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.ForwardHost == "" {
 		cfg.ForwardHost = "127.0.0.1"
 	}
+	if cfg.AuthKey != "" {
+		// A malformed key can never work: say so once, at start-up.
+		if _, _, err := netmap.ParseAuthKey(cfg.AuthKey); err != nil {
+			return fmt.Errorf("--authkey: %w", err)
+		}
+	}
 	st := stateDir(cfg.StateDir)
 	if err := st.init(); err != nil {
 		return err
 	}
+	unlock, err := st.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	priv, err := st.nodeKey()
 	if err != nil {
 		return fmt.Errorf("node key: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	n := newNode(ctx, cfg, st, priv)
+	defer n.stop(cancel)
+	if err := n.start(); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-n.down:
+		n.log.Info("shutting down: meshnode down")
+	}
+	return nil
+}
+
+func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate) *Node {
 	n := &Node{
 		cfg: cfg, log: cfg.Log, state: st, priv: priv,
 		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}),
@@ -139,14 +170,12 @@ func Run(ctx context.Context, cfg Config) error {
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
 	n.mu.goneFrom = map[key.NodePublic]string{}
-	reg := metrics.NewRegistry()
-	n.metrics = newNodeMetrics(reg, n)
+	n.reg = metrics.NewRegistry()
+	n.metrics = newNodeMetrics(n.reg, n)
 	n.disco = newDiscoState(n)
 	n.paths = newPaths(n)
 	n.endpoints = newEndpointState(n)
 	n.geo = newGeoState(n)
-	n.log.Info("starting", "node_key", priv.Public(), "state_dir", cfg.StateDir)
-
 	pool := &relayclient.Pool{Template: relayclient.Config{
 		NodeKey:   priv,
 		Token:     n.currentToken,
@@ -160,28 +189,36 @@ func Run(ctx context.Context, cfg Config) error {
 	n.relays = &relays{n: n, pool: pool, pending: map[string]*pendingQueue{}}
 	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly, OnDisco: n.disco.handle,
 		OnSTUN: n.endpoints.onSTUN, OnRelaySend: n.paths.onRelaySend})
+	return n
+}
 
+// start brings up the local API, metrics and relay pool, applies the
+// cached netmap and starts the control loop and the background parts.
+func (n *Node) start() error {
+	n.log.Info("starting", "node_key", n.priv.Public(), "state_dir", n.cfg.StateDir)
 	// The local API comes up first so `meshnode status` works while the
 	// node waits for the coordinator.
-	ln, err := localapi.Listen(st.path(localapi.SocketName))
+	sock := n.state.path(localapi.SocketName)
+	ln, err := localapi.Listen(sock)
 	if err != nil {
 		return err
 	}
+	n.socket = sock
 	n.goAsync(func(ctx context.Context) {
 		if err := localapi.NewServer(n, n.log).Serve(ctx, ln); err != nil {
 			n.log.Error("local api failed", "err", err)
 		}
 	})
-	if cfg.Metrics != "" {
-		ms, err := metrics.Listen(cfg.Metrics, reg, n.health)
+	if n.cfg.Metrics != "" {
+		ms, err := metrics.Listen(n.cfg.Metrics, n.reg, n.health)
 		if err != nil {
 			return err
 		}
 		n.goAsync(func(ctx context.Context) { ms.Run(ctx, n.log) })
 	}
-	n.goAsync(func(ctx context.Context) { pool.Run(ctx) })
+	n.goAsync(func(ctx context.Context) { n.relays.pool.Run(ctx) })
 
-	if cached, err := st.loadNetmap(); err != nil {
+	if cached, err := n.state.loadNetmap(); err != nil {
 		n.log.Warn("ignoring unreadable netmap cache", "err", err)
 	} else if cached != nil {
 		n.log.Info("starting from cached netmap", "peers", len(cached.Peers))
@@ -193,12 +230,13 @@ func Run(ctx context.Context, cfg Config) error {
 	n.goAsync(n.housekeeping)
 	n.goAsync(n.endpoints.run)
 	n.goAsync(n.geo.run)
+	return nil
+}
 
-	select {
-	case <-ctx.Done():
-	case <-n.down:
-		n.log.Info("shutting down: meshnode down")
-	}
+// stop ends the node's lifetime (cancel), waits for every goroutine, saves
+// the netmap cache, closes the engine and removes the socket. Run defers
+// it, so it runs on every return path.
+func (n *Node) stop(cancel context.CancelFunc) {
 	cancel()
 	n.wg.Wait()
 	n.saveCache()
@@ -208,8 +246,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if eng != nil {
 		eng.close()
 	}
-	os.Remove(st.path(localapi.SocketName))
-	return nil
+	if n.socket != "" {
+		os.Remove(n.socket)
+	}
 }
 
 // maxGone bounds the peer-gone table (entries are dropped when the netmap
