@@ -77,12 +77,16 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	}
 	for k := range old {
 		if _, ok := next[k]; !ok {
+			n.paths.RemovePeer(k)
 			n.bind.RemovePeer(k)
 		}
 	}
+	for k, p := range next {
+		if o, ok := old[k]; !ok || o.DiscoKey != p.DiscoKey || !slices.Equal(o.Endpoints, p.Endpoints) {
+			n.paths.UpsertPeer(p)
+		}
+	}
 	n.filter.SetRules(filterRules(nm.Filter))
-	n.disco.setPeers(next)
-	n.paths.setPeers(next)
 
 	// Home relay: the first region of the map until geo chooses by latency;
 	// kept while it is still in the map.

@@ -95,7 +95,7 @@ func (n *Node) controlOnce(ctx context.Context) error {
 			return ErrNeedAuthKey
 		}
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		resp, err := c.Register(rctx, n.cfg.AuthKey, n.disco.pub, n.cfg.Hostname, runtime.GOOS)
+		resp, err := c.Register(rctx, n.cfg.AuthKey, n.paths.DiscoKey(), n.cfg.Hostname, runtime.GOOS)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("register: %w", err)
@@ -112,7 +112,7 @@ func (n *Node) controlOnce(ctx context.Context) error {
 	n.mu.Lock()
 	home := n.mu.home.Region
 	n.mu.Unlock()
-	mr := netmap.MapRequest{DiscoKey: n.disco.pub, HomeRelay: home}
+	mr := netmap.MapRequest{DiscoKey: n.paths.DiscoKey(), HomeRelay: home}
 	first := true
 	return c.Watch(ctx, mr, func(nm *netmap.NetworkMap, m *netmap.MapResponse) error {
 		if m.KeepAlive {

@@ -85,7 +85,7 @@ func (g *geoState) probeRegion(ctx context.Context, code string) (time.Duration,
 		// STUN gets half the probe's time; the rest is for the fallback.
 		deadline, _ := ctx.Deadline()
 		sctx, cancel := context.WithTimeout(ctx, time.Until(deadline)/2)
-		m, rtt, ok := n.endpoints.stunRTT(sctx, r.Addr)
+		m, rtt, ok := n.stun.Probe(sctx, r.Addr)
 		cancel()
 		if ok {
 			return rtt, "stun", m, nil

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
 )
 
 // nodeMetrics are the meshnode_ metrics. None carries a per-peer label.
@@ -68,6 +69,12 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 	reg.MustRegister(m.peers, m.coordConnected, m.filterDrops, m.homeChanges, m.discoRx, m.pingRTT, m.relayPendingDrops,
 		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, m.regionRTT, m.regionLatency, &pathCollector{n: n})
 	return m
+}
+
+// paths returns the counters the path machine feeds.
+func (m *nodeMetrics) paths() paths.Metrics {
+	return paths.Metrics{DiscoRx: m.discoRx, DiscoPings: m.discoPings, PathChanges: m.pathChanges,
+		PingRTT: m.pingRTT, TimeToDirect: m.timeToDirect}
 }
 
 // pathCollector reports per-path counts and bytes from the bind and status.

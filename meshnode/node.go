@@ -33,6 +33,8 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayclient"
@@ -85,9 +87,9 @@ type Node struct {
 	filter    *filter.Filter
 	bind      *bind.Bind
 	relays    *relays
-	disco     *discoState
-	paths     *paths
-	endpoints *endpointState
+	paths     *paths.Manager
+	discovery *paths.Discovery
+	stun      *stunprobe.Prober
 	geo       *geoState
 
 	ctx    context.Context // the daemon's lifetime
@@ -172,9 +174,6 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 	n.mu.goneFrom = map[key.NodePublic]string{}
 	n.reg = metrics.NewRegistry()
 	n.metrics = newNodeMetrics(n.reg, n)
-	n.disco = newDiscoState(n)
-	n.paths = newPaths(n)
-	n.endpoints = newEndpointState(n)
 	n.geo = newGeoState(n)
 	pool := &relayclient.Pool{Template: relayclient.Config{
 		NodeKey:   priv,
@@ -187,9 +186,73 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Prefs:     &relayclient.Prefs{},
 	}}
 	n.relays = &relays{n: n, pool: pool, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly, OnDisco: n.disco.handle,
-		OnSTUN: n.endpoints.onSTUN, OnRelaySend: n.paths.onRelaySend})
+	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly,
+		OnDisco:     func(src bind.Source, pkt []byte) { n.paths.HandleDisco(paths.Source(src), pkt) },
+		OnSTUN:      func(src netip.AddrPort, pkt []byte) { n.stun.Handle(src, pkt) },
+		OnRelaySend: func(peer key.NodePublic) { n.paths.RelaySent(peer) }})
+	n.stun = stunprobe.New(n.bind, nil)
+	n.paths = paths.New(paths.Config{Bind: n.bind, Transport: discoTransport{n.bind, n.relays},
+		Self: priv.Public(), Disco: key.NewDisco(), Metrics: n.metrics.paths(),
+		Endpoints: func() []netip.AddrPort { return n.discovery.Endpoints() },
+		Log:       n.log.With("component", "paths")})
+	n.discovery = paths.NewDiscovery(paths.DiscoveryConfig{
+		LocalAddrs: func() []netip.Addr { return paths.LocalAddrs(cfg.EndpointPrefixes, meshPrefix) },
+		Port:       n.bind.Port,
+		Relays:     n.relayAddrs,
+		STUN:       n.stun,
+		Report:     n.reportEndpoints,
+		HardNAT:    func(hard bool) { n.metrics.hardNAT.Set(boolFloat(hard)) },
+		Paths:      n.paths,
+		Log:        n.log,
+	})
 	return n
+}
+
+// discoTransport sends disco packets from the bind's UDP socket or
+// through the relays.
+type discoTransport struct {
+	*bind.Bind
+	*relays
+}
+
+// relayAddrs lists every relay address in the current map.
+func (n *Node) relayAddrs() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mu.nm == nil {
+		return nil
+	}
+	var out []string
+	for _, reg := range n.mu.nm.RelayMap.Regions {
+		for _, r := range reg.Relays {
+			out = append(out, r.Addr)
+		}
+	}
+	return out
+}
+
+// reportEndpoints tells the coordinator this node's endpoints, retrying
+// while it is unreachable.
+func (n *Node) reportEndpoints(eps []netip.AddrPort) {
+	n.goAsync(func(ctx context.Context) {
+		for try := 0; try < 5; try++ {
+			if err := n.update(ctx, netmap.UpdateRequest{Endpoints: &eps}); err == nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(try+1) * time.Second):
+			}
+		}
+	})
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // start brings up the local API, metrics and relay pool, applies the
@@ -228,7 +291,14 @@ func (n *Node) start() error {
 	}
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
-	n.goAsync(n.endpoints.run)
+	n.goAsync(n.paths.Run)
+	n.goAsync(func(ctx context.Context) {
+		select {
+		case <-n.engineReady:
+			n.discovery.Run(ctx)
+		case <-ctx.Done():
+		}
+	})
 	n.goAsync(n.geo.run)
 	return nil
 }
@@ -297,7 +367,7 @@ func (n *Node) relayFor(peer key.NodePublic) (relayclient.Relay, bool) {
 
 func (n *Node) onRelayPacket(p relayclient.Packet) {
 	if p.Disco {
-		n.disco.handle(bind.Source{Peer: p.Src}, p.Payload)
+		n.paths.HandleDisco(paths.Source{Peer: p.Src}, p.Payload)
 		return
 	}
 	n.bind.DeliverRelay(p.Src, p.Payload)
@@ -333,7 +403,6 @@ func (n *Node) housekeeping(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n.paths.tick(time.Now())
 		n.saveCache()
 		n.filter.Expire()
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
 )
 
 var _ localapi.Backend = (*Node)(nil)
@@ -67,7 +68,7 @@ func (n *Node) Status() localapi.Status {
 			if d, ok := ep.Direct(); ok {
 				ps.Endpoint = d.String()
 			}
-			if _, rtt, ok := n.paths.direct(k); ok && rtt > 0 {
+			if _, rtt, ok := n.paths.Direct(k); ok && rtt > 0 {
 				ps.RTTMs = float64(rtt.Microseconds()) / 1000
 			}
 		case bind.PathRelay:
@@ -165,8 +166,8 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 	}
 	got := 0
 	for i := 0; i < req.Count && ctx.Err() == nil; i++ {
-		ch := make(chan pongResult, maxCandidates+1)
-		sent := n.paths.cliPing(ctx, p.NodeKey, ch)
+		ch := make(chan paths.Pong, paths.MaxCandidates+1)
+		sent := n.paths.Probe(p.NodeKey, ch)
 		timer := time.NewTimer(req.Timeout)
 		direct := false
 	round:
@@ -175,10 +176,10 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 			case r := <-ch:
 				answered++
 				got++
-				ms := float64(r.rtt.Microseconds()) / 1000
+				ms := float64(r.RTT.Microseconds()) / 1000
 				res := localapi.PingResult{Peer: p.Name, IP: ip, Path: "relay", RTTMs: ms}
-				if r.src.Addr.IsValid() {
-					res.Path, res.Via, direct = "direct", r.src.Addr.String(), true
+				if r.Src.IsValid() {
+					res.Path, res.Via, direct = "direct", r.Src.String(), true
 				} else if rl, ok := n.relayFor(p.NodeKey); ok {
 					res.Via = rl.Region
 				}

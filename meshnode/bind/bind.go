@@ -241,7 +241,8 @@ func (b *Bind) Peer(k key.NodePublic) *Endpoint {
 	return ep
 }
 
-// RemovePeer forgets a peer and its direct address.
+// RemovePeer forgets a peer, its direct address and every address
+// accepted for it.
 func (b *Bind) RemovePeer(k key.NodePublic) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -249,11 +250,26 @@ func (b *Bind) RemovePeer(k key.NodePublic) {
 	if !ok {
 		return
 	}
-	if d := ep.direct.Load(); d != nil {
-		delete(b.byAddr, *d)
+	for a := range ep.addrs {
+		if b.byAddr[a] == ep {
+			delete(b.byAddr, a)
+		}
 	}
+	ep.addrs = nil
 	ep.direct.Store(nil)
 	delete(b.peers, k)
+}
+
+// TxBytes returns bytes sent to peer k over any path (0 for an unknown
+// peer).
+func (b *Bind) TxBytes(k key.NodePublic) uint64 {
+	b.mu.RLock()
+	ep := b.peers[k]
+	b.mu.RUnlock()
+	if ep == nil {
+		return 0
+	}
+	return ep.txBytes.Load()
 }
 
 // Send implements conn.Bind.
@@ -494,33 +510,69 @@ func (b *Bind) SetTentative(k key.NodePublic, addr netip.AddrPort) {
 func (b *Bind) setDirect(k key.NodePublic, addr netip.AddrPort, both bool) {
 	ep := b.Peer(k)
 	ep.both.Store(both && addr.IsValid())
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if old := ep.direct.Load(); old != nil {
-		delete(b.byAddr, *old)
-	}
 	if !addr.IsValid() {
 		ep.direct.Store(nil)
 		return
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	a := addr
 	ep.direct.Store(&a)
-	b.byAddr[addr] = ep
+	b.acceptLocked(ep, addr, true)
 }
 
 // AcceptFrom lets WireGuard packets from addr count as peer k's without
-// making addr the send path: used while a path is being confirmed.
+// making addr the send path: used while a path is being confirmed. An
+// address stays accepted until ForgetAddr or RemovePeer; past the bounds
+// (per peer and in all) new addresses are refused.
 func (b *Bind) AcceptFrom(k key.NodePublic, addr netip.AddrPort) {
 	ep := b.Peer(k)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.byAddr) < maxAcceptedAddrs {
-		b.byAddr[addr] = ep
+	b.acceptLocked(ep, addr, false)
+}
+
+func (b *Bind) acceptLocked(ep *Endpoint, addr netip.AddrPort, force bool) {
+	if _, ok := ep.addrs[addr]; ok {
+		return
+	}
+	if !force && (len(ep.addrs) >= maxAddrsPerPeer || len(b.byAddr) >= maxAcceptedAddrs) {
+		return
+	}
+	if prev := b.byAddr[addr]; prev != nil && prev != ep {
+		delete(prev.addrs, addr) // the address moved to another peer
+	}
+	if ep.addrs == nil {
+		ep.addrs = map[netip.AddrPort]struct{}{}
+	}
+	ep.addrs[addr] = struct{}{}
+	b.byAddr[addr] = ep
+}
+
+// ForgetAddr stops accepting packets from addr as peer k's, unless it is
+// the peer's direct path.
+func (b *Bind) ForgetAddr(k key.NodePublic, addr netip.AddrPort) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ep := b.peers[k]
+	if ep == nil {
+		return
+	}
+	if d := ep.direct.Load(); d != nil && *d == addr {
+		return
+	}
+	delete(ep.addrs, addr)
+	if b.byAddr[addr] == ep {
+		delete(b.byAddr, addr)
 	}
 }
 
-// maxAcceptedAddrs bounds the address table: a few candidates per peer.
-const maxAcceptedAddrs = 1 << 16
+// Address table bounds: a peer has at most a few dozen candidates (the
+// path machine keeps 64), and the table as a whole stays a few MB.
+const (
+	maxAddrsPerPeer  = 128
+	maxAcceptedAddrs = 1 << 16
+)
 
 // Stats returns the counters.
 func (b *Bind) Stats() Stats {
@@ -543,8 +595,9 @@ type Endpoint struct {
 	bind             *Bind
 	direct           atomic.Pointer[netip.AddrPort]
 	txBytes, rxBytes atomic.Uint64
-	relayNotified    atomic.Int64 // unix nanoseconds of the last OnRelaySend
-	both             atomic.Bool  // direct path unconfirmed: relay as well
+	relayNotified    atomic.Int64                // unix nanoseconds of the last OnRelaySend
+	both             atomic.Bool                 // direct path unconfirmed: relay as well
+	addrs            map[netip.AddrPort]struct{} // accepted source addresses; guarded by Bind.mu
 }
 
 // Key returns the peer's node key.
