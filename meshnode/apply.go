@@ -3,6 +3,7 @@ package meshnode
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -39,7 +41,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	}
 
 	n.mu.Lock()
-	old := n.mu.applied
+	old, oldNM := n.mu.applied, n.mu.nm
 	n.mu.nm = nm
 	if tok := nm.Admission.Token; tok != "" {
 		if _, raw, err := admit.ParseText(tok); err == nil {
@@ -62,13 +64,11 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 		next[p.NodeKey] = p
 	}
 	n.mu.applied = next
-	for k, region := range n.mu.goneFrom {
-		if p, ok := next[k]; !ok || p.HomeRelay != region {
-			delete(n.mu.goneFrom, k) // the map now says where it went
-		}
-	}
-	home := n.mu.home
 	n.mu.Unlock()
+	home := n.relays.Home()
+	if oldNM == nil || !reflect.DeepEqual(oldNM.RelayMap, nm.RelayMap) {
+		n.relays.SetRelayMap(nm.RelayMap)
+	}
 
 	if uapi := peerDelta(old, next); uapi != "" {
 		if err := eng.dev.IpcSet(uapi); err != nil {
@@ -78,21 +78,26 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	for k := range old {
 		if _, ok := next[k]; !ok {
 			n.paths.RemovePeer(k)
+			n.relays.RemovePeer(k)
 			n.bind.RemovePeer(k)
 		}
 	}
 	for k, p := range next {
-		if o, ok := old[k]; !ok || o.DiscoKey != p.DiscoKey || !slices.Equal(o.Endpoints, p.Endpoints) {
+		o, ok := old[k]
+		if !ok || o.DiscoKey != p.DiscoKey || !slices.Equal(o.Endpoints, p.Endpoints) {
 			n.paths.UpsertPeer(p)
+		}
+		if !ok || o.HomeRelay != p.HomeRelay {
+			n.relays.UpsertPeer(k, p.HomeRelay)
 		}
 	}
 	n.filter.SetRules(filterRules(nm.Filter))
 
 	// Home relay: the first region of the map until geo chooses by latency;
 	// kept while it is still in the map.
-	if _, still := relayOf(nm.RelayMap, home.Region); home.Addr == "" || !still {
+	if _, still := relays.Pick(nm.RelayMap, home.Region); home.Addr == "" || !still {
 		for _, reg := range nm.RelayMap.Regions {
-			if r, ok := relayOf(nm.RelayMap, reg.Code); ok {
+			if r, ok := relays.Pick(nm.RelayMap, reg.Code); ok {
 				n.setHome(r, "initial")
 				break
 			}

@@ -42,25 +42,3 @@ func TestPeerDelta(t *testing.T) {
 		t.Fatalf("allowed-ip delta: %q", got)
 	}
 }
-
-// TestRelayForPeerGone: a peer-gone notice from the peer's home relay sends
-// its packets through our home relay until the netmap names its new home.
-func TestRelayForPeerGone(t *testing.T) {
-	n := &Node{}
-	n.mu.goneFrom = map[key.NodePublic]string{}
-	pk := key.NewNode().Public()
-	rm := netmap.RelayMap{Regions: []netmap.Region{
-		{Code: "fra", Relays: []netmap.Relay{{Addr: "198.18.1.2:443", Healthy: true}}},
-		{Code: "nyc", Relays: []netmap.Relay{{Addr: "198.18.2.2:443", Healthy: true}}},
-	}}
-	n.mu.nm = &netmap.NetworkMap{RelayMap: rm}
-	n.mu.applied = map[key.NodePublic]netmap.Node{pk: {NodeKey: pk, HomeRelay: "fra"}}
-	n.mu.home, _ = relayOf(rm, "nyc")
-	if r, _ := n.relayFor(pk); r.Region != "fra" {
-		t.Fatalf("before: via %s, want the peer's home fra", r.Region)
-	}
-	n.mu.goneFrom[pk] = "fra"
-	if r, _ := n.relayFor(pk); r.Region != "nyc" {
-		t.Fatalf("after peer-gone: via %s, want our home nyc", r.Region)
-	}
-}

@@ -109,9 +109,7 @@ func (n *Node) controlOnce(ctx context.Context) error {
 		ctl.URL = url
 		n.state.saveControl(ctl)
 	}
-	n.mu.Lock()
-	home := n.mu.home.Region
-	n.mu.Unlock()
+	home := n.relays.Home().Region
 	mr := netmap.MapRequest{DiscoKey: n.paths.DiscoKey(), HomeRelay: home}
 	first := true
 	return c.Watch(ctx, mr, func(nm *netmap.NetworkMap, m *netmap.MapResponse) error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/geo"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -74,7 +75,7 @@ func (g *geoState) probeRegion(ctx context.Context, code string) (time.Duration,
 	if nm == nil {
 		return 0, "", netip.AddrPort{}, errors.New("no relay map")
 	}
-	r, ok := relayOf(nm.RelayMap, code)
+	r, ok := relays.Pick(nm.RelayMap, code)
 	if !ok {
 		return 0, "", netip.AddrPort{}, errors.New("region has no relays")
 	}
@@ -91,7 +92,7 @@ func (g *geoState) probeRegion(ctx context.Context, code string) (time.Duration,
 			return rtt, "stun", m, nil
 		}
 	}
-	c, err := n.relays.pool.Get(r)
+	c, err := n.pool.Get(r)
 	if err != nil {
 		return 0, "", netip.AddrPort{}, err
 	}
@@ -201,7 +202,7 @@ func (g *geoState) choose() geo.Decision {
 	d := g.sel.Choose(regs, g.hist.Latencies(time.Now()))
 	g.mu.Unlock()
 	if d.Changed && d.Region != "" {
-		if r, ok := relayOf(nm.RelayMap, d.Region); ok {
+		if r, ok := relays.Pick(nm.RelayMap, d.Region); ok {
 			g.n.log.Info("home relay", "region", d.Region, "reason", d.Reason, "latency", d.Latency)
 			g.n.setHome(r, string(d.Reason))
 		}
@@ -240,13 +241,11 @@ func (g *geoState) run(ctx context.Context) {
 // checkHome pings the home relay; a dead or draining home is left at once.
 func (g *geoState) checkHome(ctx context.Context) {
 	n := g.n
-	n.mu.Lock()
-	home := n.mu.home
-	n.mu.Unlock()
+	home := n.relays.Home()
 	if home.Addr == "" {
 		return
 	}
-	c, err := n.relays.pool.Get(home)
+	c, err := n.pool.Get(home)
 	if err != nil {
 		return
 	}
@@ -334,9 +333,7 @@ func (n *Node) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
 	nc.MappingVariesByDest = geo.MappingVariesByDest(mapped)
 	nc.PreferredRelay = d.Region
 	if nc.PreferredRelay == "" {
-		n.mu.Lock()
-		nc.PreferredRelay = n.mu.home.Region
-		n.mu.Unlock()
+		nc.PreferredRelay = n.relays.Home().Region
 	}
 	report := netmap.Netcheck{UDP: nc.UDP, PublicAddr: nc.PublicAddr, MappingVariesByDest: nc.MappingVariesByDest,
 		PreferredRelay: nc.PreferredRelay, RelayLatencyMS: nc.RelayLatencyMS}

@@ -117,15 +117,16 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	byRegion := map[string]int{}
 	regionOf := c.n.relayRegions()
-	for _, addr := range c.n.relays.pool.Open() {
+	for _, addr := range c.n.pool.Open() {
 		byRegion[regionOf[addr]]++
 	}
 	for region, v := range byRegion {
 		ch <- prometheus.MustNewConstMetric(descRelayConns, prometheus.GaugeValue, float64(v), region)
 	}
 	c.n.mu.Lock()
-	nm, home := c.n.mu.nm, c.n.mu.home.Region
+	nm := c.n.mu.nm
 	c.n.mu.Unlock()
+	home := c.n.relays.Home().Region
 	if nm != nil {
 		for _, r := range nm.RelayMap.Regions {
 			ch <- prometheus.MustNewConstMetric(descRegionInfo, prometheus.GaugeValue, 1, r.Code, r.Name,

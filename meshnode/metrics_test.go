@@ -7,6 +7,7 @@ import (
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayclient"
@@ -16,8 +17,9 @@ func TestMetricsLint(t *testing.T) {
 	n := &Node{priv: key.NewNode(), filter: filter.New(nil)}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
-	n.relays = &relays{n: n, pool: &relayclient.Pool{}, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays})
+	n.pool = &relayclient.Pool{}
+	n.bind = bind.New(bind.Config{})
+	n.relays = relays.New(relays.Config{Pool: n.pool, Bind: n.bind})
 	reg := metrics.NewRegistry()
 	n.metrics = newNodeMetrics(reg, n)
 	n.metrics.homeChanges.WithLabelValues("initial").Inc()

@@ -34,6 +34,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -75,6 +76,9 @@ type Config struct {
 	ExcludeRegions []string
 	RegionWeights  map[string]float64
 	Log            *slog.Logger
+
+	// testHook, if set, is called with the node once it has started.
+	testHook func(*Node)
 }
 
 // Node is a running daemon.
@@ -86,7 +90,8 @@ type Node struct {
 	metrics   *nodeMetrics
 	filter    *filter.Filter
 	bind      *bind.Bind
-	relays    *relays
+	pool      *relayclient.Pool
+	relays    *relays.Router
 	paths     *paths.Manager
 	discovery *paths.Discovery
 	stun      *stunprobe.Prober
@@ -100,19 +105,14 @@ type Node struct {
 
 	mu struct {
 		sync.Mutex
-		engine    *engine // nil until the first netmap
-		nm        *netmap.NetworkMap
-		applied   map[key.NodePublic]netmap.Node // peers configured in the device
-		token     []byte
-		home      relayclient.Relay
-		homeSince time.Time
-		coordUp   bool
-		coordErr  string
-		rtt       map[key.NodePublic]float64 // last disco RTT, ms
-		// goneFrom records peers a relay said left it (peer-gone notice),
-		// by the region of that relay: until the netmap names the peer's
-		// new home, packets to it go through our own home relay.
-		goneFrom   map[key.NodePublic]string
+		engine     *engine // nil until the first netmap
+		nm         *netmap.NetworkMap
+		applied    map[key.NodePublic]netmap.Node // peers configured in the device
+		token      []byte
+		homeSince  time.Time
+		coordUp    bool
+		coordErr   string
+		rtt        map[key.NodePublic]float64 // last disco RTT, ms
 		dirtyCache bool
 	}
 	engineReady chan struct{}
@@ -171,7 +171,6 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 	}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
-	n.mu.goneFrom = map[key.NodePublic]string{}
 	n.reg = metrics.NewRegistry()
 	n.metrics = newNodeMetrics(n.reg, n)
 	n.geo = newGeoState(n)
@@ -185,7 +184,9 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Log:       n.log.With("component", "relay"),
 		Prefs:     &relayclient.Prefs{},
 	}}
-	n.relays = &relays{n: n, pool: pool, pending: map[string]*pendingQueue{}}
+	n.pool = pool
+	n.relays = relays.New(relays.Config{Pool: pool, Bind: bindRef{n}, PendingDrops: n.metrics.relayPendingDrops,
+		Log: n.log.With("component", "relays")})
 	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly,
 		OnDisco:     func(src bind.Source, pkt []byte) { n.paths.HandleDisco(paths.Source(src), pkt) },
 		OnSTUN:      func(src netip.AddrPort, pkt []byte) { n.stun.Handle(src, pkt) },
@@ -212,8 +213,13 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 // through the relays.
 type discoTransport struct {
 	*bind.Bind
-	*relays
+	*relays.Router
 }
+
+// bindRef hands the bind to the relay router, which is built first.
+type bindRef struct{ n *Node }
+
+func (b bindRef) SetRelay(peer key.NodePublic, link bind.RelayLink) { b.n.bind.SetRelay(peer, link) }
 
 // relayAddrs lists every relay address in the current map.
 func (n *Node) relayAddrs() []string {
@@ -279,7 +285,8 @@ func (n *Node) start() error {
 		}
 		n.goAsync(func(ctx context.Context) { ms.Run(ctx, n.log) })
 	}
-	n.goAsync(func(ctx context.Context) { n.relays.pool.Run(ctx) })
+	n.goAsync(func(ctx context.Context) { n.pool.Run(ctx) })
+	n.goAsync(n.relays.Run)
 
 	if cached, err := n.state.loadNetmap(); err != nil {
 		n.log.Warn("ignoring unreadable netmap cache", "err", err)
@@ -300,6 +307,9 @@ func (n *Node) start() error {
 		}
 	})
 	n.goAsync(n.geo.run)
+	if n.cfg.testHook != nil {
+		n.cfg.testHook(n)
+	}
 	return nil
 }
 
@@ -320,10 +330,6 @@ func (n *Node) stop(cancel context.CancelFunc) {
 		os.Remove(n.socket)
 	}
 }
-
-// maxGone bounds the peer-gone table (entries are dropped when the netmap
-// changes the peer's home, or the peer shows up again).
-const maxGone = 4096
 
 // goAsync starts f as a goroutine owned by the node: Run waits for it.
 func (n *Node) goAsync(f func(ctx context.Context)) {
@@ -349,22 +355,6 @@ func (n *Node) health() error {
 	return nil
 }
 
-// relayFor returns the relay to reach peer through: its home relay if the
-// map knows it, else our own home.
-func (n *Node) relayFor(peer key.NodePublic) (relayclient.Relay, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if p, ok := n.mu.applied[peer]; ok && p.HomeRelay != "" && n.mu.nm != nil && n.mu.goneFrom[peer] != p.HomeRelay {
-		if r, ok := relayOf(n.mu.nm.RelayMap, p.HomeRelay); ok {
-			return r, true
-		}
-	}
-	if n.mu.home.Addr != "" {
-		return n.mu.home, true
-	}
-	return relayclient.Relay{}, false
-}
-
 func (n *Node) onRelayPacket(p relayclient.Packet) {
 	if p.Disco {
 		n.paths.HandleDisco(paths.Source{Peer: p.Src}, p.Payload)
@@ -380,15 +370,9 @@ func (n *Node) onRelayNotice(no relayclient.Notice) {
 		n.geo.relayDraining(no.Relay.Region)
 	case relayclient.NoticePeerGone:
 		n.log.Debug("peer gone from relay", "peer", no.Peer.ShortString(), "region", no.Relay.Region, "reason", no.Gone)
-		n.mu.Lock()
-		if len(n.mu.goneFrom) < maxGone {
-			n.mu.goneFrom[no.Peer] = no.Relay.Region
-		}
-		n.mu.Unlock()
+		n.relays.PeerGone(no.Peer, no.Relay.Region)
 	case relayclient.NoticePeerPresent:
-		n.mu.Lock()
-		delete(n.mu.goneFrom, no.Peer)
-		n.mu.Unlock()
+		n.relays.PeerPresent(no.Peer)
 	}
 }
 
@@ -428,16 +412,15 @@ func (n *Node) saveCache() {
 
 // setHome makes r the home relay and tells the coordinator.
 func (n *Node) setHome(r relayclient.Relay, reason string) {
-	n.mu.Lock()
-	if n.mu.home.Addr == r.Addr {
-		n.mu.Unlock()
+	if n.relays.Home().Addr == r.Addr {
 		return
 	}
-	n.mu.home = r
+	n.relays.SetHome(r)
+	n.mu.Lock()
 	n.mu.homeSince = time.Now()
 	n.mu.Unlock()
 	n.metrics.homeChanges.WithLabelValues(reason).Inc()
-	if _, err := n.relays.pool.SetHome(r); err != nil {
+	if _, err := n.pool.SetHome(r); err != nil {
 		n.log.Warn("connecting home relay failed", "relay", r.Addr, "err", err)
 	}
 	n.goAsync(func(ctx context.Context) { n.reportHome(ctx, r.Region) })

@@ -32,7 +32,13 @@ type mesh struct {
 	authKey string
 }
 
-func newMesh(t *testing.T, regions ...string) *mesh {
+func newMesh(t testing.TB, regions ...string) *mesh {
+	t.Helper()
+	return newMeshWith(t, nil, regions...)
+}
+
+// newMeshWith is newMesh with mod applied to each relay's config.
+func newMeshWith(t testing.TB, mod func(*relayd.Config), regions ...string) *mesh {
 	t.Helper()
 	signer := key.NewSigning()
 	dir := t.TempDir()
@@ -42,10 +48,14 @@ func newMesh(t *testing.T, regions ...string) *mesh {
 	m := &mesh{relays: map[string]*relaytest.Relay{}}
 	var regs []string
 	for _, code := range regions {
-		r := relaytest.StartWith(t, relayd.Config{
+		rc := relayd.Config{
 			Region: code, Listen: "127.0.0.1:0", StateDir: t.TempDir(),
 			Trusted: []key.SigningPublic{signer.Public()}, DrainGrace: 100 * time.Millisecond,
-		}, signer)
+		}
+		if mod != nil {
+			mod(&rc)
+		}
+		r := relaytest.StartWith(t, rc, signer)
 		m.relays[code] = r
 		in := r.Info()
 		regs = append(regs, fmt.Sprintf(`{"code":%q,"name":%q,"relays":[{"name":"%s-1","addr":%q,"pin":%q,"key":%q}]}`,
@@ -67,7 +77,7 @@ type testNode struct {
 	stop  context.CancelFunc
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -76,19 +86,19 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("WIREMESH_TEST_LOG") == "1" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-func (m *mesh) startNode(t *testing.T, name string, dir string) *testNode {
+func (m *mesh) startNode(t testing.TB, name string, dir string) *testNode {
 	t.Helper()
 	return m.startNodeWith(t, name, dir, nil)
 }
 
-func (m *mesh) startNodeWith(t *testing.T, name string, dir string, mod func(*Config)) *testNode {
+func (m *mesh) startNodeWith(t testing.TB, name string, dir string, mod func(*Config)) *testNode {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -110,7 +120,7 @@ func (m *mesh) startNodeWith(t *testing.T, name string, dir string, mod func(*Co
 	return n
 }
 
-func (n *testNode) shutdown(t *testing.T) {
+func (n *testNode) shutdown(t testing.TB) {
 	n.stop()
 	select {
 	case err := <-n.done:
@@ -126,7 +136,7 @@ func (n *testNode) shutdown(t *testing.T) {
 }
 
 // waitStatus polls status until cond holds.
-func (n *testNode) waitStatus(t *testing.T, what string, cond func(localapi.Status) bool) localapi.Status {
+func (n *testNode) waitStatus(t testing.TB, what string, cond func(localapi.Status) bool) localapi.Status {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -259,7 +269,7 @@ func TestRestartFromCacheWhileCoordinatorDown(t *testing.T) {
 
 // fetch gets a page from peer through n's SOCKS5 proxy; the peer forwards
 // the connection to a server on localhost that says hello.
-func fetch(t *testing.T, n *testNode, peer string) string {
+func fetch(t testing.TB, n *testNode, peer string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -30,8 +30,8 @@ func (n *Node) Down() {
 func (n *Node) Status() localapi.Status {
 	n.mu.Lock()
 	var st localapi.Status
+	st.Self.HomeRelay = n.relays.Home().Region
 	st.Self.NodeKey = n.priv.Public().String()
-	st.Self.HomeRelay = n.mu.home.Region
 	st.Self.IPs = []string{}
 	if n.mu.nm != nil {
 		st.Self.Name = n.mu.nm.Self.Name
@@ -73,7 +73,7 @@ func (n *Node) Status() localapi.Status {
 			}
 		case bind.PathRelay:
 			ps.Path = "relay"
-			if r, ok := n.relayFor(k); ok {
+			if r, ok := n.relays.RelayFor(k); ok {
 				ps.Relay = r.Region
 			}
 		default:
@@ -180,7 +180,7 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 				res := localapi.PingResult{Peer: p.Name, IP: ip, Path: "relay", RTTMs: ms}
 				if r.Src.IsValid() {
 					res.Path, res.Via, direct = "direct", r.Src.String(), true
-				} else if rl, ok := n.relayFor(p.NodeKey); ok {
+				} else if rl, ok := n.relays.RelayFor(p.NodeKey); ok {
 					res.Via = rl.Region
 				}
 				n.mu.Lock()

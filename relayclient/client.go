@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wiremesh/wiremesh/key"
@@ -31,6 +32,11 @@ const fastPathSetup = time.Second
 type Client struct {
 	cfg    Config
 	redial chan struct{} // Redial: skip the current backoff wait
+	// conn mirrors mu.cur for the send path, which loads it with no lock.
+	conn atomic.Pointer[Conn]
+	// used is set by each Send and cleared by the Pool's idle check, so
+	// the send path marks use without reading the clock.
+	used atomic.Bool
 
 	mu struct {
 		sync.Mutex
@@ -117,9 +123,11 @@ func (c *Client) setConn(conn *Conn) {
 	defer c.mu.Unlock()
 	if conn != nil {
 		c.mu.cur = conn
+		c.conn.Store(conn)
 		close(c.mu.connected)
 		return
 	}
+	c.conn.Store(nil)
 	if c.mu.cur != nil {
 		c.mu.cur = nil
 		c.mu.connected = make(chan struct{})
@@ -158,12 +166,13 @@ func (c *Client) WaitConnected(ctx context.Context) (*Conn, error) {
 }
 
 // Send relays payload to dst over the current connection, or returns
-// ErrNotConnected.
+// ErrNotConnected. It takes no lock and reads no clock: it is the relay
+// send path of every packet.
 func (c *Client) Send(dst key.NodePublic, payload []byte) error {
-	c.mu.Lock()
-	cur := c.mu.cur
-	c.mu.lastUsed = time.Now()
-	c.mu.Unlock()
+	if !c.used.Load() {
+		c.used.Store(true)
+	}
+	cur := c.conn.Load()
 	if cur == nil {
 		return ErrNotConnected
 	}

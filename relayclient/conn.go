@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -139,8 +140,10 @@ type Conn struct {
 		pings   map[[relayproto.PingLen]byte]chan struct{}
 		err     error
 		fastCh  chan fastMsg // fast-path control frames, while negotiating
-		fast    *fastPath    // nil until EnableFastPath succeeds
 	}
+	// fast is the fast path, nil until EnableFastPath succeeds; the send
+	// path loads it with no lock.
+	fast     atomic.Pointer[fastPath]
 	done     chan struct{}
 	doneOnce sync.Once
 	wg       sync.WaitGroup

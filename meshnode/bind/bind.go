@@ -27,7 +27,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/wiremesh/wiremesh/disco"
 	"github.com/wiremesh/wiremesh/key"
@@ -71,6 +70,12 @@ type RelaySender interface {
 	SendTo(peer key.NodePublic, pkt []byte) error
 }
 
+// RelayLink is one relay connection's send path (a relayclient.Client). It
+// must not retain pkt, and should take no lock.
+type RelayLink interface {
+	Send(peer key.NodePublic, pkt []byte) error
+}
+
 // Source says where a disco packet came from: a relay (Peer set, Addr
 // invalid) or the UDP socket (Addr set).
 type Source struct {
@@ -90,14 +95,16 @@ type Config struct {
 	// OnSTUN receives STUN packets from the UDP socket. May be nil.
 	OnSTUN func(src netip.AddrPort, pkt []byte)
 	// OnRelaySend, if set, is told that packets to a peer went through the
-	// relay (at most once per relaySendNotify per peer), so the path
-	// manager can try to upgrade. It must not block.
+	// relay (the first batch, then one in 1024), so the path manager can
+	// try to upgrade. It must not block.
 	OnRelaySend func(peer key.NodePublic)
 }
 
-// relaySendNotify limits OnRelaySend calls per peer, keeping the relay
-// send path to one atomic load per batch.
-const relaySendNotify = time.Second
+// relayNotifyMask limits OnRelaySend calls to the first relayed batch
+// and one in every 1024 after it, per peer: the send path pays one atomic
+// add per batch and no clock. The path machine rate-limits upgrade
+// attempts itself, and retries active peers on its own timer.
+const relayNotifyMask = 1023
 
 // Stats are cumulative counters, by path.
 type Stats struct {
@@ -112,7 +119,10 @@ type Stats struct {
 type Bind struct {
 	cfg Config
 
-	mu      sync.RWMutex // guards the fields below; read-locked per packet batch
+	// udp mirrors std for the send path, which loads it with no lock.
+	udp atomic.Pointer[udpSocket]
+
+	mu      sync.RWMutex // guards the fields below; read-locked per received batch
 	std     conn.Bind
 	open    bool
 	relayIn chan relayPacket
@@ -127,6 +137,8 @@ type Bind struct {
 	unknownDrops         atomic.Uint64
 	directErrs           atomic.Uint64
 }
+
+type udpSocket struct{ conn.Bind }
 
 type relayPacket struct {
 	from *Endpoint
@@ -171,6 +183,7 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			return nil, 0, fmt.Errorf("bind: open udp port %d: %w", port, err)
 		}
 		actual = p
+		b.udp.Store(&udpSocket{b.std})
 		for _, f := range sfns {
 			fns = append(fns, b.wrapDirect(f))
 		}
@@ -191,6 +204,7 @@ func (b *Bind) Close() error {
 	close(b.closing)
 	var err error
 	if b.std != nil {
+		b.udp.Store(nil)
 		err = b.std.Close()
 		b.std = nil
 	}
@@ -236,6 +250,7 @@ func (b *Bind) Peer(k key.NodePublic) *Endpoint {
 	ep, ok := b.peers[k]
 	if !ok {
 		ep = &Endpoint{key: k, bind: b}
+		ep.route.Store(&route{})
 		b.peers[k] = ep
 	}
 	return ep
@@ -256,7 +271,7 @@ func (b *Bind) RemovePeer(k key.NodePublic) {
 		}
 	}
 	ep.addrs = nil
-	ep.direct.Store(nil)
+	ep.publish(func(r *route) { *r = route{} })
 	delete(b.peers, k)
 }
 
@@ -272,7 +287,9 @@ func (b *Bind) TxBytes(k key.NodePublic) uint64 {
 	return ep.txBytes.Load()
 }
 
-// Send implements conn.Bind.
+// Send implements conn.Bind. It reads the peer's route with one atomic
+// load and takes no lock and reads no clock: the path machine and the
+// relay router publish routes, Send only follows them.
 func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	ep, ok := cep.(*Endpoint)
 	if !ok {
@@ -282,19 +299,17 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	for _, p := range bufs {
 		n += uint64(len(p))
 	}
-	if d := ep.direct.Load(); d != nil {
-		b.mu.RLock()
-		std := b.std
-		b.mu.RUnlock()
-		if std != nil {
-			err := std.Send(bufs, &conn.StdNetEndpoint{AddrPort: *d})
+	r := ep.route.Load()
+	if r.directEP != nil {
+		if u := b.udp.Load(); u != nil {
+			err := u.Send(bufs, r.directEP)
 			switch {
 			case err != nil:
 				// The direct path failed (network gone, address
 				// changed): this batch goes through the relay, and the
 				// path state machine will notice the missing pongs.
 				b.directErrs.Add(1)
-			case ep.both.Load():
+			case r.both:
 				// Unconfirmed direct path: the relay carries a copy.
 				b.txBytes[PathDirect].Add(n)
 				b.txPackets[PathDirect].Add(uint64(len(bufs)))
@@ -306,18 +321,15 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 			}
 		}
 	}
-	if b.cfg.Relay == nil {
+	if b.cfg.Relay == nil && r.relay == nil {
 		return errors.New("bind: no relay configured")
 	}
-	if b.cfg.OnRelaySend != nil {
-		now := time.Now().UnixNano()
-		if last := ep.relayNotified.Load(); now-last >= int64(relaySendNotify) && ep.relayNotified.CompareAndSwap(last, now) {
-			b.cfg.OnRelaySend(ep.key)
-		}
+	if b.cfg.OnRelaySend != nil && ep.relayBatches.Add(1)&relayNotifyMask == 1 {
+		b.cfg.OnRelaySend(ep.key)
 	}
 	var firstErr error
 	for _, p := range bufs {
-		if err := b.cfg.Relay.SendTo(ep.key, p); err != nil && firstErr == nil {
+		if err := b.sendRelay(ep, r, p); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -325,6 +337,19 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	b.txPackets[PathRelay].Add(uint64(len(bufs)))
 	ep.txBytes.Add(n)
 	return firstErr
+}
+
+// sendRelay sends one packet over the peer's published relay link, or,
+// when there is none or it fails (not connected yet, gone), through the
+// RelaySender, which picks a relay, queues while it connects and
+// publishes the link for the next packets.
+func (b *Bind) sendRelay(ep *Endpoint, r *route, p []byte) error {
+	if r.relay != nil {
+		if err := r.relay.Send(ep.key, p); err == nil || b.cfg.Relay == nil {
+			return err
+		}
+	}
+	return b.cfg.Relay.SendTo(ep.key, p)
 }
 
 // DeliverRelay hands wireguard-go a packet a relay delivered from peer.
@@ -484,13 +509,11 @@ func classify(p []byte) packetKind {
 
 // WriteTo sends a raw packet (disco, STUN) from the UDP socket.
 func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
-	b.mu.RLock()
-	std := b.std
-	b.mu.RUnlock()
-	if std == nil {
+	u := b.udp.Load()
+	if u == nil {
 		return errors.New("bind: direct path is off")
 	}
-	return std.Send([][]byte{pkt}, &conn.StdNetEndpoint{AddrPort: dst})
+	return u.Send([][]byte{pkt}, &conn.StdNetEndpoint{AddrPort: dst})
 }
 
 // SetDirect makes addr the peer's direct path (or, with an invalid addr,
@@ -509,16 +532,22 @@ func (b *Bind) SetTentative(k key.NodePublic, addr netip.AddrPort) {
 
 func (b *Bind) setDirect(k key.NodePublic, addr netip.AddrPort, both bool) {
 	ep := b.Peer(k)
-	ep.both.Store(both && addr.IsValid())
 	if !addr.IsValid() {
-		ep.direct.Store(nil)
+		ep.publish(func(r *route) { r.direct, r.directEP, r.both = netip.AddrPort{}, nil, false })
 		return
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	a := addr
-	ep.direct.Store(&a)
 	b.acceptLocked(ep, addr, true)
+	b.mu.Unlock()
+	ep.publish(func(r *route) {
+		r.direct, r.directEP, r.both = addr, &conn.StdNetEndpoint{AddrPort: addr}, both
+	})
+}
+
+// SetRelay publishes the relay connection packets to peer k go over; nil
+// sends them through the RelaySender until a link is published again.
+func (b *Bind) SetRelay(k key.NodePublic, link RelayLink) {
+	b.Peer(k).publish(func(r *route) { r.relay = link })
 }
 
 // AcceptFrom lets WireGuard packets from addr count as peer k's without
@@ -558,7 +587,7 @@ func (b *Bind) ForgetAddr(k key.NodePublic, addr netip.AddrPort) {
 	if ep == nil {
 		return
 	}
-	if d := ep.direct.Load(); d != nil && *d == addr {
+	if ep.route.Load().direct == addr {
 		return
 	}
 	delete(ep.addrs, addr)
@@ -593,11 +622,29 @@ func (b *Bind) Stats() Stats {
 type Endpoint struct {
 	key              key.NodePublic
 	bind             *Bind
-	direct           atomic.Pointer[netip.AddrPort]
+	route            atomic.Pointer[route] // never nil
+	routeMu          sync.Mutex            // serializes publishers
 	txBytes, rxBytes atomic.Uint64
-	relayNotified    atomic.Int64                // unix nanoseconds of the last OnRelaySend
-	both             atomic.Bool                 // direct path unconfirmed: relay as well
+	relayBatches     atomic.Uint64               // batches sent through the relay, for OnRelaySend
 	addrs            map[netip.AddrPort]struct{} // accepted source addresses; guarded by Bind.mu
+}
+
+// route is a peer's path, published whole (copy on write) so that Send
+// reads it with one atomic load.
+type route struct {
+	direct   netip.AddrPort       // valid: send over UDP
+	directEP *conn.StdNetEndpoint // the same, prebuilt for StdNetBind.Send
+	both     bool                 // direct path unconfirmed: the relay carries a copy
+	relay    RelayLink            // the peer's relay connection; nil: ask the RelaySender
+}
+
+// publish applies change to a copy of the route and publishes the copy.
+func (e *Endpoint) publish(change func(*route)) {
+	e.routeMu.Lock()
+	defer e.routeMu.Unlock()
+	r := *e.route.Load()
+	change(&r)
+	e.route.Store(&r)
 }
 
 // Key returns the peer's node key.
@@ -606,7 +653,7 @@ func (e *Endpoint) Key() key.NodePublic { return e.key }
 // Path returns the peer's current path. A tentative direct path reports
 // as relay until it is confirmed.
 func (e *Endpoint) Path() Path {
-	if e.direct.Load() != nil && !e.both.Load() {
+	if r := e.route.Load(); r.directEP != nil && !r.both {
 		return PathDirect
 	}
 	if e.bind.cfg.Relay != nil {
@@ -617,10 +664,8 @@ func (e *Endpoint) Path() Path {
 
 // Direct returns the peer's direct address, if any.
 func (e *Endpoint) Direct() (netip.AddrPort, bool) {
-	if d := e.direct.Load(); d != nil {
-		return *d, true
-	}
-	return netip.AddrPort{}, false
+	d := e.route.Load().direct
+	return d, d.IsValid()
 }
 
 // Bytes returns bytes sent to and received from the peer over any path.
@@ -645,10 +690,7 @@ func (e *Endpoint) DstToBytes() []byte {
 
 // DstIP implements conn.Endpoint: the direct address's IP, if any.
 func (e *Endpoint) DstIP() netip.Addr {
-	if d := e.direct.Load(); d != nil {
-		return d.Addr()
-	}
-	return netip.Addr{}
+	return e.route.Load().direct.Addr()
 }
 
 // SrcIP implements conn.Endpoint.
