@@ -68,6 +68,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	home := n.relays.Home()
 	if oldNM == nil || !reflect.DeepEqual(oldNM.RelayMap, nm.RelayMap) {
 		n.relays.SetRelayMap(nm.RelayMap)
+		n.check.SetRelayMap(nm.RelayMap)
 	}
 
 	if uapi := peerDelta(old, next); uapi != "" {
@@ -93,7 +94,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	}
 	n.filter.SetRules(filterRules(nm.Filter))
 
-	// Home relay: the first region of the map until geo chooses by latency;
+	// Home relay: the first region of the map until netcheck chooses by latency;
 	// kept while it is still in the map.
 	if _, still := relays.Pick(nm.RelayMap, home.Region); home.Addr == "" || !still {
 		for _, reg := range nm.RelayMap.Regions {

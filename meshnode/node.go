@@ -33,6 +33,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/netcheck"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
 	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
@@ -95,7 +96,7 @@ type Node struct {
 	paths     *paths.Manager
 	discovery *paths.Discovery
 	stun      *stunprobe.Prober
-	geo       *geoState
+	check     *netcheck.Checker
 
 	ctx    context.Context // the daemon's lifetime
 	wg     sync.WaitGroup
@@ -173,7 +174,6 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 	n.mu.rtt = map[key.NodePublic]float64{}
 	n.reg = metrics.NewRegistry()
 	n.metrics = newNodeMetrics(n.reg, n)
-	n.geo = newGeoState(n)
 	pool := &relayclient.Pool{Template: relayclient.Config{
 		NodeKey:   priv,
 		Token:     n.currentToken,
@@ -205,6 +205,13 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		HardNAT:    func(hard bool) { n.metrics.hardNAT.Set(boolFloat(hard)) },
 		Paths:      n.paths,
 		Log:        n.log,
+	})
+	n.check = netcheck.New(netcheck.Config{
+		STUN: n.stun, UDP: func() bool { return n.bind.Port() != 0 },
+		Relays: netcheck.PoolPinger{Pool: pool}, Home: n.relays.Home, OnHome: n.setHome,
+		Prefs:   netcheck.Prefs{PinRegion: cfg.PinRegion, ExcludeRegions: cfg.ExcludeRegions, RegionWeights: cfg.RegionWeights},
+		Metrics: netcheck.Metrics{RegionRTT: n.metrics.regionRTT, RegionLatency: n.metrics.regionLatency},
+		Log:     n.log,
 	})
 	return n
 }
@@ -306,7 +313,7 @@ func (n *Node) start() error {
 		case <-ctx.Done():
 		}
 	})
-	n.goAsync(n.geo.run)
+	n.goAsync(n.check.Run)
 	if n.cfg.testHook != nil {
 		n.cfg.testHook(n)
 	}
@@ -367,7 +374,7 @@ func (n *Node) onRelayNotice(no relayclient.Notice) {
 	switch no.Kind {
 	case relayclient.NoticeRestarting:
 		n.log.Info("relay restarting", "region", no.Relay.Region, "relay", no.Relay.Addr)
-		n.geo.relayDraining(no.Relay.Region)
+		n.check.RelayDraining(no.Relay.Region)
 	case relayclient.NoticePeerGone:
 		n.log.Debug("peer gone from relay", "peer", no.Peer.ShortString(), "region", no.Relay.Region, "reason", no.Gone)
 		n.relays.PeerGone(no.Peer, no.Relay.Region)

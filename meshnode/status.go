@@ -3,6 +3,7 @@ package meshnode
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/netmap"
 )
 
 var _ localapi.Backend = (*Node)(nil)
@@ -211,4 +213,20 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 		return fmt.Errorf("no pong from %s", p.Name)
 	}
 	return nil
+}
+
+// Netcheck implements localapi.Backend: a fresh probe of every region,
+// also reported to the coordinator.
+func (n *Node) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
+	select {
+	case <-n.engineReady:
+	default:
+		return localapi.Netcheck{}, errors.New("waiting for the first netmap")
+	}
+	r := n.check.Check(ctx)
+	report := netmap.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
+		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}
+	n.goAsync(func(ctx context.Context) { n.update(ctx, netmap.UpdateRequest{Netcheck: &report}) })
+	return localapi.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
+		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}, nil
 }
