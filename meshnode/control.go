@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"runtime"
 	"time"
 
+	"github.com/wiremesh/wiremesh/backoff"
 	"github.com/wiremesh/wiremesh/coordclient"
+	"github.com/wiremesh/wiremesh/meshnode/reporter"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -27,7 +28,7 @@ var ErrNeedAuthKey = errors.New("this node is not registered yet: pass --authkey
 // ctx ends. The mesh keeps working from the last map while the coordinator
 // is unreachable.
 func (n *Node) controlLoop(ctx context.Context) {
-	backoff := coordBackoffMin
+	bo := backoff.Backoff{Min: coordBackoffMin, Max: coordBackoffMax}
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := n.controlOnce(ctx)
@@ -41,22 +42,39 @@ func (n *Node) controlLoop(ctx context.Context) {
 		}
 		n.mu.Unlock()
 		n.metrics.coordConnected.Set(0)
-		if errors.Is(err, ErrNeedAuthKey) || coordclient.IsUnauthorized(err) {
-			n.log.Error("coordinator refused this node", "err", err)
-		} else {
-			n.log.Warn("coordinator stream ended", "err", err)
-		}
 		if time.Since(start) > time.Minute {
-			backoff = coordBackoffMin // it had been working
+			bo.Reset() // it had been working
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, coordBackoffMax)
+		wait, why := controlRetry(err, &bo)
+		if why != "" {
+			n.log.Error(why, "err", err, "retry_in", wait)
+		} else {
+			n.log.Warn("coordinator stream ended", "err", err, "retry_in", wait)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
-		case <-time.After(wait):
+		case <-t.C:
 		}
 	}
+}
+
+// controlRetry says how long to wait after the control connection ended
+// with err, and why in words when the coordinator refused this node: a
+// deleted or expired node is asked about again only every few minutes (it
+// cannot come back on its own), a refused one at the usual backoff.
+func controlRetry(err error, bo *backoff.Backoff) (time.Duration, string) {
+	switch {
+	case errors.Is(err, coordclient.ErrNodeUnknown):
+		return reporter.GoneBackoff, "the coordinator does not know this node (deleted?); register it again with a new --authkey"
+	case errors.Is(err, coordclient.ErrNodeExpired):
+		return reporter.GoneBackoff, "this node's key has expired; re-authenticate it on the coordinator"
+	case errors.Is(err, ErrNeedAuthKey), coordclient.IsUnauthorized(err):
+		return bo.Next(), "coordinator refused this node"
+	}
+	return bo.Next(), ""
 }
 
 func (n *Node) controlOnce(ctx context.Context) error {
@@ -90,6 +108,9 @@ func (n *Node) controlOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reach coordinator: %w", err)
 	}
+	n.mu.Lock()
+	n.mu.coord = c // reports ride this client too
+	n.mu.Unlock()
 	if !ctl.Registered {
 		if n.cfg.AuthKey == "" {
 			return ErrNeedAuthKey
@@ -129,36 +150,30 @@ func (n *Node) controlOnce(ctx context.Context) error {
 	})
 }
 
-// reportHome tells the coordinator our home region, retrying while the
-// control connection is down.
-func (n *Node) reportHome(ctx context.Context, region string) {
-	for try := 0; try < 10 && ctx.Err() == nil; try++ {
-		err := n.update(ctx, netmap.UpdateRequest{HomeRelay: &region})
-		if err == nil {
-			return
-		}
-		n.log.Debug("reporting home relay failed", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Duration(try+1) * time.Second):
-		}
+// coordClient returns the node's long-lived coordinator client, dialing
+// one if the control loop has none yet. Reports ride it.
+func (n *Node) coordClient(ctx context.Context) (reporter.Updater, error) {
+	n.mu.Lock()
+	c := n.mu.coord
+	n.mu.Unlock()
+	if c != nil {
+		return c, nil
 	}
-}
-
-// update sends an UpdateRequest on a fresh client.
-func (n *Node) update(ctx context.Context, u netmap.UpdateRequest) error {
 	ctl, err := n.state.loadControl()
 	if err != nil || !ctl.Registered {
-		return errors.New("not registered")
+		return nil, errors.New("not registered")
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := coordclient.Dial(cctx, ctl.URL, ctl.Pin, n.priv)
+	c, err = coordclient.Dial(ctx, ctl.URL, ctl.Pin, n.priv)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return c.Update(cctx, u)
+	n.mu.Lock()
+	if n.mu.coord == nil {
+		n.mu.coord = c
+	}
+	c = n.mu.coord
+	n.mu.Unlock()
+	return c, nil
 }
 
 func cloneNetmap(nm *netmap.NetworkMap) *netmap.NetworkMap {

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
@@ -36,6 +37,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/netcheck"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
 	"github.com/wiremesh/wiremesh/meshnode/relays"
+	"github.com/wiremesh/wiremesh/meshnode/reporter"
 	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -97,6 +99,7 @@ type Node struct {
 	discovery *paths.Discovery
 	stun      *stunprobe.Prober
 	check     *netcheck.Checker
+	report    *reporter.Reporter
 
 	ctx    context.Context // the daemon's lifetime
 	wg     sync.WaitGroup
@@ -111,6 +114,7 @@ type Node struct {
 		applied    map[key.NodePublic]netmap.Node // peers configured in the device
 		token      []byte
 		homeSince  time.Time
+		coord      *coordclient.Client // the long-lived coordinator client
 		coordUp    bool
 		coordErr   string
 		rtt        map[key.NodePublic]float64 // last disco RTT, ms
@@ -201,11 +205,12 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Port:       n.bind.Port,
 		Relays:     n.relayAddrs,
 		STUN:       n.stun,
-		Report:     n.reportEndpoints,
+		Report:     func(eps []netip.AddrPort) { n.report.Endpoints(eps) },
 		HardNAT:    func(hard bool) { n.metrics.hardNAT.Set(boolFloat(hard)) },
 		Paths:      n.paths,
 		Log:        n.log,
 	})
+	n.report = reporter.New(n.coordClient, n.log.With("component", "reporter"))
 	n.check = netcheck.New(netcheck.Config{
 		STUN: n.stun, UDP: func() bool { return n.bind.Port() != 0 },
 		Relays: netcheck.PoolPinger{Pool: pool}, Home: n.relays.Home, OnHome: n.setHome,
@@ -242,23 +247,6 @@ func (n *Node) relayAddrs() []string {
 		}
 	}
 	return out
-}
-
-// reportEndpoints tells the coordinator this node's endpoints, retrying
-// while it is unreachable.
-func (n *Node) reportEndpoints(eps []netip.AddrPort) {
-	n.goAsync(func(ctx context.Context) {
-		for try := 0; try < 5; try++ {
-			if err := n.update(ctx, netmap.UpdateRequest{Endpoints: &eps}); err == nil {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Duration(try+1) * time.Second):
-			}
-		}
-	})
 }
 
 func boolFloat(b bool) float64 {
@@ -314,6 +302,7 @@ func (n *Node) start() error {
 		}
 	})
 	n.goAsync(n.check.Run)
+	n.goAsync(n.report.Run)
 	if n.cfg.testHook != nil {
 		n.cfg.testHook(n)
 	}
@@ -430,7 +419,7 @@ func (n *Node) setHome(r relayclient.Relay, reason string) {
 	if _, err := n.pool.SetHome(r); err != nil {
 		n.log.Warn("connecting home relay failed", "relay", r.Addr, "err", err)
 	}
-	n.goAsync(func(ctx context.Context) { n.reportHome(ctx, r.Region) })
+	n.report.Home(r.Region)
 }
 
 // peerByNameOrIP finds a peer for the CLI.

@@ -226,7 +226,7 @@ func (n *Node) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
 	r := n.check.Check(ctx)
 	report := netmap.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
 		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}
-	n.goAsync(func(ctx context.Context) { n.update(ctx, netmap.UpdateRequest{Netcheck: &report}) })
+	n.report.Netcheck(report)
 	return localapi.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
 		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}, nil
 }

@@ -3,11 +3,11 @@ package relayclient
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/wiremesh/wiremesh/backoff"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
@@ -72,11 +72,11 @@ func NewClient(cfg Config) *Client {
 // Run connects and reconnects until ctx ends, then closes the connection.
 // It returns ctx's error.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := backoffMin
+	bo := backoff.Backoff{Min: backoffMin, Max: backoffMax}
 	for {
 		conn, err := Dial(ctx, c.cfg)
 		if err == nil {
-			backoff = backoffMin
+			bo.Reset()
 			if c.cfg.FastPath {
 				fctx, cancel := context.WithTimeout(ctx, fastPathSetup)
 				if ferr := conn.EnableFastPath(fctx); ferr != nil && !errors.Is(ferr, ErrNoFastPath) {
@@ -101,18 +101,17 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		c.mu.Lock()
 		c.mu.lastErr = err
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := bo.Next()
 		if c.mu.restart > 0 {
-			wait = c.mu.restart + rand.N(c.mu.restart/2+1)
+			wait = backoff.Jitter(c.mu.restart)
 			c.mu.restart = 0
 		}
 		c.mu.Unlock()
-		backoff = min(backoff*2, backoffMax)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-c.redial:
-			backoff = backoffMin
+			bo.Reset()
 		case <-time.After(wait):
 		}
 	}
