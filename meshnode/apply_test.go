@@ -9,6 +9,22 @@ import (
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
+// peerDelta is the UAPI for turning peer set old into next, as a full map
+// applies it.
+func peerDelta(old, next map[key.NodePublic]netmap.Node) string {
+	var b strings.Builder
+	for k, o := range old {
+		if _, ok := next[k]; !ok {
+			writeUAPI(&b, peerChange{key: k, old: o, had: true})
+		}
+	}
+	for k, p := range next {
+		o, had := old[k]
+		writeUAPI(&b, peerChange{key: k, old: o, had: had, next: p, has: true})
+	}
+	return b.String()
+}
+
 func TestPeerDelta(t *testing.T) {
 	kb, kc, kd := key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public()
 	pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }

@@ -132,22 +132,39 @@ func (n *Node) controlOnce(ctx context.Context) error {
 	}
 	home := n.relays.Home().Region
 	mr := netmap.MapRequest{DiscoKey: n.paths.DiscoKey(), HomeRelay: home}
-	first := true
-	return c.Watch(ctx, mr, func(nm *netmap.NetworkMap, m *netmap.MapResponse) error {
+	stream, err := c.OpenStream(ctx, mr)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for first := true; ; {
+		m, err := stream.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
 		if m.KeepAlive {
-			return nil
+			continue
 		}
 		if first {
+			// Every stream starts with a full map; the node's map (maybe
+			// the cache) is replaced by it, then follows its deltas.
+			if !m.Full {
+				return fmt.Errorf("map stream: %w", netmap.ErrNoFullMap)
+			}
 			first = false
 			n.mu.Lock()
 			n.mu.coordUp, n.mu.coordErr = true, ""
 			n.mu.Unlock()
 			n.metrics.coordConnected.Set(1)
-			n.log.Info("coordinator connected", "peers", len(nm.Peers))
+			n.log.Info("coordinator connected", "peers", len(m.Peers))
 		}
-		// Apply a copy: the map keeps changing under Watch.
-		return n.applyNetmap(cloneNetmap(nm), true)
-	})
+		if err := n.applyFrame(m); err != nil {
+			return err
+		}
+	}
 }
 
 // coordClient returns the node's long-lived coordinator client, dialing
@@ -174,13 +191,4 @@ func (n *Node) coordClient(ctx context.Context) (reporter.Updater, error) {
 	c = n.mu.coord
 	n.mu.Unlock()
 	return c, nil
-}
-
-func cloneNetmap(nm *netmap.NetworkMap) *netmap.NetworkMap {
-	c := *nm
-	c.Peers = make(map[netmap.NodeID]netmap.Node, len(nm.Peers))
-	for id, p := range nm.Peers {
-		c.Peers[id] = p
-	}
-	return &c
 }

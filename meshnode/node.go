@@ -20,6 +20,7 @@ package meshnode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,6 +83,8 @@ type Config struct {
 
 	// testHook, if set, is called with the node once it has started.
 	testHook func(*Node)
+	// testNow, if set, is the clock for peer key expiry.
+	testNow func() time.Time
 }
 
 // Node is a running daemon.
@@ -119,6 +122,10 @@ type Node struct {
 		coordErr   string
 		rtt        map[key.NodePublic]float64 // last disco RTT, ms
 		dirtyCache bool
+		// nextExpiry is when the earliest configured peer key expires
+		// (plus KeyExpiryGrace); zero: none. It may be early (the peer
+		// was since renewed or removed), which costs one scan.
+		nextExpiry time.Time
 	}
 	engineReady chan struct{}
 }
@@ -336,6 +343,14 @@ func (n *Node) goAsync(f func(ctx context.Context)) {
 	}()
 }
 
+// now is the node's clock for key expiry.
+func (n *Node) now() time.Time {
+	if n.cfg.testNow != nil {
+		return n.cfg.testNow()
+	}
+	return time.Now()
+}
+
 func (n *Node) currentToken() []byte {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -383,6 +398,7 @@ func (n *Node) housekeeping(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		n.expirePeers()
 		n.saveCache()
 		n.filter.Expire()
 	}
@@ -395,15 +411,23 @@ func (n *Node) saveCache() {
 	n.mu.Lock()
 	dirty, nm := n.mu.dirtyCache, n.mu.nm
 	n.mu.dirtyCache = false
+	var b []byte
+	var err error
+	if dirty && nm != nil {
+		b, err = json.Marshal(nm) // under the lock: frames change nm in place
+	}
 	n.mu.Unlock()
 	if !dirty || nm == nil {
 		return
 	}
-	if err := n.state.saveNetmap(nm); err != nil {
+	if err == nil {
+		err = n.state.writeFile(netmapFile, b)
+	}
+	if err != nil {
 		n.log.Warn("saving netmap cache failed", "err", err)
 		return
 	}
-	n.log.Debug("saved netmap cache", "peers", len(nm.Peers))
+	n.log.Debug("saved netmap cache", "bytes", len(b))
 }
 
 // setHome makes r the home relay and tells the coordinator.

@@ -95,8 +95,6 @@ func (d stateDir) loadNetmap() (*netmap.NetworkMap, error) {
 	return &nm, nil
 }
 
-func (d stateDir) saveNetmap(nm *netmap.NetworkMap) error { return d.writeJSON(netmapFile, nm) }
-
 func (d stateDir) readJSON(name string, v any) error {
 	f, err := os.Open(d.path(name))
 	if err != nil {
@@ -117,5 +115,10 @@ func (d stateDir) writeJSON(name string, v any) error {
 	if err != nil {
 		return err
 	}
+	return d.writeFile(name, b)
+}
+
+// writeFile replaces a state file atomically, readable by the owner only.
+func (d stateDir) writeFile(name string, b []byte) error {
 	return key.WriteFileAtomic(d.path(name), b, 0o600)
 }

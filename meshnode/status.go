@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,7 +46,7 @@ func (n *Node) Status() localapi.Status {
 	if !n.mu.coordUp {
 		st.Coordinator.LastError = n.mu.coordErr
 	}
-	peers := n.mu.applied
+	peers := maps.Clone(n.mu.applied) // frames change it in place
 	rtts := make(map[key.NodePublic]float64, len(n.mu.rtt))
 	for k, v := range n.mu.rtt {
 		rtts[k] = v

@@ -70,6 +70,20 @@ func (b *fakeBind) TxBytes(k key.NodePublic) uint64 {
 	return b.tx[k]
 }
 
+// isAccepted reports whether the bind accepts packets from a as k's.
+func (b *fakeBind) isAccepted(k key.NodePublic, a netip.AddrPort) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.accepted[k][a]
+}
+
+// nAccepted returns how many addresses the bind accepts as k's.
+func (b *fakeBind) nAccepted(k key.NodePublic) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.accepted[k])
+}
+
 // path returns the peer's current send path as the bind sees it.
 func (b *fakeBind) path(k key.NodePublic) string {
 	b.mu.Lock()
@@ -222,7 +236,7 @@ func TestTentativeThenConfirmed(t *testing.T) {
 			t.Fatalf("after the second pong: %s", got)
 		}
 		// b learned a's address from the ping and accepts WireGuard from it.
-		if !b.bind.accepted[a.key.Public()][a.addr] {
+		if !b.bind.isAccepted(a.key.Public(), a.addr) {
 			t.Fatal("b does not accept packets from a's address")
 		}
 		if _, rtt, ok := a.m.Direct(b.key.Public()); !ok || rtt != 10*time.Millisecond {
@@ -363,7 +377,7 @@ func TestMigration(t *testing.T) {
 		if got := a.bind.path(b.key.Public()); got != "direct "+moved.String() {
 			t.Fatalf("after migration: %s", got)
 		}
-		if a.bind.accepted[b.key.Public()][netip.MustParseAddrPort("198.18.0.2:41641")] {
+		if a.bind.isAccepted(b.key.Public(), netip.MustParseAddrPort("198.18.0.2:41641")) {
 			t.Fatal("old address still accepted")
 		}
 	})
@@ -391,19 +405,19 @@ func TestCandidatesPruned(t *testing.T) {
 		if n := len(a.m.Candidates(bk)); n != MaxCandidates {
 			t.Fatalf("%d candidates, want the bound %d", n, MaxCandidates)
 		}
-		if n := len(a.bind.accepted[bk]); n > MaxCandidates {
+		if n := a.bind.nAccepted(bk); n > MaxCandidates {
 			t.Fatalf("bind accepts %d addresses, more than the bound", n)
 		}
 		time.Sleep(CandidateTTL + 2*tickEvery)
 		if got := a.m.Candidates(bk); len(got) != 1 || got[0] != b.addr {
 			t.Fatalf("after expiry: %v, want only the reported endpoint", got)
 		}
-		if n := len(a.bind.accepted[bk]); n != 0 {
+		if n := a.bind.nAccepted(bk); n != 0 {
 			t.Fatalf("bind still accepts %d expired addresses", n)
 		}
 		a.m.gotPing(bk, b.addr)
 		a.m.RemovePeer(bk)
-		if n := len(a.bind.accepted[bk]); n != 0 {
+		if n := a.bind.nAccepted(bk); n != 0 {
 			t.Fatalf("bind accepts %d addresses of a removed peer", n)
 		}
 		if a.m.Candidates(bk) != nil {
