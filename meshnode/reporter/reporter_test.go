@@ -31,6 +31,13 @@ func (f *fakeCoord) Update(ctx context.Context, u netmap.UpdateRequest) error {
 	return nil
 }
 
+// seen returns what arrived and how many tries there were.
+func (f *fakeCoord) seen() ([]netmap.UpdateRequest, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]netmap.UpdateRequest(nil), f.got...), f.tries
+}
+
 func (f *fakeCoord) set(err error) {
 	f.mu.Lock()
 	f.fail = err
@@ -58,17 +65,18 @@ func TestCoalescedWhileFailing(t *testing.T) {
 		r.Home("fra")
 		f.set(nil)
 		time.Sleep(RetryMax)
-		if len(f.got) != 1 {
-			t.Fatalf("%d requests, want one coalesced: %+v", len(f.got), f.got)
+		got, _ := f.seen()
+		if len(got) != 1 {
+			t.Fatalf("%d requests, want one coalesced: %+v", len(got), got)
 		}
-		u := f.got[0]
+		u := got[0]
 		if *u.HomeRelay != "fra" || len(*u.Endpoints) != 1 || (*u.Endpoints)[0].String() != "198.18.0.2:1" || u.Netcheck != nil {
 			t.Fatalf("coalesced %+v", u)
 		}
 		r.Netcheck(netmap.Netcheck{UDP: true})
 		synctest.Wait()
-		if len(f.got) != 2 || f.got[1].Netcheck == nil || f.got[1].HomeRelay != nil {
-			t.Fatalf("after recovery: %+v", f.got)
+		if got, _ = f.seen(); len(got) != 2 || got[1].Netcheck == nil || got[1].HomeRelay != nil {
+			t.Fatalf("after recovery: %+v", got)
 		}
 	})
 }
@@ -83,12 +91,12 @@ func TestGoneBacksOff(t *testing.T) {
 			defer cancel()
 			r.Home("nyc")
 			time.Sleep(GoneBackoff - time.Second)
-			if f.tries != 1 {
-				t.Fatalf("%v: %d tries within the gone backoff", gone, f.tries)
+			if _, tries := f.seen(); tries != 1 {
+				t.Fatalf("%v: %d tries within the gone backoff", gone, tries)
 			}
 			time.Sleep(2 * time.Second)
-			if f.tries != 2 {
-				t.Fatalf("%v: %d tries after it", gone, f.tries)
+			if _, tries := f.seen(); tries != 2 {
+				t.Fatalf("%v: %d tries after it", gone, tries)
 			}
 		})
 	}
