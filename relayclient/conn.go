@@ -40,8 +40,8 @@ type Relay struct {
 
 // Transport names reported by Conn.Transport.
 const (
-	TransportQUIC = "quic"
-	TransportTCP  = "tcp"
+	TransportQUIC = relayproto.TransportQUIC
+	TransportTCP  = relayproto.TransportTCP
 )
 
 // Packet is one packet received through a relay.
@@ -111,7 +111,7 @@ var (
 const (
 	tcpHeadStart  = 250 * time.Millisecond
 	dialTimeout   = 10 * time.Second
-	keepAlive     = 25 * time.Second // matches relayd.KeepAlive
+	keepAlive     = relayproto.KeepAlive
 	idleTimeout   = 3 * keepAlive
 	maxPendingPng = 16 // outstanding Ping calls per connection
 	// maxHandles bounds the peer handles remembered per connection; a

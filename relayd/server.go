@@ -42,7 +42,7 @@ import (
 // usual 30 s UDP NAT timeout); a connection silent for IdleTimeout (three
 // keep-alives) is dead.
 const (
-	KeepAlive    = 25 * time.Second
+	KeepAlive    = relayproto.KeepAlive
 	IdleTimeout  = 3 * KeepAlive
 	helloTimeout = 10 * time.Second // whole handshake, TLS plus hello
 	// pingInterval is how often the relay pings each client to measure
@@ -64,8 +64,8 @@ const (
 
 // Transport names, the values of the transport label.
 const (
-	transportQUIC = "quic"
-	transportTCP  = "tcp"
+	transportQUIC = relayproto.TransportQUIC
+	transportTCP  = relayproto.TransportTCP
 )
 
 // Config configures a Server.

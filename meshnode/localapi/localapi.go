@@ -1,7 +1,7 @@
 // Package localapi is the meshnode daemon's local control interface: HTTP
 // over a unix socket (DIR/meshnode.sock, mode 0600) that the meshnode CLI
 // uses for status, ping, netcheck, ip, whois and down. The JSON types here
-// are the ones CONTRACT.md documents for `--json` output.
+// are the `--json` output documented in docs/meshnode.md.
 package localapi
 
 import (
