@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"io"
 	"log/slog"
 	"net"
@@ -138,18 +139,16 @@ func (n *testNode) shutdown(t testing.TB) {
 // waitStatus polls status until cond holds.
 func (n *testNode) waitStatus(t testing.TB, what string, cond func(localapi.Status) bool) localapi.Status {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st, err := n.api.Status(context.Background())
-		if err == nil && cond(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			b, _ := json.Marshal(st)
-			t.Fatalf("%s: %s never happened (last status %s, err %v)", n.name, what, b, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var st localapi.Status
+	var err error
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		st, err = n.api.Status(context.Background())
+		return err == nil && cond(st)
+	}) {
+		b, _ := json.Marshal(st)
+		t.Fatalf("%s: %s never happened (last status %s, err %v)", n.name, what, b, err)
 	}
+	return st
 }
 
 func peerNamed(st localapi.Status, name string) (localapi.PeerStatus, bool) {
@@ -242,16 +241,10 @@ func TestRestartFromCacheWhileCoordinatorDown(t *testing.T) {
 		n.waitStatus(t, "one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
 	}
 	// Let the cache be written, then stop a and the coordinator.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(a.dir, netmapFile)); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("netmap cache never written")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, "netmap cache written", func() bool {
+		_, err := os.Stat(filepath.Join(a.dir, netmapFile))
+		return err == nil
+	})
 	a.shutdown(t)
 	m.coord.Stop()
 	a2 := m.startNode(t, "a", a.dir)

@@ -2,6 +2,7 @@ package meshnode
 
 import (
 	"context"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -107,13 +108,13 @@ func TestPeerKeyExpiryEnforced(t *testing.T) {
 		}
 		return out
 	}
-	waitFor(t, "peers from the cache", func() bool { got := names(); return got[b.Name] && got[c.Name] })
+	poll.Until(t, "peers from the cache", func() bool { got := names(); return got[b.Name] && got[c.Name] })
 	if names()[d.Name] {
 		t.Fatal("long-expired peer configured")
 	}
-	waitFor(t, "c dropped at its expiry plus the grace", func() bool { got := names(); return !got[c.Name] && got[b.Name] })
+	poll.Until(t, "c dropped at its expiry plus the grace", func() bool { got := names(); return !got[c.Name] && got[b.Name] })
 	mu.Lock()
 	offset = time.Hour + KeyExpiryGrace + time.Second
 	mu.Unlock()
-	waitFor(t, "b dropped at its expiry plus the grace", func() bool { got := names(); return got != nil && !got[b.Name] })
+	poll.Until(t, "b dropped at its expiry plus the grace", func() bool { got := names(); return got != nil && !got[b.Name] })
 }

@@ -3,6 +3,7 @@ package meshnode
 import (
 	"context"
 	"errors"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"net"
 	"os"
 	"path/filepath"
@@ -62,7 +63,7 @@ func waitRun(t *testing.T, done <-chan error) error {
 
 func waitSocket(t *testing.T, api *localapi.Client) {
 	t.Helper()
-	waitFor(t, "local API up", func() bool {
+	poll.Until(t, "local API up", func() bool {
 		_, err := api.Status(context.Background())
 		return err == nil
 	})
@@ -148,18 +149,5 @@ func TestSecondRunRefuses(t *testing.T) {
 	cancel()
 	if err := waitRun(t, first); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// waitFor polls cond until it holds; the bound only turns a hang into a
-// failure.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never happened", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -2,8 +2,8 @@ package meshnode
 
 import (
 	"context"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"testing"
-	"time"
 
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
@@ -70,14 +70,8 @@ func mustNodeKey(tb testing.TB, s string) key.NodePublic {
 // waitFast waits until n's home relay connection has its fast path.
 func waitFast(tb testing.TB, n *Node) {
 	tb.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := n.pool.Get(n.relays.Home()); err == nil {
-			if conn := c.Conn(); conn != nil && conn.FastPath() {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	tb.Fatal("no fast path to the home relay")
+	poll.Until(tb, "fast path to the home relay", func() bool {
+		c, err := n.pool.Get(n.relays.Home())
+		return err == nil && c.Conn() != nil && c.Conn().FastPath()
+	})
 }
