@@ -4,6 +4,7 @@
 package backoff
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -32,3 +33,16 @@ func (b *Backoff) Reset() { b.cur = 0 }
 // Jitter returns d plus up to half of d again: a server's hint (say, a
 // restarting relay's "come back in d"), spread over its clients.
 func Jitter(d time.Duration) time.Duration { return d + rand.N(d/2+1) }
+
+// Sleep waits d, or until ctx ends; it reports whether the full wait
+// passed (false: ctx ended, stop retrying).
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

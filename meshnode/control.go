@@ -51,12 +51,8 @@ func (n *Node) controlLoop(ctx context.Context) {
 		} else {
 			n.log.Warn("coordinator stream ended", "err", err, "retry_in", wait)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Sleep(ctx, wait) {
 			return
-		case <-t.C:
 		}
 	}
 }

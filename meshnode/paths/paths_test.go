@@ -215,6 +215,22 @@ func (n *tnode) run(ctx context.Context) { go n.m.Run(ctx) }
 // first, so it runs after the machines' contexts are cancelled).
 func drain() { time.Sleep(time.Second) }
 
+// directPair makes two linked nodes 10 ms apart whose relayed traffic
+// took a to a confirmed direct path to b.
+func directPair(t *testing.T) (*world, *tnode, *tnode) {
+	t.Helper()
+	w := newWorld()
+	a := w.add("198.18.0.1:41641", 5*time.Millisecond)
+	b := w.add("198.18.0.2:41641", 5*time.Millisecond)
+	link(a, b)
+	a.m.RelaySent(b.key.Public())
+	time.Sleep(time.Second)
+	if got := a.bind.path(b.key.Public()); got != "direct 198.18.0.2:41641" {
+		t.Fatalf("a's path to b: %s, want direct", got)
+	}
+	return w, a, b
+}
+
 // TestTentativeThenConfirmed: relayed traffic starts an upgrade; the first
 // pong makes the path tentative (both ways), the second confirms it.
 func TestTentativeThenConfirmed(t *testing.T) {
@@ -349,15 +365,7 @@ func TestHysteresis(t *testing.T) {
 func TestMigration(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		defer drain()
-		w := newWorld()
-		a := w.add("198.18.0.1:41641", 5*time.Millisecond)
-		b := w.add("198.18.0.2:41641", 5*time.Millisecond)
-		link(a, b)
-		a.m.RelaySent(b.key.Public())
-		time.Sleep(time.Second)
-		if got := a.bind.path(b.key.Public()); got != "direct 198.18.0.2:41641" {
-			t.Fatalf("before: %s", got)
-		}
+		w, a, b := directPair(t)
 		// b moves networks: new address, old one gone.
 		moved := netip.MustParseAddrPort("198.18.5.2:41641")
 		w.mu.Lock()
@@ -430,15 +438,7 @@ func TestCandidatesPruned(t *testing.T) {
 func TestRestartedPeerUnconfirmed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		defer drain()
-		w := newWorld()
-		a := w.add("198.18.0.1:41641", 5*time.Millisecond)
-		b := w.add("198.18.0.2:41641", 5*time.Millisecond)
-		link(a, b)
-		a.m.RelaySent(b.key.Public())
-		time.Sleep(time.Second)
-		if got := a.bind.path(b.key.Public()); got != "direct 198.18.0.2:41641" {
-			t.Fatalf("before: %s", got)
-		}
+		_, a, b := directPair(t)
 		a.m.UpsertPeer(netmap.Node{NodeKey: b.key.Public(), DiscoKey: key.NewDisco().Public(), Endpoints: b.eps})
 		if got := a.bind.path(b.key.Public()); got != "relay" {
 			t.Fatalf("after the restart: %s", got)

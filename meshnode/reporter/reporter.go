@@ -135,19 +135,21 @@ func (r *Reporter) Run(ctx context.Context) {
 			}
 			r.putBack(u)
 			wait := bo.Next()
-			if errors.Is(err, coordclient.ErrNodeUnknown) || errors.Is(err, coordclient.ErrNodeExpired) {
+			if NodeGone(err) {
 				wait = GoneBackoff
 			}
 			r.log.Debug("report to the coordinator failed; retrying", "err", err, "in", wait)
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !backoff.Sleep(ctx, wait) {
 				return
-			case <-t.C:
 			}
 		}
 	}
+}
+
+// NodeGone reports whether err says the coordinator deleted this node or
+// its key expired: retrying soon cannot help.
+func NodeGone(err error) bool {
+	return errors.Is(err, coordclient.ErrNodeUnknown) || errors.Is(err, coordclient.ErrNodeExpired)
 }
 
 func (r *Reporter) send(ctx context.Context, u netmap.UpdateRequest) error {
