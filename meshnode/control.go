@@ -73,59 +73,76 @@ func controlRetry(err error, bo *backoff.Backoff) (time.Duration, string) {
 	return bo.Next(), ""
 }
 
+// controlOnce connects (registering on the first run) and follows one
+// netmap stream until it ends.
 func (n *Node) controlOnce(ctx context.Context) error {
-	ctl, err := n.state.loadControl()
+	c, err := n.connect(ctx)
 	if err != nil {
 		return err
+	}
+	return n.follow(ctx, c)
+}
+
+// connect dials the coordinator and registers this node if it never has;
+// the client it returns is also the one reports ride.
+func (n *Node) connect(ctx context.Context) (*coordclient.Client, error) {
+	ctl, err := n.state.loadControl()
+	if err != nil {
+		return nil, err
 	}
 	url := n.cfg.Coordinator
 	if url == "" {
 		url = ctl.URL
 	}
 	if url == "" {
-		return errors.New("no --coordinator URL given and none remembered")
+		return nil, errors.New("no --coordinator URL given and none remembered")
 	}
 	pin := ctl.Pin
 	if n.cfg.AuthKey != "" {
 		_, p, err := netmap.ParseAuthKey(n.cfg.AuthKey)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if pin == "" || !ctl.Registered {
 			pin = p
 		}
 	}
 	if pin == "" {
-		return ErrNeedAuthKey
+		return nil, ErrNeedAuthKey
 	}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	c, err := coordclient.Dial(dctx, url, pin, n.priv)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("reach coordinator: %w", err)
+		return nil, fmt.Errorf("reach coordinator: %w", err)
 	}
 	n.mu.Lock()
 	n.mu.coord = c // reports ride this client too
 	n.mu.Unlock()
 	if !ctl.Registered {
 		if n.cfg.AuthKey == "" {
-			return ErrNeedAuthKey
+			return nil, ErrNeedAuthKey
 		}
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		resp, err := c.Register(rctx, n.cfg.AuthKey, n.paths.DiscoKey(), n.cfg.Hostname, runtime.GOOS)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("register: %w", err)
+			return nil, fmt.Errorf("register: %w", err)
 		}
 		n.log.Info("registered", "name", resp.Node.Name, "addresses", resp.Node.Addresses)
 		ctl = control{URL: url, Pin: pin, Registered: true}
 		if err := n.state.saveControl(ctl); err != nil {
-			return err
+			return nil, err
 		}
 	} else if ctl.URL != url {
 		ctl.URL = url
 		n.state.saveControl(ctl)
 	}
+	return c, nil
+}
+
+// follow reads one netmap stream and applies its frames until it ends.
+func (n *Node) follow(ctx context.Context, c *coordclient.Client) error {
 	home := n.relays.Home().Region
 	mr := netmap.MapRequest{DiscoKey: n.paths.DiscoKey(), HomeRelay: home}
 	stream, err := c.OpenStream(ctx, mr)
