@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/wiremesh/wiremesh/coordinator/store"
@@ -166,7 +165,7 @@ func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Requ
 		srv.m.authFailures.WithLabelValues(proofReason(err)).Inc()
 		return errorf(http.StatusUnauthorized, "%v", err)
 	}
-	if err := srv.replay.add(nonce, now); err != nil {
+	if err := srv.replay.add(nonce, sourceAddr(r), now); err != nil {
 		srv.m.authFailures.WithLabelValues("replay").Inc()
 		return err
 	}
@@ -181,45 +180,6 @@ func proofReason(err error) string {
 		return "mismatch"
 	}
 	return "invalid"
-}
-
-// replayCache remembers accepted proof nonces for one proof window, in two
-// generations: a nonce is looked up in both, and the older generation is
-// dropped once it is a full window old. Each generation holds at most
-// maxReplayEntries; past that, requests are refused (503) rather than
-// letting memory grow.
-type replayCache struct {
-	mu        sync.Mutex
-	window    time.Duration
-	cur, prev map[[key.NonceLen]byte]struct{}
-	rotated   time.Time
-}
-
-// maxReplayEntries is far above any honest rate: 1M proofs in two minutes
-// is over 8,000 requests per second; 1M entries cost about 50 MB.
-const maxReplayEntries = 1 << 20
-
-func newReplayCache(window time.Duration) *replayCache {
-	return &replayCache{window: window, cur: map[[key.NonceLen]byte]struct{}{}, prev: map[[key.NonceLen]byte]struct{}{}}
-}
-
-func (c *replayCache) add(n [key.NonceLen]byte, now time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now.Sub(c.rotated) > c.window {
-		c.prev, c.cur, c.rotated = c.cur, map[[key.NonceLen]byte]struct{}{}, now
-	}
-	if _, ok := c.cur[n]; ok {
-		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
-	}
-	if _, ok := c.prev[n]; ok {
-		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
-	}
-	if len(c.cur) >= maxReplayEntries {
-		return errorf(http.StatusServiceUnavailable, "too many requests; retry shortly")
-	}
-	c.cur[n] = struct{}{}
-	return nil
 }
 
 // readNodeRequest reads a size-limited body, authenticates the node by its

@@ -97,6 +97,10 @@ type Config struct {
 	Nameservers       []netip.Addr
 	// NoAdminSocket skips the admin socket (tests drive Admin directly).
 	NoAdminSocket bool
+	// ReplayCacheSize and ReplayPerSource bound the proof replay cache
+	// (whole, and per source address); zero takes maxReplayEntries and
+	// maxReplayPerSource. Tests make them small.
+	ReplayCacheSize, ReplayPerSource int
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -183,7 +187,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), replay: newReplayCache(netmap.ProofWindow)}
+	if cfg.ReplayCacheSize <= 0 {
+		cfg.ReplayCacheSize = maxReplayEntries
+	}
+	if cfg.ReplayPerSource <= 0 {
+		cfg.ReplayPerSource = maxReplayPerSource
+	}
+	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(),
+		replay: newReplayCache(netmap.ProofWindow, cfg.ReplayCacheSize, cfg.ReplayPerSource)}
 	var err error
 	// The admin socket comes first: it also detects another coordinator
 	// on this state directory before anything is opened or written.

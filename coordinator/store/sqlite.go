@@ -377,6 +377,24 @@ func (s *SQLite) CreateAuthKey(ctx context.Context, k *AuthKey) error {
 	return nil
 }
 
+// AuthKeyByHash implements Store.
+func (s *SQLite) AuthKeyByHash(ctx context.Context, hash string) (AuthKey, error) {
+	var k AuthKey
+	var tags string
+	var exp, created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, hash, reusable, ephemeral, tags, expires, created, uses FROM authkeys WHERE hash = ?`, hash).
+		Scan(&k.ID, &k.Hash, &k.Reusable, &k.Ephemeral, &tags, &exp, &created, &k.Uses)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, ErrNotFound
+	}
+	if err != nil {
+		return k, fmt.Errorf("look up auth key: %w", err)
+	}
+	json.Unmarshal([]byte(tags), &k.Tags)
+	k.Expires, k.Created = fromMS(exp), fromMS(created)
+	return k, nil
+}
+
 // RegisterNode implements Store. It waits for the group commit that
 // carries it.
 func (s *SQLite) RegisterNode(ctx context.Context, keyHash string, now time.Time, n *Node) (AuthKey, error) {
