@@ -2,6 +2,8 @@ package coordinator_test
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"encoding/json"
 	"errors"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
+	"github.com/wiremesh/wiremesh/tlspin"
 )
 
 // fromAddr returns a copy of the server's pinned HTTP client whose
@@ -112,5 +115,103 @@ func TestReplayBoundPerSource(t *testing.T) {
 	quiet := coordclient.New(s.URL(), fromAddr(t, s, "127.0.0.3"), s.Info, b.Key)
 	if err := quiet.Update(context.Background(), netmap.UpdateRequest{}); err != nil {
 		t.Fatalf("another source: %v", err)
+	}
+}
+
+// slowBody opens a TLS connection from src, sends the headers of a POST
+// that declares a body, and one byte of it: then nothing more.
+func slowBody(t testing.TB, s *coordtest.Server, src string) *tls.Conn {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: waitTimeout}
+	c, err := tls.DialWithDialer(d, "tcp", s.Addr().String(), tlspin.ClientConfig(s.Pin(), "", "http/1.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: coord\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{", coordinator.PathUpdate)
+	return c
+}
+
+// waitClosed reads from c until the server ends the connection (an answer,
+// then EOF), failing the test if that takes longer than waitTimeout.
+func waitClosed(t testing.TB, c net.Conn, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(waitTimeout))
+	_, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("%s: server kept the connection open", what)
+	}
+}
+
+// TestSlowBodyCut: connections that trickle a declared body are cut after
+// the body timeout, over HTTP/1.1 and HTTP/2, while a netmap stream opened
+// before them keeps working after they are gone. Before request bodies had
+// a deadline, the slow connections stayed open for ever.
+func TestSlowBodyCut(t *testing.T) {
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.BodyTimeout = 200 * time.Millisecond })
+	ak := s.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	a := s.Register(t, ak, "a")
+	w := watch(t, a, netmap.MapRequest{})
+	w.waitFor("first map", func(nm *netmap.NetworkMap) bool { return true })
+
+	const conns = 20
+	var slow []*tls.Conn
+	for range conns {
+		slow = append(slow, slowBody(t, s, "127.0.0.6"))
+	}
+	// HTTP/2: a stream whose body never finishes is reset.
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	go pw.Write([]byte("{"))
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", s.URL()+coordinator.PathUpdate, pr)
+	h2err := make(chan error, 1)
+	go func() {
+		resp, err := s.HTTP.Do(req)
+		if err == nil {
+			if resp.StatusCode < 400 {
+				err = fmt.Errorf("HTTP %d", resp.StatusCode)
+			} else {
+				err = nil
+			}
+			resp.Body.Close()
+		} else {
+			err = nil // the server reset the stream
+		}
+		h2err <- err
+	}()
+	for i, c := range slow {
+		waitClosed(t, c, fmt.Sprintf("slow HTTP/1.1 body %d", i))
+	}
+	select {
+	case err := <-h2err:
+		if err != nil {
+			t.Fatalf("slow HTTP/2 body: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("slow HTTP/2 body: stream kept open")
+	}
+	// The stream outlived every body deadline and still gets deltas.
+	s.Register(t, ak, "b")
+	w.waitFor("b after the slow bodies were cut", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 1 })
+}
+
+// TestConnsPerSource: an address at its connection limit has further
+// connections closed on accept; another address still gets served.
+func TestConnsPerSource(t *testing.T) {
+	const limit = 8
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.MaxConnsPerSource = limit })
+	for range limit {
+		slowBody(t, s, "127.0.0.7") // held open until the test ends
+	}
+	over, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.7")}}).Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	waitClosed(t, over, "connection past the per-source limit")
+	hc := fromAddr(t, s, "127.0.0.8")
+	if _, err := coordclient.FetchInfo(t.Context(), hc, s.URL()); err != nil {
+		t.Fatalf("another source while one is at its limit: %v", err)
 	}
 }

@@ -101,6 +101,11 @@ type Config struct {
 	// (whole, and per source address); zero takes maxReplayEntries and
 	// maxReplayPerSource. Tests make them small.
 	ReplayCacheSize, ReplayPerSource int
+	// BodyTimeout bounds how long a request body may take to arrive;
+	// MaxConnsPerSource how many connections one address may hold (see
+	// conns.go). Zero takes DefaultBodyTimeout, DefaultMaxConnsPerSource.
+	BodyTimeout       time.Duration
+	MaxConnsPerSource int
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -165,6 +170,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	def(&cfg.HeartbeatInterval, DefaultHeartbeatInterval)
 	def(&cfg.TokenLifetime, 12*time.Hour)
 	def(&cfg.SweepInterval, DefaultSweepInterval)
+	def(&cfg.BodyTimeout, DefaultBodyTimeout)
+	if cfg.MaxConnsPerSource <= 0 {
+		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
 	if cfg.DNSDomain == "" {
 		cfg.DNSDomain = DefaultDNSDomain
 	}
@@ -377,10 +386,12 @@ func (srv *Server) Run(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams},
 	}
-	ln := srv.ln
+	var ln net.Listener = newSourceLimitListener(srv.ln, srv.cfg.MaxConnsPerSource, func() {
+		srv.m.connsRefused.Inc()
+	})
 	if !srv.cfg.InsecureHTTP {
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{srv.cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
-		ln = tls.NewListener(srv.ln, hs.TLSConfig)
+		ln = tls.NewListener(ln, hs.TLSConfig)
 	} else {
 		var p http.Protocols
 		p.SetHTTP1(true)
