@@ -3,9 +3,9 @@ package coordinator_test
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
