@@ -17,23 +17,26 @@ import (
 
 	"github.com/wiremesh/wiremesh/cli"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/netstack"
 )
 
 // RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
 type RunFlags struct {
-	Coordinator      string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
-	AuthKey          string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
-	Hostname         string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
-	StateDir         string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
-	TUN              string   `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
-	Userspace        bool     `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
-	Port             uint16   `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
-	Socks5           string   `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
-	MetricsListen    string   `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
-	PinRegion        string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
-	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
-	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
-	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
+	Coordinator       string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
+	AuthKey           string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
+	Hostname          string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
+	StateDir          string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
+	TUN               string   `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
+	Userspace         bool     `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
+	Port              uint16   `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
+	Socks5            string   `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
+	Socks5AllowRemote bool     `flag:"socks5-allow-remote" env:"SOCKS5_ALLOW_REMOTE" help:"with --userspace: allow a non-loopback --socks5 address (the proxy has no authentication)"`
+	ForwardPorts      []string `flag:"forward-ports" env:"FORWARD_PORTS" help:"with --userspace: TCP ports that peers may reach on this host's localhost, such as 22,80,8000-8100 (default: none)"`
+	MetricsListen     string   `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	PinRegion         string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
+	ExcludeRegions    []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
+	RegionWeights     []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
+	EndpointPrefixes  []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
 	cli.Logging
 }
 
@@ -48,6 +51,7 @@ type ClientFlags struct {
 
 const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
+             [--forward-ports PORTS] [--socks5-allow-remote]
        meshnode status [--json]            peers, paths and traffic
        meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
        meshnode ping [--json] [-c N] [--timeout D] PEER
@@ -100,7 +104,10 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
 	}
 	if f.Userspace {
-		cfg.Socks5 = f.Socks5
+		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
+		if cfg.ForwardPorts, err = netstack.ParsePorts(f.ForwardPorts); err != nil {
+			return 2, fmt.Errorf("--forward-ports: %w", err)
+		}
 	}
 	cfg.PinRegion, cfg.ExcludeRegions = f.PinRegion, f.ExcludeRegions
 	for _, kv := range f.RegionWeights {

@@ -1,9 +1,11 @@
 // Package netstack is a userspace TCP/IP stack (gVisor) presented to
 // wireguard-go as a tun.Device, for `meshnode --userspace`: no root, no
 // kernel TUN. It is shaped like wireguard-go's tun/netstack, with one thing
-// added: inbound TCP connections to the node's mesh address on any port are
-// handed to a callback (meshnode forwards them to the same port on
-// localhost), which wireguard-go's version cannot do.
+// added: inbound TCP connections to the node's mesh address are offered to
+// a callback, which wireguard-go's version cannot do. Forwarder (forward.go)
+// is meshnode's use of it: connections to the ports the operator listed are
+// spliced to the same port on localhost; every other port is refused with a
+// reset.
 package netstack
 
 import (
@@ -99,12 +101,18 @@ func New(addr netip.Addr, mtu int) (*Stack, error) {
 // Addr returns the stack's address.
 func (st *Stack) Addr() netip.Addr { return st.addr }
 
-// ForwardTCP hands every inbound TCP connection to the stack's address, on
-// any port without a listener, to handle (which owns the conn). A handler
-// that returns false refuses the connection with a reset.
-func (st *Stack) ForwardTCP(handle func(c net.Conn, dstPort uint16) bool) {
+// ForwardTCP offers every inbound TCP connection to the stack's address, on
+// any port without a listener, first to allow, which sees only the
+// destination port: false refuses the SYN with a reset, before any
+// connection state exists. An allowed connection is completed and handed to
+// handle, which owns the conn; a handler that returns false closes it.
+func (st *Stack) ForwardTCP(allow func(dstPort uint16) bool, handle func(c net.Conn, dstPort uint16) bool) {
 	fwd := tcp.NewForwarder(st.s, rcvWnd, maxInFlight, func(r *tcp.ForwarderRequest) {
 		id := r.ID()
+		if !allow(id.LocalPort) {
+			r.Complete(true)
+			return
+		}
 		var wq waiter.Queue
 		ep, err := r.CreateEndpoint(&wq)
 		if err != nil {
