@@ -196,7 +196,7 @@ func TestAllowRefusesBeforeDialling(t *testing.T) {
 	}
 	for _, dst := range []string{
 		net.JoinHostPort("127.0.0.1", itoa(int(allowed.Port())+1)), // another port
-		"198.18.0.9:80",  // not a peer
+		"198.18.0.9:80",   // not a peer
 		"unknown.name:80", // not resolvable
 	} {
 		if c, err := d.Dial("tcp", dst); err == nil {
