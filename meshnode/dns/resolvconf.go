@@ -134,6 +134,9 @@ func (rc *ResolvConf) Previous() ([]netip.AddrPort, error) {
 	ns, _ := parseResolvConf(b)
 	out := make([]netip.AddrPort, 0, len(ns))
 	for _, a := range ns {
+		if a == Address.Addr() {
+			continue // the resolver itself: a loop
+		}
 		out = append(out, netip.AddrPortFrom(a, 53))
 	}
 	return out, nil

@@ -87,6 +87,11 @@ func TestResolvConfSetRestore(t *testing.T) {
 	if prev, _ := rc.Previous(); len(prev) != 2 {
 		t.Errorf("Previous() from the file itself: %v", prev)
 	}
+	// The resolver's own address is never a previous resolver.
+	os.WriteFile(rc.Path, []byte("nameserver 100.100.100.100\nnameserver 198.18.0.9\n"), 0o644)
+	if prev, _ := rc.Previous(); !slices.Equal(prev, []netip.AddrPort{ap("198.18.0.9:53")}) {
+		t.Errorf("Previous() with the resolver in the file: %v", prev)
+	}
 }
 
 func TestResolvConfAbsentFile(t *testing.T) {

@@ -158,8 +158,33 @@ func TestResolved(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake.mu.Lock()
-	defer fake.mu.Unlock()
 	if fake.calls[len(fake.calls)-1] != "RevertLink" {
 		t.Errorf("calls %v", fake.calls)
 	}
+	fake.mu.Unlock()
+
+	// A resolved older than 240 has no SetLinkDefaultRoute: Set still
+	// succeeds on "~." alone.
+	svc.ReleaseName(resolvedBusName)
+	old := connect(t, addr)
+	if err := old.Export(&oldResolved{fake: &fakeResolved{}}, resolvedPath, resolvedManager); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := old.RequestName(resolvedBusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("request name: %v %v", reply, err)
+	}
+	if err := r.Set(context.Background(), OSConfig{Nameservers: quad, All: true}); err != nil {
+		t.Fatalf("old resolved: %v", err)
+	}
+}
+
+// oldResolved lacks SetLinkDefaultRoute.
+type oldResolved struct{ fake *fakeResolved }
+
+func (o *oldResolved) SetLinkDNS(link int32, addrs []linkDNS) *dbus.Error {
+	return o.fake.SetLinkDNS(link, addrs)
+}
+
+func (o *oldResolved) SetLinkDomains(link int32, domains []linkDomain) *dbus.Error {
+	return o.fake.SetLinkDomains(link, domains)
 }

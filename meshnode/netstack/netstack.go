@@ -155,8 +155,38 @@ func (st *Stack) DialContext(ctx context.Context, network, address string) (net.
 
 // ListenTCP listens on the stack's address.
 func (st *Stack) ListenTCP(port uint16) (net.Listener, error) {
-	fa, proto := fullAddr(netip.AddrPortFrom(st.addr, port))
+	return st.ListenTCPAddr(netip.AddrPortFrom(st.addr, port))
+}
+
+// AddAddress gives the stack one more local address, such as the MagicDNS
+// resolver's 100.100.100.100, for programs on this node to reach through
+// the stack. The packet filter, not the stack, keeps peers away from it.
+func (st *Stack) AddAddress(a netip.Addr) error {
+	proto := ipv4.ProtocolNumber
+	if a.Is6() && !a.Is4In6() {
+		proto = ipv6.ProtocolNumber
+	}
+	pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddrFromSlice(a.Unmap().AsSlice()).WithPrefix()}
+	if err := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("netstack: add address %v: %v", a, err)
+	}
+	return nil
+}
+
+// ListenTCPAddr listens on ap, one of the stack's addresses.
+func (st *Stack) ListenTCPAddr(ap netip.AddrPort) (net.Listener, error) {
+	fa, proto := fullAddr(ap)
 	return gonet.ListenTCP(st.s, fa, proto)
+}
+
+// ListenUDP opens a UDP socket on ap, one of the stack's addresses.
+func (st *Stack) ListenUDP(ap netip.AddrPort) (net.PacketConn, error) {
+	fa, proto := fullAddr(ap)
+	c, err := gonet.DialUDP(st.s, &fa, nil, proto)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen udp %v: %w", ap, err)
+	}
+	return c, nil
 }
 
 func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
