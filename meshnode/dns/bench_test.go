@@ -56,7 +56,17 @@ func BenchmarkForwarded(b *testing.B) {
 // is the inverse of queries per second on one core.
 func BenchmarkParallelMeshName(b *testing.B) {
 	r := meshResolver(b, Config{}, Settings{})
-	addr := serve(b, r)
+	benchParallel(b, serve(b, r), "b.mesh.internal.")
+}
+
+// BenchmarkParallelUpstreamDirect: the same load on the plain miekg/dns
+// server (baseline for queries per second).
+func BenchmarkParallelUpstreamDirect(b *testing.B) {
+	up := startUpstream(b, "198.18.0.1")
+	benchParallel(b, up.addr.String(), "www.example.test.")
+}
+
+func benchParallel(b *testing.B, addr, name string) {
 	b.SetParallelism(16)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -69,7 +79,7 @@ func BenchmarkParallelMeshName(b *testing.B) {
 		}
 		defer conn.Close()
 		m := new(mdns.Msg)
-		m.SetQuestion("b.mesh.internal.", mdns.TypeA)
+		m.SetQuestion(name, mdns.TypeA)
 		for pb.Next() {
 			if _, _, err := c.ExchangeWithConn(m, conn); err != nil {
 				b.Error(err)
