@@ -68,6 +68,7 @@ func (r *Resolver) local(req *mdns.Msg, name string, qtype uint16) (*mdns.Msg, s
 		resp.Authoritative = true
 		a, isAddr := ptrAddr(name)
 		label, known := t.byAddr[a]
+		known = known && t.domain != "" // MagicDNS off: no names
 		switch {
 		case isAddr && known && (qtype == mdns.TypePTR || qtype == mdns.TypeANY):
 			resp.Answer = append(resp.Answer, &mdns.PTR{

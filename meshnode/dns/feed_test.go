@@ -37,9 +37,23 @@ func TestSettingsFromNetmap(t *testing.T) {
 	if got := r.SearchDomains(); !slices.Equal(got, []string{"mesh.internal", "corp.test"}) {
 		t.Fatalf("search %v", got)
 	}
-	// MagicDNS off: no mesh domain.
+	// MagicDNS off: no mesh domain, and then no peer or PTR names.
 	d.MagicDNS = false
-	if s := SettingsFromNetmap(d); s.Domain != "" || len(s.Nameservers) != 1 {
+	s = SettingsFromNetmap(d)
+	if s.Domain != "" || len(s.Nameservers) != 1 {
 		t.Fatalf("magic_dns off: %+v", s)
+	}
+	r.PeerUpsert("nodekey:b", "b", []netip.Addr{netip.MustParseAddr("100.64.0.2")})
+	if resp, src := ask(t, r, "b.", mdns.TypeA); src != SourceMesh || firstA(resp) != netip.MustParseAddr("100.64.0.2") {
+		t.Fatalf("with MagicDNS on: %v from %s", resp, src)
+	}
+	if err := r.SetSettings(s); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := ask(t, r, "b.", mdns.TypeA); len(resp.Answer) != 0 {
+		t.Fatalf("peer name answered with MagicDNS off: %v", resp)
+	}
+	if resp, src := ask(t, r, "2.0.64.100.in-addr.arpa.", mdns.TypePTR); src != SourcePTR || resp.Rcode != mdns.RcodeNameError {
+		t.Fatalf("PTR with MagicDNS off: %v from %s", resp, src)
 	}
 }

@@ -27,15 +27,8 @@ type upstream struct {
 func startUpstream(t testing.TB, answer string) *upstream {
 	t.Helper()
 	u := &upstream{answer: netip.MustParseAddr(answer)}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := listenBoth(t)
 	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	u.addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	h := mdns.HandlerFunc(func(w mdns.ResponseWriter, req *mdns.Msg) {
 		_, isUDP := w.RemoteAddr().(*net.UDPAddr)
@@ -68,6 +61,26 @@ func startUpstream(t testing.TB, answer string) *upstream {
 		t.Cleanup(func() { s.Shutdown() })
 	}
 	return u
+}
+
+// listenBoth listens on one loopback port for UDP and TCP; the UDP port
+// the kernel picks may be taken for TCP, so it tries a few.
+func listenBoth(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for i := 0; ; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+		if i == 20 {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (u *upstream) seen() []string {

@@ -25,8 +25,10 @@ type Record struct {
 
 // Settings are the mesh-wide DNS settings (netmap.DNS).
 type Settings struct {
-	// Domain is the mesh domain ("mesh.internal"); empty: names resolve
-	// only bare (NAME) and through PTR.
+	// Domain is the mesh domain ("mesh.internal"); empty means MagicDNS
+	// is off: no peer names and no PTR names are answered (reverse names
+	// of the mesh range are NXDOMAIN), while extra records and
+	// forwarding still work.
 	Domain string
 	// SearchDomains follow Domain in the search list.
 	SearchDomains []string
@@ -301,6 +303,9 @@ func (t *table) inDomain(fqdn string) bool {
 // peerLabel returns the peer (or self) label that fqdn names: "b." or
 // "b.<domain>".
 func (t *table) peerLabel(fqdn string) (peerEntry, bool) {
+	if t.domain == "" {
+		return peerEntry{}, false // MagicDNS is off: no peer names
+	}
 	labels := mdns.SplitDomainName(fqdn)
 	var label string
 	switch {

@@ -135,8 +135,9 @@ type Server struct {
 }
 
 type pendingConn struct {
-	c    net.Conn
-	elem *list.Element // nil once the handshake is over
+	c      net.Conn
+	cancel context.CancelFunc // ends the handshake's dial on eviction
+	elem   *list.Element      // nil once the handshake is over
 }
 
 // Serve accepts connections on ln until ctx is done or ln fails, and
@@ -166,14 +167,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("socks5: accept: %w", err)
 		}
-		pc := s.admit(c)
+		cctx, cancel := context.WithCancel(ctx)
+		pc := s.admit(c, cancel)
 		conns.Store(c, nil)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer cancel()
 			defer conns.Delete(c)
 			defer c.Close()
-			if err := s.serveConn(ctx, pc); err != nil {
+			if err := s.serveConn(cctx, pc); err != nil {
 				log.Debug("socks5 connection failed", "remote", c.RemoteAddr(), "err", err)
 			}
 		}()
@@ -182,13 +185,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // admit records c as negotiating, closing the oldest negotiating
 // connection when the budget is full.
-func (s *Server) admit(c net.Conn) *pendingConn {
-	pc := &pendingConn{c: c}
+func (s *Server) admit(c net.Conn, cancel context.CancelFunc) *pendingConn {
+	pc := &pendingConn{c: c, cancel: cancel}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pending.Len() >= maxHandshakes {
 		old := s.pending.Remove(s.pending.Front()).(*pendingConn)
 		old.elem = nil
+		old.cancel() // a dial in progress ends now
 		old.c.Close() // its goroutine sees a read error and returns
 	}
 	pc.elem = s.pending.PushBack(pc)
