@@ -93,10 +93,15 @@ type result struct {
 // exchange asks one nameserver: UDP, with TCP raced in after tcpRaceDelay
 // or at once on a truncated UDP answer.
 func (r *Resolver) exchange(ctx context.Context, m *mdns.Msg, addr netip.AddrPort) (*mdns.Msg, error) {
+	// Packed once: Pack writes to the message, and two attempts may run.
+	wire, err := m.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("dns: pack query: %w", err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the attempt still running
 	results := make(chan result, 2)
-	go func() { results <- r.attempt(ctx, m, addr, "udp") }()
+	go func() { results <- r.attempt(ctx, m, wire, addr, "udp") }()
 	race := time.NewTimer(tcpRaceDelay)
 	defer race.Stop()
 	tcpStarted := false
@@ -105,7 +110,7 @@ func (r *Resolver) exchange(ctx context.Context, m *mdns.Msg, addr netip.AddrPor
 		if !tcpStarted {
 			tcpStarted = true
 			pending++
-			go func() { results <- r.attempt(ctx, m, addr, "tcp") }()
+			go func() { results <- r.attempt(ctx, m, wire, addr, "tcp") }()
 		}
 	}
 	var lastErr error
@@ -136,8 +141,9 @@ func (r *Resolver) exchange(ctx context.Context, m *mdns.Msg, addr netip.AddrPor
 	return nil, lastErr
 }
 
-// attempt sends m once over network and reads the matching answer.
-func (r *Resolver) attempt(ctx context.Context, m *mdns.Msg, addr netip.AddrPort, network string) result {
+// attempt sends m (packed: wire) once over network and reads the matching
+// answer. m is only read.
+func (r *Resolver) attempt(ctx context.Context, m *mdns.Msg, wire []byte, addr netip.AddrPort, network string) result {
 	d := r.cfg.Dialer
 	if meshPrefix.Contains(addr.Addr()) {
 		d = r.cfg.MeshDialer
@@ -156,7 +162,7 @@ func (r *Resolver) attempt(ctx context.Context, m *mdns.Msg, addr netip.AddrPort
 	if network == "udp" {
 		conn.Conn = packetConn{c}
 	}
-	if err := conn.WriteMsg(m); err != nil {
+	if _, err := conn.Write(wire); err != nil {
 		return result{err: fmt.Errorf("dns: write %s %s: %w", network, addr, err), tcp: network == "tcp"}
 	}
 	for {
