@@ -49,18 +49,21 @@ const (
 // Limits. A SOCKS5 client on loopback is a local program, but any local
 // program (or, with --socks5-allow-remote, any host) can open connections
 // and say nothing. Connections that have not finished their handshake are
-// therefore kept apart from proxied ones: at most maxHandshakes of them,
+// therefore kept apart from the others: at most maxHandshakes of them,
 // each for at most HandshakeTimeout, and when the budget is full the oldest
 // is closed to make room, so a flood of idle connections delays a real
-// client by nothing (it used to wait for the flood's 10 s timeout).
-// Proxied connections are bounded by maxConns; one past it is refused with
-// a general-failure reply instead of waiting.
+// client by nothing (it used to wait for the flood's 10 s timeout). A
+// connection whose request is complete moves to the proxied budget
+// (maxConns, dialling included); one past it is refused with a
+// general-failure reply instead of waiting.
 const (
-	// DefaultHandshakeTimeout bounds the whole SOCKS negotiation, greeting
-	// to reply, including the outbound dial. A local client sends its
-	// request in one round trip; the dial through the mesh may need a
-	// WireGuard handshake over a relay (well under a second).
+	// DefaultHandshakeTimeout bounds the negotiation, from accept to a
+	// complete request: a local client sends it in one round trip.
 	DefaultHandshakeTimeout = 5 * time.Second
+	// dialTimeout bounds the outbound dial: through the mesh it may wait
+	// for a relay connection and a WireGuard handshake (normally well
+	// under a second; 5 s on a loaded machine is not unusual).
+	dialTimeout = 10 * time.Second
 	// maxHandshakes bounds connections still negotiating (one 4 KiB-ish
 	// goroutine and a socket each).
 	maxHandshakes = 128
@@ -231,6 +234,22 @@ func (s *Server) serveConn(ctx context.Context, pc *pendingConn) error {
 	if err != nil {
 		return err
 	}
+	// A complete request leaves the negotiating set (and can no longer be
+	// shed by newer idle connections) for the proxied budget.
+	if !s.handshakeDone(pc) {
+		return errors.New("socks5: shed during the negotiation")
+	}
+	s.mu.Lock()
+	full := s.proxied >= maxConns
+	if !full {
+		s.proxied++
+	}
+	s.mu.Unlock()
+	if full {
+		writeReply(c, repGeneralFailure, nil)
+		return fmt.Errorf("socks5: %d connections already proxied", maxConns)
+	}
+	defer func() { s.mu.Lock(); s.proxied--; s.mu.Unlock() }()
 	host := req.Host
 	if s.Resolve != nil {
 		if a, ok := s.Resolve(host); ok {
@@ -248,28 +267,18 @@ func (s *Server) serveConn(ctx context.Context, pc *pendingConn) error {
 			return fmt.Errorf("socks5: %s: %w", req.Addr(), err)
 		}
 	}
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+	// The dial has its own, longer limit: the first packet to a peer may
+	// wait for a relay connection and a WireGuard handshake.
+	c.SetDeadline(time.Time{})
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	out, err := s.Dial(dctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(req.Port))))
 	cancel()
+	c.SetWriteDeadline(time.Now().Add(timeout))
 	if err != nil {
 		writeReply(c, repHostUnreach, nil)
 		return fmt.Errorf("socks5: dial %s: %w", req.Addr(), err)
 	}
 	defer out.Close()
-	if !s.handshakeDone(pc) {
-		return errors.New("socks5: evicted during the handshake")
-	}
-	s.mu.Lock()
-	full := s.proxied >= maxConns
-	if !full {
-		s.proxied++
-	}
-	s.mu.Unlock()
-	if full {
-		writeReply(c, repGeneralFailure, nil)
-		return fmt.Errorf("socks5: %d connections already proxied", maxConns)
-	}
-	defer func() { s.mu.Lock(); s.proxied--; s.mu.Unlock() }()
 	var bound netip.AddrPort
 	if ta, ok := out.LocalAddr().(*net.TCPAddr); ok {
 		bound = ta.AddrPort()
