@@ -210,3 +210,55 @@ func TestAllowRefusesBeforeDialling(t *testing.T) {
 	default:
 	}
 }
+
+// TestDiallingClientNotShed: a client whose request is complete (its dial
+// in progress) is not shed by idle connections arriving after it.
+func TestDiallingClientNotShed(t *testing.T) {
+	release := make(chan struct{})
+	dialing := make(chan struct{}, 1)
+	s := &Server{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialing <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return directDial(ctx, network, addr)
+	}}
+	addr := startServer(t, s)
+	target := echoTarget(t)
+	d, _ := proxy.SOCKS5("tcp", addr, nil, proxy.Direct)
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	got := make(chan res, 1)
+	go func() { c, err := d.Dial("tcp", target); got <- res{c, err} }()
+	<-dialing
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 2*maxHandshakes; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	// Until the server has taken them in (and shed the oldest of them).
+	for deadline := time.Now().Add(10 * time.Second); s.Pending() < maxHandshakes; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d connections negotiating", s.Pending())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("dialling client shed by a later flood: %v", r.err)
+	}
+	r.c.Close()
+}
