@@ -195,7 +195,7 @@ func (s *Server) admit(c net.Conn, cancel context.CancelFunc) *pendingConn {
 	if s.pending.Len() >= maxHandshakes {
 		old := s.pending.Remove(s.pending.Front()).(*pendingConn)
 		old.elem = nil
-		old.cancel() // a dial in progress ends now
+		old.cancel()  // a dial in progress ends now
 		old.c.Close() // its goroutine sees a read error and returns
 	}
 	pc.elem = s.pending.PushBack(pc)
