@@ -99,7 +99,7 @@ func labHelper(phase, state string) error {
 	defer cancel()
 	served := make(chan error, 1)
 	go func() { served <- r.ListenAndServe(ctx, "100.100.100.100:53") }()
-	if err := rc.Set(OSConfig{Nameservers: []netip.Addr{netip.MustParseAddr("100.100.100.100")}, SearchDomains: r.SearchDomains()}); err != nil {
+	if err := rc.Set(context.Background(), OSConfig{Nameservers: []netip.Addr{netip.MustParseAddr("100.100.100.100")}, SearchDomains: r.SearchDomains()}); err != nil {
 		return err
 	}
 	answers := map[string]string{}
@@ -116,7 +116,7 @@ func labHelper(phase, state string) error {
 	if err := <-served; err != nil {
 		return err
 	}
-	return rc.Restore()
+	return rc.Restore(context.Background())
 }
 
 // TestLabResolvConfInNamespace: the OS's own resolver (glibc's getent) in

@@ -142,8 +142,13 @@ func (rc *ResolvConf) Previous() ([]netip.AddrPort, error) {
 	return out, nil
 }
 
+// Mode implements OSConfigurator.
+func (rc *ResolvConf) Mode() string { return ModeFile }
+
 // Set points the file at cfg's nameservers, saving the original first.
-func (rc *ResolvConf) Set(cfg OSConfig) error {
+// Only Nameservers and SearchDomains apply: a resolv.conf sends every name
+// to its nameservers.
+func (rc *ResolvConf) Set(_ context.Context, cfg OSConfig) error {
 	if err := rc.saveBackup(); err != nil {
 		return err
 	}
@@ -163,7 +168,7 @@ func (rc *ResolvConf) Set(cfg OSConfig) error {
 
 // Restore puts the original back and removes the backup. Without a
 // backup it does nothing.
-func (rc *ResolvConf) Restore() error {
+func (rc *ResolvConf) Restore(context.Context) error {
 	rc.mu.Lock()
 	rc.want = nil
 	rc.mu.Unlock()

@@ -46,7 +46,7 @@ func readFile(t *testing.T, path string) string {
 
 func TestResolvConfSetRestore(t *testing.T) {
 	rc := newRC(t, original)
-	if err := rc.Set(nodeCfg); err != nil {
+	if err := rc.Set(context.Background(), nodeCfg); err != nil {
 		t.Fatal(err)
 	}
 	got := readFile(t, rc.Path)
@@ -66,13 +66,13 @@ func TestResolvConfSetRestore(t *testing.T) {
 		t.Errorf("Previous() = %v %v", prev, err)
 	}
 	// A second Set (new settings) keeps the first backup.
-	if err := rc.Set(OSConfig{Nameservers: nodeCfg.Nameservers}); err != nil {
+	if err := rc.Set(context.Background(), OSConfig{Nameservers: nodeCfg.Nameservers}); err != nil {
 		t.Fatal(err)
 	}
 	if readFile(t, rc.Backup) != original {
 		t.Error("second Set overwrote the backup")
 	}
-	if err := rc.Restore(); err != nil {
+	if err := rc.Restore(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if readFile(t, rc.Path) != original {
@@ -81,7 +81,7 @@ func TestResolvConfSetRestore(t *testing.T) {
 	if _, err := os.Stat(rc.Backup); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("backup left behind: %v", err)
 	}
-	if err := rc.Restore(); err != nil {
+	if err := rc.Restore(context.Background()); err != nil {
 		t.Errorf("second Restore: %v", err)
 	}
 	if prev, _ := rc.Previous(); len(prev) != 2 {
@@ -96,13 +96,13 @@ func TestResolvConfSetRestore(t *testing.T) {
 
 func TestResolvConfAbsentFile(t *testing.T) {
 	rc := newRC(t, "")
-	if err := rc.Set(nodeCfg); err != nil {
+	if err := rc.Set(context.Background(), nodeCfg); err != nil {
 		t.Fatal(err)
 	}
 	if prev, err := rc.Previous(); err != nil || len(prev) != 0 {
 		t.Errorf("Previous() of no file: %v %v", prev, err)
 	}
-	if err := rc.Restore(); err != nil {
+	if err := rc.Restore(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(rc.Path); !errors.Is(err, os.ErrNotExist) {
@@ -120,7 +120,7 @@ func TestResolvConfSymlink(t *testing.T) {
 	if err := os.Symlink("real-resolv.conf", rc.Path); err != nil {
 		t.Fatal(err)
 	}
-	if err := rc.Set(nodeCfg); err != nil {
+	if err := rc.Set(context.Background(), nodeCfg); err != nil {
 		t.Fatal(err)
 	}
 	if readFile(t, target) != original {
@@ -129,7 +129,7 @@ func TestResolvConfSymlink(t *testing.T) {
 	if prev, _ := rc.Previous(); len(prev) != 2 {
 		t.Errorf("Previous() through the saved link: %v", prev)
 	}
-	if err := rc.Restore(); err != nil {
+	if err := rc.Restore(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if l, err := os.Readlink(rc.Path); err != nil || l != "real-resolv.conf" {
@@ -141,7 +141,7 @@ func TestResolvConfSymlink(t *testing.T) {
 // the backup; the next start puts it back before anything else.
 func TestResolvConfCrashRecovery(t *testing.T) {
 	rc := newRC(t, original)
-	if err := rc.Set(nodeCfg); err != nil {
+	if err := rc.Set(context.Background(), nodeCfg); err != nil {
 		t.Fatal(err)
 	}
 	// The process dies here: no Restore. A new one starts.
@@ -157,7 +157,7 @@ func TestResolvConfCrashRecovery(t *testing.T) {
 		t.Fatalf("second Recover() = %v %v", recovered, err)
 	}
 	// And the new run takes the file over normally.
-	if err := next.Set(nodeCfg); err != nil || readFile(t, next.Backup) != original {
+	if err := next.Set(context.Background(), nodeCfg); err != nil || readFile(t, next.Backup) != original {
 		t.Fatalf("Set after recovery: %v", err)
 	}
 }
@@ -175,14 +175,14 @@ func TestResolvConfBindMount(t *testing.T) {
 		return os.Rename(oldpath, newpath)
 	}
 	before, _ := os.Stat(rc.Path)
-	if err := rc.Set(nodeCfg); err != nil {
+	if err := rc.Set(context.Background(), nodeCfg); err != nil {
 		t.Fatal(err)
 	}
 	after, _ := os.Stat(rc.Path)
 	if !os.SameFile(before, after) || !strings.Contains(readFile(t, rc.Path), "nameserver 100.100.100.100") {
 		t.Fatal("not written in place")
 	}
-	if err := rc.Restore(); err != nil {
+	if err := rc.Restore(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	restored, _ := os.Stat(rc.Path)
@@ -206,7 +206,7 @@ func TestResolvConfWatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rc := newRC(t, original)
 		rc.Metrics = NewOSMetrics(nil)
-		if err := rc.Set(nodeCfg); err != nil {
+		if err := rc.Set(context.Background(), nodeCfg); err != nil {
 			t.Fatal(err)
 		}
 		want := readFile(t, rc.Path)
@@ -260,7 +260,7 @@ func TestResolvConfWatch(t *testing.T) {
 			t.Fatalf("reapplied %v times", v)
 		}
 		// Stopping still restores the original.
-		if err := rc.Restore(); err != nil || readFile(t, rc.Path) != original {
+		if err := rc.Restore(context.Background()); err != nil || readFile(t, rc.Path) != original {
 			t.Fatalf("restore after the fight: %v", err)
 		}
 	})

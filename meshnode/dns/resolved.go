@@ -147,6 +147,13 @@ func resolvedDomains(cfg OSConfig) []linkDomain {
 	return out
 }
 
+// Mode implements OSConfigurator.
+func (r *Resolved) Mode() string { return ModeResolved }
+
+// Health implements OSConfigurator: resolved keeps what it is given, so
+// there is nothing to fight over.
+func (r *Resolved) Health() error { return nil }
+
 // Restore drops the link's settings.
 func (r *Resolved) Restore(ctx context.Context) error {
 	obj := r.Conn.Object(resolvedBusName, resolvedPath)

@@ -127,6 +127,18 @@ func TestResolved(t *testing.T) {
 		t.Fatal("resolved's stub link not detected")
 	}
 
+	// ChooseOS picks resolved here, the file where resolved is not the
+	// system's resolver, and the file without a bus.
+	if c := ChooseOS(context.Background(), OSPaths{ResolvConf: stub, Bus: client, Link: 7}); c.Mode() != ModeResolved {
+		t.Fatalf("ChooseOS with resolved: %s", c.Mode())
+	}
+	if c := ChooseOS(context.Background(), OSPaths{ResolvConf: other, Bus: client}); c.Mode() != ModeFile {
+		t.Fatalf("ChooseOS with another nameserver: %s", c.Mode())
+	}
+	if c := ChooseOS(context.Background(), OSPaths{ResolvConf: stub}); c.Mode() != ModeFile {
+		t.Fatalf("ChooseOS without a bus: %s", c.Mode())
+	}
+
 	r := &Resolved{Conn: client, Link: 7}
 	quad := []netip.Addr{netip.MustParseAddr("100.100.100.100")}
 	// The node takes every name: "~." and the default route.
