@@ -18,26 +18,33 @@ import (
 	"github.com/wiremesh/wiremesh/cli"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
+	"github.com/wiremesh/wiremesh/meshnode/socks5"
 )
 
 // RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
 type RunFlags struct {
-	Coordinator       string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
-	AuthKey           string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
-	Hostname          string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
-	StateDir          string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
-	TUN               string   `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
-	Userspace         bool     `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
-	Port              uint16   `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
-	Socks5            string   `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
+	Coordinator      string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
+	AuthKey          string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
+	Hostname         string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
+	StateDir         string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
+	TUN              string   `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
+	Userspace        bool     `flag:"userspace" env:"USERSPACE" help:"use a userspace network stack: no root, no TUN; serves --socks5"`
+	Port             uint16   `flag:"port" env:"PORT" envDefault:"41641" help:"UDP port for WireGuard, disco and STUN (0: any)"`
+	Socks5           string   `flag:"socks5" env:"SOCKS5" envDefault:"127.0.0.1:1080" help:"with --userspace: SOCKS5 proxy address for reaching the mesh"`
+	MetricsListen    string   `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
+	PinRegion        string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
+	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
+	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
+	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
+	UserspaceFlags
+	cli.Logging
+}
+
+// UserspaceFlags are `meshnode run`'s options for --userspace's proxy and
+// inbound forwarding.
+type UserspaceFlags struct {
 	Socks5AllowRemote bool     `flag:"socks5-allow-remote" env:"SOCKS5_ALLOW_REMOTE" help:"with --userspace: allow a non-loopback --socks5 address (the proxy has no authentication)"`
 	ForwardPorts      []string `flag:"forward-ports" env:"FORWARD_PORTS" help:"with --userspace: TCP ports that peers may reach on this host's localhost, such as 22,80,8000-8100 (default: none)"`
-	MetricsListen     string   `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
-	PinRegion         string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
-	ExcludeRegions    []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
-	RegionWeights     []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
-	EndpointPrefixes  []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
-	cli.Logging
 }
 
 // ClientFlags are the options of the local commands.
@@ -105,6 +112,11 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 	}
 	if f.Userspace {
 		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
+		if cfg.Socks5 != "" {
+			if err := socks5.CheckListenAddr(cfg.Socks5, cfg.Socks5AllowRemote); err != nil {
+				return 2, fmt.Errorf("--socks5: %w (or add --socks5-allow-remote)", err)
+			}
+		}
 		if cfg.ForwardPorts, err = netstack.ParsePorts(f.ForwardPorts); err != nil {
 			return 2, fmt.Errorf("--forward-ports: %w", err)
 		}

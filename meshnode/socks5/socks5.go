@@ -89,21 +89,31 @@ var (
 // unless allowRemote is set the host must be a loopback address or
 // "localhost": an empty host or 0.0.0.0 would offer the mesh to the LAN.
 func Listen(addr string, allowRemote bool) (net.Listener, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("socks5: listen address %q: %w", addr, err)
-	}
-	if !allowRemote {
-		ip, perr := netip.ParseAddr(host)
-		if host != "localhost" && (perr != nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("%w: %q (use a 127.0.0.0/8 or ::1 address, or allow remote clients explicitly)", ErrNotLoopback, addr)
-		}
+	if err := CheckListenAddr(addr, allowRemote); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("socks5: listen %s: %w", addr, err)
 	}
 	return ln, nil
+}
+
+// CheckListenAddr is Listen's check, for callers that want to refuse a bad
+// address at start-up: addr must be host:port, and without allowRemote the
+// host a loopback address or "localhost".
+func CheckListenAddr(addr string, allowRemote bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("socks5: listen address %q: %w", addr, err)
+	}
+	if !allowRemote {
+		ip, perr := netip.ParseAddr(host)
+		if host != "localhost" && (perr != nil || !ip.IsLoopback()) {
+			return fmt.Errorf("%w: %q (use a 127.0.0.0/8 or ::1 address, or allow remote clients explicitly)", ErrNotLoopback, addr)
+		}
+	}
+	return nil
 }
 
 // Request is a parsed CONNECT request.
