@@ -116,3 +116,29 @@ func TestForwarderOnlyListedPorts(t *testing.T) {
 }
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }
+
+// FuzzParsePorts: whatever an operator types, ParsePorts returns a set or
+// ErrBadPorts, and a set's String parses back to the same ports.
+func FuzzParsePorts(f *testing.F) {
+	for _, s := range []string{"22", "22,80,8000-8100", "0", "65535", "65536", "1-", "-", ",,", " 80 , 443 ", "9-1", "1-65535"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		s, err := ParsePorts([]string{spec})
+		if err != nil {
+			if !errors.Is(err, ErrBadPorts) {
+				t.Fatalf("error %v is not ErrBadPorts", err)
+			}
+			return
+		}
+		back, err := ParsePorts([]string{s.String()})
+		if err != nil {
+			t.Fatalf("String() %q does not parse: %v", s.String(), err)
+		}
+		for _, p := range []uint16{1, 22, 80, 443, 8080, 65535} {
+			if s.Contains(p) != back.Contains(p) {
+				t.Fatalf("port %d differs after a round trip of %q", p, spec)
+			}
+		}
+	})
+}
