@@ -10,8 +10,8 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/wiremesh/wiremesh/coordinator/store"
@@ -41,7 +41,7 @@ func (srv *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return withBodyDeadline(srv.cfg.BodyTimeout, mux)
 }
 
 // route registers h for method on path, answering other methods with a
@@ -91,7 +91,9 @@ func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, http.StatusInternalServerError, "internal error; see the coordinator log")
 }
 
-// readBody reads the whole body, at most limit bytes.
+// readBody reads the whole body, at most limit bytes, and then lifts the
+// body deadline withBodyDeadline set: what follows (a stream, a long poll)
+// only writes.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
@@ -99,8 +101,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		if errors.As(err, &mbe) {
 			return nil, errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", limit)
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, errorf(http.StatusRequestTimeout, "request body did not arrive in time")
+		}
 		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
 	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	return b, nil
 }
 
@@ -166,7 +172,7 @@ func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Requ
 		srv.m.authFailures.WithLabelValues(proofReason(err)).Inc()
 		return errorf(http.StatusUnauthorized, "%v", err)
 	}
-	if err := srv.replay.add(nonce, now); err != nil {
+	if err := srv.replay.add(nonce, sourceAddr(r), now); err != nil {
 		srv.m.authFailures.WithLabelValues("replay").Inc()
 		return err
 	}
@@ -181,45 +187,6 @@ func proofReason(err error) string {
 		return "mismatch"
 	}
 	return "invalid"
-}
-
-// replayCache remembers accepted proof nonces for one proof window, in two
-// generations: a nonce is looked up in both, and the older generation is
-// dropped once it is a full window old. Each generation holds at most
-// maxReplayEntries; past that, requests are refused (503) rather than
-// letting memory grow.
-type replayCache struct {
-	mu        sync.Mutex
-	window    time.Duration
-	cur, prev map[[key.NonceLen]byte]struct{}
-	rotated   time.Time
-}
-
-// maxReplayEntries is far above any honest rate: 1M proofs in two minutes
-// is over 8,000 requests per second; 1M entries cost about 50 MB.
-const maxReplayEntries = 1 << 20
-
-func newReplayCache(window time.Duration) *replayCache {
-	return &replayCache{window: window, cur: map[[key.NonceLen]byte]struct{}{}, prev: map[[key.NonceLen]byte]struct{}{}}
-}
-
-func (c *replayCache) add(n [key.NonceLen]byte, now time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now.Sub(c.rotated) > c.window {
-		c.prev, c.cur, c.rotated = c.cur, map[[key.NonceLen]byte]struct{}{}, now
-	}
-	if _, ok := c.cur[n]; ok {
-		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
-	}
-	if _, ok := c.prev[n]; ok {
-		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
-	}
-	if len(c.cur) >= maxReplayEntries {
-		return errorf(http.StatusServiceUnavailable, "too many requests; retry shortly")
-	}
-	c.cur[n] = struct{}{}
-	return nil
 }
 
 // readNodeRequest reads a size-limited body, authenticates the node by its

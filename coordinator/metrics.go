@@ -16,6 +16,7 @@ type serverMetrics struct {
 	registrations *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
 	relayEvents   *prometheus.CounterVec
+	connsRefused  prometheus.Counter
 }
 
 // fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
@@ -44,6 +45,9 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		relayEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "coordinator_relay_events_total", Help: "Relay joins, heartbeats and state changes, by event.",
 		}, []string{"event"}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coordinator_connections_refused_total", Help: "API connections closed on accept because their source address held its limit.",
+		}),
 	}
 	for _, k := range []string{"full", "delta", "keepalive"} {
 		m.updates.WithLabelValues(k)
@@ -51,7 +55,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, &stateCollector{s: s})
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, &stateCollector{s: s})
 	return m
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: the lab's kernel
 # tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
-# client for interop tests, and the Go modules. Safe to run repeatedly.
+# client for interop tests, dbus-daemon (a private bus for the systemd-resolved
+# configurator's tests), and the Go modules. Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,7 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,13 @@ type regJob struct {
 // OpenSQLite opens (creating if needed) the database at path and applies
 // every pending migration.
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	// The database holds region mesh secrets and auth key hashes: only the
+	// coordinator's user may read it. SQLite creates -wal and -shm with the
+	// database file's mode, so the file is made 0600 before SQLite opens
+	// it; files left by an older version are tightened too.
+	if err := privateFile(path); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
@@ -64,8 +72,28 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
 	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if err := os.Chmod(path+suffix, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			db.Close()
+			return nil, fmt.Errorf("database %s: %w", path+suffix, err)
+		}
+	}
 	go s.runCommitter()
 	return s, nil
+}
+
+// privateFile creates path with mode 0600 if it is missing, and sets an
+// existing one to 0600.
+func privateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("database %s: %w", path, err)
+	}
+	f.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return fmt.Errorf("database %s: %w", path, err)
+	}
+	return nil
 }
 
 // ErrClosed is returned by calls after Close.
@@ -375,6 +403,24 @@ func (s *SQLite) CreateAuthKey(ctx context.Context, k *AuthKey) error {
 	}
 	k.ID, _ = res.LastInsertId()
 	return nil
+}
+
+// AuthKeyByHash implements Store.
+func (s *SQLite) AuthKeyByHash(ctx context.Context, hash string) (AuthKey, error) {
+	var k AuthKey
+	var tags string
+	var exp, created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, hash, reusable, ephemeral, tags, expires, created, uses FROM authkeys WHERE hash = ?`, hash).
+		Scan(&k.ID, &k.Hash, &k.Reusable, &k.Ephemeral, &tags, &exp, &created, &k.Uses)
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, ErrNotFound
+	}
+	if err != nil {
+		return k, fmt.Errorf("look up auth key: %w", err)
+	}
+	json.Unmarshal([]byte(tags), &k.Tags)
+	k.Expires, k.Created = fromMS(exp), fromMS(created)
+	return k, nil
 }
 
 // RegisterNode implements Store. It waits for the group commit that

@@ -100,6 +100,9 @@ type Store interface {
 
 	// CreateAuthKey stores k and sets its ID.
 	CreateAuthKey(ctx context.Context, k *AuthKey) error
+	// AuthKeyByHash returns the auth key with that hash, or ErrNotFound.
+	// It is the cheap check made before any work on a registration.
+	AuthKeyByHash(ctx context.Context, hash string) (AuthKey, error)
 	// RegisterNode checks the auth key with hash keyHash at now and, in
 	// one transaction, consumes one use of it and inserts n (n.ID == 0) or
 	// renews an existing node's row (n.ID != 0). It fills n's tags and
