@@ -215,14 +215,20 @@ func (n *tnode) run(ctx context.Context) { go n.m.Run(ctx) }
 // first, so it runs after the machines' contexts are cancelled).
 func drain() { time.Sleep(time.Second) }
 
-// directPair makes two linked nodes 10 ms apart whose relayed traffic
-// took a to a confirmed direct path to b.
-func directPair(t *testing.T) (*world, *tnode, *tnode) {
-	t.Helper()
+// linkedPair makes two peers 5 ms (one way) apart.
+func linkedPair() (*world, *tnode, *tnode) {
 	w := newWorld()
 	a := w.add("198.18.0.1:41641", 5*time.Millisecond)
 	b := w.add("198.18.0.2:41641", 5*time.Millisecond)
 	link(a, b)
+	return w, a, b
+}
+
+// directPair makes two linked nodes 10 ms apart whose relayed traffic
+// took a to a confirmed direct path to b.
+func directPair(t *testing.T) (*world, *tnode, *tnode) {
+	t.Helper()
+	w, a, b := linkedPair()
 	a.m.RelaySent(b.key.Public())
 	time.Sleep(time.Second)
 	if got := a.bind.path(b.key.Public()); got != "direct 198.18.0.2:41641" {
@@ -236,10 +242,7 @@ func directPair(t *testing.T) (*world, *tnode, *tnode) {
 func TestTentativeThenConfirmed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		defer drain()
-		w := newWorld()
-		a := w.add("198.18.0.1:41641", 5*time.Millisecond)
-		b := w.add("198.18.0.2:41641", 5*time.Millisecond)
-		link(a, b)
+		_, a, b := linkedPair()
 		a.m.RelaySent(b.key.Public())
 		time.Sleep(11 * time.Millisecond) // one direct round trip
 		synctest.Wait()
@@ -269,10 +272,7 @@ func TestTrustLapseRelayRetry(t *testing.T) {
 		defer drain()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		w := newWorld()
-		a := w.add("198.18.0.1:41641", 5*time.Millisecond)
-		b := w.add("198.18.0.2:41641", 5*time.Millisecond)
-		link(a, b)
+		w, a, b := linkedPair()
 		a.run(ctx)
 		b.run(ctx)
 		a.active(b)
@@ -398,10 +398,7 @@ func TestCandidatesPruned(t *testing.T) {
 		defer drain()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		w := newWorld()
-		a := w.add("198.18.0.1:41641", 5*time.Millisecond)
-		b := w.add("198.18.0.2:41641", 5*time.Millisecond)
-		link(a, b)
+		_, a, b := linkedPair()
 		a.run(ctx)
 		bk := b.key.Public()
 		// Pings from addresses b never reported (a NAT rebinding, or a
