@@ -62,6 +62,13 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
+	// Pre-create every labelled series so dashboards see zeros, not gaps.
+	for _, r := range []string{"malformed", "unknown_node", "expired", "invalid", "stale", "mismatch", "replay"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, e := range []string{"join", "join_refused", "heartbeat", "state_change"} {
+		m.relayEvents.WithLabelValues(e)
+	}
 	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, &stateCollector{s: s})
 	return m
 }
