@@ -172,7 +172,8 @@ func newWorld(t testing.TB, regions ...string) *world {
 
 func (w *world) startCoordinator(relayMap string) {
 	w.t.Helper()
-	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir}
+	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir,
+		"--metrics-listen", "127.0.0.1:9100"}
 	if relayMap != "" {
 		args = append(args, "--relay-map", relayMap)
 	}
