@@ -128,4 +128,12 @@ meshnode_nat_info{kind="easy"} 1
 # TYPE meshnode_nat_info gauge
 meshnode_nat_info{kind="udp_blocked"} 1
 `)
+	// With every series present (key expiry included), the names lint clean.
+	problems, err := metrics.Lint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(problems) > 0 {
+		t.Fatalf("metric naming problems:\n%s", strings.Join(problems, "\n"))
+	}
 }
