@@ -385,6 +385,27 @@ func TestLabDashboardsLive(t *testing.T) {
 			}
 		}
 	}
+	// NAT kind per node: the hard-NAT pair is seen as hard (two relays saw
+	// different mappings), the easy pair as easy; the health panel counts
+	// the hard-NAT warnings.
+	if res, err := promQuery(prom, dashboards.Substitute(panel("paths.json", "NAT kind per node").Queries[0].Expr, dashboards.Variables)); err != nil {
+		t.Errorf("NAT kind per node: %v", err)
+	} else {
+		kind := map[string]string{}
+		for _, s := range res {
+			kind[s.Metric["instance"]] = s.Metric["kind"]
+		}
+		for name, want := range map[string]string{"a": "easy", "b": "easy", "c": "hard", "d": "hard"} {
+			if kind[name] != want {
+				t.Errorf("NAT kind of %s is %q, want %q: %v", name, kind[name], want, res)
+			}
+		}
+	}
+	if res, err := promQuery(prom, dashboards.Substitute(panel("paths.json", "Health warnings").Queries[0].Expr, dashboards.Variables)); err != nil {
+		t.Errorf("health warnings: %v", err)
+	} else if got := valueOf(res, "kind", "hard_nat"); got != 2 {
+		t.Errorf("health warnings: hard_nat on %v nodes, want 2: %v", got, res)
+	}
 	if res, err := promQuery(prom, dashboards.Substitute(panel("fleet.json", "Clients per region").Queries[0].Expr, dashboards.Variables)); err != nil {
 		t.Errorf("clients per region: %v", err)
 	} else {
