@@ -20,7 +20,8 @@ const (
 func PanelsMarkdown() string {
 	var b strings.Builder
 	for _, d := range Boards() {
-		fmt.Fprintf(&b, "\n### %s (`%s`)\n\n%s.\n\n| panel | type | shows | query |\n| --- | --- | --- | --- |\n", d.Title, d.File, d.About)
+		about := strings.ToUpper(d.About[:1]) + d.About[1:]
+		fmt.Fprintf(&b, "\n### %s (`%s`)\n\n%s.\n\n| panel | type | shows | query |\n| --- | --- | --- | --- |\n", d.Title, d.File, about)
 		for _, p := range d.Panels {
 			var qs []string
 			for _, q := range p.Queries {

@@ -84,7 +84,15 @@ var VariableQueries = []struct{ Name, Metric, Label string }{
 var ds = common.DataSourceRef{Type: cog.ToPtr("prometheus"), Uid: cog.ToPtr("${datasource}")}
 
 // Build turns b into a Grafana dashboard with grafana-foundation-sdk.
+//
+// It builds the classic dashboard schema (package dashboard), which the SDK
+// marks deprecated in favour of dashboardv2: the classic JSON is what
+// Grafana's Dashboards → Import and file provisioning take on every
+// version in use, while v2 resources need Grafana 12's new API.
+//
+//lint:ignore SA1019 classic schema on purpose, see above
 func (b Board) Build() (dashboard.Dashboard, error) {
+	//lint:ignore SA1019 classic schema on purpose, see Build's doc
 	d := dashboard.NewDashboardBuilder(b.Title).
 		Uid(b.UID).
 		Tags([]string{"wiremesh"}).
@@ -111,6 +119,7 @@ func (b Board) Build() (dashboard.Dashboard, error) {
 	for i, p := range b.Panels {
 		pb, err := p.builder(i)
 		if err != nil {
+			//lint:ignore SA1019 classic schema on purpose, see Build's doc
 			return dashboard.Dashboard{}, fmt.Errorf("%s: panel %q: %w", b.File, p.Title, err)
 		}
 		d.WithPanel(pb)
