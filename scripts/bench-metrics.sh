@@ -103,3 +103,16 @@ for mode in datagram stream fastpath; do
 done
 printf '  %-30s %.3f\n' "all modes packets/s" "$(ratio "[.runs[] | .packets_per_s] | add")"
 printf '  %-30s %.3f\n' "relay CPU per delivered packet" "$(ratio ".relay_cpu_s / ([.runs[] | .received] | add)")"
+
+# What one scrape costs the relay, measured alone: SCRAPES back-to-back
+# /metrics requests against the idle relay a, CPU time from /proc. At one
+# scrape per second this is the share of a core that scraping takes.
+SCRAPES=${SCRAPES:-500}
+echo '[]' >"$work/targets.json" # prometheus off the relays
+sleep 2
+c0=$(cpu a)
+for _ in $(seq "$SCRAPES"); do curl -sf -o /dev/null http://127.0.0.1:7011/metrics; done
+c1=$(cpu a)
+bytes=$(curl -sf http://127.0.0.1:7011/metrics | wc -c)
+printf '  relay CPU per scrape (%d scrapes of %d bytes): %.3f ms, %.3f%% of one core at 1 scrape/s\n' \
+	"$SCRAPES" "$bytes" "$(jq -n "($c1 - $c0) / $tick / $SCRAPES * 1000")" "$(jq -n "($c1 - $c0) / $tick / $SCRAPES * 100")"
