@@ -154,7 +154,7 @@ func TestPanelsHaveNoPerPeerLabels(t *testing.T) {
 }
 
 func TestSubstitute(t *testing.T) {
-	got := Substitute(`rate(x{instance=~"$instance", region=~"$region"}[$__rate_interval])`, Variables)
+	got := Substitute(`rate(x{instance=~"$instance", region=~"$region"}[$__rate_interval])`, Variables())
 	if want := `rate(x{instance=~".*", region=~".*"}[1m])`; got != want {
 		t.Fatalf("got %s, want %s", got, want)
 	}

@@ -54,13 +54,15 @@ type Query struct {
 	Legend string
 }
 
-// Variables are the values the live check substitutes for the dashboard
-// variables: "All" in Grafana is the regex .* for both, and
+// Variables returns the values the live check substitutes for the
+// dashboard variables: "All" in Grafana is the regex .* for both, and
 // $__rate_interval is at least four scrape intervals.
-var Variables = map[string]string{
-	"$__rate_interval": "1m",
-	"$instance":        ".*",
-	"$region":          ".*",
+func Variables() map[string]string {
+	return map[string]string{
+		"$__rate_interval": "1m",
+		"$instance":        ".*",
+		"$region":          ".*",
+	}
 }
 
 // Substitute replaces the dashboard variables in expr with vars.
@@ -74,14 +76,23 @@ func Substitute(expr string, vars map[string]string) string {
 	return expr
 }
 
-// VariableQueries are the label_values queries behind the region and
-// instance variables of every dashboard: metric and label.
-var VariableQueries = []struct{ Name, Metric, Label string }{
-	{"region", "meshnode_region_info", "region"},
-	{"instance", "up", "instance"},
+// VariableQuery is a query variable: label_values(Metric, Label).
+type VariableQuery struct{ Name, Metric, Label string }
+
+// VariableQueries returns the queries behind the region and instance
+// variables of every dashboard.
+func VariableQueries() []VariableQuery {
+	return []VariableQuery{
+		{"region", "meshnode_region_info", "region"},
+		{"instance", "up", "instance"},
+	}
 }
 
-var ds = common.DataSourceRef{Type: cog.ToPtr("prometheus"), Uid: cog.ToPtr("${datasource}")}
+// ds is the data source every panel and variable uses: the dashboard's
+// datasource variable.
+func ds() common.DataSourceRef {
+	return common.DataSourceRef{Type: cog.ToPtr("prometheus"), Uid: cog.ToPtr("${datasource}")}
+}
 
 // Build turns b into a Grafana dashboard with grafana-foundation-sdk.
 //
@@ -101,11 +112,11 @@ func (b Board) Build() (dashboard.Dashboard, error) {
 		Refresh("30s").
 		Timezone("browser").
 		WithVariable(dashboard.NewDatasourceVariableBuilder("datasource").Label("Data source").Type("prometheus"))
-	for _, v := range VariableQueries {
+	for _, v := range VariableQueries() {
 		q := fmt.Sprintf("label_values(%s, %s)", v.Metric, v.Label)
 		d.WithVariable(dashboard.NewQueryVariableBuilder(v.Name).
 			Label(strings.ToUpper(v.Name[:1]) + v.Name[1:]).
-			Datasource(ds).
+			Datasource(ds()).
 			Query(dashboard.StringOrMap{String: cog.ToPtr(q)}).
 			Definition(q).
 			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
@@ -151,7 +162,7 @@ func (p Panel) targets(format prometheus.PromQueryFormat, instant bool) []cog.Bu
 	var out []cog.Builder[variants.Dataquery]
 	for i, q := range p.Queries {
 		t := prometheus.NewDataqueryBuilder().
-			Datasource(ds).
+			Datasource(ds()).
 			RefId(string(rune('A' + i))).
 			Expr(q.Expr).
 			Format(format)
@@ -176,14 +187,14 @@ func (p Panel) builder(i int) (cog.Builder[dashboard.Panel], error) {
 	}
 	switch p.Kind {
 	case TimeSeries:
-		b := timeseries.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds).GridPos(pos).Unit(p.Unit).
+		b := timeseries.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds()).GridPos(pos).Unit(p.Unit).
 			Legend(common.NewVizLegendOptionsBuilder().ShowLegend(true).DisplayMode(common.LegendDisplayModeList).Placement(common.LegendPlacementBottom))
 		for _, t := range p.targets(prometheus.PromQueryFormatTimeSeries, false) {
 			b.WithTarget(t)
 		}
 		return b, nil
 	case Heatmap:
-		b := heatmap.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds).GridPos(pos).Unit(p.Unit).Calculate(false)
+		b := heatmap.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds()).GridPos(pos).Unit(p.Unit).Calculate(false)
 		for _, t := range p.targets(prometheus.PromQueryFormatHeatmap, false) {
 			b.WithTarget(t)
 		}
@@ -192,7 +203,7 @@ func (p Panel) builder(i int) (cog.Builder[dashboard.Panel], error) {
 		layer := common.NewMapLayerOptionsBuilder().Type("markers").Name("regions").Tooltip(true).
 			Location(common.NewFrameGeometrySourceBuilder().Mode(common.FrameGeometrySourceModeCoords).
 				Latitude("latitude").Longitude("longitude"))
-		b := geomap.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds).GridPos(pos).Unit(p.Unit).
+		b := geomap.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds()).GridPos(pos).Unit(p.Unit).
 			View(geomap.NewMapViewConfigBuilder().Id("zero").Lat(30).Lon(0).Zoom(1)).
 			Layers([]cog.Builder[common.MapLayerOptions]{layer})
 		for _, t := range p.targets(prometheus.PromQueryFormatTable, true) {
@@ -200,7 +211,7 @@ func (p Panel) builder(i int) (cog.Builder[dashboard.Panel], error) {
 		}
 		return b, nil
 	case Table:
-		b := table.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds).GridPos(pos).Unit(p.Unit)
+		b := table.NewPanelBuilder().Id(id).Title(p.Title).Description(p.Shows).Datasource(ds()).GridPos(pos).Unit(p.Unit)
 		for _, t := range p.targets(prometheus.PromQueryFormatTable, true) {
 			b.WithTarget(t)
 		}

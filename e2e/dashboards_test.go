@@ -213,14 +213,14 @@ func checkBoards(base string, boards []dashboards.Board) []error {
 	for _, b := range boards {
 		for _, p := range b.Panels {
 			for _, q := range p.Queries {
-				expr := dashboards.Substitute(q.Expr, dashboards.Variables)
+				expr := dashboards.Substitute(q.Expr, dashboards.Variables())
 				if _, err := promQuery(base, expr); err != nil {
 					errs = append(errs, fmt.Errorf("%s: panel %q: %s: %w", b.File, p.Title, expr, err))
 				}
 			}
 		}
 	}
-	for _, v := range dashboards.VariableQueries {
+	for _, v := range dashboards.VariableQueries() {
 		res, err := promQuery(base, fmt.Sprintf("count by (%s) (%s)", v.Label, v.Metric))
 		if err == nil && res[0].Metric[v.Label] == "" {
 			err = errNoSeries
@@ -374,7 +374,7 @@ func TestLabDashboardsLive(t *testing.T) {
 		{"fleet.json", "Coordinator map streams", 1, "state", []string{"online"}},
 	} {
 		p := panel(tc.file, tc.title)
-		res, err := promQuery(prom, dashboards.Substitute(p.Queries[tc.query].Expr, dashboards.Variables))
+		res, err := promQuery(prom, dashboards.Substitute(p.Queries[tc.query].Expr, dashboards.Variables()))
 		if err != nil {
 			t.Errorf("%s: %v", tc.title, err)
 			continue
@@ -388,7 +388,7 @@ func TestLabDashboardsLive(t *testing.T) {
 	// NAT kind per node: the hard-NAT pair is seen as hard (two relays saw
 	// different mappings), the easy pair as easy; the health panel counts
 	// the hard-NAT warnings.
-	if res, err := promQuery(prom, dashboards.Substitute(panel("paths.json", "NAT kind per node").Queries[0].Expr, dashboards.Variables)); err != nil {
+	if res, err := promQuery(prom, dashboards.Substitute(panel("paths.json", "NAT kind per node").Queries[0].Expr, dashboards.Variables())); err != nil {
 		t.Errorf("NAT kind per node: %v", err)
 	} else {
 		kind := map[string]string{}
@@ -401,12 +401,12 @@ func TestLabDashboardsLive(t *testing.T) {
 			}
 		}
 	}
-	if res, err := promQuery(prom, dashboards.Substitute(panel("paths.json", "Health warnings").Queries[0].Expr, dashboards.Variables)); err != nil {
+	if res, err := promQuery(prom, dashboards.Substitute(panel("paths.json", "Health warnings").Queries[0].Expr, dashboards.Variables())); err != nil {
 		t.Errorf("health warnings: %v", err)
 	} else if got := valueOf(res, "kind", "hard_nat"); got != 2 {
 		t.Errorf("health warnings: hard_nat on %v nodes, want 2: %v", got, res)
 	}
-	if res, err := promQuery(prom, dashboards.Substitute(panel("fleet.json", "Clients per region").Queries[0].Expr, dashboards.Variables)); err != nil {
+	if res, err := promQuery(prom, dashboards.Substitute(panel("fleet.json", "Clients per region").Queries[0].Expr, dashboards.Variables())); err != nil {
 		t.Errorf("clients per region: %v", err)
 	} else {
 		var sum float64
