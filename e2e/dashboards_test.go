@@ -91,7 +91,12 @@ func startPrometheus(t *testing.T, targets []target) string {
 	}
 	dir := t.TempDir()
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "global:\n  scrape_interval: %s\n  evaluation_interval: %s\nscrape_configs:\n", scrapeInterval, scrapeInterval)
+	rules, err := filepath.Abs("../dashboards/wiremesh.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&cfg, "global:\n  scrape_interval: %s\n  evaluation_interval: %s\nrule_files: [%q]\nscrape_configs:\n",
+		scrapeInterval, scrapeInterval, rules)
 	jobs := map[string][]target{}
 	var order []string
 	for _, tg := range targets {
@@ -246,6 +251,40 @@ func waitUp(t *testing.T, prom, query string, want int) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// promRule is one rule of /api/v1/rules.
+type promRule struct {
+	Name      string `json:"name"`
+	Type      string `json:"type"` // "recording" or "alerting"
+	Health    string `json:"health"`
+	LastError string `json:"lastError"`
+	State     string `json:"state"` // alerts: inactive, pending, firing
+}
+
+// promRules returns the rules prometheus loaded, once each has been
+// evaluated at least once.
+func promRules(base string) ([]promRule, error) {
+	resp, err := http.Get(base + "/api/v1/rules")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Data struct {
+			Groups []struct {
+				Rules []promRule `json:"rules"`
+			} `json:"groups"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return nil, err
+	}
+	var out []promRule
+	for _, g := range r.Data.Groups {
+		out = append(out, g.Rules...)
+	}
+	return out, nil
 }
 
 // valueOf returns the sum of the samples whose label has value.
@@ -415,6 +454,29 @@ func TestLabDashboardsLive(t *testing.T) {
 		}
 		if sum < float64(len(nodes)) {
 			t.Errorf("clients per region add up to %v, want at least %d: %v", sum, len(nodes), res)
+		}
+	}
+
+	// The shipped rules load, evaluate without error against the real
+	// series, no alert is pending or firing on this healthy mesh, and the
+	// recording rules for what happened produce series.
+	rules, err := promRules(prom)
+	if err != nil || len(rules) == 0 {
+		t.Fatalf("rules: %v %v", rules, err)
+	}
+	for _, r := range rules {
+		if r.Health != "ok" {
+			t.Errorf("rule %s: health %q: %s", r.Name, r.Health, r.LastError)
+		}
+		if r.Type == "alerting" && r.State != "inactive" {
+			t.Errorf("alert %s is %s on a healthy mesh", r.Name, r.State)
+		}
+	}
+	for _, rec := range []string{"wiremesh:meshnode_peers:sum_by_path", "wiremesh:meshnode_bytes:rate5m_by_path",
+		"wiremesh:relayd_clients:sum_by_region", "wiremesh:coordinator_fanout_latency_seconds:p99_5m",
+		"wiremesh:coordinator_push_latency_seconds:p99_5m"} {
+		if _, err := promQuery(prom, rec); err != nil {
+			t.Errorf("recording rule %s: %v", rec, err)
 		}
 	}
 
