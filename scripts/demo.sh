@@ -129,7 +129,7 @@ YML
 		curl -sf "$prom/api/v1/query" --data-urlencode "query=$1" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)["data"]["result"]
-print(", ".join("%s=%s" % (",".join(s["metric"].values()) or "all", s["value"][1]) for s in r) or "(none yet)")'
+print(", ".join("%s=%s" % (",".join(s["metric"].values()) or "all", s["value"][1]) for s in r) or "(none)")'
 	}
 	all_up() { [ "$(promq 'sum(up)')" = "all=6" ]; }
 	wait_for all_up
