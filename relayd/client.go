@@ -224,7 +224,7 @@ var errUnexpected = errors.New("unexpected frame")
 func (cl *client) readStream() error {
 	r := relayproto.NewReader(cl.c, relayproto.MaxBodyLen)
 	for {
-		cl.c.setReadDeadline(time.Now().Add(IdleTimeout))
+		cl.c.setIdleDeadline(time.Now().Add(IdleTimeout))
 		typ, body, err := r.Next(nil)
 		if err != nil {
 			if errors.Is(err, relayproto.ErrTruncated) || errors.Is(err, relayproto.ErrOversized) || errors.Is(err, relayproto.ErrUnknown) {

@@ -36,6 +36,9 @@ type metrics struct {
 	clientRTT      prometheus.Histogram
 	draining       prometheus.Gauge
 	regionInfo     *prometheus.GaugeVec // region: this relay's own, value 1
+	pending        prometheus.Gauge
+	pendingDropped *prometheus.CounterVec // reason
+	quicRetries    prometheus.Counter
 
 	// Children used per packet, resolved once: WithLabelValues hashes its
 	// labels on every call, which showed up at 100k packets/s.
@@ -93,6 +96,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		regionInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relayd_region_info", Help: "This relay's region (value 1), to group other relayd_ series by region.",
 		}, []string{"region"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relayd_pending_connections", Help: "Connections (QUIC and TCP) accepted but not admitted yet: handshake or hello pending.",
+		}),
+		pendingDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relayd_pending_dropped_total", Help: "Not-yet-admitted connections closed or refused by the pending budget, by reason.",
+		}, []string{"reason"}),
+		quicRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relayd_quic_retries_total", Help: "QUIC connection attempts answered with a Retry (address validation under load).",
+		}),
+	}
+	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries)
+	for _, r := range pendingDropReasons {
+		m.pendingDropped.WithLabelValues(r)
 	}
 	reg.MustRegister(m.clients, m.connects, m.rejects, m.forwardedPkts, m.forwardedBytes, m.drops,
 		m.badFrames, m.meshForwarded, m.meshPeers, m.queueDelay, m.stunRequests, m.clientRTT, m.draining, m.regionInfo)

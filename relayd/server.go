@@ -44,13 +44,17 @@ import (
 const (
 	KeepAlive    = 25 * time.Second
 	IdleTimeout  = 3 * KeepAlive
-	helloTimeout = 10 * time.Second // whole handshake, TLS plus hello
+	// DefaultHelloTimeout bounds the time from a connection's accept to its
+	// hello (QUIC: also the handshake itself). A real client needs two or
+	// three round trips; 10 s covers the slowest mobile links while an idle
+	// connection holds its pending slot no longer than that.
+	DefaultHelloTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout bounds a TLS-over-TCP handshake, the first
+	// stage of DefaultHelloTimeout.
+	DefaultHandshakeTimeout = 5 * time.Second
 	// pingInterval is how often the relay pings each client to measure
 	// its RTT (relayd_client_rtt_seconds). It also keeps TCP alive.
 	pingInterval = 20 * time.Second
-	// maxPendingTCP bounds TLS-over-TCP handshakes in flight, so a flood of
-	// half-open connections cannot grow memory without limit.
-	maxPendingTCP = 256
 )
 
 // Default queue sizes. DefaultQueueLen is 4× derper's 32 so a burst the size
@@ -92,6 +96,16 @@ type Config struct {
 	ClientBurst   int     // token bucket depth in bytes; 0 means one second of ClientRate
 	DrainGrace    time.Duration
 
+	// Admission limits (see pending.go). Zero values take the defaults.
+	HelloTimeout        time.Duration // accept to hello; DefaultHelloTimeout
+	HandshakeTimeout    time.Duration // TCP accept to TLS handshake done; DefaultHandshakeTimeout
+	MaxPending          int           // connections not yet admitted, QUIC and TCP together; DefaultMaxPending
+	MaxPendingPerSource int           // of those, per source address (IPv6: per /64); DefaultMaxPendingPerSource
+	// RetryAbove makes QUIC send Retry (address validation) while at least
+	// this many connections are pending or handshaking; 0 means
+	// MaxPending/4, negative means always.
+	RetryAbove int
+
 	// Now returns the time for token checks; nil means time.Now.
 	Now func() time.Time
 }
@@ -116,6 +130,9 @@ type Server struct {
 
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
+
+	pending        *pendingSet  // connections not yet admitted
+	quicHandshakes atomic.Int64 // QUIC connections between ConnContext and Accept
 
 	wg sync.WaitGroup // every goroutine the server starts
 
@@ -143,6 +160,21 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.MaxPendingPerSource <= 0 {
+		cfg.MaxPendingPerSource = DefaultMaxPendingPerSource
+	}
+	if cfg.RetryAbove == 0 {
+		cfg.RetryAbove = max(1, cfg.MaxPending/4)
+	}
 	if cfg.ClientRate > 0 && cfg.ClientBurst <= 0 {
 		cfg.ClientBurst = int(cfg.ClientRate)
 	}
@@ -153,6 +185,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	s := &Server{cfg: cfg, log: log, m: newMetrics(reg), priv: priv, pub: priv.Public(), cert: cert,
 		pin: pinFromCert(cert), t0: time.Now()}
 	s.m.regionInfo.WithLabelValues(cfg.Region).Set(1)
+	s.pending = newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, s.m)
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.handles = map[uint32]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
@@ -175,7 +208,7 @@ func (s *Server) bind() error {
 	if s.udp, err = net.ListenUDP("udp", ua); err != nil {
 		return fmt.Errorf("relayd: listen udp: %w", err)
 	}
-	s.tr = &quic.Transport{Conn: s.udp}
+	s.tr = &quic.Transport{Conn: s.udp, ConnContext: s.quicConnContext, VerifySourceAddress: s.quicVerifySource}
 	tconf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{s.cert},
@@ -183,7 +216,7 @@ func (s *Server) bind() error {
 		// Clients never resume: a ticket per connection is wasted work and memory.
 		SessionTicketsDisabled: true,
 	}
-	if s.ql, err = s.tr.Listen(tconf, quicConfig()); err != nil {
+	if s.ql, err = s.tr.Listen(tconf, quicConfig(s.cfg.HelloTimeout)); err != nil {
 		return fmt.Errorf("relayd: quic listen: %w", err)
 	}
 	// quic-go discards non-QUIC packets until the first ReadNonQUICPacket
@@ -229,7 +262,7 @@ func (s *Server) bind() error {
 }
 
 // quicConfig is shared by the listener and the mesh dialer.
-func quicConfig() *quic.Config {
+func quicConfig(helloTimeout time.Duration) *quic.Config {
 	return &quic.Config{
 		EnableDatagrams:       true,
 		MaxIdleTimeout:        IdleTimeout,
