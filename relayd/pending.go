@@ -59,11 +59,11 @@ type pendingSet struct {
 
 // pendingConn is one slot. shed closes the connection it guards.
 type pendingConn struct {
-	src       netip.Addr
-	shed      func()
-	allElem   *list.Element
-	srcElem   *list.Element
-	released  bool
+	src      netip.Addr
+	shed     func()
+	allElem  *list.Element
+	srcElem  *list.Element
+	released bool
 }
 
 func newPendingSet(max, perSource int, m *metrics) *pendingSet {

@@ -42,8 +42,8 @@ import (
 // usual 30 s UDP NAT timeout); a connection silent for IdleTimeout (three
 // keep-alives) is dead.
 const (
-	KeepAlive    = 25 * time.Second
-	IdleTimeout  = 3 * KeepAlive
+	KeepAlive   = 25 * time.Second
+	IdleTimeout = 3 * KeepAlive
 	// DefaultHelloTimeout bounds the time from a connection's accept to its
 	// hello (QUIC: also the handshake itself). A real client needs two or
 	// three round trips; 10 s covers the slowest mobile links while an idle
