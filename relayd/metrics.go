@@ -39,6 +39,8 @@ type metrics struct {
 	pending        prometheus.Gauge
 	pendingDropped *prometheus.CounterVec // reason
 	quicRetries    prometheus.Counter
+	fastConfirms   *prometheus.CounterVec // result: ok|mismatch
+	fastChallenges *prometheus.CounterVec // result: sent|rate_limited
 
 	// Children used per packet, resolved once: WithLabelValues hashes its
 	// labels on every call, which showed up at 100k packets/s.
@@ -106,7 +108,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "relayd_quic_retries_total", Help: "QUIC connection attempts answered with a Retry (address validation under load).",
 		}),
 	}
-	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries)
+	m.fastConfirms = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relayd_fastpath_confirms_total", Help: "Fast-path confirmations, by result (ok, or mismatch: the challenge matched no candidate address).",
+	}, []string{"result"})
+	m.fastChallenges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relayd_fastpath_challenges_total", Help: "Fast-path address challenges, by result (sent, or rate_limited: over the per-session challenge rate).",
+	}, []string{"result"})
+	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
+	for _, r := range []string{"ok", "mismatch"} {
+		m.fastConfirms.WithLabelValues(r)
+	}
+	for _, r := range []string{"sent", "rate_limited"} {
+		m.fastChallenges.WithLabelValues(r)
+	}
 	for _, r := range pendingDropReasons {
 		m.pendingDropped.WithLabelValues(r)
 	}

@@ -19,6 +19,7 @@ package relayd
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -120,6 +121,9 @@ type Server struct {
 	cert tls.Certificate
 	pin  string
 	t0   time.Time // base for queue timestamps (monotonic)
+	// fastKey keys the fast-path challenges (fastChallenge); it never
+	// leaves the process, and a restart invalidates every fast path anyway.
+	fastKey [32]byte
 
 	udp  *net.UDPConn
 	tr   *quic.Transport
@@ -185,6 +189,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	s := &Server{cfg: cfg, log: log, m: newMetrics(reg), priv: priv, pub: priv.Public(), cert: cert,
 		pin: pinFromCert(cert), t0: time.Now()}
 	s.m.regionInfo.WithLabelValues(cfg.Region).Set(1)
+	rand.Read(s.fastKey[:])
 	s.pending = newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, s.m)
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.handles = map[uint32]*client{}
