@@ -338,5 +338,5 @@ func (s *Server) forwardFast(src *client, dstKey key.NodePublic, payload []byte)
 		}
 	}
 	// Everything else takes the normal path, which keeps the payload.
-	s.forward(src, dstKey, dst, append([]byte(nil), payload...), false)
+	s.forward(src, dstKey, append([]byte(nil), payload...), false, true)
 }

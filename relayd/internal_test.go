@@ -21,7 +21,7 @@ func TestRingDropsOldest(t *testing.T) {
 	var r ring
 	drops := 0
 	for i := range 10 {
-		if r.push(packet{enq: int64(i)}, 4) {
+		if _, dropped := r.push(packet{enq: int64(i)}, 4); dropped {
 			drops++
 		}
 	}

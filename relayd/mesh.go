@@ -309,7 +309,7 @@ func (mo *meshOut) enqueueCtrl(t relayproto.FrameType, body []byte) {
 
 func (mo *meshOut) enqueueData(frame []byte, enq int64) {
 	mo.mu.Lock()
-	dropped := mo.mu.data.push(packet{payload: frame, enq: enq}, meshQueueLen)
+	_, dropped := mo.mu.data.push(packet{payload: frame, enq: enq}, meshQueueLen)
 	mo.mu.Unlock()
 	if dropped {
 		mo.s.m.drops.WithLabelValues(dropMeshQueueFull).Inc()
@@ -508,7 +508,7 @@ func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn, pc *pendingConn
 				s.m.drops.WithLabelValues(dropNoSuchPeer).Inc()
 				continue
 			}
-			c.enqueue(packet{src: src, payload: payload, enq: s.nowNanos()}, fl&relayproto.MeshFlagDisco != 0, nil)
+			c.enqueue(packet{src: src, payload: payload, enq: s.nowNanos()}, fl&relayproto.MeshFlagDisco != 0, nil, false)
 		case relayproto.FrameKeepAlive:
 		default:
 			s.m.badFrames.WithLabelValues("unexpected").Inc()

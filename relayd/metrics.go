@@ -15,10 +15,11 @@ const (
 	dropWriteError     = "write_error"          // the destination connection failed mid-write
 	dropMeshQueueFull  = "mesh_queue_full"      // queue to a mesh peer full
 	dropClosed         = "closed"               // destination went away with packets queued
+	dropQueueBytes     = "queue_bytes_full"     // per-client byte cap reached; oldest packets dropped
 	dropFastUnvalid    = "fastpath_unvalidated" // fast-path packet with an unknown session or unproven source
 )
 
-var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, dropNoSuchPeer, dropWriteError, dropMeshQueueFull, dropClosed, dropFastUnvalid}
+var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, dropNoSuchPeer, dropWriteError, dropMeshQueueFull, dropClosed, dropFastUnvalid, dropQueueBytes}
 
 // metrics holds every relayd_ series. No label carries a per-client value.
 type metrics struct {
@@ -47,6 +48,7 @@ type metrics struct {
 	fwdDgramPkts, fwdDgramBytes   prometheus.Counter
 	fwdStreamPkts, fwdStreamBytes prometheus.Counter
 	dropQueue, dropDisco          prometheus.Counter
+	dropQueueBytes                prometheus.Counter
 	meshOutPkts, meshInPkts       prometheus.Counter
 	fwdFastPkts, fwdFastBytes     prometheus.Counter
 	dropFastUnvalidated           prometheus.Counter
@@ -149,6 +151,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dropQueue, m.dropDisco = m.drops.WithLabelValues(dropQueueFull), m.drops.WithLabelValues(dropDiscoQueueFull)
 	m.fwdFastPkts, m.fwdFastBytes = m.forwardedPkts.WithLabelValues("fastpath"), m.forwardedBytes.WithLabelValues("fastpath")
 	m.dropFastUnvalidated = m.drops.WithLabelValues(dropFastUnvalid)
+	m.dropQueueBytes = m.drops.WithLabelValues(dropQueueBytes)
 	m.meshOutPkts, m.meshInPkts = m.meshForwarded.WithLabelValues("out"), m.meshForwarded.WithLabelValues("in")
 	m.stunRequests.WithLabelValues("ok")
 	m.stunRequests.WithLabelValues("invalid")

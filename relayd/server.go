@@ -93,7 +93,8 @@ type Config struct {
 
 	QueueLen      int     // per-client data queue; 0 means DefaultQueueLen
 	DiscoQueueLen int     // per-client disco queue; 0 means DefaultDiscoQueueLen
-	ClientRate    float64 // bytes/s per client; 0 means unlimited
+	QueueBytes    int     // payload bytes queued per client, both queues; 0 means DefaultQueueBytes
+	ClientRate    float64 // bytes/s per client; 0 means DefaultClientRate, negative unlimited
 	ClientBurst   int     // token bucket depth in bytes; 0 means one second of ClientRate
 	DrainGrace    time.Duration
 
@@ -142,12 +143,10 @@ type Server struct {
 
 	mu struct {
 		sync.RWMutex
-		clients    map[key.NodePublic]*client
-		handles    map[uint32]*client
-		nextHandle uint32
-		remote     map[key.NodePublic]key.RelayPublic // client → mesh peer it is on
-		sessions   map[[relayproto.SessionLen]byte]*client
-		meshOut    map[key.RelayPublic]*meshOut // authenticated outbound mesh links
+		clients  map[key.NodePublic]*client
+		remote   map[key.NodePublic]key.RelayPublic // client → mesh peer it is on
+		sessions map[[relayproto.SessionLen]byte]*client
+		meshOut  map[key.RelayPublic]*meshOut // authenticated outbound mesh links
 	}
 	mesh meshState
 }
@@ -179,6 +178,12 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	if cfg.RetryAbove == 0 {
 		cfg.RetryAbove = max(1, cfg.MaxPending/4)
 	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultQueueBytes
+	}
+	if cfg.ClientRate == 0 {
+		cfg.ClientRate = DefaultClientRate
+	}
 	if cfg.ClientRate > 0 && cfg.ClientBurst <= 0 {
 		cfg.ClientBurst = int(cfg.ClientRate)
 	}
@@ -192,7 +197,6 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	rand.Read(s.fastKey[:])
 	s.pending = newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, s.m)
 	s.mu.clients = map[key.NodePublic]*client{}
-	s.mu.handles = map[uint32]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
 	s.mu.sessions = map[[relayproto.SessionLen]byte]*client{}
 	s.mu.meshOut = map[key.RelayPublic]*meshOut{}
