@@ -192,9 +192,7 @@ func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 		if err := j.join(ctx, f.JoinKey, req); err != nil {
 			return err
 		}
-		static := cfg.Trusted
 		j.apply(&cfg)
-		cfg.Trusted = append(cfg.Trusted, static...)
 	}
 	reg := metricsrv.NewRegistry()
 	s, err := New(cfg, log, reg)

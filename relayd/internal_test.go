@@ -14,6 +14,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
 
@@ -157,4 +158,27 @@ func FuzzHello(f *testing.F) {
 			t.Fatal("rejection without a label")
 		}
 	})
+}
+
+// TestJoinMergesStaticConfig: the coordinator's answer adds to the static
+// trust keys and mesh peers, it never replaces them.
+func TestJoinMergesStaticConfig(t *testing.T) {
+	static, coordKey := key.NewSigning().Public(), key.NewSigning().Public()
+	j := &joiner{self: "198.18.0.1:443", priv: key.NewRelay()}
+	cfg := Config{Trusted: []key.SigningPublic{static}, MeshWith: []string{"198.18.0.9:443"}, MeshSecret: []byte("s3")}
+	j.state = &joinState{Response: netmap.RelayJoinResponse{AdmitKeys: []key.SigningPublic{coordKey}}}
+	j.apply(&cfg)
+	resp := netmap.RelayJoinResponse{AdmitKeys: []key.SigningPublic{coordKey}, MeshSecret: "coord",
+		Region: netmap.Region{Relays: []netmap.Relay{{Addr: "198.18.0.2:443"}, {Addr: "198.18.0.1:443"}}}}
+	trusted, peers, secret := j.merged(resp)
+	if len(trusted) != 2 || trusted[0] != coordKey || trusted[1] != static {
+		t.Fatalf("trusted %v", trusted)
+	}
+	if fmt.Sprint(peers) != "[198.18.0.2:443 198.18.0.9:443]" || string(secret) != "coord" {
+		t.Fatalf("peers %v secret %q", peers, secret)
+	}
+	resp.MeshSecret = ""
+	if _, _, secret := j.merged(resp); string(secret) != "s3" {
+		t.Fatalf("static secret lost: %q", secret)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/wiremesh/wiremesh/coordclient"
@@ -70,6 +71,40 @@ type joiner struct {
 	state  *joinState
 	srv    *Server
 	region string
+	// static is what the flags configured (--trust-key, --mesh-with,
+	// --mesh-secret): merged with every coordinator answer, at start-up
+	// and on each heartbeat, never replaced by one.
+	static staticConfig
+}
+
+// staticConfig is the operator's own trust and mesh configuration.
+type staticConfig struct {
+	trusted  []key.SigningPublic
+	meshWith []string
+	secret   []byte
+}
+
+// merged combines the coordinator's answer with the static configuration:
+// trusted keys and mesh peers are the union (in that order, without
+// duplicates); the coordinator's mesh secret wins when it sends one.
+func (j *joiner) merged(r netmap.RelayJoinResponse) (trusted []key.SigningPublic, peers []string, secret []byte) {
+	trusted = append([]key.SigningPublic(nil), r.AdmitKeys...)
+	for _, k := range j.static.trusted {
+		if !slices.Contains(trusted, k) {
+			trusted = append(trusted, k)
+		}
+	}
+	peers = j.meshPeers(r.Region)
+	for _, p := range j.static.meshWith {
+		if !slices.Contains(peers, p) {
+			peers = append(peers, p)
+		}
+	}
+	secret = []byte(r.MeshSecret)
+	if len(secret) == 0 {
+		secret = slices.Clone(j.static.secret)
+	}
+	return trusted, peers, secret
 }
 
 // join joins with joinKey, or reuses a previous join from the state
@@ -111,12 +146,11 @@ func (j *joiner) join(ctx context.Context, joinKey string, req netmap.RelayJoinR
 	return nil
 }
 
-// apply configures cfg from the join response.
+// apply configures cfg from the join response merged with cfg's own
+// static settings, which it remembers for every later heartbeat.
 func (j *joiner) apply(cfg *Config) {
-	r := j.state.Response
-	cfg.Trusted = append([]key.SigningPublic(nil), r.AdmitKeys...)
-	cfg.MeshSecret = []byte(r.MeshSecret)
-	cfg.MeshWith = j.meshPeers(r.Region)
+	j.static = staticConfig{trusted: slices.Clone(cfg.Trusted), meshWith: slices.Clone(cfg.MeshWith), secret: slices.Clone(cfg.MeshSecret)}
+	cfg.Trusted, cfg.MeshWith, cfg.MeshSecret = j.merged(j.state.Response)
 }
 
 func (j *joiner) meshPeers(reg netmap.Region) []string {
@@ -165,8 +199,9 @@ func (j *joiner) beat(ctx context.Context, draining bool) {
 		j.log.Debug("heartbeat failed", "err", err)
 		return
 	}
-	j.srv.SetTrusted(resp.AdmitKeys)
-	j.srv.SetMesh(j.meshPeers(resp.Region), []byte(resp.MeshSecret))
+	trusted, peers, secret := j.merged(*resp)
+	j.srv.SetTrusted(trusted)
+	j.srv.SetMesh(peers, secret)
 	j.state.Response = *resp
 	if err := saveJoin(j.dir, j.state); err != nil {
 		j.log.Warn("saving join state failed", "err", err)
