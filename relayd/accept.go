@@ -202,8 +202,12 @@ func (s *Server) authenticate(h relayproto.ClientHello, exporter []byte) *reject
 	if h.Version != relayproto.Version {
 		return &rejection{relayproto.ReasonVersion, fmt.Sprintf("protocol version %d, relay speaks %d", h.Version, relayproto.Version)}
 	}
-	if _, err := admit.Verify(h.Token, *s.trusted.Load(), h.Node, s.cfg.Region, s.cfg.Now()); err != nil {
+	now := s.cfg.Now()
+	if _, err := admit.Verify(h.Token, *s.trusted.Load(), h.Node, s.cfg.Region, now); err != nil {
 		return &rejection{relayproto.ReasonFromLabel(admit.Reason(err)), err.Error()}
+	}
+	if s.revoked(h.Node, now) {
+		return revokedRejection()
 	}
 	plain, err := key.Open(s.priv, h.Node, h.Proof[:])
 	if err != nil {

@@ -202,9 +202,10 @@ func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 	if j != nil {
 		j.srv = s
 		hctx, hstop := context.WithCancel(ctx)
-		hdone := make(chan struct{})
-		go func() { defer close(hdone); j.heartbeats(hctx) }()
-		defer func() { hstop(); <-hdone }()
+		hdone := make(chan struct{}, 2)
+		go func() { defer func() { hdone <- struct{}{} }(); j.heartbeats(hctx) }()
+		go func() { defer func() { hdone <- struct{}{} }(); s.FollowRevocations(hctx, j) }()
+		defer func() { hstop(); <-hdone; <-hdone }()
 	}
 	mctx, mstop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/wiremesh/wiremesh/coordclient"
@@ -24,6 +25,7 @@ import (
 //	  └──────────────────────────── heartbeat every interval ◄─────────────┘
 //	                                (refreshes trust and mesh; SIGTERM sends
 //	                                 a final "draining" heartbeat)
+//	  └──────────────────────────── revocation long poll (revoke.go) ◄─────┘
 //
 // The join key is needed once: afterwards the relay authenticates with its
 // relay key, and the coordinator's URL and pin are kept in join.json.
@@ -67,6 +69,7 @@ type joiner struct {
 	self   string // this relay's public address, excluded from mesh peers
 	priv   key.RelayPrivate
 	log    *slog.Logger
+	rcMu   sync.Mutex // guards rc: heartbeats and revocation polls share it
 	rc     *coordclient.RelayClient
 	state  *joinState
 	srv    *Server
@@ -138,9 +141,7 @@ func (j *joiner) join(ctx context.Context, joinKey string, req netmap.RelayJoinR
 		return errors.New("relayd: not joined yet: give --coordinator and --join-key")
 	}
 	j.state = prev
-	if rc, err := coordclient.NewRelayClient(jctx, prev.URL, prev.Pin, j.priv); err == nil {
-		j.rc = rc
-	} else {
+	if _, err := j.client(jctx); err != nil {
 		j.log.Warn("coordinator unreachable; serving from the last join", "err", err)
 	}
 	return nil
@@ -183,18 +184,42 @@ func (j *joiner) heartbeats(ctx context.Context) {
 	}
 }
 
-func (j *joiner) beat(ctx context.Context, draining bool) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
+// client returns the coordinator client, connecting first if the relay
+// started while the coordinator was unreachable.
+func (j *joiner) client(ctx context.Context) (*coordclient.RelayClient, error) {
+	j.rcMu.Lock()
+	defer j.rcMu.Unlock()
 	if j.rc == nil {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		rc, err := coordclient.NewRelayClient(ctx, j.state.URL, j.state.Pin, j.priv)
 		if err != nil {
-			j.log.Debug("coordinator unreachable", "err", err)
-			return
+			return nil, fmt.Errorf("coordinator unreachable: %w", err)
 		}
 		j.rc = rc
 	}
-	resp, err := j.rc.Heartbeat(ctx, netmap.RelayHeartbeat{Clients: j.srv.Clients(), Draining: draining || j.srv.Healthy() != nil})
+	return j.rc, nil
+}
+
+// Revocations makes the joiner a RevocationSource for
+// Server.FollowRevocations, connecting lazily like the heartbeat.
+func (j *joiner) Revocations(ctx context.Context, after uint64) (*netmap.RelayRevocations, error) {
+	rc, err := j.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return rc.Revocations(ctx, after)
+}
+
+func (j *joiner) beat(ctx context.Context, draining bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rc, err := j.client(ctx)
+	if err != nil {
+		j.log.Debug("coordinator unreachable", "err", err)
+		return
+	}
+	resp, err := rc.Heartbeat(ctx, netmap.RelayHeartbeat{Clients: j.srv.Clients(), Draining: draining || j.srv.Healthy() != nil})
 	if err != nil {
 		j.log.Debug("heartbeat failed", "err", err)
 		return

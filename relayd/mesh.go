@@ -487,7 +487,7 @@ func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn, pc *pendingConn
 			}
 			s.mu.Lock()
 			if typ == relayproto.FrameMeshPresent {
-				if _, local := s.mu.clients[k]; !local {
+				if _, local := s.mu.clients[k]; !local && !s.revoked(k, s.cfg.Now()) {
 					s.mu.remote[k] = h.Relay
 				}
 			} else if s.mu.remote[k] == h.Relay {

@@ -23,25 +23,28 @@ var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, d
 
 // metrics holds every relayd_ series. No label carries a per-client value.
 type metrics struct {
-	clients        *prometheus.GaugeVec   // transport
-	connects       *prometheus.CounterVec // transport
-	rejects        *prometheus.CounterVec // reason
-	forwardedPkts  *prometheus.CounterVec // mode: datagram|stream
-	forwardedBytes *prometheus.CounterVec // mode
-	drops          *prometheus.CounterVec // reason
-	badFrames      *prometheus.CounterVec // reason
-	meshForwarded  *prometheus.CounterVec // direction: out|in
-	meshPeers      prometheus.Gauge
-	queueDelay     prometheus.Histogram
-	stunRequests   *prometheus.CounterVec // result
-	clientRTT      prometheus.Histogram
-	draining       prometheus.Gauge
-	regionInfo     *prometheus.GaugeVec // region: this relay's own, value 1
-	pending        prometheus.Gauge
-	pendingDropped *prometheus.CounterVec // reason
-	quicRetries    prometheus.Counter
-	fastConfirms   *prometheus.CounterVec // result: ok|mismatch
-	fastChallenges *prometheus.CounterVec // result: sent|rate_limited
+	regionInfo      *prometheus.GaugeVec   // region: this relay's own, value 1
+	clients         *prometheus.GaugeVec   // transport
+	connects        *prometheus.CounterVec // transport
+	rejects         *prometheus.CounterVec // reason
+	forwardedPkts   *prometheus.CounterVec // mode: datagram|stream
+	forwardedBytes  *prometheus.CounterVec // mode
+	drops           *prometheus.CounterVec // reason
+	badFrames       *prometheus.CounterVec // reason
+	meshForwarded   *prometheus.CounterVec // direction: out|in
+	meshPeers       prometheus.Gauge
+	queueDelay      prometheus.Histogram
+	stunRequests    *prometheus.CounterVec // result
+	clientRTT       prometheus.Histogram
+	draining        prometheus.Gauge
+	pending         prometheus.Gauge
+	pendingDropped  *prometheus.CounterVec // reason
+	quicRetries     prometheus.Counter
+	revoked         prometheus.Gauge
+	revokedClosed   prometheus.Counter
+	revocationPolls *prometheus.CounterVec // result: ok|error|not_supported
+	fastConfirms    *prometheus.CounterVec // result: ok|mismatch
+	fastChallenges  *prometheus.CounterVec // result: sent|rate_limited
 
 	// Children used per packet, resolved once: WithLabelValues hashes its
 	// labels on every call, which showed up at 100k packets/s.
@@ -116,6 +119,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.fastChallenges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relayd_fastpath_challenges_total", Help: "Fast-path address challenges, by result (sent, or rate_limited: over the per-session challenge rate).",
 	}, []string{"result"})
+	m.revoked = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "relayd_revoked_nodes", Help: "Node keys revoked by the coordinator and refused until their tokens expire.",
+	})
+	m.revokedClosed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "relayd_revoked_sessions_closed_total", Help: "Client sessions closed because their node key was revoked.",
+	})
+	m.revocationPolls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relayd_revocation_polls_total", Help: "Revocation long polls to the coordinator, by result (ok, error, not_supported: a coordinator without them).",
+	}, []string{"result"})
+	for _, r := range []string{"ok", "error", "not_supported"} {
+		m.revocationPolls.WithLabelValues(r)
+	}
+	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls)
 	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
 	for _, r := range []string{"ok", "mismatch"} {
 		m.fastConfirms.WithLabelValues(r)

@@ -136,6 +136,7 @@ type Server struct {
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
 
+	revokedKeys    revokedSet   // see revoke.go
 	pending        *pendingSet  // connections not yet admitted
 	quicHandshakes atomic.Int64 // QUIC connections between ConnContext and Accept
 
@@ -195,6 +196,9 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 		pin: pinFromCert(cert), t0: time.Now()}
 	s.m.regionInfo.WithLabelValues(cfg.Region).Set(1)
 	rand.Read(s.fastKey[:])
+	if err := s.loadRevoked(); err != nil {
+		return nil, err
+	}
 	s.pending = newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, s.m)
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
