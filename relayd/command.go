@@ -45,7 +45,7 @@ type Flags struct {
 	MaxPendingSrc  int           `flag:"max-pending-per-source" env:"MAX_PENDING_PER_SOURCE" envDefault:"32" help:"of those, per source address (IPv6: per /64); past it that source's oldest is closed"`
 	HelloTimeout   time.Duration `flag:"hello-timeout" env:"HELLO_TIMEOUT" envDefault:"10s" help:"time from accept to the client hello (QUIC: including the handshake)"`
 	DrainGrace     time.Duration `flag:"drain-grace" env:"DRAIN_GRACE" envDefault:"10s" help:"on SIGTERM, how long clients get to move before the relay closes"`
-	PprofListen    string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"address to serve net/http/pprof on, for profiling (default: off; never expose it)"`
+	PprofListen    string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"loopback address to serve net/http/pprof on, for profiling (default: off)"`
 	JSON           bool          `flag:"json" env:"JSON" help:"relayd pin: print JSON"`
 	cli.Logging
 }
@@ -111,6 +111,11 @@ func (f Flags) config() (Config, error) {
 	}
 	if f.Region == "" {
 		return cfg, errors.New("relayd: --region is required")
+	}
+	if f.PprofListen != "" {
+		if err := checkPprofAddr(f.PprofListen); err != nil {
+			return cfg, err
+		}
 	}
 	if f.StateDir == "" {
 		return cfg, errors.New("relayd: --state-dir is required")

@@ -91,7 +91,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(10e-6, 4, 10), // 10 µs .. 2.6 s
 		}),
 		stunRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relayd_stun_requests_total", Help: "STUN packets received, by result (ok or invalid).",
+			Name: "relayd_stun_requests_total", Help: "STUN packets received, by result (ok, invalid, or rate_limited: over the per-source or global answer rate).",
 		}, []string{"result"}),
 		clientRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "relayd_client_rtt_seconds", Help: "Round trip of relay-to-client pings.",
@@ -171,5 +171,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.meshOutPkts, m.meshInPkts = m.meshForwarded.WithLabelValues("out"), m.meshForwarded.WithLabelValues("in")
 	m.stunRequests.WithLabelValues("ok")
 	m.stunRequests.WithLabelValues("invalid")
+	m.stunRequests.WithLabelValues("rate_limited")
 	return m
 }

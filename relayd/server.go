@@ -136,7 +136,8 @@ type Server struct {
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
 
-	revokedKeys    revokedSet   // see revoke.go
+	revokedKeys    revokedSet // see revoke.go
+	stunLim        *stunLimiter
 	pending        *pendingSet  // connections not yet admitted
 	quicHandshakes atomic.Int64 // QUIC connections between ConnContext and Accept
 
@@ -199,6 +200,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	if err := s.loadRevoked(); err != nil {
 		return nil, err
 	}
+	s.stunLim = newSTUNLimiter(time.Now())
 	s.pending = newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, s.m)
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
