@@ -40,7 +40,12 @@ func fuzzFrameSeeds() [][]byte {
 // frame. Frames go through the stream reader, and the same bytes are also
 // fed as one datagram.
 func FuzzServerFrames(f *testing.F) {
-	s := newTestServer(f, func(c *Config) { c.ListenFast = "127.0.0.1:0"; c.FastShared = true; c.QueueLen = 8; c.QueueBytes = 4096 })
+	s := newTestServer(f, func(c *Config) {
+		c.ListenFast = "127.0.0.1:0"
+		c.FastShared = true
+		c.QueueLen = 8
+		c.QueueBytes = 4096
+	})
 	for _, b := range fuzzFrameSeeds() {
 		f.Add(b)
 	}
