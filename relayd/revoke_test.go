@@ -207,3 +207,38 @@ func TestRevocationPollTolerates404(t *testing.T) {
 		t.Fatalf("%d polls after a 404; the next belongs minutes later", fake.polls)
 	}
 }
+
+// TestRevocationAcrossMesh: a relay that learns a revocation forgets that
+// its mesh peer has the node, ignores the peer's further announcements of
+// it, and the relay holding the session tells the mesh when it closes it.
+func TestRevocationAcrossMesh(t *testing.T) {
+	secret := []byte("region secret")
+	r1 := relaytest.Start(t, func(c *relayd.Config) { c.MeshSecret = secret })
+	r2 := relaytest.StartWith(t, relayd.Config{
+		Region: relaytest.Region, Listen: "127.0.0.1:0", StateDir: t.TempDir(),
+		Trusted: []key.SigningPublic{r1.Signer.Public()}, MeshSecret: secret,
+		MeshWith: []string{r1.Server.Addr().String()},
+	}, r1.Signer)
+	r1.Server.SetMesh([]string{r2.Server.Addr().String()}, secret)
+	waitUntil(t, "mesh links up", func() bool {
+		return len(r1.Server.MeshPeers()) == 1 && len(r2.Server.MeshPeers()) == 1
+	})
+	ka, a, _ := dial(t, r1, true, nil)
+	kb, b, sb := dial(t, r2, true, nil)
+	sendUntil(t, sb, func() { a.Send(kb.Public(), []byte("a→b")) }, func() bool { return len(sb.pkts) > 0 })
+
+	// Only r2 hears of it first: it must stop routing to a at r1.
+	r2.Server.SetRevoked([]netmap.RevokedNode{{Key: ka.Public(), Until: time.Now().Add(time.Hour)}})
+	before := counter(t, r2.Registry, "relayd_dropped_packets_total", "reason", "no_such_peer")
+	b.Send(ka.Public(), []byte("to a revoked node"))
+	waitUntil(t, "r2 refuses to route to the revoked node", func() bool {
+		return counter(t, r2.Registry, "relayd_dropped_packets_total", "reason", "no_such_peer") > before
+	})
+	// r1 hears of it too: the session closes.
+	r1.Server.SetRevoked([]netmap.RevokedNode{{Key: ka.Public(), Until: time.Now().Add(time.Hour)}})
+	select {
+	case <-a.Done():
+	case <-time.After(testWait):
+		t.Fatal("session of the revoked node still open at its relay")
+	}
+}
