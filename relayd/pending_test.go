@@ -102,10 +102,12 @@ func TestPendingBudgetShared(t *testing.T) {
 		c.HelloTimeout = time.Minute
 	})
 	var qcs []*quic.Conn
-	for range 4 {
+	for i := range 4 {
 		qcs = append(qcs, stalledQUIC(t, r, "127.0.0.2"))
+		// One at a time: the relay orders by its own accept, which a
+		// retransmitted handshake packet could otherwise swap.
+		waitUntil(t, "pending", func() bool { return counter(t, r.Registry, "relayd_pending_connections") == float64(i+1) })
 	}
-	waitUntil(t, "4 pending", func() bool { return counter(t, r.Registry, "relayd_pending_connections") == 4 })
 	idleTCP(t, r, "127.0.0.2", true) // the fifth: sheds the oldest QUIC one
 	waitClosed(t, "oldest pending QUIC connection", qcs[0])
 	waitUntil(t, "shed counted", func() bool {
