@@ -192,8 +192,8 @@ func (c *Conn) sendFast(dst key.NodePublic, payload []byte) (ok bool, err error)
 	c.mu.Lock()
 	fp := c.mu.fast
 	c.mu.Unlock()
-	if fp == nil {
-		return false, nil
+	if fp == nil || relayproto.FastSendOverhead+len(payload) > relayproto.MaxFastDatagram {
+		return false, nil // too large for the relay's batch buffers: QUIC or TCP takes it
 	}
 	bp := dgramPool.Get().(*[]byte)
 	d := relayproto.AppendFastSend((*bp)[:0], fp.session, dst, payload)

@@ -567,7 +567,7 @@ func (cl *client) write() {
 				if i < nDisco {
 					t = relayproto.FrameRecvDisco
 				}
-				if t == relayproto.FrameRecvPacket {
+				if t == relayproto.FrameRecvPacket && relayproto.FastRecvOverhead+len(p.payload) <= relayproto.MaxFastDatagram {
 					if addr, ok := cl.fastAddr(); ok {
 						if err := cl.s.sendFast(cl, addr, p.src, p.payload); err == nil {
 							cl.s.m.fwdFastPkts.Inc()

@@ -28,6 +28,7 @@ type Flags struct {
 	STUNListen     string        `flag:"stun-listen" env:"STUN_LISTEN" help:"extra plain STUN UDP address, such as :3478 (default: none)"`
 	FastListen     string        `flag:"fastpath-listen" env:"FASTPATH_LISTEN" help:"UDP address for the plain-UDP fast path clients may negotiate (default: off); each client gets its own port on this IP"`
 	FastShared     bool          `flag:"fastpath-shared" env:"FASTPATH_SHARED" help:"serve every fast-path client on the --fastpath-listen port itself (one firewall port; no fairness between them)"`
+	FastNoGSO      bool          `flag:"fastpath-no-gso" env:"FASTPATH_NO_GSO" help:"do not use UDP GSO for fast-path sends (sendmmsg batching stays)"`
 	PublicAddr     string        `flag:"public-addr" env:"PUBLIC_ADDR" help:"host:port clients reach this relay at"`
 	StateDir       string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the relay key and certificate (required)"`
 	MetricsListen  string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -100,7 +101,7 @@ func printPin(f Flags, out io.Writer) error {
 
 func (f Flags) config() (Config, error) {
 	cfg := Config{
-		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen, FastShared: f.FastShared,
+		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen, FastShared: f.FastShared, FastNoGSO: f.FastNoGSO,
 		PublicAddr: f.PublicAddr, StateDir: f.StateDir, MeshWith: f.MeshWith,
 		QueueLen: f.QueueLen, DiscoQueueLen: f.DiscoQueueLen, QueueBytes: f.QueueBytes,
 		ClientRate: f.ClientRate, ClientBurst: f.ClientBurst, DrainGrace: f.DrainGrace,

@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -65,6 +64,7 @@ type fastState struct {
 	// conn is the client's own fast-path socket (see startFastPath), or
 	// nil when it shares the relay's --fastpath-listen socket.
 	conn *net.UDPConn
+	bc   batchConn                      // batches on conn (or on the shared socket)
 	addr atomic.Pointer[netip.AddrPort] // validated: data goes here
 	lim  *limiter                       // challenges sent (count, not bytes)
 
@@ -132,7 +132,7 @@ func (cl *client) startFastPath() {
 	}
 	fs := cl.fast.Load()
 	if fs == nil {
-		fs = &fastState{lim: newLimiter(fastChallengeRate, fastChallengeBurst, time.Now())}
+		fs = &fastState{lim: newLimiter(fastChallengeRate, fastChallengeBurst, time.Now()), bc: s.fastBC}
 		rand.Read(fs.session[:])
 		if !s.cfg.FastShared {
 			ip := s.fast.LocalAddr().(*net.UDPAddr).IP
@@ -144,7 +144,7 @@ func (cl *client) startFastPath() {
 			}
 			c.SetReadBuffer(fastClientBuffer)
 			c.SetWriteBuffer(fastClientBuffer)
-			fs.conn = c
+			fs.conn, fs.bc = c, newBatchConn(c)
 		}
 		// cl.fast first: handleFast looks the session up and then
 		// dereferences cl.fast.
@@ -153,7 +153,7 @@ func (cl *client) startFastPath() {
 		s.mu.sessions[fs.session] = cl
 		s.mu.Unlock()
 		if fs.conn != nil {
-			s.spawn(func() { s.serveFastConn(fs.conn, cl.done) })
+			s.spawn(func() { s.serveFastConn(fs.conn, fs.bc, cl.done) })
 		}
 	}
 	port := s.fast.LocalAddr().(*net.UDPAddr).Port
@@ -223,7 +223,8 @@ func (s *Server) sendChallenge(conn *net.UDPConn, fs *fastState, from netip.Addr
 	s.m.fastChallenges.WithLabelValues("sent").Inc()
 }
 
-// fastBufPool holds scratch buffers for fast-path writes.
+// fastBufPool holds scratch buffers for single fast-path writes (packets
+// from QUIC or TCP senders to a fast-path client).
 var fastBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // sendFast writes a FastRecv datagram to dst's validated address, from the
@@ -245,12 +246,12 @@ func (s *Server) sendFast(dst *client, addr netip.AddrPort, src key.NodePublic, 
 func (s *Server) serveFast(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { s.fast.Close() })
 	defer stop()
-	s.fastLoop(s.fast, nil)
+	s.fastLoop(s.fast, s.fastBC)
 }
 
 // serveFastConn serves one client's own fast-path socket until the client
 // goes away (done) or the socket fails.
-func (s *Server) serveFastConn(conn *net.UDPConn, done <-chan struct{}) {
+func (s *Server) serveFastConn(conn *net.UDPConn, bc batchConn, done <-chan struct{}) {
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -260,26 +261,13 @@ func (s *Server) serveFastConn(conn *net.UDPConn, done <-chan struct{}) {
 		}
 		conn.Close()
 	}()
-	s.fastLoop(conn, nil)
+	s.fastLoop(conn, bc)
 }
 
-// fastLoop reads fast-path datagrams from conn until it is closed.
-func (s *Server) fastLoop(conn *net.UDPConn, _ *client) {
-	buf := make([]byte, 1<<16)
-	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		s.handleFast(conn, buf[:n], from)
-	}
-}
-
-// handleFast acts on one fast-path datagram that arrived on conn.
-func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort) {
+// handleFast acts on one fast-path datagram that arrived on conn; packets
+// it forwards over the fast path join b, written when the batch is done.
+// d is rewritten in place.
+func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort, b *fastBatch) {
 	fd, err := relayproto.ParseFast(d)
 	if err != nil {
 		s.m.badFrames.WithLabelValues(relayproto.BadFrameReason(err)).Inc()
@@ -309,15 +297,18 @@ func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort) {
 			}
 			return
 		}
-		s.forwardFast(cl, fd.Key, fd.Payload)
+		s.forwardFast(cl, fd.Key, d, fd.Payload, b)
 	default:
 		s.m.badFrames.WithLabelValues("unexpected").Inc()
 	}
 }
 
-// forwardFast routes a packet that arrived on the fast path. payload is
-// only valid during the call.
-func (s *Server) forwardFast(src *client, dstKey key.NodePublic, payload []byte) {
+// forwardFast routes a packet that arrived on the fast path as the
+// FastSend datagram d (payload aliases it). A destination with a fast path
+// gets it, rewritten in place into a FastRecv, in the batch b; anything
+// else takes the normal path with a copy. d is only valid until b is
+// flushed.
+func (s *Server) forwardFast(src *client, dstKey key.NodePublic, d, payload []byte, b *fastBatch) {
 	s.mu.RLock()
 	dst := s.mu.clients[dstKey]
 	s.mu.RUnlock()
@@ -328,12 +319,11 @@ func (s *Server) forwardFast(src *client, dstKey key.NodePublic, payload []byte)
 				return
 			}
 			dst.noteSender(src)
-			if err := s.sendFast(dst, addr, src.key, payload); err != nil {
-				s.m.drops.WithLabelValues(dropWriteError).Inc()
-				return
+			conn, bc := s.fast, s.fastBC
+			if fs := dst.fast.Load(); fs.conn != nil {
+				conn, bc = fs.conn, fs.bc
 			}
-			s.m.fwdFastPkts.Inc()
-			s.m.fwdFastBytes.Add(float64(len(payload)))
+			b.add(conn, bc, addr, relayproto.FastRecvInPlace(d, src.key))
 			return
 		}
 	}

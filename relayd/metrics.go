@@ -43,6 +43,7 @@ type metrics struct {
 	revoked         prometheus.Gauge
 	revokedClosed   prometheus.Counter
 	revocationPolls *prometheus.CounterVec // result: ok|error|not_supported
+	fastBatch       prometheus.Histogram
 	fastConfirms    *prometheus.CounterVec // result: ok|mismatch
 	fastChallenges  *prometheus.CounterVec // result: sent|rate_limited
 
@@ -131,7 +132,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"ok", "error", "not_supported"} {
 		m.revocationPolls.WithLabelValues(r)
 	}
-	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls)
+	m.fastBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "relayd_fastpath_read_batch_datagrams", Help: "Datagrams per fast-path read (recvmmsg batch).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32},
+	})
+	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch)
 	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
 	for _, r := range []string{"ok", "mismatch"} {
 		m.fastConfirms.WithLabelValues(r)

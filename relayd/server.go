@@ -84,6 +84,9 @@ type Config struct {
 	// instead of a socket of its own (for firewalls that open one port);
 	// fairness between fast-path clients is then lost (docs/relayd.md).
 	FastShared bool
+	// FastNoGSO turns UDP GSO off on the fast path's sends (sendmmsg
+	// batching stays); for measuring, or kernels that misbehave with it.
+	FastNoGSO  bool
 	PublicAddr string // host:port clients use; only put in the certificate
 	StateDir   string // relay key and certificate live here
 
@@ -132,6 +135,10 @@ type Server struct {
 	tcp  net.Listener
 	stun *net.UDPConn
 	fast *net.UDPConn
+	// fastBC batches reads and writes on fast; fastNoGSO is set once a
+	// send shows the path cannot do UDP GSO (or Config.FastNoGSO).
+	fastBC    batchConn
+	fastNoGSO atomic.Bool
 
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
@@ -272,6 +279,8 @@ func (s *Server) bind() error {
 		// other queue in front of it.
 		s.fast.SetReadBuffer(7 << 20)
 		s.fast.SetWriteBuffer(7 << 20)
+		s.fastBC = newBatchConn(s.fast)
+		s.fastNoGSO.Store(s.cfg.FastNoGSO)
 	}
 	return nil
 }

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package relayd
+
+const gsoSupported = false
+
+func gsoControl(uint16) []byte    { return nil }
+func gsoShouldDisable(error) bool { return true }
+func msgTruncated(int) bool       { return false }
