@@ -138,7 +138,7 @@ func (s *Server) handleFastBatch(conn *net.UDPConn, b *fastBatch, in []ipv4.Mess
 func (s *Server) flushFast(b *fastBatch) {
 	for i := range b.outs {
 		o := &b.outs[i]
-		sent, bytes := s.writeFastOut(b, o)
+		sent, bytes := s.writeFastOut(b, o, true)
 		s.m.fwdFastPkts.Add(float64(sent))
 		s.m.fwdFastBytes.Add(float64(bytes))
 		if lost := len(o.frames) - sent; lost > 0 {
@@ -152,11 +152,11 @@ func (s *Server) flushFast(b *fastBatch) {
 }
 
 // writeFastOut sends one destination's frames, coalescing runs of equal
-// sizes into GSO sends when the kernel allows, and returns how many frames
-// (and payload bytes) were sent.
-func (s *Server) writeFastOut(b *fastBatch, o *fastOut) (sent, bytes int) {
+// sizes into GSO sends when gso is set and the kernel allows, and returns
+// how many frames (and payload bytes) were sent.
+func (s *Server) writeFastOut(b *fastBatch, o *fastOut, gso bool) (sent, bytes int) {
 	ua := net.UDPAddrFromAddrPort(o.addr)
-	useGSO := gsoSupported && !s.fastNoGSO.Load() && len(o.frames) > 1
+	useGSO := gso && gsoSupported && !s.fastNoGSO.Load() && len(o.frames) > 1
 	b.msgs, b.counts = b.msgs[:0], b.counts[:0]
 	gi := 0
 	for i := 0; i < len(o.frames); {
@@ -198,14 +198,18 @@ func (s *Server) writeFastOut(b *fastBatch, o *fastOut) (sent, bytes int) {
 	for done < len(b.msgs) {
 		n, err := o.bc.WriteBatch(b.msgs[done:], 0)
 		if err != nil {
-			if useGSO && gsoShouldDisable(err) {
-				// This path cannot offload: stop trying, everywhere, and
-				// resend the rest of this destination without it.
-				s.fastNoGSO.Store(true)
-				s.log.Info("fast path: UDP GSO unavailable; sending datagrams one by one", "err", err)
+			if useGSO && (gsoShouldDisable(err) || gsoTooBig(err)) {
+				if gsoShouldDisable(err) {
+					// This path cannot offload: stop trying, everywhere.
+					s.fastNoGSO.Store(true)
+					s.log.Info("fast path: UDP GSO unavailable; sending datagrams one by one", "err", err)
+				}
+				// Either way, resend the rest of this destination without
+				// it (segments larger than the device MTU get EMSGSIZE
+				// with GSO, but are fragmented without it).
 				rest := o.frames[frameIndex(b.counts, done):]
 				o2 := fastOut{conn: o.conn, bc: o.bc, addr: o.addr, frames: rest}
-				s2, b2 := s.writeFastOut(b, &o2)
+				s2, b2 := s.writeFastOut(b, &o2, false)
 				return sent + s2, bytes + b2
 			}
 			break

@@ -37,5 +37,11 @@ func gsoShouldDisable(err error) bool {
 	return se.Err == unix.EIO || se.Err == unix.EINVAL || se.Err == unix.ENOPROTOOPT
 }
 
+// gsoTooBig reports whether a GSO send failed for its segment size alone.
+func gsoTooBig(err error) bool {
+	var se *os.SyscallError
+	return errors.As(err, &se) && se.Err == unix.EMSGSIZE
+}
+
 // msgTruncated reports whether recvmmsg cut a datagram to its buffer.
 func msgTruncated(flags int) bool { return flags&unix.MSG_TRUNC != 0 }

@@ -7,3 +7,4 @@ const gsoSupported = false
 func gsoControl(uint16) []byte    { return nil }
 func gsoShouldDisable(error) bool { return true }
 func msgTruncated(int) bool       { return false }
+func gsoTooBig(error) bool        { return false }
