@@ -175,3 +175,31 @@ func TestQUICRetryUnderLoad(t *testing.T) {
 }
 
 func newNodeKey() key.NodePrivate { return key.NewNode() }
+
+// TestTCPStageDeadlines: a TCP connection that never starts TLS, and one
+// that completes TLS but never sends its hello, are both closed by their
+// stage's deadline.
+func TestTCPStageDeadlines(t *testing.T) {
+	r := relaytest.Start(t, func(c *relayd.Config) {
+		c.HelloTimeout = 400 * time.Millisecond
+		c.HandshakeTimeout = 200 * time.Millisecond
+	})
+	for _, handshake := range []bool{false, true} {
+		nc := idleTCP(t, r, "127.0.0.2", handshake)
+		nc.SetReadDeadline(time.Now().Add(testWait))
+		var b [1]byte
+		for {
+			if _, err := nc.Read(b[:]); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatalf("handshake=%v: relay kept an idle connection open", handshake)
+				}
+				break // closed by the relay (a Reject frame may come first)
+			}
+		}
+	}
+	waitUntil(t, "both counted", func() bool {
+		return counter(t, r.Registry, "relayd_pending_dropped_total", "reason", "handshake_failed") >= 1 &&
+			counter(t, r.Registry, "relayd_rejects_total", "reason", "timeout") >= 1 &&
+			counter(t, r.Registry, "relayd_pending_connections") == 0
+	})
+}
