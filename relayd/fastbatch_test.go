@@ -21,7 +21,7 @@ type fastPeer struct {
 	sock *net.UDPConn
 }
 
-func newFastPeer(t *testing.T, s *Server) fastPeer {
+func newFastPeer(t testing.TB, s *Server) fastPeer {
 	t.Helper()
 	cl, _ := fakeClient(s)
 	cl.startFastPath()

@@ -103,8 +103,9 @@ func TestWriteCorpus(t *testing.T) {
 			stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.NewSoftware("x")).Raw,
 			{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42},
 		},
-		"FuzzHello":        {h.Append(nil), make([]byte, 106)},
-		"FuzzServerFrames": fuzzFrameSeeds(),
+		"FuzzHello":         {h.Append(nil), make([]byte, 106)},
+		"FuzzServerFrames":  fuzzFrameSeeds(),
+		"FuzzFastDatagrams": fuzzFastSeeds(),
 	}
 	for name, list := range seeds {
 		dir := filepath.Join("testdata", "fuzz", name)
