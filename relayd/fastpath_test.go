@@ -18,15 +18,19 @@ import (
 )
 
 func TestFastPath(t *testing.T) {
-	for _, shared := range []bool{false, true} {
-		t.Run(map[bool]string{false: "own socket per client", true: "shared socket"}[shared], func(t *testing.T) {
-			testFastPath(t, shared)
-		})
+	// The wildcard listen address makes dual-stack sockets, which the
+	// batched reads and writes must handle as well as plain IPv4 ones.
+	for _, listen := range []string{"127.0.0.1:0", ":0"} {
+		for _, shared := range []bool{false, true} {
+			t.Run(listen+map[bool]string{false: " own socket per client", true: " shared socket"}[shared], func(t *testing.T) {
+				testFastPathListen(t, listen, shared)
+			})
+		}
 	}
 }
 
-func testFastPath(t *testing.T, shared bool) {
-	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = "127.0.0.1:0"; c.FastShared = shared })
+func testFastPathListen(t *testing.T, listen string, shared bool) {
+	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = listen; c.FastShared = shared })
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
 	ka, a, sa := dial(t, r, true, nil)
