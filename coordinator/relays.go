@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -48,7 +49,8 @@ type relayFleet struct {
 	relays  map[key.RelayPublic]*relayState
 	static  netmap.RelayMap
 
-	cached atomic.Pointer[netmap.RelayMap] // nil: rebuild
+	cached        atomic.Pointer[netmap.RelayMap] // nil: rebuild
+	warnedRegions atomic.Bool
 }
 
 func newRelayFleet(srv *Server, snap *store.Snapshot) (*relayFleet, error) {
@@ -198,6 +200,25 @@ func (rs *relayState) toNetmap() netmap.Relay {
 		State: rs.state, Healthy: rs.state == netmap.RelayUp || rs.state == netmap.RelayStatic}
 }
 
+// tokenRegions returns the region codes admission tokens are scoped to:
+// every region of the relay map, sorted. With more than admit.MaxRegions
+// regions, tokens are valid in any region (nil), and a warning is logged
+// once.
+func (f *relayFleet) tokenRegions() []string {
+	m := f.relayMap()
+	if len(m.Regions) > admit.MaxRegions {
+		if f.warnedRegions.CompareAndSwap(false, true) {
+			f.srv.log.Warn("more regions than an admission token can list; tokens are valid in every region", "regions", len(m.Regions), "max", admit.MaxRegions)
+		}
+		return nil
+	}
+	out := make([]string, 0, len(m.Regions))
+	for _, r := range m.Regions {
+		out = append(out, r.Code)
+	}
+	return out // relayMap sorts regions by code
+}
+
 // changedLocked drops the cached map; the caller broadcasts after unlocking.
 func (f *relayFleet) changedLocked() { f.cached.Store(nil) }
 
@@ -222,7 +243,6 @@ func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (stri
 	}
 	f := srv.relays
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	r, ok := f.regions[region]
 	if !ok {
 		var s [32]byte
@@ -235,10 +255,17 @@ func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (stri
 	sec := netmap.NewSecret()
 	jk := &store.JoinKey{Hash: sec.Hash(), Region: region, Created: srv.now()}
 	if err := srv.store.CreateJoinKey(ctx, jk, r); err != nil {
+		f.mu.Unlock()
 		return "", err
 	}
 	f.regions[region] = r
 	f.changedLocked()
+	f.mu.Unlock()
+	if !ok {
+		// A new region is in every node's relay map, and in the region
+		// list of its next admission token.
+		srv.broadcastRelayMap()
+	}
 	return netmap.FormatJoinKey(sec, srv.pin), nil
 }
 
@@ -379,29 +406,11 @@ func (srv *Server) handleRelayHeartbeat(w http.ResponseWriter, r *http.Request) 
 }
 
 func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJoinResponse, error) {
-	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
+	rs, err := srv.authRelay(r, body)
 	if err != nil {
-		return nil, errorf(http.StatusUnauthorized, "%v", err)
-	}
-	rk, err := key.ParseRelayPublic(pubText)
-	if err != nil {
-		return nil, errorf(http.StatusUnauthorized, "proof of possession: %v", err)
-	}
-	f := srv.relays
-	f.mu.Lock()
-	rs, ok := f.relays[rk]
-	var shared key.SharedKey
-	if ok {
-		shared = rs.shared
-	}
-	f.mu.Unlock()
-	if !ok {
-		return nil, errorf(http.StatusUnauthorized, "relay key %s has not joined; join with a join key first", rk.ShortString())
-	}
-	now := srv.now()
-	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
 		return nil, err
 	}
+	now := srv.now()
 	var hb netmap.RelayHeartbeat
 	if err := decodeJSON(body, &hb); err != nil {
 		return nil, err
@@ -413,7 +422,11 @@ func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJo
 	case hb.Overloaded:
 		state = netmap.RelayOverloaded
 	}
+	f := srv.relays
 	f.mu.Lock()
+	if err != nil {
+		return nil, errorf(http.StatusUnauthorized, "%v", err)
+	}
 	rs.rec.LastHeartbeat = now
 	rs.clients = hb.Clients
 	changed := rs.state != state
@@ -433,6 +446,34 @@ func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJo
 		srv.broadcastRelayMap()
 	}
 	return resp, nil
+}
+
+// authRelay checks a request's proof against a joined relay and returns
+// it. The body must already be read.
+func (srv *Server) authRelay(r *http.Request, body []byte) (*relayState, error) {
+	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
+	if err != nil {
+		return nil, errorf(http.StatusUnauthorized, "%v", err)
+	}
+	rk, err := key.ParseRelayPublic(pubText)
+	if err != nil {
+		return nil, errorf(http.StatusUnauthorized, "proof of possession: %v", err)
+	}
+	f := srv.relays
+	f.mu.Lock()
+	rs, ok := f.relays[rk]
+	var shared key.SharedKey
+	if ok {
+		shared = rs.shared
+	}
+	f.mu.Unlock()
+	if !ok {
+		return nil, errorf(http.StatusUnauthorized, "relay key %s has not joined; join with a join key first", rk.ShortString())
+	}
+	if err := srv.checkProof(&shared, sealed, r, body, srv.now()); err != nil {
+		return nil, err
+	}
+	return rs, nil
 }
 
 // sweep marks silent relays down.

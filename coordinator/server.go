@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/coordinator/policy"
 	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/key"
@@ -106,6 +107,9 @@ type Config struct {
 	// conns.go). Zero takes DefaultBodyTimeout, DefaultMaxConnsPerSource.
 	BodyTimeout       time.Duration
 	MaxConnsPerSource int
+	// RevocationPollTimeout is how long a relay's revocation poll is held
+	// with nothing new; zero takes netmap.RevocationPollTimeout.
+	RevocationPollTimeout time.Duration
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -131,6 +135,7 @@ type Server struct {
 	pin       string
 
 	relays *relayFleet
+	revs   *revocations
 	replay *replayCache
 	// policyMu orders policy changes: store write, then install.
 	policyMu sync.Mutex
@@ -168,7 +173,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	def(&cfg.KeyExpiry, DefaultKeyExpiry)
 	def(&cfg.EphemeralTimeout, DefaultEphemeralTimeout)
 	def(&cfg.HeartbeatInterval, DefaultHeartbeatInterval)
-	def(&cfg.TokenLifetime, 12*time.Hour)
+	def(&cfg.TokenLifetime, admit.DefaultLifetime)
+	def(&cfg.RevocationPollTimeout, netmap.RevocationPollTimeout)
 	def(&cfg.SweepInterval, DefaultSweepInterval)
 	def(&cfg.BodyTimeout, DefaultBodyTimeout)
 	if cfg.MaxConnsPerSource <= 0 {
@@ -245,6 +251,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	if srv.relays, err = newRelayFleet(srv, snap); err != nil {
+		return fail(err)
+	}
+	if srv.revs, err = newRevocations(snap); err != nil {
 		return fail(err)
 	}
 	if cfg.PolicyFile != "" {
@@ -328,7 +337,10 @@ func (srv *Server) loadSnapshot(snap *store.Snapshot) error {
 		if err != nil {
 			return fmt.Errorf("stored node %s: %w", rec.Name, err)
 		}
-		n.expiredSent = n.expired(srv.now())
+		// A key that expired recently (while the coordinator was down, say)
+		// is left for the sweep, which revokes it at the relays; older
+		// ones have no token left that a relay would take.
+		n.expiredSent = n.expired(srv.now()) && srv.now().After(srv.revokeUntil(rec.KeyExpiry))
 		st.addLocked(n)
 	}
 	st.ipCursor = snap.IPCursor
@@ -478,6 +490,7 @@ func (srv *Server) sweep(ctx context.Context) {
 	}
 	st.mu.RUnlock()
 	if len(expired) > 0 {
+		var revoke []key.NodePublic
 		st.mu.Lock()
 		for _, n := range expired {
 			if _, live := st.nodes[n.id]; live && !n.expiredSent {
@@ -486,9 +499,15 @@ func (srv *Server) sweep(ctx context.Context) {
 				if n.sess != nil {
 					n.sess.cancel()
 				}
+				revoke = append(revoke, n.nodeKey)
 			}
 		}
 		st.mu.Unlock()
+		for _, k := range revoke {
+			if err := srv.revoke(ctx, k, "key expiry passed"); err != nil {
+				srv.log.Warn("store revocation", "key", k.ShortString(), "err", err)
+			}
+		}
 	}
 	for _, n := range ephemeral {
 		if err := srv.deleteNode(ctx, n.rec.Name, true); err != nil && !errors.Is(err, store.ErrNotFound) {
