@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -101,6 +102,7 @@ type (
 		AdminFlags
 		Region     string `flag:"region" env:"REGION" help:"region code, a short DNS label (nyc)"`
 		RegionName string `flag:"region-name" env:"REGION_NAME" help:"human-readable region name"`
+		Expiry     string `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default 720h; 0: never)"`
 	}
 )
 
@@ -138,14 +140,50 @@ var adminCommands = []adminCommand{
 		print: func(w io.Writer, _ *authKeyFlags, _ []string, k *KeyResponse) error { return printKey(w, k) },
 	},
 	&admin[relayKeyFlags, KeyResponse]{
-		cmd: "relaykey create", usage: "--region CODE [--region-name NAME] --state-dir DIR",
+		cmd: "relaykey create", usage: "--region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR",
 		request: func(f *relayKeyFlags, _ []string) (string, string, any, error) {
 			if f.Region == "" {
 				return "", "", nil, usageErr("relaykey create needs --region")
 			}
-			return "POST", AdminPathRelayKey, RelayKeyRequest{Region: f.Region, RegionName: f.RegionName}, nil
+			return "POST", AdminPathRelayKey, RelayKeyRequest{Region: f.Region, RegionName: f.RegionName, Expiry: f.Expiry}, nil
 		},
 		print: func(w io.Writer, _ *relayKeyFlags, _ []string, k *KeyResponse) error { return printKey(w, k) },
+	},
+	&admin[jsonFlags, []JoinKeyInfo]{
+		cmd: "relaykey list", usage: "[--json] --state-dir DIR",
+		request: func(*jsonFlags, []string) (string, string, any, error) { return "GET", AdminPathRelayKeys, nil, nil },
+		print: func(w io.Writer, f *jsonFlags, _ []string, keys *[]JoinKeyInfo) error {
+			if f.JSON {
+				return printJSON(w, *keys)
+			}
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tREGION\tCREATED\tEXPIRES\tSTATE")
+			for _, k := range *keys {
+				state := "valid"
+				switch {
+				case k.Revoked:
+					state = "revoked"
+				case k.Expired:
+					state = "expired"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", k.ID, k.Region, fmtTime(k.Created), fmtTime(k.Expires), state)
+			}
+			return tw.Flush()
+		},
+	},
+	&admin[plainFlags, noBody]{
+		cmd: "relaykey revoke", usage: "ID --state-dir DIR", args: 1, argsErr: "relaykey revoke needs exactly one key ID (see relaykey list)",
+		request: func(_ *plainFlags, pos []string) (string, string, any, error) {
+			id, err := strconv.ParseInt(pos[0], 10, 64)
+			if err != nil || id <= 0 {
+				return "", "", nil, usageErr("relaykey revoke: %q is not a key ID (see relaykey list)", pos[0])
+			}
+			return "POST", AdminPathRelayKeyRevoke, IDRequest{ID: id}, nil
+		},
+		print: func(w io.Writer, _ *plainFlags, pos []string, _ *noBody) error {
+			_, err := fmt.Fprintf(w, "join key %s: revoked\n", pos[0])
+			return err
+		},
 	},
 	&admin[jsonFlags, []NodeInfo]{
 		cmd: "nodes list", usage: "[--json] --state-dir DIR",

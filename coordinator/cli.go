@@ -29,7 +29,9 @@ usage:
   coordinator serve --listen ADDR --state-dir DIR [--server-url URL] [--db URL] [--policy FILE]
                     [--relay-map FILE] [--metrics-listen ADDR]
   coordinator authkey create [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
-  coordinator relaykey create --region CODE [--region-name NAME] --state-dir DIR
+  coordinator relaykey create --region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR
+  coordinator relaykey list [--json] --state-dir DIR
+  coordinator relaykey revoke ID --state-dir DIR
   coordinator nodes list [--json] --state-dir DIR
   coordinator nodes delete NAME --state-dir DIR
   coordinator nodes expire NAME --state-dir DIR

@@ -235,11 +235,27 @@ func (srv *Server) broadcastRelayMap() {
 	}
 }
 
-// CreateJoinKey makes a relay join key for region, creating the region
-// (with a fresh mesh secret) if it is new.
+// CreateJoinKey makes a relay join key for region, valid for
+// DefaultJoinKeyExpiry, creating the region (with a fresh mesh secret) if
+// it is new.
 func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (string, error) {
+	resp, err := srv.CreateRelayKey(ctx, RelayKeyRequest{Region: region, RegionName: name})
+	return resp.Key, err
+}
+
+// CreateRelayKey makes a relay join key as req says.
+func (srv *Server) CreateRelayKey(ctx context.Context, req RelayKeyRequest) (KeyResponse, error) {
+	region, name := req.Region, req.RegionName
 	if !validLabel(region) || len(region) > maxRegionLen {
-		return "", fmt.Errorf("--region %q: want a short DNS label such as nyc or eu-west", region)
+		return KeyResponse{}, fmt.Errorf("--region %q: want a short DNS label such as nyc or eu-west", region)
+	}
+	expiry := DefaultJoinKeyExpiry
+	if req.Expiry != "" {
+		d, err := time.ParseDuration(req.Expiry)
+		if err != nil || d < 0 {
+			return KeyResponse{}, fmt.Errorf("--expiry %q: want a Go duration such as 720h (0: never)", req.Expiry)
+		}
+		expiry = d
 	}
 	f := srv.relays
 	f.mu.Lock()
@@ -253,10 +269,14 @@ func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (stri
 		r.Name = name
 	}
 	sec := netmap.NewSecret()
-	jk := &store.JoinKey{Hash: sec.Hash(), Region: region, Created: srv.now()}
+	now := srv.now()
+	jk := &store.JoinKey{Hash: sec.Hash(), Region: region, Created: now}
+	if expiry > 0 {
+		jk.Expires = now.Add(expiry)
+	}
 	if err := srv.store.CreateJoinKey(ctx, jk, r); err != nil {
 		f.mu.Unlock()
-		return "", err
+		return KeyResponse{}, err
 	}
 	f.regions[region] = r
 	f.changedLocked()
@@ -266,7 +286,36 @@ func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (stri
 		// list of its next admission token.
 		srv.broadcastRelayMap()
 	}
-	return netmap.FormatJoinKey(sec, srv.pin), nil
+	return KeyResponse{Key: netmap.FormatJoinKey(sec, srv.pin), Expires: jk.Expires}, nil
+}
+
+// JoinKeys lists every relay join key (never their secrets).
+func (srv *Server) JoinKeys(ctx context.Context) ([]JoinKeyInfo, error) {
+	keys, err := srv.store.JoinKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := srv.now()
+	out := make([]JoinKeyInfo, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, JoinKeyInfo{ID: k.ID, Region: k.Region, Created: k.Created, Expires: k.Expires,
+			Expired: !k.Expires.IsZero() && !now.Before(k.Expires), Revoked: k.Revoked})
+	}
+	return out, nil
+}
+
+// RevokeJoinKey revokes join key id: relays can no longer join with it.
+// Relays that joined with it stay (they authenticate with their relay
+// keys).
+func (srv *Server) RevokeJoinKey(ctx context.Context, id int64) error {
+	if err := srv.store.RevokeJoinKey(ctx, id); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("join key %d: %w", id, err)
+		}
+		return err
+	}
+	srv.log.Info("join key revoked", "id", id)
+	return nil
 }
 
 func (srv *Server) handleRelayJoin(w http.ResponseWriter, r *http.Request) {
@@ -334,6 +383,12 @@ func (srv *Server) relayJoin(r *http.Request, body []byte) (*netmap.RelayJoinRes
 	}
 	if err != nil {
 		return nil, err
+	}
+	if jk.Revoked {
+		return nil, errorf(http.StatusUnauthorized, "join key revoked")
+	}
+	if !jk.Expires.IsZero() && !now.Before(jk.Expires) {
+		return nil, errorf(http.StatusUnauthorized, "join key expired")
 	}
 	if req.Region != jk.Region {
 		return nil, errorf(http.StatusForbidden, "join key is for region %q, relay asked for %q", jk.Region, req.Region)

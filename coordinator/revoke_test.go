@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
+	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
 )
@@ -231,4 +233,61 @@ func TestTokenScopedToRegions(t *testing.T) {
 	}
 	joinRelay(t, s, "sin")
 	w.waitFor("a token valid at sin", func(nm *netmap.NetworkMap) bool { return verify(nm, "sin") == nil })
+}
+
+// TestJoinKeyLifecycle: join keys expire (30 days by default) and can be
+// revoked; either way relays can no longer join with them, and listing
+// them never shows a secret.
+func TestJoinKeyLifecycle(t *testing.T) {
+	var offset atomic.Int64
+	s := coordtest.Start(t, func(c *coordinator.Config) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	})
+	ctx := t.Context()
+	mk := func(expiry string) coordinator.KeyResponse {
+		t.Helper()
+		k, err := s.CreateRelayKey(ctx, coordinator.RelayKeyRequest{Region: "nyc", Expiry: expiry})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	join := func(jk string) error {
+		_, _, err := coordclient.JoinRelay(ctx, s.URL(), jk, key.NewRelay(), netmap.RelayJoinRequest{Region: "nyc", PublicAddr: "198.18.0.1:443", Pin: testPin(t)})
+		return err
+	}
+	def, short, never := mk(""), mk("1m"), mk("0")
+	if d := time.Until(def.Expires); d < 29*24*time.Hour || d > 31*24*time.Hour {
+		t.Errorf("default join key expiry in %v, want 30 days", d)
+	}
+	if !never.Expires.IsZero() {
+		t.Errorf("--expiry 0 expires at %v", never.Expires)
+	}
+	keys, err := s.JoinKeys(ctx)
+	if err != nil || len(keys) != 3 {
+		t.Fatalf("JoinKeys: %+v %v", keys, err)
+	}
+	if err := s.RevokeJoinKey(ctx, keys[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := join(def.Key); !coordclient.IsUnauthorized(err) || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("join with a revoked key: %v", err)
+	}
+	if err := join(short.Key); err != nil {
+		t.Errorf("join with a fresh key: %v", err)
+	}
+	offset.Store(int64(90 * time.Second)) // within the proof window
+	if err := join(short.Key); !coordclient.IsUnauthorized(err) || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("join with an expired key: %v", err)
+	}
+	if err := join(never.Key); err != nil {
+		t.Errorf("join with a key that never expires: %v", err)
+	}
+	keys, _ = s.JoinKeys(ctx)
+	if !keys[0].Revoked || !keys[1].Expired || keys[2].Expired || keys[2].Revoked {
+		t.Errorf("listed: %+v", keys)
+	}
+	if err := s.RevokeJoinKey(ctx, 999); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("revoke a missing key: %v", err)
+	}
 }
