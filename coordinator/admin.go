@@ -234,6 +234,10 @@ func (srv *Server) ExpireNode(ctx context.Context, name string) error {
 	return srv.expireNode(ctx, name)
 }
 
+// AdminHandler returns the admin socket's handler, for tests that drive it
+// without a socket.
+func (srv *Server) AdminHandler() http.Handler { return srv.adminHandler() }
+
 func (srv *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+AdminPathAuthKey, func(w http.ResponseWriter, r *http.Request) {

@@ -273,6 +273,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return srv, nil
 }
 
+// Close releases what New opened (listeners, admin socket, store), for a
+// server that will not Run.
+func (srv *Server) Close() error {
+	srv.closeAll()
+	return nil
+}
+
 func (srv *Server) closeAll() {
 	if srv.ln != nil {
 		srv.ln.Close()
