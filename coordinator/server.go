@@ -51,8 +51,10 @@ const (
 	// marked down after netmap.RelayDownAfter missed ones (30 s).
 	DefaultHeartbeatInterval = 10 * time.Second
 	// DefaultSweepInterval is how often expiries, relay silence and token
-	// refreshes are checked: a small fraction of the deadlines it enforces.
-	DefaultSweepInterval = 2 * time.Second
+	// refreshes are checked. One second keeps a node whose key expiry
+	// passes within the 2 s revocation goal (peers drop it, relays are
+	// told), and a sweep is one read-locked pass over the nodes.
+	DefaultSweepInterval = time.Second
 	// DefaultDNSDomain is the suffix of MagicDNS names.
 	DefaultDNSDomain = "mesh.internal"
 	// MaxRequestBody bounds every node and relay request body. The largest,
