@@ -392,8 +392,13 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 		msg.DNS = &d
 		empty = false
 	}
-	regions := srv.relays.tokenRegions()
-	if p.admission || s.admissionDue(srv.cfg.TokenLifetime, now) || (p.relayMap && !slices.Equal(regions, s.tokenRegions)) {
+	due := p.admission || s.admissionDue(srv.cfg.TokenLifetime, now)
+	var regions []string
+	if due || p.relayMap {
+		regions = srv.relays.tokenRegions()
+		due = due || !slices.Equal(regions, s.tokenRegions)
+	}
+	if due {
 		// The token is valid in the regions of the relay map (the node
 		// can use no other relay) and never past the node's key expiry.
 		exp := now.Add(srv.cfg.TokenLifetime)
