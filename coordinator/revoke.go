@@ -21,7 +21,8 @@ import (
 // from serving it. Each delete, expire (by command or because the key
 // expiry passed) therefore records a revocation: the node key and Until,
 // the latest expiry of any token the coordinator may have issued it (now +
-// token lifetime + admit.ClockSkew). Relays long-poll POST
+// token lifetime + admit.ClockSkew; see revokeUntil for tokens of the
+// binary before an upgrade). Relays long-poll POST
 // /coord/v1/relay/revocations (netmap.RelayRevocationsRequest); a new
 // revocation answers every waiting poll at once with the full list in
 // force, and the relay closes the node's sessions and refuses its tokens
@@ -124,9 +125,21 @@ func (r *revocations) publish() {
 	r.changed = make(chan struct{})
 }
 
-// revokeUntil is the latest expiry of a token issued to a node up to now.
+// legacyTokenLifetime is how long tokens lasted before version 2 (12 h):
+// a coordinator upgraded from such a version may have issued them until it
+// started, so for that long after start revocations cover them too.
+const legacyTokenLifetime = 12 * time.Hour
+
+// revokeUntil is the latest expiry of a token issued to a node up to now:
+// now plus the token lifetime, or, in the first 12 hours after start, the
+// expiry of a 12-hour token issued by the previous binary just before
+// start, whichever is later; plus the clock skew relays allow.
 func (srv *Server) revokeUntil(now time.Time) time.Time {
-	return now.Add(srv.cfg.TokenLifetime + admit.ClockSkew)
+	until := now.Add(srv.cfg.TokenLifetime)
+	if legacy := srv.started.Add(legacyTokenLifetime); legacy.After(until) {
+		until = legacy
+	}
+	return until.Add(admit.ClockSkew)
 }
 
 // revoke records that relays must shut nk out, durably, and wakes the

@@ -144,6 +144,8 @@ type Server struct {
 
 	ln      net.Listener
 	adminLn net.Listener
+	// started is when New ran (see revokeUntil).
+	started time.Time
 }
 
 // ErrPostgres is returned for --db postgres://, which arrives later.
@@ -210,7 +212,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ReplayPerSource <= 0 {
 		cfg.ReplayPerSource = maxReplayPerSource
 	}
-	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(),
+	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), started: cfg.Now(),
 		replay: newReplayCache(netmap.ProofWindow, cfg.ReplayCacheSize, cfg.ReplayPerSource)}
 	var err error
 	// The admin socket comes first: it also detects another coordinator
@@ -349,7 +351,10 @@ func (srv *Server) loadSnapshot(snap *store.Snapshot) error {
 		// A key that expired recently (while the coordinator was down, say)
 		// is left for the sweep, which revokes it at the relays; older
 		// ones have no token left that a relay would take.
-		n.expiredSent = n.expired(srv.now()) && srv.now().After(srv.revokeUntil(rec.KeyExpiry))
+		// (A token outlives the key expiry by at most the longest token
+		// lifetime, legacy 12-hour tokens included.)
+		recent := srv.now().Before(rec.KeyExpiry.Add(max(srv.cfg.TokenLifetime, legacyTokenLifetime) + admit.ClockSkew))
+		n.expiredSent = n.expired(srv.now()) && !recent
 		st.addLocked(n)
 	}
 	st.ipCursor = snap.IPCursor
