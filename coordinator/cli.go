@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/wiremesh/wiremesh/cli"
@@ -30,7 +29,9 @@ usage:
   coordinator serve --listen ADDR --state-dir DIR [--server-url URL] [--db URL] [--policy FILE]
                     [--relay-map FILE] [--metrics-listen ADDR]
   coordinator authkey create [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
-  coordinator relaykey create --region CODE [--region-name NAME] --state-dir DIR
+  coordinator relaykey create --region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR
+  coordinator relaykey list [--json] --state-dir DIR
+  coordinator relaykey revoke ID --state-dir DIR
   coordinator nodes list [--json] --state-dir DIR
   coordinator nodes delete NAME --state-dir DIR
   coordinator nodes expire NAME --state-dir DIR
@@ -258,196 +259,6 @@ func adminCall(ctx context.Context, hc *http.Client, method, path string, in, ou
 		return nil
 	}
 	return json.Unmarshal(b, out)
-}
-
-func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
-	name := "coordinator " + cmd
-	switch cmd {
-	case "authkey create":
-		var f struct {
-			AdminFlags
-			Reusable  bool     `flag:"reusable" env:"REUSABLE" help:"the key may register any number of nodes"`
-			Ephemeral bool     `flag:"ephemeral" env:"EPHEMERAL" help:"nodes registered with it are deleted once offline"`
-			Tags      []string `flag:"tags" env:"TAGS" help:"tags given to nodes registered with it"`
-			Expiry    string   `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default: never)"`
-		}
-		if err := parseAdmin(name, "[--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, resp.Key)
-		return nil
-	case "relaykey create":
-		var f struct {
-			AdminFlags
-			Region     string `flag:"region" env:"REGION" help:"region code, a short DNS label (nyc)"`
-			RegionName string `flag:"region-name" env:"REGION_NAME" help:"human-readable region name"`
-		}
-		if err := parseAdmin(name, "--region CODE [--region-name NAME] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		if f.Region == "" {
-			return usageErr("relaykey create needs --region")
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathRelayKey, RelayKeyRequest{Region: f.Region, RegionName: f.RegionName}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, resp.Key)
-		return nil
-	case "nodes list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var nodes []NodeInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathNodes, nil, &nodes); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(nodes)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
-		for _, n := range nodes {
-			exp := fmtTime(n.KeyExpiry)
-			if n.Expired {
-				exp += " (expired)"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Online, fmtTime(n.LastSeen),
-				dash(strings.Join(n.Tags, ",")), exp, dash(n.HomeRelay))
-		}
-		return tw.Flush()
-	case "nodes delete", "nodes expire":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "NAME --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("%s needs exactly one node NAME", cmd)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		path := AdminPathDelete
-		if cmd == "nodes expire" {
-			path = AdminPathExpire
-		}
-		if err := adminCall(ctx, hc, "POST", path, NameRequest{Name: pos[0]}, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: done\n", pos[0])
-		return nil
-	case "relays list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var relays []RelayInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathRelays, nil, &relays); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(relays)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tREGION\tADDR\tSTATE\tCLIENTS\tLAST HEARTBEAT")
-		for _, r := range relays {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.Region, r.Addr, r.State, r.Clients, fmtTime(r.LastHeartbeat))
-		}
-		return tw.Flush()
-	case "policy get":
-		var f struct{ AdminFlags }
-		if err := parseAdmin(name, "--state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var text []byte
-		if err := adminCall(ctx, hc, "GET", AdminPathPolicy, nil, &text); err != nil {
-			return err
-		}
-		if len(text) == 0 {
-			fmt.Fprintln(stdout, "// no policy set: every node may reach every other node")
-			return nil
-		}
-		stdout.Write(text)
-		if !bytes.HasSuffix(text, []byte("\n")) {
-			fmt.Fprintln(stdout)
-		}
-		return nil
-	case "policy set":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "FILE --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("policy set needs exactly one FILE")
-		}
-		text, err := os.ReadFile(pos[0])
-		if err != nil {
-			return fmt.Errorf("policy set: %w", err)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		if err := adminCall(ctx, hc, "PUT", AdminPathPolicy, text, nil); err != nil {
-			return fmt.Errorf("policy rejected, the old one stays in force: %w", err)
-		}
-		fmt.Fprintln(stdout, "policy set")
-		return nil
-	}
-	return usageErr("unknown command %q", cmd)
-}
-
-func parseAdmin(name, usage string, f any, args []string, stdout io.Writer, npos int) error {
-	pos, err := parseAdminPos(name, usage, f, args, stdout)
-	if err != nil {
-		return err
-	}
-	if len(pos) != npos {
-		return usageErr("%s takes no arguments, got %q", name, pos[0])
-	}
-	return nil
-}
-
-func parseAdminPos(name, usage string, f any, args []string, stdout io.Writer) ([]string, error) {
-	pos, err := cli.Parse(name, envPrefix, name+" "+usage, f, args, stdout)
-	if err != nil && !errors.Is(err, cli.ErrHelp) {
-		return nil, usageErr("%v", err)
-	}
-	return pos, err
 }
 
 func fmtTime(t time.Time) string {

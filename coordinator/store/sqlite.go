@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -241,6 +242,13 @@ var migrations = []string{
 		updated INTEGER NOT NULL
 	);
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);`,
+	// 2 (2026-12-02): revoked node keys, and join key expiry and revocation.
+	`CREATE TABLE revocations (
+		node_key TEXT PRIMARY KEY,
+		until INTEGER NOT NULL
+	);
+	ALTER TABLE joinkeys ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE joinkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *SQLite) migrate(ctx context.Context) error {
@@ -379,6 +387,31 @@ func (s *SQLite) Load(ctx context.Context) (*Snapshot, error) {
 	err = s.db.QueryRowContext(ctx, `SELECT text FROM policy WHERE id = 1`).Scan(&snap.Policy)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	rows, err = s.db.QueryContext(ctx, `SELECT node_key, until FROM revocations WHERE until >= ? ORDER BY node_key`, ms(time.Now()))
+	if err != nil {
+		return nil, fmt.Errorf("load revocations: %w", err)
+	}
+	for rows.Next() {
+		var r Revocation
+		var until int64
+		if err := rows.Scan(&r.NodeKey, &until); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load revocations: %w", err)
+		}
+		r.Until = fromMS(until)
+		snap.Revocations = append(snap.Revocations, r)
+	}
+	rows.Close()
+	var seq string
+	err = s.db.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'revocation_seq'`).Scan(&seq)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("load meta: %w", err)
+	}
+	if seq != "" {
+		if snap.RevocationSeq, err = strconv.ParseUint(seq, 10, 64); err != nil {
+			return nil, fmt.Errorf("load meta: revocation_seq %q: %w", seq, err)
+		}
 	}
 	var cur string
 	err = s.db.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'ip_cursor'`).Scan(&cur)
@@ -540,7 +573,7 @@ func (s *SQLite) CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error 
 		if err != nil {
 			return fmt.Errorf("create region %s: %w", r.Code, err)
 		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO joinkeys (hash, region, created) VALUES (?, ?, ?)`, k.Hash, k.Region, ms(k.Created))
+		res, err := tx.ExecContext(ctx, `INSERT INTO joinkeys (hash, region, created, expires) VALUES (?, ?, ?, ?)`, k.Hash, k.Region, ms(k.Created), ms(k.Expires))
 		if err != nil {
 			return fmt.Errorf("create join key: %w", err)
 		}
@@ -551,17 +584,54 @@ func (s *SQLite) CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error 
 
 // JoinKeyByHash implements Store.
 func (s *SQLite) JoinKeyByHash(ctx context.Context, hash string) (JoinKey, error) {
-	var k JoinKey
-	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, hash, region, created FROM joinkeys WHERE hash = ?`, hash).Scan(&k.ID, &k.Hash, &k.Region, &created)
+	k, err := scanJoinKey(s.db.QueryRowContext(ctx, `SELECT `+joinKeyCols+` FROM joinkeys WHERE hash = ?`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return k, ErrNotFound
 	}
 	if err != nil {
 		return k, fmt.Errorf("look up join key: %w", err)
 	}
-	k.Created = fromMS(created)
 	return k, nil
+}
+
+const joinKeyCols = `id, hash, region, created, expires, revoked`
+
+func scanJoinKey(row interface{ Scan(...any) error }) (JoinKey, error) {
+	var k JoinKey
+	var created, expires int64
+	err := row.Scan(&k.ID, &k.Hash, &k.Region, &created, &expires, &k.Revoked)
+	k.Created, k.Expires = fromMS(created), fromMS(expires)
+	return k, err
+}
+
+// JoinKeys implements Store.
+func (s *SQLite) JoinKeys(ctx context.Context) ([]JoinKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+joinKeyCols+` FROM joinkeys ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list join keys: %w", err)
+	}
+	defer rows.Close()
+	var out []JoinKey
+	for rows.Next() {
+		k, err := scanJoinKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list join keys: %w", err)
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// RevokeJoinKey implements Store.
+func (s *SQLite) RevokeJoinKey(ctx context.Context, id int64) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE joinkeys SET revoked = 1 WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("revoke join key %d: %w", id, err)
+	}
+	if c, _ := res.RowsAffected(); c == 0 {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // PutRelay implements Store.
@@ -574,6 +644,32 @@ func (s *SQLite) PutRelay(ctx context.Context, r Relay) error {
 			return ErrConflict
 		}
 		return fmt.Errorf("put relay %s: %w", r.Name, err)
+	}
+	return nil
+}
+
+// SetRevocation implements Store.
+func (s *SQLite) SetRevocation(ctx context.Context, r Revocation, seq uint64, now time.Time) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if r.Until.IsZero() {
+			_, err = tx.ExecContext(ctx, `DELETE FROM revocations WHERE node_key = ?`, r.NodeKey)
+		} else {
+			_, err = tx.ExecContext(ctx, `INSERT INTO revocations (node_key, until) VALUES (?, ?)
+				ON CONFLICT(node_key) DO UPDATE SET until = MAX(until, excluded.until)`, r.NodeKey, ms(r.Until))
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM revocations WHERE until < ?`, ms(now)); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('revocation_seq', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`,
+			strconv.FormatUint(seq, 10))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store revocation of %s: %w", r.NodeKey, err)
 	}
 	return nil
 }
