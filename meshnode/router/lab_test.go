@@ -409,6 +409,16 @@ func TestLabExitNode(t *testing.T) {
 	if len(lanPrefixes) != 1 || !lanPrefixes[0].Contains(w.client.Addr) {
 		t.Fatalf("LANPrefixes = %v, want the client's /24", lanPrefixes)
 	}
+	// Strict reverse-path filtering, as some distributions ship: replies
+	// to the node's own marked sockets must still pass (see NftTable).
+	do(t, w.client.Namespace, func() error {
+		for _, k := range []string{"all", "eth0"} {
+			if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+k+"/rp_filter", []byte("1"), 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	exitOn := State{Routes: []Route{{Prefix: routes.ExitPrefix, Up: true}}, AllowLANAccess: true, LAN: lanPrefixes}
 	w.set(t, w.client.Namespace, w.clientR, exitOn)
 
@@ -565,6 +575,10 @@ func TestLabCleanExit(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("installed:\n%s", externalView(t, ns))
+	if out, err := ns.Command(t.Context(), "nft", "list", "table", "ip", NftTable).CombinedOutput(); err == nil {
+		t.Logf("%s", out)
+	}
 	do(t, ns, func() error { return w.clientR.Close() })
 	assertClean(t, ns)
 	do(t, ns, func() error {

@@ -29,7 +29,20 @@ import (
 //	  }
 //	  chain postrouting { type nat hook postrouting priority srcnat
 //	    oifname != TUN meta mark & 0xf000000 == 0x2000000 masquerade }
+//	  chain output { type filter hook output priority mangle          (routes accepted)
+//	    meta mark & 0xf000000 == 0x1000000 ct mark set ct mark & ~0xf000000 | 0x1000000 }
+//	  chain prerouting { type filter hook prerouting priority mangle  (routes accepted)
+//	    ct mark & 0xf000000 == 0x1000000 meta mark set mark & ~0xf000000 | 0x1000000 }
 //	}
+//
+// The output/prerouting pair copies the bypass mark from the node's own
+// packets to their connection and back onto the replies. With
+// net.ipv4.conf.all.src_valid_mark=1 (which Set turns on while routes are
+// accepted, as wg-quick does) reverse-path filtering then checks a reply
+// from the coordinator against the main table, where it is valid, instead
+// of against Table, whose default route points into the tunnel: without it
+// strict rp_filter (rp_filter=1, the default on some distributions) drops
+// every reply to the node's own sockets while an exit node is in use.
 const NftTable = "wiremesh"
 
 // Chain and object names inside NftTable.
@@ -39,6 +52,8 @@ const (
 	chainInput    = "input"
 	chainForward  = "forward"
 	chainPostNAT  = "postrouting"
+	chainOutput   = "output"
+	chainPre      = "prerouting"
 	nftRegister   = 1
 	ifnameLen     = unix.IFNAMSIZ
 	ipv4SrcOffset = 12
@@ -68,7 +83,7 @@ func (r *Router) antiSpoofing(s State) bool { return len(s.MeshAddrs) > 0 }
 
 // needNft reports whether s needs the nft table at all.
 func (r *Router) needNft(s State) bool {
-	return r.antiSpoofing(s) || s.ExitNode || (s.SNAT && len(s.Advertise) > 0)
+	return r.antiSpoofing(s) || s.ExitNode || (s.SNAT && len(s.Advertise) > 0) || len(s.Routes) > 0
 }
 
 // setNft rebuilds the table for s, or deletes it when s needs none.
@@ -178,10 +193,39 @@ func (r *Router) setNft(s State) error {
 			&expr.Masq{},
 		}})
 	}
+	if len(s.Routes) > 0 {
+		out := c.AddChain(&nftables.Chain{Name: chainOutput, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle, Policy: &accept})
+		pre := c.AddChain(&nftables.Chain{Name: chainPre, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept})
+		c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: copyBypass(
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: nftRegister},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: nftRegister},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: nftRegister, SourceRegister: true})})
+		c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: copyBypass(
+			&expr.Ct{Key: expr.CtKeyMARK, Register: nftRegister},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: nftRegister},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: nftRegister})})
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("router: install nft table %s: %w", NftTable, err)
 	}
 	return nil
+}
+
+// copyBypass returns "if FROM & MarkMask == BypassMark then TO = (TO &
+// ^MarkMask) | BypassMark": load FROM, test it, load TO, rewrite it, store.
+func copyBypass(loadFrom, loadTo, storeTo expr.Any) []expr.Any {
+	return []expr.Any{
+		loadFrom,
+		&expr.Bitwise{SourceRegister: nftRegister, DestRegister: nftRegister, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(MarkMask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: nftRegister, Data: binaryutil.NativeEndian.PutUint32(BypassMark)},
+		loadTo,
+		&expr.Bitwise{SourceRegister: nftRegister, DestRegister: nftRegister, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^MarkMask), Xor: binaryutil.NativeEndian.PutUint32(BypassMark)},
+		storeTo,
+	}
 }
 
 func netMask(bits int) []byte {

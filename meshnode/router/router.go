@@ -176,6 +176,11 @@ func (r *Router) set(s State) error {
 			return err
 		}
 	}
+	if len(s.Routes) > 0 {
+		if err := enableSrcValidMark(); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	if err := r.setNft(s); err != nil {
 		errs = append(errs, err)
@@ -225,12 +230,22 @@ func Cleanup() error {
 
 // enableForwarding turns on IPv4 forwarding for the namespace.
 func enableForwarding() error {
-	const path = "/proc/sys/net/ipv4/ip_forward"
+	return sysctlOn("/proc/sys/net/ipv4/ip_forward", "IP forwarding")
+}
+
+// enableSrcValidMark lets reverse-path filtering use a packet's firewall
+// mark (see NftTable: replies to the node's own sockets carry BypassMark).
+// It changes nothing for unmarked packets, so it is left on at Close.
+func enableSrcValidMark() error {
+	return sysctlOn("/proc/sys/net/ipv4/conf/all/src_valid_mark", "src_valid_mark")
+}
+
+func sysctlOn(path, what string) error {
 	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '1' {
 		return nil
 	}
 	if err := os.WriteFile(path, []byte("1"), 0); err != nil {
-		return fmt.Errorf("router: enable IP forwarding: %w", err)
+		return fmt.Errorf("router: enable %s: %w", what, err)
 	}
 	return nil
 }
