@@ -5,6 +5,7 @@ package router
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -80,32 +81,32 @@ func must[T any](tb testing.TB, v T, err error) T {
 	return v
 }
 
-func addHost(t *testing.T, l *lab.Lab, name string, r *lab.Router) *lab.Host {
+func addHost(t testing.TB, l *lab.Lab, name string, r *lab.Router) *lab.Host {
 	t.Helper()
 	h, err := l.AddHost(name, r)
 	return must(t, h, err)
 }
 
-func addRouter(t *testing.T, l *lab.Lab, name string) *lab.Router {
+func addRouter(t testing.TB, l *lab.Lab, name string) *lab.Router {
 	t.Helper()
 	r, err := l.AddRouter(name, lab.RouterConfig{NAT: lab.Easy})
 	return must(t, r, err)
 }
 
-func listen(t *testing.T, ns *lab.Namespace, addr string) net.Listener {
+func listen(t testing.TB, ns *lab.Namespace, addr string) net.Listener {
 	t.Helper()
 	ln, err := ns.Listen(addr)
 	return must(t, ln, err)
 }
 
-func mkTUN(t *testing.T, ns *lab.Namespace, self netip.Addr) tun.Device {
+func mkTUN(t testing.TB, ns *lab.Namespace, self netip.Addr) tun.Device {
 	t.Helper()
 	d, err := makeTUN(ns, self)
 	return must(t, d, err)
 }
 
 // do runs fn inside ns and fails the test on error.
-func do(t *testing.T, ns *lab.Namespace, fn func() error) {
+func do(t testing.TB, ns *lab.Namespace, fn func() error) {
 	t.Helper()
 	if err := ns.Do(fn); err != nil {
 		t.Fatalf("in %s: %v", ns.Short, err)
@@ -139,7 +140,7 @@ func makeTUN(ns *lab.Namespace, self netip.Addr) (tun.Device, error) {
 
 // serve answers every connection on ln with the remote address it saw and
 // counts connections in n.
-func serve(t *testing.T, ln net.Listener, n *atomic.Int64) {
+func serve(t testing.TB, ln net.Listener, n *atomic.Int64) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -212,7 +213,7 @@ func pump(wg *sync.WaitGroup, src tun.Device, route func(dst netip.Addr) tun.Dev
 	}()
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	w := &world{l: lab.New(t), inetConns: &atomic.Int64{}}
 	l := w.l
@@ -294,7 +295,7 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-func (w *world) set(t *testing.T, ns *lab.Namespace, r *Router, s State) {
+func (w *world) set(t testing.TB, ns *lab.Namespace, r *Router, s State) {
 	t.Helper()
 	do(t, ns, func() error { return r.Set(s) })
 }
@@ -695,4 +696,63 @@ func TestLabCrashCleanup(t *testing.T) {
 		return err
 	})
 	assertClean(t, h.Namespace)
+}
+
+// iperf3 runs a TCP iperf3 test from client to addr (a server started in
+// server) for d and returns the receiver's bits per second.
+func iperf3(tb testing.TB, client, server *lab.Namespace, addr netip.Addr, d time.Duration) float64 {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), d+30*time.Second)
+	defer cancel()
+	srv, err := server.Start(ctx, "iperf3", "-s", "-1", "-B", addr.String(), "-p", "5201")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	for try := 0; ; try++ {
+		if out, _ := server.Command(ctx, "ss", "-Hltn", "sport", "= :5201").Output(); len(out) > 0 {
+			break
+		}
+		if try == 100 {
+			tb.Fatal("iperf3 server did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, err := client.Command(ctx, "iperf3", "-c", addr.String(), "-p", "5201", "-t", fmt.Sprint(int(d.Seconds())), "-J").Output()
+	if err != nil {
+		tb.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
+		tb.Fatalf("iperf3 output: %v\n%s", err, out)
+	}
+	return r.End.SumReceived.BitsPerSecond
+}
+
+// BenchmarkLabSubnetRouterIperf3 measures TCP from the client to the
+// printer through the subnet router (forward filter, kernel forwarding,
+// masquerade), beside the same flow to the router's own mesh address (the
+// baseline: same mesh stand-in, no forwarding), in the same run.
+func BenchmarkLabSubnetRouterIperf3(b *testing.B) {
+	w := newWorld(b)
+	w.subPolicy.SetRules([]filter.Rule{{Srcs: []netip.Prefix{netip.PrefixFrom(meshClient, 32)},
+		Dsts: []filter.PortRange{{Dst: w.lan, First: 0, Last: 65535}}}})
+	w.set(b, w.sub.Namespace, w.subR, State{Advertise: []netip.Prefix{w.lan}, SNAT: true, MeshAddrs: meshAddrs})
+	w.set(b, w.client.Namespace, w.clientR, State{Routes: []Route{{Prefix: w.lan, Up: true}}})
+	const d = 5 * time.Second
+	var routed, direct float64
+	for i := 0; i < b.N; i++ {
+		direct += iperf3(b, w.client.Namespace, w.sub.Namespace, meshSub, d)
+		routed += iperf3(b, w.client.Namespace, w.printer.Namespace, w.printer.Addr, d)
+	}
+	n := float64(b.N)
+	b.ReportMetric(routed/n/1e6, "routed-Mbit/s")
+	b.ReportMetric(direct/n/1e6, "router-own-Mbit/s")
+	b.ReportMetric(routed/direct, "ratio")
 }
