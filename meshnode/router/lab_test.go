@@ -160,9 +160,14 @@ func serve(t testing.TB, ln net.Listener, n *atomic.Int64) {
 // ask dials addr from ns (marked with the bypass mark when mark is set) and
 // returns the source address the server saw.
 func ask(ns *lab.Namespace, addr string, mark bool) (string, error) {
+	return askWithin(ns, addr, mark, dialWait)
+}
+
+// askWithin is ask with its own timeout for the dial and the answer.
+func askWithin(ns *lab.Namespace, addr string, mark bool, wait time.Duration) (string, error) {
 	var c net.Conn
 	err := ns.Do(func() error {
-		d := net.Dialer{Timeout: dialWait}
+		d := net.Dialer{Timeout: wait}
 		if mark {
 			d.Control = Control
 		}
@@ -174,7 +179,7 @@ func ask(ns *lab.Namespace, addr string, mark bool) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(dialWait))
+	c.SetDeadline(time.Now().Add(wait))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(line), err
 }
