@@ -425,11 +425,34 @@ func TestLabExitNode(t *testing.T) {
 		}
 		return nil
 	})
+	// An IPv6 default route on the underlay (no address, nothing is
+	// sent: a UDP connect only asks the kernel for a route).
+	if err := w.client.IP("route add ::/0 dev eth0"); err != nil {
+		t.Fatal(err)
+	}
+	v6 := func() error {
+		var err error
+		w.client.Do(func() error {
+			var c net.Conn
+			if c, err = net.Dial("udp6", "[2001:db8::1]:53"); err == nil {
+				c.Close()
+			}
+			return nil
+		})
+		return err
+	}
+	if err := v6(); err != nil {
+		t.Fatalf("IPv6 route lookup before the exit node: %v", err)
+	}
 	exitOn := State{Routes: []Route{{Prefix: routes.ExitPrefix, Up: true}}, AllowLANAccess: true, LAN: lanPrefixes}
 	w.set(t, w.client.Namespace, w.clientR, exitOn)
 
 	if src, err := ask(w.client.Namespace, inet, false); err != nil || src != w.exit.Addr.String() {
 		t.Fatalf("internet host saw %q (%v), want the exit node's address %s", src, err, w.exit.Addr)
+	}
+	// The mesh carries no IPv6: it is blackholed, not sent to the underlay.
+	if err := v6(); !unreachable(err) {
+		t.Fatalf("IPv6 with an exit node in use: %v, want unreachable", err)
 	}
 	// The node's own (marked) socket to the coordinator goes direct: the
 	// coordinator sees the client's NAT, not the exit node.
@@ -506,9 +529,13 @@ func unreachable(err error) bool {
 
 // installed reports what of ours is in the calling thread's namespace.
 func installed() (rules, tableRoutes int, nft bool, err error) {
-	rs, err := listOurRules()
-	if err != nil {
-		return
+	var rs []netlink.Rule
+	for _, fam := range families {
+		var got []netlink.Rule
+		if got, err = listOurRules(fam); err != nil {
+			return
+		}
+		rs = append(rs, got...)
 	}
 	ts, err := listTable()
 	if err != nil {
@@ -575,9 +602,11 @@ func TestLabCleanExit(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		// 3 routes: 3 backstops + 2 up + 1 throw.
-		if r != 4 || tr != 6 || !nft {
-			return fmt.Errorf("installed %d rules, %d routes, nft %v; want 4, 6, true", r, tr, nft)
+		// IPv4 and, for the exit node, IPv6 rules; 3 accepted routes: 3
+		// backstops + 2 up + 1 LAN throw, and the IPv6 blackhole and
+		// link-local throw.
+		if r != 8 || tr != 8 || !nft {
+			return fmt.Errorf("installed %d rules, %d routes, nft %v; want 8, 8, true", r, tr, nft)
 		}
 		return nil
 	})
@@ -681,9 +710,9 @@ func TestLabCrashCleanup(t *testing.T) {
 			return err
 		}
 		// The TUN died with the process and took the two dev routes;
-		// rules, the 3 backstops, the throw route and the nft table stay.
-		if r != 4 || tr != 4 || !nft {
-			return fmt.Errorf("after SIGKILL: %d rules, %d routes, nft %v; want 4, 4, true", r, tr, nft)
+		// rules, backstops, throw routes and the nft table stay.
+		if r != 8 || tr != 6 || !nft {
+			return fmt.Errorf("after SIGKILL: %d rules, %d routes, nft %v; want 8, 6, true", r, tr, nft)
 		}
 		return nil
 	})

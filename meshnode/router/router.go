@@ -15,10 +15,15 @@
 //	table 30573    PREFIX dev TUN src SELF          (route up)
 //	               unreachable PREFIX metric 4294967295   (always: the backstop)
 //	               throw LAN                        (exit node, LAN access allowed)
-//	nft table ip wiremesh                           (router side and anti-spoofing)
+//	ip -6 rule     the same four                    (exit node only)
+//	ip -6 table 30573  unreachable ::/0 metric 4294967295, throw fe80::/10
+//	nft table ip wiremesh                           (router side, anti-spoofing, mark copy)
 //
-// Rules exist only while some route is accepted; the nft table only while
-// this node routes or knows mesh addresses to protect. Every rule carries
+// IPv4 rules exist only while some route is accepted, IPv6 ones while an
+// exit node is: the mesh carries IPv4 only, so IPv6 beyond the link is
+// blackholed while an exit node is in use rather than leaked to the
+// underlay. The nft table exists only while this node routes, accepts
+// routes or knows mesh addresses to protect. Every rule carries
 // routing protocol Proto and our priorities, every route lives in Table, the
 // nft table has one name: Cleanup finds and removes exactly these, on Close
 // and, after a crash, on the next New.
@@ -41,6 +46,7 @@ import (
 	"sync"
 
 	"github.com/wiremesh/wiremesh/meshnode/routes"
+	"golang.org/x/sys/unix"
 )
 
 // Config is what a Router needs that does not change while it runs.
@@ -188,7 +194,10 @@ func (r *Router) set(s State) error {
 	if err := r.setRoutes(s); err != nil {
 		errs = append(errs, err)
 	}
-	if err := setRules(len(s.Routes) > 0); err != nil {
+	if err := setRules(unix.AF_INET, len(s.Routes) > 0); err != nil {
+		errs = append(errs, err)
+	}
+	if err := setRules(unix.AF_INET6, hasExit(s)); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
@@ -225,7 +234,7 @@ func (r *Router) Close() error {
 // one that crashed. It is idempotent: with nothing installed it does
 // nothing and returns nil.
 func Cleanup() error {
-	return errors.Join(deleteRules(), flushTable(), deleteNft())
+	return errors.Join(deleteRules(unix.AF_INET), deleteRules(unix.AF_INET6), flushTable(), deleteNft())
 }
 
 // enableForwarding turns on IPv4 forwarding for the namespace.

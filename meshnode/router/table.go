@@ -46,12 +46,15 @@ func ourPrio(p int) bool {
 	return p == prioBypassMain || p == prioBypassDefault || p == prioBypassStop || p == prioTable
 }
 
-// desiredRules returns the four rules, in priority order.
-func desiredRules() []*netlink.Rule {
+// families are the address families rules and routes are installed for.
+var families = []int{unix.AF_INET, unix.AF_INET6}
+
+// desiredRules returns the four rules of family, in priority order.
+func desiredRules(family int) []*netlink.Rule {
 	mask := MarkMask
 	mk := func(prio, table int, typ uint8) *netlink.Rule {
 		r := netlink.NewRule()
-		r.Family = unix.AF_INET
+		r.Family = family
 		r.Priority = prio
 		r.Table = table
 		r.Protocol = Proto
@@ -70,11 +73,11 @@ func desiredRules() []*netlink.Rule {
 	}
 }
 
-// listOurRules returns the installed rules that are ours: our protocol, or
-// (for kernels that do not keep a rule's protocol) one of our priorities
-// together with our table or mark.
-func listOurRules() ([]netlink.Rule, error) {
-	all, err := netlink.RuleList(unix.AF_INET)
+// listOurRules returns the installed rules of family that are ours: our
+// protocol, or (for kernels that do not keep a rule's protocol) one of our
+// priorities together with our table or mark.
+func listOurRules(family int) ([]netlink.Rule, error) {
+	all, err := netlink.RuleList(family)
 	if err != nil {
 		return nil, fmt.Errorf("router: list rules: %w", err)
 	}
@@ -87,24 +90,24 @@ func listOurRules() ([]netlink.Rule, error) {
 	return ours, nil
 }
 
-// setRules installs the rules when on, or removes them. Rules already
-// exactly in place are left alone, so a Set that changes only routes does
-// not open a window without them.
-func setRules(on bool) error {
+// setRules installs the rules of family when on, or removes them. Rules
+// already exactly in place are left alone, so a Set that changes only routes
+// does not open a window without them.
+func setRules(family int, on bool) error {
 	if !on {
-		return deleteRules()
+		return deleteRules(family)
 	}
-	have, err := listOurRules()
+	have, err := listOurRules(family)
 	if err != nil {
 		return err
 	}
-	want := desiredRules()
+	want := desiredRules(family)
 	if len(have) == len(want) && slices.IndexFunc(want, func(w *netlink.Rule) bool {
 		return !slices.ContainsFunc(have, func(h netlink.Rule) bool { return sameRule(&h, w) })
 	}) < 0 {
 		return nil
 	}
-	if err := deleteRules(); err != nil {
+	if err := deleteRules(family); err != nil {
 		return err
 	}
 	for _, r := range want {
@@ -127,9 +130,9 @@ func sameRule(h, w *netlink.Rule) bool {
 	return h.Priority == w.Priority && h.Table == w.Table && h.Mark == w.Mark && hm == wm && h.Type == w.Type
 }
 
-// deleteRules removes every rule of ours; it is idempotent.
-func deleteRules() error {
-	have, err := listOurRules()
+// deleteRules removes every rule of ours of family; it is idempotent.
+func deleteRules(family int) error {
+	have, err := listOurRules(family)
 	if err != nil {
 		return err
 	}
@@ -151,11 +154,14 @@ type routeKey struct {
 
 func keyOf(r *netlink.Route) routeKey {
 	k := routeKey{typ: r.Type, metric: r.Priority}
-	if r.Dst != nil {
+	switch {
+	case r.Dst != nil:
 		if p, ok := ipNetToPrefix(r.Dst); ok {
 			k.dst = p
 		}
-	} else {
+	case r.Family == unix.AF_INET6:
+		k.dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	default:
 		k.dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	}
 	return k
@@ -171,7 +177,7 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // desiredRoutes is Table's content for s.
@@ -194,9 +200,21 @@ func (r *Router) desiredRoutes(s State, tunIndex int) []*netlink.Route {
 			})
 		}
 	}
-	if exit && s.AllowLANAccess {
+	if !exit {
+		return out
+	}
+	// The mesh carries IPv4 only: with an exit node in use, IPv6 to
+	// anywhere but the link is blackholed, never sent to the underlay.
+	// Link-local stays on the link (neighbour discovery, DHCPv6);
+	// multicast and loopback are in the local table, which comes first.
+	out = append(out,
+		&netlink.Route{Dst: prefixToIPNet(netip.PrefixFrom(netip.IPv6Unspecified(), 0)), Table: Table, Protocol: Proto,
+			Type: unix.RTN_UNREACHABLE, Priority: backstopMetric},
+		&netlink.Route{Dst: prefixToIPNet(linkLocal6), Table: Table, Protocol: Proto, Type: unix.RTN_THROW},
+	)
+	if s.AllowLANAccess {
 		for _, p := range s.LAN {
-			if !p.Addr().Is4() || p.Bits() == 0 {
+			if p.Bits() == 0 || (p.Addr().Is6() && linkLocal6.Overlaps(p)) {
 				continue
 			}
 			out = append(out, &netlink.Route{
@@ -205,6 +223,14 @@ func (r *Router) desiredRoutes(s State, tunIndex int) []*netlink.Route {
 		}
 	}
 	return out
+}
+
+// linkLocal6 is IPv6 link-local unicast, which never leaves the link.
+var linkLocal6 = netip.MustParsePrefix("fe80::/10")
+
+// hasExit reports whether s accepts an exit node.
+func hasExit(s State) bool {
+	return slices.ContainsFunc(s.Routes, func(r Route) bool { return r.Prefix.Bits() == 0 })
 }
 
 // setRoutes makes Table hold exactly the routes s needs: stale ones are
@@ -248,13 +274,17 @@ func (r *Router) setRoutes(s State) error {
 	return errors.Join(errs...)
 }
 
-// listTable returns every IPv4 route in Table.
+// listTable returns every route in Table, both families.
 func listTable() ([]netlink.Route, error) {
-	rs, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: Table}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("router: list table %d: %w", Table, err)
+	var all []netlink.Route
+	for _, fam := range families {
+		rs, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: Table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("router: list table %d: %w", Table, err)
+		}
+		all = append(all, rs...)
 	}
-	return rs, nil
+	return all, nil
 }
 
 // flushTable deletes every route in Table; it is idempotent.
@@ -272,11 +302,11 @@ func flushTable() error {
 	return errors.Join(errs...)
 }
 
-// LANPrefixes returns the IPv4 networks directly connected to this host's
-// interfaces other than tun and loopback: what --exit-node-allow-lan-access
-// keeps off the exit node.
+// LANPrefixes returns the networks (IPv4 and global IPv6) directly
+// connected to this host's interfaces other than tun and loopback: what
+// --exit-node-allow-lan-access keeps off the exit node.
 func LANPrefixes(tun string) ([]netip.Prefix, error) {
-	addrs, err := netlink.AddrList(nil, unix.AF_INET)
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("router: list addresses: %w", err)
 	}

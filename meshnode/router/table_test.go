@@ -37,6 +37,7 @@ func TestDesiredRoutes(t *testing.T) {
 	r := &Router{cfg: Config{TUN: "wm0", Self: netip.MustParseAddr("100.64.0.2")}}
 	lan := netip.MustParsePrefix("198.19.2.0/24")
 	sub := netip.MustParsePrefix("198.19.50.0/24")
+	lan6 := netip.MustParsePrefix("2001:db8:1::/64") // documentation prefix; nothing is sent
 	for _, tc := range []struct {
 		name string
 		s    State
@@ -49,11 +50,11 @@ func TestDesiredRoutes(t *testing.T) {
 		{"subnet down: only the backstop", State{Routes: []Route{{sub, false}}}, 7,
 			[]string{"unreachable 198.19.50.0/24"}},
 		{"no TUN: only backstops", State{Routes: []Route{{sub, true}, {routes.ExitPrefix, true}}}, 0,
-			[]string{"unreachable 0.0.0.0/0", "unreachable 198.19.50.0/24"}},
-		{"exit with LAN access", State{Routes: []Route{{routes.ExitPrefix, true}}, AllowLANAccess: true, LAN: []netip.Prefix{lan}}, 7,
-			[]string{"dev 0.0.0.0/0", "throw 198.19.2.0/24", "unreachable 0.0.0.0/0"}},
-		{"exit without LAN access", State{Routes: []Route{{routes.ExitPrefix, true}}, LAN: []netip.Prefix{lan}}, 7,
-			[]string{"dev 0.0.0.0/0", "unreachable 0.0.0.0/0"}},
+			[]string{"throw fe80::/10", "unreachable 0.0.0.0/0", "unreachable 198.19.50.0/24", "unreachable ::/0"}},
+		{"exit with LAN access", State{Routes: []Route{{routes.ExitPrefix, true}}, AllowLANAccess: true, LAN: []netip.Prefix{lan, lan6, netip.MustParsePrefix("fe80::/64")}}, 7,
+			[]string{"dev 0.0.0.0/0", "throw 198.19.2.0/24", "throw 2001:db8:1::/64", "throw fe80::/10", "unreachable 0.0.0.0/0", "unreachable ::/0"}},
+		{"exit without LAN access: IPv6 blackholed too", State{Routes: []Route{{routes.ExitPrefix, true}}, LAN: []netip.Prefix{lan, lan6}}, 7,
+			[]string{"dev 0.0.0.0/0", "throw fe80::/10", "unreachable 0.0.0.0/0", "unreachable ::/0"}},
 		{"LAN access without exit: no throws", State{Routes: []Route{{sub, true}}, AllowLANAccess: true, LAN: []netip.Prefix{lan}}, 7,
 			[]string{"dev 198.19.50.0/24", "unreachable 198.19.50.0/24"}},
 	} {
@@ -67,7 +68,7 @@ func TestDesiredRoutes(t *testing.T) {
 }
 
 func TestDesiredRulesOrder(t *testing.T) {
-	rs := desiredRules()
+	rs := desiredRules(unix.AF_INET)
 	for i := 1; i < len(rs); i++ {
 		if rs[i].Priority <= rs[i-1].Priority {
 			t.Fatalf("rule %d priority %d not after %d", i, rs[i].Priority, rs[i-1].Priority)
