@@ -235,15 +235,14 @@ func netMask(bits int) []byte {
 
 // deleteNft removes the table if it exists; it is idempotent.
 func deleteNft() error {
+	if ok, err := nftInstalled(); err != nil {
+		return fmt.Errorf("router: list nft table %s: %w", NftTable, err)
+	} else if !ok {
+		return nil
+	}
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("router: nftables: %w", err)
-	}
-	if _, err := c.ListTableOfFamily(NftTable, nftables.TableFamilyIPv4); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		return fmt.Errorf("router: list nft table %s: %w", NftTable, err)
 	}
 	c.DelTable(table())
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -278,7 +277,7 @@ func (r *Router) SpoofedDrops() uint64 {
 	return r.spoofBase + n
 }
 
-// installed reports whether the nft table exists (for tests).
+// nftInstalled reports whether the nft table exists.
 func nftInstalled() (bool, error) {
 	c, err := nftables.New()
 	if err != nil {
