@@ -6,7 +6,8 @@
 // nftables table of its own (router side). Everything goes through netlink
 // (vishvananda/netlink, google/nftables); nothing shells out to ip or nft.
 //
-// A Router owns, in the network namespace of the thread that calls it:
+// A Router owns, in the network namespace of the thread that calls it
+// (one Router per namespace):
 //
 //	ip rule  5300  fwmark 0x1000000/0xf000000 lookup main       the node's own sockets
 //	ip rule  5310  fwmark 0x1000000/0xf000000 lookup default
@@ -30,7 +31,7 @@
 //
 // A route whose primary router is down, or the exit node while it is
 // unreachable, has only its unreachable backstop: traffic for it stops with
-// "network unreachable" instead of falling back to the underlay. The
+// "no route to host" instead of falling back to the underlay. The
 // backstop stays in place when the TUN device disappears (a crash removes
 // the dev routes with it), so a dead daemon leaks nothing either; the next
 // start (or Cleanup) removes it.
