@@ -610,6 +610,12 @@ func TestLabCleanExit(t *testing.T) {
 		}
 		return nil
 	})
+	// The same State again changes no route: nothing is churned on
+	// every netmap delta.
+	w.set(t, ns, w.clientR, fullState(w.lan))
+	if w.clientR.routeChanges != 0 {
+		t.Fatalf("re-applying the same state changed %d routes", w.clientR.routeChanges)
+	}
 	t.Logf("installed:\n%s", externalView(t, ns))
 	if out, err := ns.Command(t.Context(), "nft", "list", "table", "ip", NftTable).CombinedOutput(); err == nil {
 		t.Logf("%s", out)

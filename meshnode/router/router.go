@@ -110,6 +110,8 @@ type Router struct {
 	// spoofBase accumulates the anti-spoofing counter across table
 	// rebuilds (a rebuilt table starts its counter at zero).
 	spoofBase uint64
+	// routeChanges is how many routes the last Set added or deleted.
+	routeChanges int
 }
 
 // ErrClosed is returned by Set after Close.

@@ -210,20 +210,27 @@ func (r *Router) desiredRoutes(s State, tunIndex int) []*netlink.Route {
 	out = append(out,
 		&netlink.Route{Dst: prefixToIPNet(netip.PrefixFrom(netip.IPv6Unspecified(), 0)), Table: Table, Protocol: Proto,
 			Type: unix.RTN_UNREACHABLE, Priority: backstopMetric},
-		&netlink.Route{Dst: prefixToIPNet(linkLocal6), Table: Table, Protocol: Proto, Type: unix.RTN_THROW},
+		&netlink.Route{Dst: prefixToIPNet(linkLocal6), Table: Table, Protocol: Proto, Type: unix.RTN_THROW, Priority: ip6DefaultMetric},
 	)
 	if s.AllowLANAccess {
 		for _, p := range s.LAN {
 			if p.Bits() == 0 || (p.Addr().Is6() && linkLocal6.Overlaps(p)) {
 				continue
 			}
-			out = append(out, &netlink.Route{
-				Dst: prefixToIPNet(p.Masked()), Table: Table, Protocol: Proto, Type: unix.RTN_THROW,
-			})
+			rt := &netlink.Route{Dst: prefixToIPNet(p.Masked()), Table: Table, Protocol: Proto, Type: unix.RTN_THROW}
+			if p.Addr().Is6() {
+				rt.Priority = ip6DefaultMetric
+			}
+			out = append(out, rt)
 		}
 	}
 	return out
 }
+
+// ip6DefaultMetric is the metric the kernel gives an IPv6 route added with
+// none (IP6_RT_PRIO_USER). IPv6 routes are added with it explicitly so that
+// the installed route matches the wanted one and is not re-added each Set.
+const ip6DefaultMetric = 1024
 
 // linkLocal6 is IPv6 link-local unicast, which never leaves the link.
 var linkLocal6 = netip.MustParsePrefix("fe80::/10")
@@ -257,20 +264,30 @@ func (r *Router) setRoutes(s State) error {
 		wantKeys[keyOf(w)] = true
 	}
 	var errs []error
+	kept := map[routeKey]bool{}
+	changes := 0
 	for _, h := range have {
 		if !wantKeys[keyOf(&h)] || (h.Type == unix.RTN_UNICAST && h.LinkIndex != tunIndex) {
+			changes++
 			if err := netlink.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
 				errs = append(errs, fmt.Errorf("router: delete route %v: %w", h.Dst, err))
 			}
+			continue
 		}
+		kept[keyOf(&h)] = true
 	}
 	// Backstops first (want lists them first per prefix), so a prefix is
 	// never without a route while its real route goes in.
 	for _, w := range want {
+		if kept[keyOf(w)] {
+			continue
+		}
+		changes++
 		if err := netlink.RouteReplace(w); err != nil {
 			errs = append(errs, fmt.Errorf("router: route %v type %d: %w", w.Dst, w.Type, err))
 		}
 	}
+	r.routeChanges = changes
 	return errors.Join(errs...)
 }
 
