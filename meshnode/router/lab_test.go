@@ -613,8 +613,8 @@ func TestLabCleanExit(t *testing.T) {
 	// The same State again changes no route: nothing is churned on
 	// every netmap delta.
 	w.set(t, ns, w.clientR, fullState(w.lan))
-	if w.clientR.routeChanges != 0 {
-		t.Fatalf("re-applying the same state changed %d routes", w.clientR.routeChanges)
+	if w.clientR.routeChanges != 0 || w.clientR.rulesChanged {
+		t.Fatalf("re-applying the same state changed %d routes (rules changed: %v)", w.clientR.routeChanges, w.clientR.rulesChanged)
 	}
 	t.Logf("installed:\n%s", externalView(t, ns))
 	if out, err := ns.Command(t.Context(), "nft", "list", "table", "ip", NftTable).CombinedOutput(); err == nil {

@@ -110,8 +110,10 @@ type Router struct {
 	// spoofBase accumulates the anti-spoofing counter across table
 	// rebuilds (a rebuilt table starts its counter at zero).
 	spoofBase uint64
-	// routeChanges is how many routes the last Set added or deleted.
+	// routeChanges is how many routes the last Set added or deleted, and
+	// rulesChanged whether it touched the rules.
 	routeChanges int
+	rulesChanged bool
 }
 
 // ErrClosed is returned by Set after Close.
@@ -197,11 +199,13 @@ func (r *Router) set(s State) error {
 	if err := r.setRoutes(s); err != nil {
 		errs = append(errs, err)
 	}
-	if err := setRules(unix.AF_INET, len(s.Routes) > 0); err != nil {
-		errs = append(errs, err)
-	}
-	if err := setRules(unix.AF_INET6, hasExit(s)); err != nil {
-		errs = append(errs, err)
+	r.rulesChanged = false
+	for fam, on := range map[int]bool{unix.AF_INET: len(s.Routes) > 0, unix.AF_INET6: hasExit(s)} {
+		changed, err := setRules(fam, on)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.rulesChanged = r.rulesChanged || changed
 	}
 	if len(errs) == 0 {
 		r.applied = cloneState(s)

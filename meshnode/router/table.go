@@ -93,29 +93,30 @@ func listOurRules(family int) ([]netlink.Rule, error) {
 // setRules installs the rules of family when on, or removes them. Rules
 // already exactly in place are left alone, so a Set that changes only routes
 // does not open a window without them.
-func setRules(family int, on bool) error {
-	if !on {
-		return deleteRules(family)
-	}
+// It reports whether it changed anything.
+func setRules(family int, on bool) (changed bool, err error) {
 	have, err := listOurRules(family)
 	if err != nil {
-		return err
+		return false, err
+	}
+	if !on {
+		return len(have) > 0, deleteRules(family)
 	}
 	want := desiredRules(family)
 	if len(have) == len(want) && slices.IndexFunc(want, func(w *netlink.Rule) bool {
 		return !slices.ContainsFunc(have, func(h netlink.Rule) bool { return sameRule(&h, w) })
 	}) < 0 {
-		return nil
+		return false, nil
 	}
 	if err := deleteRules(family); err != nil {
-		return err
+		return true, err
 	}
 	for _, r := range want {
 		if err := netlink.RuleAdd(r); err != nil {
-			return fmt.Errorf("router: add rule priority %d: %w", r.Priority, err)
+			return true, fmt.Errorf("router: add rule priority %d: %w", r.Priority, err)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 func sameRule(h, w *netlink.Rule) bool {
@@ -127,7 +128,9 @@ func sameRule(h, w *netlink.Rule) bool {
 	if w.Mask != nil {
 		wm = *w.Mask
 	}
-	return h.Priority == w.Priority && h.Table == w.Table && h.Mark == w.Mark && hm == wm && h.Type == w.Type
+	// The action (h.Type) is not compared: netlink's rule dump does not
+	// report it. Priority, table and mark tell our four rules apart.
+	return h.Priority == w.Priority && h.Table == w.Table && h.Mark == w.Mark && hm == wm
 }
 
 // deleteRules removes every rule of ours of family; it is idempotent.
