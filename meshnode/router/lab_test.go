@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -612,10 +613,28 @@ func TestLabCleanExit(t *testing.T) {
 	})
 	// The same State again changes no route: nothing is churned on
 	// every netmap delta.
+	builds := w.clientR.nftBuilds
 	w.set(t, ns, w.clientR, fullState(w.lan))
-	if w.clientR.routeChanges != 0 || w.clientR.rulesChanged {
-		t.Fatalf("re-applying the same state changed %d routes (rules changed: %v)", w.clientR.routeChanges, w.clientR.rulesChanged)
+	if w.clientR.routeChanges != 0 || w.clientR.rulesChanged || w.clientR.nftBuilds != builds {
+		t.Fatalf("re-applying the same state changed %d routes (rules changed: %v, nft rebuilt: %v)",
+			w.clientR.routeChanges, w.clientR.rulesChanged, w.clientR.nftBuilds != builds)
 	}
+	// A route going down touches the routes only.
+	down := fullState(w.lan)
+	down.Routes[0].Up = false
+	w.set(t, ns, w.clientR, down)
+	if w.clientR.routeChanges != 1 || w.clientR.rulesChanged || w.clientR.nftBuilds != builds {
+		t.Fatalf("one route down: %d route changes (want 1), rules changed %v, nft rebuilt %v",
+			w.clientR.routeChanges, w.clientR.rulesChanged, w.clientR.nftBuilds != builds)
+	}
+	// A peer joining (new mesh address) rebuilds the nft table only.
+	joined := down
+	joined.MeshAddrs = append(slices.Clone(meshAddrs), netip.MustParseAddr("100.64.0.9"))
+	w.set(t, ns, w.clientR, joined)
+	if w.clientR.routeChanges != 0 || w.clientR.nftBuilds != builds+1 {
+		t.Fatalf("peer joined: %d route changes, nft builds %d -> %d", w.clientR.routeChanges, builds, w.clientR.nftBuilds)
+	}
+	w.set(t, ns, w.clientR, fullState(w.lan))
 	t.Logf("installed:\n%s", externalView(t, ns))
 	if out, err := ns.Command(t.Context(), "nft", "list", "table", "ip", NftTable).CombinedOutput(); err == nil {
 		t.Logf("%s", out)

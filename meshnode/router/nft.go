@@ -86,8 +86,21 @@ func (r *Router) needNft(s State) bool {
 	return r.antiSpoofing(s) || s.ExitNode || (s.SNAT && len(s.Advertise) > 0) || len(s.Routes) > 0
 }
 
-// setNft rebuilds the table for s, or deletes it when s needs none.
+// nftShape is everything in s that the nft table depends on.
+func nftShape(s State) string {
+	return fmt.Sprint(s.Advertise, s.ExitNode, s.SNAT, s.MeshAddrs, len(s.Routes) > 0)
+}
+
+// setNft rebuilds the table for s, or deletes it when s needs none. A
+// table already built for the same shape (and still there) is left alone.
 func (r *Router) setNft(s State) error {
+	shape := nftShape(s)
+	if r.needNft(s) && shape == r.nftShape {
+		if ok, err := nftInstalled(); err == nil && ok {
+			return nil
+		}
+	}
+	r.nftShape = ""
 	// Carry the drop counter over the rebuild.
 	if n, err := readSpoofCounter(); err == nil {
 		r.spoofBase += n
@@ -210,6 +223,8 @@ func (r *Router) setNft(s State) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("router: install nft table %s: %w", NftTable, err)
 	}
+	r.nftShape = shape
+	r.nftBuilds++
 	return nil
 }
 

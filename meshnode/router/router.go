@@ -114,6 +114,10 @@ type Router struct {
 	// rulesChanged whether it touched the rules.
 	routeChanges int
 	rulesChanged bool
+	// nftShape is nftShape of the State the nft table was last built for
+	// ("" when none is known to be installed); nftBuilds counts builds.
+	nftShape  string
+	nftBuilds int
 }
 
 // ErrClosed is returned by Set after Close.
