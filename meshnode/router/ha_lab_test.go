@@ -5,7 +5,9 @@ package router
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/wiremesh/wiremesh/lab"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/routes"
+	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -43,20 +46,70 @@ type haRouter struct {
 	host *lab.Host
 	mesh netip.Addr
 	key  key.NodePublic
+	priv key.NodePrivate
+	wg   *device.Device // realWG only
 	dev  tun.Device
 	fwd  *Forwarder
 	dead atomic.Bool
 }
 
+// haMesh is how the HA harness's client reaches the two routers: the
+// TUN-to-TUN stand-in or real wireguard-go.
+type haMesh interface {
+	// setPrimary sends the routed prefix to r (WireGuard: moves the
+	// prefix into r's AllowedIPs).
+	setPrimary(r *haRouter)
+	// kill makes r die as a SIGKILLed node does: its tunnel stops.
+	kill(r *haRouter)
+}
+
+// standInMesh carries packets with the pump goroutines.
+type standInMesh struct{ primary atomic.Pointer[haRouter] }
+
+func (m *standInMesh) setPrimary(r *haRouter) { m.primary.Store(r) }
+func (m *standInMesh) kill(r *haRouter)       { r.dead.Store(true) }
+
+// wgMesh is real wireguard-go: one device on the client with both routers
+// as peers, one on each router.
+type wgMesh struct {
+	t      *testing.T
+	client *device.Device
+	rs     []*haRouter
+	prefix netip.Prefix
+}
+
+func (m *wgMesh) setPrimary(p *haRouter) {
+	var b strings.Builder
+	for _, r := range m.rs {
+		fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\nreplace_allowed_ips=true\nallowed_ip=%s\n",
+			r.key.UAPI(), netip.PrefixFrom(r.mesh, 32))
+		if r == p {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", m.prefix)
+		}
+	}
+	if err := m.client.IpcSet(b.String()); err != nil {
+		m.t.Errorf("move %s to %s: %v", m.prefix, p.mesh, err)
+	}
+}
+
+func (m *wgMesh) kill(r *haRouter) { r.wg.Close() }
+
 // TestLabHAFailover: two routers offer one prefix; the client's Selector
-// (fed by probes through the mesh) picks the first, which is then killed:
-// the stand-in mesh drops everything to and from it, as a SIGKILLed node's
-// tunnel would. A client making a TCP request every 50 ms (each given
-// 200 ms, so that TCP's own SYN retransmission, 1 s, does not hide when the
-// path came back) records how long
-// its traffic is interrupted before it flows through the standby (goal:
-// 3 s). The gap is logged as "failover gap".
-func TestLabHAFailover(t *testing.T) {
+// (fed by probes through the mesh) picks the first, which is then killed.
+// A client making a TCP request every 50 ms (each given 200 ms, so that
+// TCP's own SYN retransmission, 1 s, does not hide when the path came back)
+// records how long its traffic is interrupted before it flows through the
+// standby (goal: 3 s), logged as "failover gap". The mesh is the stand-in;
+// TestLabHAFailoverWireGuard runs the same over real wireguard-go.
+func TestLabHAFailover(t *testing.T) { runHA(t, false) }
+
+// TestLabHAFailoverWireGuard is TestLabHAFailover over real wireguard-go:
+// failover moves the prefix between the two peers' AllowedIPs, as the
+// daemon will, and the standby's tunnel is already up (its probes keep it
+// so).
+func TestLabHAFailoverWireGuard(t *testing.T) { runHA(t, true) }
+
+func runHA(t *testing.T, realWG bool) {
 	l := lab.New(t)
 	printer := addHost(t, l, "printer", nil)
 	home := addRouter(t, l, "home")
@@ -64,13 +117,13 @@ func TestLabHAFailover(t *testing.T) {
 	prefix := netip.PrefixFrom(printer.Addr, 24).Masked()
 	serve(t, listen(t, printer.Namespace, ":80"), nil)
 
-	k1, k2 := key.NewNode().Public(), key.NewNode().Public()
-	if r1, r2 := k1.Raw(), k2.Raw(); bytes.Compare(r1[:], r2[:]) > 0 {
+	k1, k2 := key.NewNode(), key.NewNode()
+	if r1, r2 := k1.Public().Raw(), k2.Public().Raw(); bytes.Compare(r1[:], r2[:]) > 0 {
 		k1, k2 = k2, k1
 	}
 	rs := []*haRouter{
-		{host: addHost(t, l, "ra", nil), mesh: netip.MustParseAddr("100.64.0.1"), key: k1},
-		{host: addHost(t, l, "rb", nil), mesh: netip.MustParseAddr("100.64.0.4"), key: k2},
+		{host: addHost(t, l, "ra", nil), mesh: netip.MustParseAddr("100.64.0.1"), priv: k1, key: k1.Public()},
+		{host: addHost(t, l, "rb", nil), mesh: netip.MustParseAddr("100.64.0.4"), priv: k2, key: k2.Public()},
 	}
 	clientTUN := mkTUN(t, client.Namespace, meshClient)
 	pol := filter.New(nil)
@@ -104,38 +157,60 @@ func TestLabHAFailover(t *testing.T) {
 		}()
 	}
 
-	var primary atomic.Pointer[haRouter]
-	var wg sync.WaitGroup
-	pump(&wg, clientTUN, func(dst netip.Addr) tun.Device {
-		var r *haRouter
-		for _, c := range rs {
-			if dst == c.mesh {
-				r = c
+	var mesh haMesh
+	if realWG {
+		clientKey := key.NewNode()
+		lines := []string{fmt.Sprintf("fwmark=%d", BypassMark)}
+		for _, r := range rs {
+			r.wg = startWG(t, r.host.Namespace, r.fwd, r.priv,
+				"public_key="+clientKey.Public().UAPI(), "allowed_ip="+netip.PrefixFrom(meshClient, 32).String())
+			lines = append(lines, "public_key="+r.key.UAPI(),
+				"endpoint="+netip.AddrPortFrom(r.host.Addr, wgPort).String(),
+				"allowed_ip="+netip.PrefixFrom(r.mesh, 32).String())
+		}
+		cw := startWG(t, client.Namespace, clientTUN, clientKey, lines...)
+		t.Cleanup(func() {
+			cw.Close()
+			for _, r := range rs {
+				r.wg.Close()
 			}
-		}
-		if r == nil && prefix.Contains(dst) {
-			r = primary.Load()
-		}
-		if r == nil || r.dead.Load() {
-			return nil
-		}
-		return r.fwd
-	})
-	for _, r := range rs {
-		pump(&wg, r.fwd, func(dst netip.Addr) tun.Device {
-			if dst != meshClient || r.dead.Load() {
+		})
+		mesh = &wgMesh{t: t, client: cw, rs: rs, prefix: prefix}
+	} else {
+		m := &standInMesh{}
+		mesh = m
+		var wg sync.WaitGroup
+		pump(&wg, clientTUN, func(dst netip.Addr) tun.Device {
+			var r *haRouter
+			for _, c := range rs {
+				if dst == c.mesh {
+					r = c
+				}
+			}
+			if r == nil && prefix.Contains(dst) {
+				r = m.primary.Load()
+			}
+			if r == nil || r.dead.Load() {
 				return nil
 			}
-			return clientTUN
+			return r.fwd
+		})
+		for _, r := range rs {
+			pump(&wg, r.fwd, func(dst netip.Addr) tun.Device {
+				if dst != meshClient || r.dead.Load() {
+					return nil
+				}
+				return clientTUN
+			})
+		}
+		t.Cleanup(func() {
+			clientTUN.Close()
+			for _, r := range rs {
+				r.dev.Close()
+			}
+			wg.Wait()
 		})
 	}
-	t.Cleanup(func() {
-		clientTUN.Close()
-		for _, r := range rs {
-			r.dev.Close()
-		}
-		wg.Wait()
-	})
 
 	var clientR *Router
 	do(t, client.Namespace, func() (err error) {
@@ -198,7 +273,7 @@ func TestLabHAFailover(t *testing.T) {
 				st.Routes = append(st.Routes, Route{Prefix: d.Prefix, Up: d.Up})
 				for _, r := range rs {
 					if d.Up && d.Primary == r.key {
-						primary.Store(r)
+						mesh.setPrimary(r)
 					}
 				}
 			}
@@ -241,7 +316,7 @@ func TestLabHAFailover(t *testing.T) {
 	default:
 	}
 
-	rs[0].dead.Store(true)
+	mesh.kill(rs[0])
 	died := time.Now()
 	if !waitFor(rs[1].host.Addr) {
 		t.Fatalf("traffic never moved to the standby %s", rs[1].host.Addr)
