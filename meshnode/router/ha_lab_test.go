@@ -298,28 +298,40 @@ func runHA(t *testing.T, realWG bool) {
 	}
 	// Bounded waits: 200 attempts of at most 250 ms each.
 	const attempts = 200
-	waitFor := func(want netip.Addr) bool {
+	// waitFor returns the router traffic flows through once it flows
+	// through one of want, or nil.
+	waitFor := func(want ...*haRouter) *haRouter {
 		for i := 0; i < attempts; i++ {
-			if request() == want.String() {
-				return true
+			src := request()
+			for _, r := range want {
+				if src == r.host.Addr.String() {
+					return r
+				}
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		return false
+		return nil
 	}
-	if !waitFor(rs[0].host.Addr) {
-		t.Fatalf("traffic never flowed through the primary %s", rs[0].host.Addr)
+	// Usually the first router in key order is the primary, but whichever
+	// answered first may hold the route (the selector is sticky).
+	first := waitFor(rs...)
+	if first == nil {
+		t.Fatal("traffic never flowed through either router")
 	}
 	select {
 	case err := <-applyErr:
 		t.Fatalf("client router: %v", err)
 	default:
 	}
+	standby := rs[0]
+	if first == rs[0] {
+		standby = rs[1]
+	}
 
-	mesh.kill(rs[0])
+	mesh.kill(first)
 	died := time.Now()
-	if !waitFor(rs[1].host.Addr) {
-		t.Fatalf("traffic never moved to the standby %s", rs[1].host.Addr)
+	if waitFor(standby) == nil {
+		t.Fatalf("traffic never moved to the standby %s", standby.host.Addr)
 	}
 	gap := time.Since(died)
 	t.Logf("failover gap %v (goal 3s)", gap.Round(time.Millisecond))
