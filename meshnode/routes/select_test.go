@@ -196,9 +196,10 @@ func TestSelectFailoverWithinSeconds(t *testing.T) {
 	})
 }
 
-// TestSelectFlakyRouterNeverPreferred: a router that answers for less than
-// RecoverAfter between outages is never chosen over one that has been
-// answering all along, even when the current primary dies.
+// TestSelectFlakyRouterRecovers: a router that was dead is "recovering"
+// until it has answered for RecoverAfter; recovering routers are used only
+// when nothing healthy is left, and a router coming back never takes the
+// route from the current primary.
 func TestSelectFlakyRouterRecovers(t *testing.T) {
 	ks := sortedKeys(3)
 	a, b, c := ks[0], ks[1], ks[2]
