@@ -330,3 +330,30 @@ func TestSelectOfferBounds(t *testing.T) {
 		t.Fatalf("%d routes tracked, cap %d", len(got), MaxOffers)
 	}
 }
+
+// TestSelectHealthyBeatsRecovering: when the primary dies, a router that
+// has answered all along wins over one just back from the dead, even one
+// earlier in key order.
+func TestSelectHealthyBeatsRecovering(t *testing.T) {
+	ks := sortedKeys(3)
+	back, steady, primary := ks[0], ks[1], ks[2]
+	h := newFakeHealth()
+	t0 := time.Unix(1000, 0)
+	h.setPong(back, t0.Add(-10*time.Second)) // answered once, long ago: dead
+	h.setPong(primary, t0)
+	s := New(Config{Health: h})
+	s.SetOffers(map[key.NodePublic][]netip.Prefix{back: {lan}, steady: {lan}, primary: {lan}})
+	if got, _ := s.Evaluate(t0); got[0].Primary != primary {
+		t.Fatalf("initial: %+v", got)
+	}
+	h.setPong(steady, t0.Add(time.Millisecond))
+	if got, _ := s.Evaluate(t0.Add(time.Millisecond)); got[0].Primary != primary {
+		t.Fatalf("a new healthy router took the route from a working primary: %+v", got)
+	}
+	t1 := t0.Add(2 * time.Second) // primary's last pong is now stale
+	h.setPong(back, t1)
+	h.setPong(steady, t1)
+	if got, _ := s.Evaluate(t1); got[0].Primary != steady || !got[0].Up {
+		t.Fatalf("primary dead: %+v, want the steady router, not the one just back", got)
+	}
+}
