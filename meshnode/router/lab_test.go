@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/lab"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/routes"
@@ -219,7 +220,12 @@ func pump(wg *sync.WaitGroup, src tun.Device, route func(dst netip.Addr) tun.Dev
 	}()
 }
 
-func newWorld(t testing.TB) *world {
+func newWorld(t testing.TB) *world { return newWorldWith(t, false) }
+
+// newWorldWith builds the world with the stand-in mesh, or with real
+// wireguard-go between the client and the two routers (realWG; then the
+// exit node offers only its own address and exitDead has no effect).
+func newWorldWith(t testing.TB, realWG bool) *world {
 	t.Helper()
 	w := &world{l: lab.New(t), inetConns: &atomic.Int64{}}
 	l := w.l
@@ -256,29 +262,11 @@ func newWorld(t testing.TB) *world {
 	w.exitFwd.SetRoutes([]netip.Prefix{routes.ExitPrefix})
 
 	var wg sync.WaitGroup
-	pump(&wg, w.clientTUN, func(dst netip.Addr) tun.Device {
-		switch {
-		case dst == meshSub || w.lan.Contains(dst):
-			return w.subFwd
-		case w.exitDead.Load():
-			return nil
-		default:
-			return w.exitFwd
-		}
-	})
-	toClient := func(dst netip.Addr) tun.Device {
-		if dst == meshClient {
-			return w.clientTUN
-		}
-		return nil
+	if realWG {
+		w.startWG(t)
+	} else {
+		w.startStandIn(&wg)
 	}
-	pump(&wg, w.subFwd, toClient)
-	pump(&wg, w.exitFwd, func(dst netip.Addr) tun.Device {
-		if w.exitDead.Load() {
-			return nil
-		}
-		return toClient(dst)
-	})
 
 	do(t, w.client.Namespace, func() (err error) {
 		w.clientR, err = New(Config{TUN: tunName, Self: meshClient})
@@ -299,6 +287,60 @@ func newWorld(t testing.TB) *world {
 		wg.Wait()
 	})
 	return w
+}
+
+// startWG connects the client to sub and exit with wireguard-go. The sub
+// router's home firewall would drop the client's first handshake on its
+// WAN; its input chain is emptied so the client can initiate, as it could
+// to a subnet router with a public port.
+func (w *world) startWG(t testing.TB) {
+	if err := w.sub.Nft("flush chain inet wmfilter input\n"); err != nil {
+		t.Fatal(err)
+	}
+	clientKey, subKey, exitKey := key.NewNode(), key.NewNode(), key.NewNode()
+	toClient := []string{"public_key=" + clientKey.Public().UAPI(), "allowed_ip=" + netip.PrefixFrom(meshClient, 32).String()}
+	subWG := startWG(t, w.sub.Namespace, w.subFwd, subKey, toClient...)
+	exitWG := startWG(t, w.exit.Namespace, w.exitFwd, exitKey, toClient...)
+	clientWG := startWG(t, w.client.Namespace, w.clientTUN, clientKey,
+		fmt.Sprintf("fwmark=%d", BypassMark),
+		"public_key="+subKey.Public().UAPI(),
+		"endpoint="+netip.AddrPortFrom(w.sub.WAN, wgPort).String(),
+		"allowed_ip="+netip.PrefixFrom(meshSub, 32).String(), "allowed_ip="+w.lan.String(),
+		"public_key="+exitKey.Public().UAPI(),
+		"endpoint="+netip.AddrPortFrom(w.exit.Addr, wgPort).String(),
+		"allowed_ip="+netip.PrefixFrom(meshExit, 32).String())
+	t.Cleanup(func() {
+		clientWG.Close()
+		subWG.Close()
+		exitWG.Close()
+	})
+}
+
+// startStandIn connects the client to sub and exit with the stand-in.
+func (w *world) startStandIn(wg *sync.WaitGroup) {
+	pump(wg, w.clientTUN, func(dst netip.Addr) tun.Device {
+		switch {
+		case dst == meshSub || w.lan.Contains(dst):
+			return w.subFwd
+		case w.exitDead.Load():
+			return nil
+		default:
+			return w.exitFwd
+		}
+	})
+	toClient := func(dst netip.Addr) tun.Device {
+		if dst == meshClient {
+			return w.clientTUN
+		}
+		return nil
+	}
+	pump(wg, w.subFwd, toClient)
+	pump(wg, w.exitFwd, func(dst netip.Addr) tun.Device {
+		if w.exitDead.Load() {
+			return nil
+		}
+		return toClient(dst)
+	})
 }
 
 func (w *world) set(t testing.TB, ns *lab.Namespace, r *Router, s State) {
@@ -799,7 +841,12 @@ func iperf3(tb testing.TB, client, server *lab.Namespace, addr netip.Addr, d tim
 // masquerade), beside the same flow to the router's own mesh address (the
 // baseline: same mesh stand-in, no forwarding), in the same run.
 func BenchmarkLabSubnetRouterIperf3(b *testing.B) {
-	w := newWorld(b)
+	b.Run("standin", func(b *testing.B) { benchIperf3(b, false) })
+	b.Run("wireguard", func(b *testing.B) { benchIperf3(b, true) })
+}
+
+func benchIperf3(b *testing.B, realWG bool) {
+	w := newWorldWith(b, realWG)
 	w.subPolicy.SetRules([]filter.Rule{{Srcs: []netip.Prefix{netip.PrefixFrom(meshClient, 32)},
 		Dsts: []filter.PortRange{{Dst: w.lan, First: 0, Last: 65535}}}})
 	w.set(b, w.sub.Namespace, w.subR, State{Advertise: []netip.Prefix{w.lan}, SNAT: true, MeshAddrs: meshAddrs})

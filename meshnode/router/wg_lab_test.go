@@ -25,7 +25,7 @@ const wgPort = 51820
 // startWG runs a wireguard-go device on dev inside ns, configured with the
 // UAPI lines given (the private key and listen port are added). The
 // device's sockets are opened inside ns.
-func startWG(t *testing.T, ns *lab.Namespace, dev tun.Device, priv key.NodePrivate, lines ...string) *device.Device {
+func startWG(t testing.TB, ns *lab.Namespace, dev tun.Device, priv key.NodePrivate, lines ...string) *device.Device {
 	t.Helper()
 	wg := device.NewDevice(dev, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n%s\n", priv.UAPI(), wgPort, strings.Join(lines, "\n"))
