@@ -27,14 +27,14 @@ const MaxAdvertised = 256
 // offending entry, so callers can test with errors.Is and still show a
 // message that names the prefix.
 var (
-	ErrInvalidCIDR  = errors.New("invalid CIDR")
-	ErrNotNetwork   = errors.New("host bits set")
-	ErrMeshRange    = errors.New("overlaps the mesh range 100.64.0.0/10")
-	ErrOverlap      = errors.New("overlaps another advertised route")
-	ErrExitRoute    = errors.New("0.0.0.0/0 is an exit node: use --advertise-exit-node")
-	ErrUnroutable   = errors.New("not a routable unicast network")
-	ErrIPv6         = errors.New("IPv6 routes are not supported (the mesh is IPv4)")
-	ErrTooManyRoute = fmt.Errorf("more than %d routes", MaxAdvertised)
+	ErrInvalidCIDR   = errors.New("invalid CIDR")
+	ErrNotNetwork    = errors.New("host bits set")
+	ErrMeshRange     = errors.New("overlaps the mesh range 100.64.0.0/10")
+	ErrOverlap       = errors.New("overlaps another advertised route")
+	ErrExitRoute     = errors.New("0.0.0.0/0 is an exit node: use --advertise-exit-node")
+	ErrUnroutable    = errors.New("not a routable unicast network")
+	ErrIPv6          = errors.New("IPv6 routes are not supported (the mesh is IPv4)")
+	ErrTooManyRoutes = fmt.Errorf("more than %d routes", MaxAdvertised)
 )
 
 // unroutable are networks no subnet router can meaningfully offer: the
@@ -59,7 +59,7 @@ func ParseAdvertised(s string) ([]netip.Prefix, error) {
 	}
 	fields := strings.Split(s, ",")
 	if len(fields) > MaxAdvertised {
-		return nil, ErrTooManyRoute
+		return nil, ErrTooManyRoutes
 	}
 	ps := make([]netip.Prefix, 0, len(fields))
 	for _, f := range fields {
@@ -86,7 +86,7 @@ func ParseAdvertised(s string) ([]netip.Prefix, error) {
 // sentinels above.
 func Validate(ps []netip.Prefix) error {
 	if len(ps) > MaxAdvertised {
-		return ErrTooManyRoute
+		return ErrTooManyRoutes
 	}
 	for i, p := range ps {
 		if err := validateOne(p); err != nil {

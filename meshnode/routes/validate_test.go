@@ -30,7 +30,7 @@ func TestParseAdvertised(t *testing.T) {
 		{"multicast", "224.0.0.0/24", ErrUnroutable, ""},
 		{"link local", "169.254.0.0/16", ErrUnroutable, ""},
 		{"ipv6", "fd00::/64", ErrIPv6, ""},
-		{"too many", strings.Repeat("198.19.1.0/24,", MaxAdvertised) + "198.19.2.0/24", ErrTooManyRoute, ""},
+		{"too many", strings.Repeat("198.19.1.0/24,", MaxAdvertised) + "198.19.2.0/24", ErrTooManyRoutes, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ps, err := ParseAdvertised(tc.in)
