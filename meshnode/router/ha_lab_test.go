@@ -335,7 +335,7 @@ func runHA(t *testing.T, realWG bool) {
 	}
 	gap := time.Since(died)
 	t.Logf("failover gap %v (goal 3s)", gap.Round(time.Millisecond))
-	// The Selector's own bound is 2.25 s; the rest is the request loop's
+	// The Selector's own bound is 1.75 s; the rest is the request loop's
 	// granularity (50 ms + a 200 ms attempt). Past 3 s the goal is missed.
 	if gap > 3*time.Second {
 		t.Fatalf("failover took %v, goal 3s", gap)

@@ -28,9 +28,11 @@
 // package then installs it as unreachable, so traffic stops instead of
 // leaking to the underlay.
 //
-// The node must ping each router it may use at least every PingInterval;
-// a dead primary is then replaced within PingInterval + DeadAfter +
-// EvalInterval (2.25 s), inside the 3 s goal.
+// The node must ping each router it may use at least every PingInterval
+// (DeadAfter is three of them). A dead router's last pong came before its
+// death, so its primary role is taken over at most DeadAfter + EvalInterval
+// (1.75 s) after it died, inside the 3 s goal; losing up to two pings in a
+// row moves nothing.
 //
 // # Overlapping prefixes
 //
