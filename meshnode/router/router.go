@@ -213,7 +213,7 @@ func (r *Router) set(s State) error {
 	}
 	if len(errs) == 0 {
 		r.applied = cloneState(s)
-		r.log.Info("router: applied", "advertise", len(s.Advertise), "exit_node", s.ExitNode,
+		r.log.Debug("router: applied", "advertise", len(s.Advertise), "exit_node", s.ExitNode,
 			"accepted", len(s.Routes), "mesh_addrs", len(s.MeshAddrs))
 	}
 	return errors.Join(errs...)
