@@ -57,8 +57,9 @@ type MiniUPnPd struct {
 	dir  string
 	conf string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	started time.Time
 }
 
 // miniupnpdStartTimeout bounds the wait for miniupnpd to open its sockets;
@@ -177,6 +178,9 @@ func (m *MiniUPnPd) config(nlans int) string {
 	var u [16]byte
 	rand.Read(u[:])
 	var b strings.Builder
+	// miniupnpd's UPnP GetExternalIPAddress answers "" for the lab's
+	// reserved WAN address even with ext_allow_private_ipv4 (which only
+	// lets it map), and ignores an ext_ip in a reserved range.
 	fmt.Fprintf(&b, "ext_ifname=wan\n")
 	for i := 1; i <= nlans; i++ {
 		fmt.Fprintf(&b, "listening_ip=lan%d\n", i)
@@ -208,7 +212,7 @@ func (m *MiniUPnPd) start(root string) error {
 		return err
 	}
 	m.mu.Lock()
-	m.cmd = c
+	m.cmd, m.started = c, time.Now()
 	m.mu.Unlock()
 	// Polling is the only signal: miniupnpd says nothing on a pipe when ready.
 	deadline := time.Now().Add(miniupnpdStartTimeout)
@@ -234,6 +238,14 @@ func (m *MiniUPnPd) listening() bool {
 		return false
 	}
 	return true
+}
+
+// Started returns when the running miniupnpd was started. Its NAT-PMP and
+// PCP epoch counts from then.
+func (m *MiniUPnPd) Started() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.started
 }
 
 // Stop kills miniupnpd and, as a router reboot would, forgets every mapping
