@@ -123,11 +123,16 @@ func (c *Client) establish(ctx context.Context) *active {
 	if len(protos) == 0 {
 		return nil
 	}
-	found := c.probe(ctx, protos)
-	for i, p := range protos {
-		if !found[i].ok {
-			continue
+	pr := c.probe(ctx, protos)
+	defer pr.cancel()
+	tried := make([]bool, len(protos))
+	for {
+		i := pr.best(tried)
+		if i < 0 {
+			return nil
 		}
+		tried[i] = true
+		p := protos[i]
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		m, err := p.mapPort(rctx, netip.AddrPort{})
 		cancel()
@@ -138,15 +143,14 @@ func (c *Client) establish(ctx context.Context) *active {
 		now := c.cfg.Now()
 		a := &active{p: p, gw: gw, m: m, mappedAt: now}
 		a.noteEpoch(m.st, now)
-		if !a.haveEpoch && found[i].st.hasEpoch {
-			a.noteEpoch(found[i].st, now)
+		if !a.haveEpoch && pr.found[i].st.hasEpoch {
+			a.noteEpoch(pr.found[i].st, now)
 		}
 		c.cfg.Metrics.mapped(p.kind())
 		c.log.Info("port mapped", "kind", p.kind(), "gateway", gw, "external", m.external, "lifetime", m.lifetime)
 		c.set(m.external, p.kind())
 		return a
 	}
-	return nil
 }
 
 // probeResult is one protocol's answer to a probe.
@@ -156,14 +160,27 @@ type probeResult struct {
 	st status
 }
 
-// probe runs every protocol's probe concurrently and returns, per protocol,
-// whether it answered. It returns as soon as the most preferred protocol
-// still in the running has answered, or when all have finished; stragglers
-// finish on their own (bounded by probeTimeout) and Close waits for them.
-func (c *Client) probe(ctx context.Context, protos []proto) []probeResult {
+// prober collects the answers of one probe round.
+type prober struct {
+	results chan probeResult
+	found   []probeResult
+	done    []bool
+	pending int
+	cancel  context.CancelFunc
+}
+
+// probe starts every protocol's probe at once, each on its own goroutine,
+// bounded by probeTimeout. Stragglers finish on their own and Close waits
+// for them.
+func (c *Client) probe(ctx context.Context, protos []proto) *prober {
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
-	results := make(chan probeResult, len(protos)) // never blocks a prober
+	pr := &prober{
+		results: make(chan probeResult, len(protos)), // never blocks a prober
+		found:   make([]probeResult, len(protos)),
+		done:    make([]bool, len(protos)),
+		pending: len(protos),
+		cancel:  cancel,
+	}
 	for i, p := range protos {
 		c.probes.Add(1)
 		go func() {
@@ -172,26 +189,37 @@ func (c *Client) probe(ctx context.Context, protos []proto) []probeResult {
 			if err != nil {
 				c.log.Debug("probe failed", "kind", p.kind(), "err", err)
 			}
-			results <- probeResult{i: i, ok: err == nil, st: st}
+			pr.results <- probeResult{i: i, ok: err == nil, st: st}
 		}()
 	}
-	found := make([]probeResult, len(protos))
-	done := make([]bool, len(protos))
-	for range protos {
-		r := <-results
-		found[r.i], done[r.i] = r, true
-		// protos is in order of preference: stop when the best one
-		// that has not failed has answered.
-		for i := range protos {
-			if !done[i] {
+	return pr
+}
+
+// best returns the most preferred protocol not yet tried that answered its
+// probe, waiting only as long as a more preferred one is still out; -1 when
+// none is left. Protocols are in order of preference.
+func (pr *prober) best(tried []bool) int {
+	for {
+		wait := false
+		for i := range pr.found {
+			if tried[i] {
+				continue
+			}
+			if !pr.done[i] {
+				wait = true
 				break
 			}
-			if found[i].ok {
-				return found
+			if pr.found[i].ok {
+				return i
 			}
 		}
+		if !wait || pr.pending == 0 {
+			return -1
+		}
+		r := <-pr.results
+		pr.found[r.i], pr.done[r.i] = r, true
+		pr.pending--
 	}
-	return found
 }
 
 // renew renews cur's mapping. On failure the mapping is dropped and the
