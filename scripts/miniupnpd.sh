@@ -61,10 +61,12 @@ apt-get "${opts[@]}" -qq update >&2
 
 deb=$(ls "$cache/debs"/miniupnpd-nftables_*.deb)
 ver=$(dpkg-deb -f "$deb" Version)
-case "$ver" in
-"$want_version"*) ;;
-*) echo "miniupnpd.sh: trixie has miniupnpd-nftables $ver, want $want_version" >&2; exit 1 ;;
-esac
+# 2.3.9 is the first with ext_allow_private_ipv4 that runs here; a later
+# trixie point release is fine.
+if ! dpkg --compare-versions "$ver" ge "$want_version"; then
+	echo "miniupnpd.sh: trixie has miniupnpd-nftables $ver, want $want_version or later" >&2
+	exit 1
+fi
 
 rm -rf "$root.tmp"
 mkdir -p "$root.tmp"
