@@ -105,7 +105,7 @@ func TestLabTTLPriming(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer bc.Close()
-			bPub := netip.AddrPortFrom(far.WAN, port)  // B's mapping, if its router keeps the port
+			bPub := netip.AddrPortFrom(far.WAN, port)   // B's mapping, if its router keeps the port
 			aPub := netip.AddrPortFrom(outer.WAN, port) // A's, through two easy NATs
 			if tc.ttl > 0 {
 				if tc.ttl == 64 {
