@@ -24,10 +24,12 @@ import (
 // The client runs in a child process (this test binary, re-executed with
 // helperEnv set) inside the host's namespace, because the client opens
 // sockets from its own goroutines and only a whole process can be put in a
-// namespace. The child opens the node's UDP port, answers every datagram
-// with "echo:" and the datagram, prints "mapping <ip:port> <kind>" each time
+// namespace. The child opens the node's UDP port, answers each datagram
+// that starts with "ping" with "echo:" and the datagram, prints "rx <from>
+// <data>" for every datagram, prints "mapping <ip:port> <kind>" each time
 // the mapping changes and, when its stdin closes, closes the client (which
-// deletes the mapping) and prints "closed".
+// deletes the mapping) and prints "closed". "send IP:PORT DATA" on its
+// stdin sends DATA from the node's socket.
 
 const (
 	helperEnv      = "WIREMESH_PORTMAP_HELPER"
@@ -68,7 +70,11 @@ func helperMain() int {
 			if err != nil {
 				return
 			}
-			conn.WriteToUDPAddrPort(append([]byte("echo:"), buf[:n]...), from)
+			msg := string(buf[:n])
+			fmt.Printf("rx %v %s\n", from, msg)
+			if strings.HasPrefix(msg, "ping") { // only the tests' probes: no echo loops
+				conn.WriteToUDPAddrPort([]byte("echo:"+msg), from)
+			}
 		}
 	}()
 	var protos []Kind
@@ -87,9 +93,19 @@ func helperMain() int {
 		fmt.Fprintln(os.Stderr, "start:", err)
 		return 1
 	}
+	// stdin: "send IP:PORT DATA" sends DATA from the node's socket; EOF
+	// closes the client.
 	eof := make(chan struct{})
 	go func() {
-		io.Copy(io.Discard, os.Stdin)
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) == 3 && f[0] == "send" {
+				if to, err := netip.ParseAddrPort(f[1]); err == nil {
+					conn.WriteToUDPAddrPort([]byte(f[2]), to)
+				}
+			}
+		}
 		close(eof)
 	}()
 	for {
@@ -220,6 +236,32 @@ func (hp *helper) nextMapping(t *testing.T) (netip.AddrPort, Kind) {
 			t.Fatalf("no mapping within %v", mapWait)
 		}
 	}
+}
+
+// send makes the child send data from the node's socket to `to`, until it
+// reports "rx <from> <want>" (tries times, 300 ms apart); it returns
+// whether that arrived.
+func (hp *helper) exchange(t *testing.T, to, from netip.AddrPort, data, want string, tries int) bool {
+	t.Helper()
+	for i := 0; i < tries; i++ {
+		fmt.Fprintf(hp.stdin, "send %v %s\n", to, data)
+		timeout := time.After(300 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case l, ok := <-hp.lines:
+				if !ok {
+					t.Fatal("helper exited")
+				}
+				if l == fmt.Sprintf("rx %v %s", from, want) {
+					return true
+				}
+			case <-timeout:
+				break wait
+			}
+		}
+	}
+	return false
 }
 
 // close closes the child's stdin and waits for "closed" and its exit.
@@ -392,6 +434,75 @@ func TestLabPortmap(t *testing.T) {
 			pl.assertUnmapped(t, ext2)
 		})
 	}
+}
+
+// TestLabPortmapHardHard: two hosts, each behind its own hard-NAT router
+// running miniupnpd, map their ports; a datagram from each node's socket to
+// the other's mapped address gets through and the answer comes back from
+// that mapped address: a direct path between two hard NATs. Without port
+// mapping, sending to the peer's STUN-observed address does not get
+// through (the hard NAT maps the flow to the peer elsewhere).
+func TestLabPortmapHardHard(t *testing.T) {
+	l := lab.New(t)
+	var pls [2]*portmapLab
+	p, err := l.AddHost("peer", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc, err := p.ListenUDP(":3478")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { oc.Close() })
+	go observer(oc)
+	for i := range pls {
+		r, err := l.AddRouter(fmt.Sprintf("gw%d", i), lab.RouterConfig{NAT: lab.Hard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := l.AddHost(fmt.Sprintf("node%d", i), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu, err := r.StartMiniUPnPd(lab.MiniUPnPdConfig{NATPMP: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pls[i] = &portmapLab{router: r, host: h, obs: netip.AddrPortFrom(p.Addr, 3478), mu: mu}
+	}
+	a, b := startHelper(t, pls[0], ""), startHelper(t, pls[1], "")
+	ma, _ := a.nextMapping(t)
+	mb, _ := b.nextMapping(t)
+	if !a.exchange(t, mb, mb, "ping-a", "echo:ping-a", 10) {
+		t.Fatalf("node 0 → %v (node 1's mapping): no answer", mb)
+	}
+	if !b.exchange(t, ma, ma, "ping-b", "echo:ping-b", 10) {
+		t.Fatalf("node 1 → %v (node 0's mapping): no answer", ma)
+	}
+	// Baseline: node 1's socket as the observer sees it, without using
+	// its mapping: a hard NAT gives the flow to node 0 another port.
+	bStun := netip.AddrPortFrom(pls[1].router.WAN, 0)
+	b.stdin.Write([]byte(fmt.Sprintf("send %v ?\n", netip.AddrPortFrom(p.Addr, 3478))))
+	timeout := time.After(5 * time.Second)
+	for !bStun.IsValid() || bStun.Port() == 0 {
+		select {
+		case l := <-b.lines:
+			f := strings.Fields(l)
+			if len(f) == 3 && f[0] == "rx" && f[1] == netip.AddrPortFrom(p.Addr, 3478).String() {
+				bStun, _ = netip.ParseAddrPort(f[2])
+			}
+		case <-timeout:
+			t.Fatal("no answer from the observer")
+		}
+	}
+	if bStun == mb {
+		t.Fatalf("node 1's flow to the observer used its mapped address %v: the NAT is not hard", mb)
+	}
+	if a.exchange(t, bStun, bStun, "ping-stun", "echo:ping-stun", 3) {
+		t.Fatalf("node 0 reached node 1 at its STUN address %v without port mapping", bStun)
+	}
+	a.close(t)
+	b.close(t)
 }
 
 // TestLabPortmapPreference: with everything on, NAT-PMP wins; limited to
