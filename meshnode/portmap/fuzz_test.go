@@ -305,7 +305,12 @@ type fakeRT struct {
 }
 
 func (rt fakeRT) RoundTrip(req *http.Request) (*http.Response, error) {
-	action := strings.Join(req.Header["SOAPACTION"], "") // goupnp's header key is not canonical
+	var action string
+	for k, v := range req.Header { // goupnp's "SOAPACTION" key is not canonical
+		if strings.EqualFold(k, "SOAPAction") {
+			action = strings.Join(v, "")
+		}
+	}
 	b := rt.body(action)
 	return &http.Response{StatusCode: rt.status, Status: http.StatusText(rt.status), Body: io.NopCloser(bytes.NewReader(b)),
 		ContentLength: int64(len(b)), Header: http.Header{}, Request: req}, nil

@@ -275,7 +275,6 @@ type EasyConfig struct {
 type Easy struct {
 	cfg   EasyConfig
 	found chan netip.AddrPort // capacity 1: the first verified sender
-	start time.Time
 }
 
 // NewEasy checks cfg and returns a search ready to Run.
