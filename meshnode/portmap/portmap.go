@@ -106,8 +106,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, if set, counts renewals and exports the current kind.
 	Metrics *Metrics
-	// Now is the clock; nil means time.Now. Epoch checks compare the
-	// gateway's clock against it.
+	// Now is the clock for epoch checks (the gateway's clock against
+	// ours) and renewal times; nil means time.Now. Waits use the
+	// runtime's timers, so tests drive time with testing/synctest.
 	Now func() time.Time
 	// Lifetime asked of the gateway; zero means DefaultLifetime.
 	Lifetime time.Duration

@@ -56,8 +56,10 @@ const (
 	// DefaultHardInterval spaces the hard side's sends: 256 sockets take
 	// 256 ms.
 	DefaultHardInterval = time.Millisecond
-	// DefaultTimeout bounds either side's search.
-	DefaultTimeout = 6 * time.Second
+	// DefaultTimeout bounds either side's search: DefaultProbes at
+	// DefaultRate take 4.1 s, plus room for a slowed pace on a loaded
+	// host and the last answer's round trip.
+	DefaultTimeout = 8 * time.Second
 	// minPort is the lowest port a Linux NAT gives a mapping of a port
 	// >= 1024 (nf_nat picks in 1024-65535), so probes start there.
 	minPort = 1024
