@@ -311,6 +311,42 @@ func TestRestartDetectedByEpochAndRemapped(t *testing.T) {
 	}
 }
 
+func TestAnnouncementTriggersCheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fs := newFakeSet()
+		cfg := fs.config(nil)
+		cfg.CheckInterval = time.Hour
+		c := start(t, cfg)
+		defer c.Close()
+		<-c.Changed()
+		time.Sleep(10 * time.Minute)
+		fs.g.restart()
+		c.announced <- struct{}{} // what listenAnnouncements does
+		synctest.Wait()
+		if n, _, checks := fs.pmp.counts(); n != 2 || checks != 1 {
+			t.Fatalf("after an announcement: %d maps, %d checks; want 2, 1 (at once, not in an hour)", n, checks)
+		}
+	})
+}
+
+func TestIsAnnouncement(t *testing.T) {
+	for name, tc := range map[string]struct {
+		b    []byte
+		want bool
+	}{
+		"nat-pmp external address": {testdata(t, "pmp-ext.bin"), true},
+		"pcp announce":             {testdata(t, "pcp-announce.bin"), true},
+		"pcp map":                  {testdata(t, "pcp-map.bin"), false},
+		"nat-pmp map":              {testdata(t, "pmp-map.bin"), false},
+		"garbage":                  {[]byte("hello"), false},
+		"empty":                    {nil, false},
+	} {
+		if got := isAnnouncement(tc.b); got != tc.want {
+			t.Errorf("%s: %v, want %v", name, got, tc.want)
+		}
+	}
+}
+
 func TestUPnPLostMappingRemapped(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fs := newFakeSet()

@@ -35,6 +35,7 @@ const (
 	helperEnv      = "WIREMESH_PORTMAP_HELPER"
 	helperProtoEnv = "WIREMESH_PORTMAP_PROTOCOLS"
 	helperObsEnv   = "WIREMESH_PORTMAP_OBSERVER"
+	helperCheckEnv = "WIREMESH_PORTMAP_CHECK"
 	nodePort       = 41641
 	// labCheckInterval makes restarts show within a second or two.
 	labCheckInterval = time.Second
@@ -84,9 +85,13 @@ func helperMain() int {
 		}
 	}
 	obs, _ := netip.ParseAddrPort(os.Getenv(helperObsEnv))
+	check := labCheckInterval
+	if d, err := time.ParseDuration(os.Getenv(helperCheckEnv)); err == nil {
+		check = d
+	}
 	c, err := Start(context.Background(), Config{
 		Port: nodePort, Logger: log, Protocols: protos,
-		CheckInterval: labCheckInterval, RetryInterval: time.Second,
+		CheckInterval: check, RetryInterval: time.Second,
 		PublicAddr: func() netip.Addr { return observe(obs) },
 	})
 	if err != nil {
@@ -166,7 +171,7 @@ type helper struct {
 	lines chan string
 }
 
-func startHelper(t *testing.T, pl *portmapLab, protos string) *helper {
+func startHelper(t *testing.T, pl *portmapLab, protos string, env ...string) *helper {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -174,6 +179,7 @@ func startHelper(t *testing.T, pl *portmapLab, protos string) *helper {
 	}
 	cmd := pl.host.Command(context.Background(), self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1", helperProtoEnv+"="+protos, helperObsEnv+"="+pl.obs.String())
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = testWriter{t}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -503,6 +509,35 @@ func TestLabPortmapHardHard(t *testing.T) {
 	}
 	a.close(t)
 	b.close(t)
+}
+
+// TestLabPortmapAnnouncement: with the periodic check an hour away, a
+// router restart is still noticed at once, through the announcement
+// miniupnpd multicasts to 224.0.0.1:5350 when it starts, for NAT-PMP and for
+// PCP.
+func TestLabPortmapAnnouncement(t *testing.T) {
+	for _, tc := range []struct {
+		kind Kind
+		cfg  lab.MiniUPnPdConfig
+	}{
+		{KindNATPMP, lab.MiniUPnPdConfig{NATPMP: true}},
+		{KindPCP, lab.MiniUPnPdConfig{PCP: true}},
+	} {
+		t.Run(string(tc.kind), func(t *testing.T) {
+			pl := newPortmapLab(t, tc.cfg)
+			hp := startHelper(t, pl, string(tc.kind), helperCheckEnv+"=1h")
+			ext, kind := hp.nextMapping(t)
+			pl.assertMapped(t, ext, kind, tc.kind)
+			time.Sleep(time.Until(pl.mu.Started().Add(minUptime)))
+			if err := pl.mu.Restart(); err != nil {
+				t.Fatal(err)
+			}
+			ext2, kind2 := hp.nextMapping(t)
+			pl.assertMapped(t, ext2, kind2, tc.kind)
+			hp.close(t)
+			pl.assertUnmapped(t, ext2)
+		})
+	}
 }
 
 // TestLabPortmapPreference: with everything on, NAT-PMP wins; limited to

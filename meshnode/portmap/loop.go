@@ -72,7 +72,7 @@ func (c *Client) run(ctx context.Context) {
 		if cur == nil {
 			cur = c.establish(ctx)
 			if cur == nil {
-				if !c.sleep(ctx, c.cfg.RetryInterval) {
+				if ok, _ := c.sleep(ctx, c.cfg.RetryInterval); !ok {
 					return
 				}
 				continue
@@ -84,10 +84,11 @@ func (c *Client) run(ctx context.Context) {
 		if d := renew.Sub(now); d < wait {
 			wait = d
 		}
-		if !c.sleep(ctx, wait) {
+		ok, announced := c.sleep(ctx, wait)
+		if !ok {
 			return
 		}
-		if !c.cfg.Now().Before(renew) {
+		if !announced && !c.cfg.Now().Before(renew) {
 			cur = c.renew(ctx, cur)
 		} else {
 			cur = c.check(ctx, cur)
@@ -95,18 +96,21 @@ func (c *Client) run(ctx context.Context) {
 	}
 }
 
-// sleep waits d, or returns false when ctx is done first.
-func (c *Client) sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits d, or less when the gateway announces itself (announced),
+// and returns ok false when ctx is done first.
+func (c *Client) sleep(ctx context.Context, d time.Duration) (ok, announced bool) {
 	if d <= 0 {
-		return ctx.Err() == nil
+		return ctx.Err() == nil, false
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return false
+		return false, false
+	case <-c.announced:
+		return true, true
 	case <-t.C:
-		return true
+		return true, false
 	}
 }
 
@@ -119,6 +123,7 @@ func (c *Client) establish(ctx context.Context) *active {
 		c.log.Debug("no gateway", "err", err)
 		return nil
 	}
+	c.gateway.Store(&gw)
 	protos := c.cfg.newProtos(gw, self, &c.cfg)
 	if len(protos) == 0 {
 		return nil

@@ -18,6 +18,9 @@
 //	          itself (UPnP); an epoch that went backwards or jumped means the
 //	          router restarted and lost its state: map again at once; a
 //	          failed renewal or check drops the mapping and starts over
+//	announce  a restart announcement from the gateway (multicast to
+//	          224.0.0.1:5350, RFC 6886 §3.2.1 and RFC 6887 §14.1.3) makes
+//	          the check happen at once
 //	close     delete the mapping (lifetime 0, or DeletePortMapping)
 //
 // Every answer from the gateway is hostile input: replies are read into
@@ -35,6 +38,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -143,6 +147,13 @@ type Client struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	probes  sync.WaitGroup // probe goroutines, which may outlive one probe round
+	// listener is the announcement listener's goroutine.
+	listener sync.WaitGroup
+	// gateway is the gateway of the last probe round, for the listener.
+	gateway atomic.Pointer[netip.Addr]
+	// announced is signalled (capacity 1, coalesced) when the gateway
+	// announces a restart.
+	announced chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -183,16 +194,25 @@ func Start(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Gateway == nil {
 		cfg.Gateway = DefaultGateway
 	}
+	listen := false
 	if cfg.newProtos == nil {
-		cfg.newProtos = realProtos
+		cfg.newProtos, listen = realProtos, true
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	c := &Client{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "portmap"),
-		changed: make(chan struct{}, 1),
-		cancel:  cancel,
-		done:    make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "portmap"),
+		changed:   make(chan struct{}, 1),
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		announced: make(chan struct{}, 1),
+	}
+	if listen {
+		c.listener.Add(1)
+		go func() {
+			defer c.listener.Done()
+			c.listenAnnouncements(ctx)
+		}()
 	}
 	go c.run(ctx)
 	return c, nil
@@ -222,6 +242,7 @@ func (c *Client) Close() error {
 	c.cancel()
 	<-c.done
 	c.probes.Wait()
+	c.listener.Wait()
 	return nil
 }
 
