@@ -96,6 +96,7 @@ func FuzzPCPResponse(f *testing.F) {
 	f.Add(testdata(f, "pmp-map.bin"))
 	f.Add(append(testdata(f, "pcp-map.bin"), make([]byte, 1200)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		isAnnouncement(b) // the multicast listener's parser
 		r, err := parsePCPResponse(b)
 		if err != nil {
 			return
