@@ -257,8 +257,8 @@ func TestRenewsAtHalfLifetime(t *testing.T) {
 			t.Fatal("a renewal to the same address signalled Changed")
 		default:
 		}
-		if got := testutil.ToFloat64(m.active.WithLabelValues("nat-pmp")); got != 1 {
-			t.Fatalf("active{nat-pmp} = %v, want 1", got)
+		if got := *m.kind.Load(); got != "nat-pmp" {
+			t.Fatalf("info kind %q, want nat-pmp", got)
 		}
 	})
 }
@@ -549,18 +549,24 @@ func TestMetricsLint(t *testing.T) {
 	for _, mf := range mfs {
 		names[mf.GetName()] = true
 	}
-	for _, want := range []string{"meshnode_port_mapping_active", "meshnode_port_mappings_total",
+	for _, want := range []string{"meshnode_port_mapping_info", "meshnode_port_mappings_total",
 		"meshnode_port_mapping_renewals_total", "meshnode_port_mapping_gateway_restarts_total"} {
 		if !names[want] {
 			t.Fatalf("metric %s missing", want)
 		}
 	}
-	if got := testutil.ToFloat64(m.active.WithLabelValues("pcp")); got != 1 {
-		t.Fatalf("active{pcp} = %v", got)
+	want := func(kind string) {
+		t.Helper()
+		exp := "# HELP meshnode_port_mapping_info The port-mapping protocol holding a mapping for this node, or none (value 1).\n" +
+			"# TYPE meshnode_port_mapping_info gauge\n" +
+			"meshnode_port_mapping_info{kind=\"" + kind + "\"} 1\n"
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(exp), "meshnode_port_mapping_info"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if got := testutil.ToFloat64(m.active.WithLabelValues("nat-pmp")); got != 0 {
-		t.Fatalf("active{nat-pmp} = %v", got)
-	}
+	want("pcp")
+	m.setKind(KindNone)
+	want("none")
 	var nilm *Metrics // a nil *Metrics records nothing and does not crash
 	nilm.setKind(KindPCP)
 	nilm.renewal(KindPCP, false)

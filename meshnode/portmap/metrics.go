@@ -1,13 +1,30 @@
 package portmap
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// KindNoneLabel is meshnode_port_mapping_info's kind while no mapping is
+// held (the node's dashboards expect it).
+const KindNoneLabel = "none"
+
+// kindLabel is k as an info label.
+func kindLabel(k Kind) string {
+	if k == KindNone {
+		return KindNoneLabel
+	}
+	return string(k)
+}
 
 // Metrics are the port-mapping client's Prometheus metrics. The node
 // creates them once on its registry and passes them in Config; a nil
 // *Metrics records nothing. Labels are bounded: kind is one of three
 // protocols, result one of two values.
 type Metrics struct {
-	active   *prometheus.GaugeVec
+	kind     atomic.Pointer[string] // the info metric's label
+	info     *prometheus.Desc
 	mappings *prometheus.CounterVec
 	renewals *prometheus.CounterVec
 	restarts *prometheus.CounterVec
@@ -15,16 +32,17 @@ type Metrics struct {
 
 // NewMetrics registers the port-mapping metrics on reg:
 //
-//	meshnode_port_mapping_active{kind}                 1 for the protocol holding the mapping
+//	meshnode_port_mapping_info{kind}                   one series, value 1: the protocol holding the mapping, or "none"
 //	meshnode_port_mappings_total{kind}                 mappings made (first, after loss, after a restart)
 //	meshnode_port_mapping_renewals_total{kind,result}  renewals, result "ok" or "error"
 //	meshnode_port_mapping_gateway_restarts_total{kind} router restarts detected (epoch or lost mapping)
+//
+// The node's own placeholder for meshnode_port_mapping_info (kind "none")
+// goes when it registers these.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "meshnode_port_mapping_active",
-			Help: "1 for the protocol (nat-pmp, pcp, upnp) holding the node's port mapping, 0 for the others.",
-		}, []string{"kind"}),
+		info: prometheus.NewDesc("meshnode_port_mapping_info",
+			"The port-mapping protocol holding a mapping for this node, or none (value 1).", []string{"kind"}, nil),
 		mappings: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshnode_port_mappings_total",
 			Help: "Port mappings made at the gateway: the first, and again after a loss or a gateway restart.",
@@ -38,9 +56,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Gateway restarts detected (NAT-PMP/PCP epoch reset) that forced a new mapping.",
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.active, m.mappings, m.renewals, m.restarts)
+	none := KindNoneLabel
+	m.kind.Store(&none)
+	reg.MustRegister(infoCollector{m}, m.mappings, m.renewals, m.restarts)
 	for _, k := range kinds {
-		m.active.WithLabelValues(string(k))
 		m.mappings.WithLabelValues(string(k))
 		m.renewals.WithLabelValues(string(k), "ok")
 		m.renewals.WithLabelValues(string(k), "error")
@@ -49,17 +68,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// infoCollector exports meshnode_port_mapping_info: one series, so a scrape
+// never sees two kinds or none.
+type infoCollector struct{ m *Metrics }
+
+func (c infoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.info }
+
+func (c infoCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.m.info, prometheus.GaugeValue, 1, *c.m.kind.Load())
+}
+
 func (m *Metrics) setKind(kind Kind) {
 	if m == nil {
 		return
 	}
-	for _, k := range kinds {
-		v := 0.0
-		if k == kind {
-			v = 1
-		}
-		m.active.WithLabelValues(string(k)).Set(v)
-	}
+	l := kindLabel(kind)
+	m.kind.Store(&l)
 }
 
 func (m *Metrics) mapped(kind Kind) {
