@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/meshnode/portmap"
 )
 
 // nodeMetrics are the meshnode_ metrics. None carries a per-peer label.
@@ -23,6 +24,10 @@ type nodeMetrics struct {
 	hardNAT           prometheus.Gauge
 	regionRTT         *prometheus.GaugeVec
 	regionLatency     *prometheus.HistogramVec
+	// portmap holds meshnode_port_mapping_info and the mapping counters;
+	// registered whether or not --port-mapping is on, so the info series
+	// (kind "none" without a mapping) is always there.
+	portmap *portmap.Metrics
 }
 
 func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
@@ -68,6 +73,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 	}
 	reg.MustRegister(m.peers, m.coordConnected, m.filterDrops, m.homeChanges, m.discoRx, m.pingRTT, m.relayPendingDrops,
 		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, m.regionRTT, m.regionLatency, &pathCollector{n: n})
+	m.portmap = portmap.NewMetrics(reg)
 	return m
 }
 
@@ -100,11 +106,6 @@ const (
 	natUDPBlocked = "udp_blocked" // STUN fails while relay pings work
 )
 
-// portMappingNone is meshnode_port_mapping_info's kind while no port
-// mapping (NAT-PMP, PCP, UPnP) is held; this build has no port-mapping
-// client, so it is the only kind it reports.
-const portMappingNone = "none"
-
 // pathCollector reports per-path counts and bytes from the bind and status.
 type pathCollector struct{ n *Node }
 
@@ -119,7 +120,6 @@ var (
 	descHomeRegion = prometheus.NewDesc("meshnode_home_region_info", "The current home relay region (value 1).", []string{"region"}, nil)
 	descHealth     = prometheus.NewDesc("meshnode_health_warnings", "Health warnings, by kind: 1 while the condition holds, else 0.", []string{"kind"}, nil)
 	descNATKind    = prometheus.NewDesc("meshnode_nat_info", "This node's NAT kind as its probes see it (value 1).", []string{"kind"}, nil)
-	descPortMap    = prometheus.NewDesc("meshnode_port_mapping_info", "The port-mapping protocol holding a mapping for this node, or none (value 1).", []string{"kind"}, nil)
 	descKeyExpiry  = prometheus.NewDesc("meshnode_key_expiry_timestamp_seconds", "When this node's key expires (Unix time); absent when it never does.", nil, nil)
 )
 
@@ -133,7 +133,6 @@ func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descHomeRegion
 	ch <- descHealth
 	ch <- descNATKind
-	ch <- descPortMap
 	ch <- descKeyExpiry
 }
 
@@ -170,7 +169,6 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, boolFloat(warn[k]), k)
 	}
 	ch <- prometheus.MustNewConstMetric(descNATKind, prometheus.GaugeValue, 1, nat)
-	ch <- prometheus.MustNewConstMetric(descPortMap, prometheus.GaugeValue, 1, portMappingNone)
 	if nm != nil && !nm.Self.KeyExpiry.IsZero() {
 		ch <- prometheus.MustNewConstMetric(descKeyExpiry, prometheus.GaugeValue, float64(nm.Self.KeyExpiry.Unix()))
 	}

@@ -38,6 +38,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/netcheck"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/meshnode/portmap"
 	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/meshnode/reporter"
 	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
@@ -80,6 +81,10 @@ type Config struct {
 	EndpointPrefixes []netip.Prefix
 	// RelayOnly disables direct paths: every packet goes through relays.
 	RelayOnly bool
+	// PortMapping asks the gateway (NAT-PMP, PCP, UPnP IGD) to forward
+	// the UDP port and offers the mapped address to peers
+	// (--port-mapping, on by default in the CLI).
+	PortMapping bool
 	// Home-relay preferences (beside the relay map's): a region to pin,
 	// regions never to use as home, and latency weights by region.
 	PinRegion      string
@@ -91,6 +96,8 @@ type Config struct {
 	testHook func(*Node)
 	// testNow, if set, is the clock for peer key expiry.
 	testNow func() time.Time
+	// testPortmap, if set, replaces the real port-mapping client.
+	testPortmap startMapper
 }
 
 // Node is a running daemon.
@@ -126,6 +133,7 @@ type Node struct {
 		coord      *coordclient.Client // the long-lived coordinator client
 		coordUp    bool
 		coordErr   string
+		mapper     portmap.Mapper             // the port-mapping client; nil while none runs
 		rtt        map[key.NodePublic]float64 // last disco RTT, ms
 		dirtyCache bool
 		nat        natFacts
@@ -215,14 +223,15 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Endpoints: func() []netip.AddrPort { return n.discovery.Endpoints() },
 		Log:       n.log.With("component", "paths")})
 	n.discovery = paths.NewDiscovery(paths.DiscoveryConfig{
-		LocalAddrs: func() []netip.Addr { return paths.LocalAddrs(cfg.EndpointPrefixes, meshPrefix) },
-		Port:       n.bind.Port,
-		Relays:     n.relayAddrs,
-		STUN:       n.stun,
-		Report:     func(eps []netip.AddrPort) { n.report.Endpoints(eps) },
-		NAT:        n.setNAT,
-		Paths:      n.paths,
-		Log:        n.log,
+		LocalAddrs:  func() []netip.Addr { return paths.LocalAddrs(cfg.EndpointPrefixes, meshPrefix) },
+		Port:        n.bind.Port,
+		Relays:      n.relayAddrs,
+		STUN:        n.stun,
+		Report:      func(eps []netip.AddrPort) { n.report.Endpoints(eps) },
+		NAT:         n.setNAT,
+		PortMapping: n.mappedAddr,
+		Paths:       n.paths,
+		Log:         n.log,
 	})
 	n.report = reporter.New(n.coordClient, n.log.With("component", "reporter"))
 	n.check = netcheck.New(netcheck.Config{
@@ -332,6 +341,9 @@ func (n *Node) start() error {
 	})
 	n.goAsync(n.check.Run)
 	n.goAsync(n.report.Run)
+	if n.cfg.PortMapping {
+		n.goAsync(n.runPortMapping)
+	}
 	if n.cfg.testHook != nil {
 		n.cfg.testHook(n)
 	}

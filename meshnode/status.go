@@ -225,9 +225,10 @@ func (n *Node) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
 		return localapi.Netcheck{}, errors.New("waiting for the first netmap")
 	}
 	r := n.check.Check(ctx)
+	_, kind := n.portMapping()
 	report := netmap.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
-		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}
+		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS, PortMapping: string(kind)}
 	n.report.Netcheck(report)
 	return localapi.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
-		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}, nil
+		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS, PortMapping: string(kind)}, nil
 }

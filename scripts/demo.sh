@@ -72,11 +72,12 @@ wait_for relays_up
 say "Three userspace nodes join with one reusable auth key"
 key=$("$BIN/coordinator" authkey create --reusable --state-dir "$tmp/coord" | tail -n 1)
 # A userspace node forwards only the ports it lists to its localhost: C
-# offers its web server, A and B offer nothing.
+# offers its web server, A and B offer nothing. Every node runs on this
+# host, so none asks the host's real gateway for a port mapping.
 for n in a:$socks_a::$m_a b:$socks_b::$m_b c:$socks_c:$web_port:$m_c; do
 	IFS=: read -r name socks fwd mport <<<"$n"
 	"$BIN/meshnode" run --coordinator "$url" --authkey "$key" --hostname "$name" --state-dir "$tmp/node-$name" \
-		--metrics-listen "127.0.0.1:$mport" --userspace --socks5 "127.0.0.1:$socks" --forward-ports "$fwd" --port 0 --endpoint-prefixes 127.0.0.0/8 --log-level warn 2>"$tmp/node-$name.log" &
+		--metrics-listen "127.0.0.1:$mport" --userspace --socks5 "127.0.0.1:$socks" --forward-ports "$fwd" --port 0 --endpoint-prefixes 127.0.0.0/8 --port-mapping=false --log-level warn 2>"$tmp/node-$name.log" &
 	pids+=($!)
 done
 two_peers() { [ "$("$BIN/meshnode" status --json --state-dir "$tmp/node-$1" | grep -o '"name":"[abc]"' | wc -l)" -ge 3 ]; }

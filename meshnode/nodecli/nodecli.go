@@ -40,6 +40,7 @@ type RunFlags struct {
 	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
 	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
 	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
+	PortMapping      bool     `flag:"port-mapping" env:"PORT_MAPPING" envDefault:"true" help:"ask the gateway to forward the UDP port (NAT-PMP, PCP or UPnP IGD) and offer the mapped address to peers; deleted on exit"`
 	UserspaceFlags
 	cli.Logging
 }
@@ -62,7 +63,7 @@ type ClientFlags struct {
 
 const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
-             [--forward-ports PORTS] [--socks5-allow-remote]
+             [--forward-ports PORTS] [--socks5-allow-remote] [--port-mapping=false]
        meshnode status [--json]            peers, paths and traffic
        meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
        meshnode ping [--json] [-c N] [--timeout D] PEER
@@ -114,7 +115,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg := meshnode.Config{
 		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
-		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
+		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, PortMapping: f.PortMapping, Log: log,
 	}
 	if f.Userspace {
 		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
@@ -338,7 +339,8 @@ func printNetcheck(w io.Writer, nc localapi.Netcheck) {
 	if nc.MappingVariesByDest {
 		nat = "hard (mapping varies by destination)"
 	}
-	fmt.Fprintf(w, "UDP: %s\npublic address: %s\nNAT: %s\npreferred relay: %s\n\n", udp, orDash(nc.PublicAddr), nat, orDash(nc.PreferredRelay))
+	fmt.Fprintf(w, "UDP: %s\npublic address: %s\nNAT: %s\nport mapping: %s\npreferred relay: %s\n\n", udp, orDash(nc.PublicAddr), nat,
+		orDash(nc.PortMapping), orDash(nc.PreferredRelay))
 	regions := make([]string, 0, len(nc.RelayLatencyMS))
 	for r := range nc.RelayLatencyMS {
 		regions = append(regions, r)

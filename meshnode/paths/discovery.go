@@ -14,12 +14,15 @@ import (
 
 // Endpoint discovery: the addresses peers may reach this node's UDP socket
 // at. Candidates are the local interface addresses, the public addresses
-// relays see in STUN answers sent from this very socket, and, when those
-// differ per relay (a hard NAT), the STUN address with the local port.
+// relays see in STUN answers sent from this very socket, when those differ
+// per relay (a hard NAT) the STUN address with the local port, and the
+// gateway's port mapping (NAT-PMP, PCP or UPnP) when one is held: the one
+// address of a hard NAT that every peer can reach.
 //
 // STUN runs when discovery starts, every RestunInterval (under the usual
-// 30 s UDP NAT timeout, so the mapping stays warm), and at once when the
-// local addresses change (the node moved networks).
+// 30 s UDP NAT timeout, so the mapping stays warm), at once when the local
+// addresses change (the node moved networks), and on Kick (the relay map
+// arrived, or the port mapping changed).
 const (
 	RestunInterval = 25 * time.Second
 	// NetCheckEvery is how often local addresses are compared for a
@@ -56,10 +59,15 @@ type DiscoveryConfig struct {
 	Report func([]netip.AddrPort)
 	// NAT is told after each STUN round how many relays answered and
 	// whether their mappings differed (a hard NAT). May be nil.
-	NAT   func(mapped int, hard bool)
-	Paths Network
-	Log   *slog.Logger
-	Now   func() time.Time
+	NAT func(mapped int, hard bool)
+	// PortMapping returns the external ip:port the gateway forwards to
+	// the socket (meshnode/portmap), or the zero AddrPort when none is
+	// held. It is one more candidate; call Kick when it changes. May be
+	// nil.
+	PortMapping func() netip.AddrPort
+	Paths       Network
+	Log         *slog.Logger
+	Now         func() time.Time
 }
 
 // Discovery finds this node's endpoints. Create it with NewDiscovery.
@@ -68,6 +76,7 @@ type Discovery struct {
 
 	mu      sync.Mutex
 	current []netip.AddrPort // last reported endpoints
+	public  netip.Addr       // the public IPv4 the last STUN round saw
 	kick    chan struct{}
 }
 
@@ -87,6 +96,14 @@ func (d *Discovery) Endpoints() []netip.AddrPort {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return slices.Clone(d.current)
+}
+
+// PublicAddr returns the public IPv4 address relays saw in the last STUN
+// round that got an answer, or the zero Addr before any did.
+func (d *Discovery) PublicAddr() netip.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.public
 }
 
 // Kick asks for a discovery round now (a relay map arrived, say).
@@ -138,18 +155,25 @@ func (d *Discovery) discover(ctx context.Context, local []netip.Addr, moved bool
 	sctx, cancel := context.WithTimeout(ctx, stunBudget)
 	mapped := d.cfg.STUN.ProbeAll(sctx, relays)
 	cancel()
-	eps, hard := endpointSet(local, port, mapped)
+	var pm netip.AddrPort
+	if d.cfg.PortMapping != nil {
+		pm = d.cfg.PortMapping()
+	}
+	eps, hard := endpointSet(local, port, mapped, pm)
 	if d.cfg.NAT != nil {
 		d.cfg.NAT(len(mapped), hard)
 	}
 	d.mu.Lock()
 	same := slices.Equal(eps, d.current)
 	d.current = eps
+	if ip := publicAddr(mapped); ip.IsValid() {
+		d.public = ip
+	}
 	d.mu.Unlock()
 	if same && !moved {
 		return true
 	}
-	d.cfg.Log.Info("endpoints", "endpoints", eps, "hard_nat", hard)
+	d.cfg.Log.Info("endpoints", "endpoints", eps, "hard_nat", hard, "port_mapping", pm)
 	d.cfg.Report(eps)
 	if moved {
 		d.cfg.Paths.Announce() // tell active peers where we are now
@@ -157,13 +181,26 @@ func (d *Discovery) discover(ctx context.Context, local []netip.Addr, moved bool
 	return true
 }
 
-// endpointSet builds the sorted candidate set from local addresses and
-// STUN answers; hard reports an endpoint-dependent mapping, for which the
-// local port is guessed on each public address (port preservation).
-func endpointSet(local []netip.Addr, port uint16, mapped map[string]netip.AddrPort) ([]netip.AddrPort, bool) {
+// publicAddr picks the public IPv4 address from STUN answers: the lowest,
+// so the choice is stable when a multi-homed NAT shows several.
+func publicAddr(mapped map[string]netip.AddrPort) netip.Addr {
+	var ip netip.Addr
+	for _, m := range mapped {
+		if a := m.Addr().Unmap(); a.Is4() && (!ip.IsValid() || a.Less(ip)) {
+			ip = a
+		}
+	}
+	return ip
+}
+
+// endpointSet builds the sorted candidate set from local addresses, STUN
+// answers and the port mapping (pm, if valid); hard reports an
+// endpoint-dependent mapping, for which the local port is guessed on each
+// public address (port preservation).
+func endpointSet(local []netip.Addr, port uint16, mapped map[string]netip.AddrPort, pm netip.AddrPort) ([]netip.AddrPort, bool) {
 	var eps []netip.AddrPort
 	add := func(ap netip.AddrPort) {
-		if ap.IsValid() && !slices.Contains(eps, ap) {
+		if ap.IsValid() && ap.Port() != 0 && !slices.Contains(eps, ap) {
 			eps = append(eps, ap)
 		}
 	}
@@ -173,6 +210,7 @@ func endpointSet(local []netip.Addr, port uint16, mapped map[string]netip.AddrPo
 	for _, m := range mapped {
 		add(m)
 	}
+	add(pm)
 	hard := geo.MappingVariesByDest(mapped)
 	if hard {
 		for _, m := range mapped {

@@ -105,3 +105,52 @@ func TestDiscovery(t *testing.T) {
 		}
 	})
 }
+
+// TestDiscoveryPortMapping: the port mapping is a candidate beside STUN's,
+// a Kick after it changes reports the new set at once (no wait for the
+// next STUN round), and a lost mapping leaves the set. PublicAddr is
+// STUN's address.
+func TestDiscoveryPortMapping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		f := &fakeNet{local: []netip.Addr{netip.MustParseAddr("198.18.0.10")}, relays: []string{"198.18.1.1:3478"},
+			mapped: map[string]netip.AddrPort{"198.18.1.1:3478": netip.MustParseAddrPort("198.18.200.1:5000")}}
+		var mu sync.Mutex
+		var pm netip.AddrPort
+		d := newFakeDiscovery(f)
+		d.cfg.PortMapping = func() netip.AddrPort { mu.Lock(); defer mu.Unlock(); return pm }
+		if d.PublicAddr().IsValid() {
+			t.Fatal("public address before any STUN round")
+		}
+		go d.Run(ctx)
+		synctest.Wait()
+		stun := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.10:41641"), netip.MustParseAddrPort("198.18.200.1:5000")}
+		if reps, _, _, _ := f.snapshot(); len(reps) != 1 || !slices.Equal(reps[0], stun) {
+			t.Fatalf("first report %v, want %v", reps, stun)
+		}
+		if got := d.PublicAddr(); got != netip.MustParseAddr("198.18.200.1") {
+			t.Fatalf("PublicAddr %v", got)
+		}
+		// The gateway maps the port: Kick reports it in the same instant.
+		mu.Lock()
+		pm = netip.MustParseAddrPort("198.18.200.1:41641")
+		mu.Unlock()
+		d.Kick()
+		synctest.Wait()
+		want := append(slices.Clone(stun), pm)
+		slices.SortFunc(want, func(a, b netip.AddrPort) int { return a.Compare(b) })
+		if reps, _, _, _ := f.snapshot(); len(reps) != 2 || !slices.Equal(reps[1], want) || !slices.Equal(d.Endpoints(), want) {
+			t.Fatalf("with the mapping: %v, want %v", reps, want)
+		}
+		// The mapping is lost.
+		mu.Lock()
+		pm = netip.AddrPort{}
+		mu.Unlock()
+		d.Kick()
+		synctest.Wait()
+		if reps, _, _, _ := f.snapshot(); len(reps) != 3 || !slices.Equal(reps[2], stun) {
+			t.Fatalf("after the loss: %v, want %v", reps, stun)
+		}
+	})
+}
