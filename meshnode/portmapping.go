@@ -17,6 +17,12 @@ import (
 // it closes the client, which deletes the mapping at the gateway, so Run
 // returns only after the mapping is gone (or the 2 s delete timed out).
 
+// firstSTUNWait bounds the wait for discovery's first STUN round before
+// mapping: a UPnP gateway that hides its external address (miniupnpd does
+// behind CGNAT) needs STUN's public address. One round is bounded by 2 s;
+// past this the client starts anyway, NAT-PMP and PCP do not need it.
+const firstSTUNWait = 3 * time.Second
+
 // portCheckEvery is how often the loop compares the socket's port with the
 // mapped one: wireguard-go reopens the bind on some configuration changes,
 // and with --port 0 the port may move. One mutex-guarded read.
@@ -53,14 +59,24 @@ func (n *Node) mappedAddr() netip.AddrPort {
 }
 
 // runPortMapping holds a port mapping for the UDP socket until ctx ends,
-// then deletes it. It does nothing until the engine is up, and nothing
-// while the bind has no UDP socket (--relay-only).
+// then deletes it. It does nothing until the engine is up and the first
+// STUN round is done (or firstSTUNWait passed), and nothing while the bind
+// has no UDP socket (--relay-only).
 func (n *Node) runPortMapping(ctx context.Context) {
 	select {
 	case <-n.engineReady:
 	case <-ctx.Done():
 		return
 	}
+	wait := time.NewTimer(firstSTUNWait)
+	select {
+	case <-n.discovery.FirstRound():
+	case <-wait.C:
+	case <-ctx.Done():
+		wait.Stop()
+		return
+	}
+	wait.Stop()
 	start := n.cfg.testPortmap
 	if start == nil {
 		start = startPortmap

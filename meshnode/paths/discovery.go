@@ -78,6 +78,10 @@ type Discovery struct {
 	current []netip.AddrPort // last reported endpoints
 	public  netip.Addr       // the public IPv4 the last STUN round saw
 	kick    chan struct{}
+	// firstRound is closed when the first round that could run (socket
+	// open, relay map known) is done.
+	firstRound chan struct{}
+	firstOnce  sync.Once
 }
 
 // NewDiscovery returns a Discovery.
@@ -88,7 +92,7 @@ func NewDiscovery(cfg DiscoveryConfig) *Discovery {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Discovery{cfg: cfg, kick: make(chan struct{}, 1)}
+	return &Discovery{cfg: cfg, kick: make(chan struct{}, 1), firstRound: make(chan struct{})}
 }
 
 // Endpoints returns the current endpoint candidates.
@@ -105,6 +109,11 @@ func (d *Discovery) PublicAddr() netip.Addr {
 	defer d.mu.Unlock()
 	return d.public
 }
+
+// FirstRound is closed once the first discovery round has run: STUN has
+// answered (PublicAddr is set) or timed out. Port mapping waits for it,
+// since a UPnP gateway may need PublicAddr.
+func (d *Discovery) FirstRound() <-chan struct{} { return d.firstRound }
 
 // Kick asks for a discovery round now (a relay map arrived, say).
 func (d *Discovery) Kick() {
@@ -170,6 +179,7 @@ func (d *Discovery) discover(ctx context.Context, local []netip.Addr, moved bool
 		d.public = ip
 	}
 	d.mu.Unlock()
+	d.firstOnce.Do(func() { close(d.firstRound) })
 	if same && !moved {
 		return true
 	}

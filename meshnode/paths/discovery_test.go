@@ -109,7 +109,7 @@ func TestDiscovery(t *testing.T) {
 // TestDiscoveryPortMapping: the port mapping is a candidate beside STUN's,
 // a Kick after it changes reports the new set at once (no wait for the
 // next STUN round), and a lost mapping leaves the set. PublicAddr is
-// STUN's address.
+// STUN's address; FirstRound closes after the first round.
 func TestDiscoveryPortMapping(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -123,8 +123,18 @@ func TestDiscoveryPortMapping(t *testing.T) {
 		if d.PublicAddr().IsValid() {
 			t.Fatal("public address before any STUN round")
 		}
+		select {
+		case <-d.FirstRound():
+			t.Fatal("first round done before Run")
+		default:
+		}
 		go d.Run(ctx)
 		synctest.Wait()
+		select {
+		case <-d.FirstRound():
+		default:
+			t.Fatal("first round not signalled")
+		}
 		stun := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.10:41641"), netip.MustParseAddrPort("198.18.200.1:5000")}
 		if reps, _, _, _ := f.snapshot(); len(reps) != 1 || !slices.Equal(reps[0], stun) {
 			t.Fatalf("first report %v, want %v", reps, stun)
