@@ -107,7 +107,7 @@ func paths() Board {
 					q(`max by (instance, kind) (meshnode_nat_info{`+inst+`})`, ""),
 				}},
 			{Title: "Port-mapping kind per node", Kind: Table, Unit: "short",
-				Shows: "the port-mapping protocol holding a mapping for each node (none in this build)",
+				Shows: "the port-mapping protocol holding a mapping for each node (none while it holds none)",
 				Queries: []Query{
 					q(`max by (instance, kind) (meshnode_port_mapping_info{`+inst+`})`, ""),
 				}},

@@ -13,18 +13,21 @@ import (
 )
 
 // site is where a node sits: behind one router, two (double NAT), or a
-// router that blocks UDP.
+// router that blocks UDP; portmap runs miniupnpd (NAT-PMP, PCP and UPnP)
+// on the node's router.
 type site struct {
 	name     string
 	nat      lab.NAT
 	double   bool
 	blockUDP bool
 	fw       lab.Firewall
+	portmap  bool
 }
 
 var (
 	easy       = site{name: "easy", nat: lab.Easy}
 	hard       = site{name: "hard", nat: lab.Hard}
+	hardPortmap = site{name: "hard+portmap", nat: lab.Hard, portmap: true}
 	double     = site{name: "double", nat: lab.Easy, double: true}
 	udpBlocked = site{name: "udp-blocked", nat: lab.Easy, blockUDP: true}
 	bareDouble = site{name: "bare-double", nat: lab.Easy, double: true, fw: lab.Bare}
@@ -47,6 +50,11 @@ func (s site) host(t testing.TB, w *world, node string) *lab.Host {
 	h, err := w.l.AddHost(node, r)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.portmap {
+		if _, err := r.StartMiniUPnPd(lab.MiniUPnPdConfig{NATPMP: true, PCP: true, UPnP: true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return h
 }
@@ -76,8 +84,10 @@ func timeToDirect(n *node) (time.Duration, bool) {
 
 // TestLabNATMatrix checks the path each pair of sites ends up on. Every
 // pair must carry traffic; easy NATs (double NAT included) must go direct,
-// hard NATs and blocked UDP stay on the relay. All routers are home
-// routers except in the bare cell, which reports what happens.
+// and so must hard NATs whose routers grant a port mapping (miniupnpd;
+// the nodes run with --port-mapping on, the default); hard NATs without
+// one and blocked UDP stay on the relay. All routers are home routers
+// except in the bare cell, which reports what happens.
 func TestLabNATMatrix(t *testing.T) {
 	for _, tc := range []struct {
 		a, b site
@@ -87,7 +97,8 @@ func TestLabNATMatrix(t *testing.T) {
 		{double, double, "direct"},
 		{double, easy, "direct"},
 		{easy, hard, "relay"},
-		{hard, hard, "relay"},
+		{hard, hard, "relay"}, // no port mapping on offer
+		{hardPortmap, hardPortmap, "direct"},
 		{udpBlocked, easy, "relay"},
 		{bareDouble, bareDouble, ""},
 	} {
