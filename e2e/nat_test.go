@@ -25,12 +25,12 @@ type site struct {
 }
 
 var (
-	easy       = site{name: "easy", nat: lab.Easy}
-	hard       = site{name: "hard", nat: lab.Hard}
+	easy        = site{name: "easy", nat: lab.Easy}
+	hard        = site{name: "hard", nat: lab.Hard}
 	hardPortmap = site{name: "hard+portmap", nat: lab.Hard, portmap: true}
-	double     = site{name: "double", nat: lab.Easy, double: true}
-	udpBlocked = site{name: "udp-blocked", nat: lab.Easy, blockUDP: true}
-	bareDouble = site{name: "bare-double", nat: lab.Easy, double: true, fw: lab.Bare}
+	double      = site{name: "double", nat: lab.Easy, double: true}
+	udpBlocked  = site{name: "udp-blocked", nat: lab.Easy, blockUDP: true}
+	bareDouble  = site{name: "bare-double", nat: lab.Easy, double: true, fw: lab.Bare}
 )
 
 func (s site) host(t testing.TB, w *world, node string) *lab.Host {
