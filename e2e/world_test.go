@@ -109,6 +109,12 @@ func (w *world) procWrapped(ns *lab.Namespace, wrap []string, name string, args 
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() {
+		// Stop the process before the test's temporary directories go
+		// (their cleanups were registered earlier, so they run later): a
+		// daemon still writing its state directory would make their
+		// removal fail. The lab's own cleanup kills it only after those.
+		c.Process.Kill()
+		c.Wait()
 		logf.Close()
 		if w.t.Failed() || os.Getenv("WIREMESH_TEST_LOG") == "1" {
 			b, _ := os.ReadFile(logf.Name())
