@@ -32,6 +32,14 @@ const (
 	AdminPathExpire   = "/admin/v1/nodes/expire"
 	AdminPathRelays   = "/admin/v1/relays"
 	AdminPathPolicy   = "/admin/v1/policy"
+	// AdminPathAuthKeys lists auth keys (GET).
+	AdminPathAuthKeys = "/admin/v1/authkeys"
+	// AdminPathRevoke revokes an auth key (POST IDRequest).
+	AdminPathRevoke = "/admin/v1/authkeys/revoke"
+	// AdminPathUsers lists users (GET) or creates one (POST UserRequest).
+	AdminPathUsers = "/admin/v1/users"
+	// AdminPathUserDelete deletes a user (POST UserRequest).
+	AdminPathUserDelete = "/admin/v1/users/delete"
 )
 
 // maxAdminBody bounds admin requests; a policy is the largest.
@@ -108,6 +116,9 @@ type AuthKeyRequest struct {
 	Ephemeral bool     `json:"ephemeral"`
 	Tags      []string `json:"tags,omitempty"`
 	Expiry    string   `json:"expiry,omitempty"` // Go duration; empty: never
+	// User gets the nodes registered with the key. Empty: admin@, or, for
+	// a tagged key, no user (the nodes are owned by their tags).
+	User string `json:"user,omitempty"`
 }
 
 // KeyResponse carries a newly made key.
@@ -130,6 +141,8 @@ type NameRequest struct {
 // NodeInfo is one row of `nodes list`.
 type NodeInfo struct {
 	Name      string    `json:"name"`
+	// User owns the node; empty for a node owned by its tags.
+	User      string    `json:"user"`
 	IP        string    `json:"ip"`
 	Online    bool      `json:"online"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
@@ -149,7 +162,10 @@ type NodeInfo struct {
 // CreateAuthKey makes a pre-auth key and returns its text form.
 func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyResponse, error) {
 	now := srv.now()
-	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now}
+	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now, User: req.User}
+	if req.User != "" && !policy.ValidUser(req.User) {
+		return KeyResponse{}, fmt.Errorf("--user %q: want a login such as alice@example.com", req.User)
+	}
 	for _, t := range req.Tags {
 		if !strings.HasPrefix(t, "tag:") || !validLabel(t[4:]) {
 			return KeyResponse{}, fmt.Errorf("--tags: %q is not a tag (want tag:name, lower case)", t)
@@ -163,9 +179,15 @@ func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyRe
 		}
 		k.Expires = now.Add(d)
 	}
+	if k.User == "" && len(k.Tags) == 0 {
+		k.User = store.AdminUser
+	}
 	sec := netmap.NewSecret()
 	k.Hash = sec.Hash()
 	if err := srv.store.CreateAuthKey(ctx, k); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return KeyResponse{}, fmt.Errorf("--user %s: no such user; create it first with `coordinator users create %s`", req.User, req.User)
+		}
 		return KeyResponse{}, err
 	}
 	return KeyResponse{Key: netmap.FormatAuthKey(sec, srv.pin), Expires: k.Expires}, nil
@@ -180,7 +202,7 @@ func (srv *Server) Nodes() []NodeInfo {
 	out := make([]NodeInfo, 0, len(st.nodes))
 	for _, n := range st.nodes {
 		ni := NodeInfo{
-			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.sess != nil, LastSeen: n.rec.LastSeen,
+			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.online(), User: n.rec.User, LastSeen: n.rec.LastSeen,
 			Tags: n.rec.Tags, KeyExpiry: n.rec.KeyExpiry, Expired: n.expired(now), HomeRelay: n.rec.HomeRelay,
 			NodeKey: n.rec.NodeKey, Hostname: n.rec.Hostname, OS: n.rec.OS, Ephemeral: n.rec.Ephemeral,
 			Endpoints: []string{}, Netcheck: n.rec.Netcheck,
@@ -261,6 +283,38 @@ func (srv *Server) adminHandler() http.Handler {
 		}
 		adminReply(w, struct{}{}, srv.SetPolicy(r.Context(), body))
 	})
+	mux.HandleFunc("GET "+AdminPathAuthKeys, func(w http.ResponseWriter, r *http.Request) {
+		keys, err := srv.AuthKeys(r.Context())
+		adminReply(w, keys, err)
+	})
+	mux.HandleFunc("POST "+AdminPathRevoke, func(w http.ResponseWriter, r *http.Request) {
+		var req IDRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.RevokeAuthKey(r.Context(), req.ID))
+	})
+	mux.HandleFunc("GET "+AdminPathUsers, func(w http.ResponseWriter, r *http.Request) {
+		users, err := srv.Users(r.Context())
+		adminReply(w, users, err)
+	})
+	mux.HandleFunc("POST "+AdminPathUsers, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.CreateUser(r.Context(), req.Name))
+	})
+	mux.HandleFunc("POST "+AdminPathUserDelete, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		n, err := srv.DeleteUser(r.Context(), req.Name, req.Force)
+		adminReply(w, struct {
+			NodesDeleted int `json:"nodes_deleted"`
+		}{n}, err)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -285,6 +339,8 @@ func adminReply(w http.ResponseWriter, v any, err error) {
 		writeJSON(w, http.StatusOK, v)
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "coordinator database unavailable: "+err.Error())
 	default:
 		// Admin errors are the operator's own input (bad policy, bad flag
 		// value) or store failures; the message is what they need either way.

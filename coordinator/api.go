@@ -87,6 +87,14 @@ func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, ae.code, ae.msg)
 		return
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		// Streams stay up and the mesh keeps working; only changes wait.
+		srv.m.storeErrors.WithLabelValues("unavailable").Inc()
+		srv.log.Warn("request failed: database unavailable", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "coordinator database unavailable; retry shortly")
+		return
+	}
+	srv.m.storeErrors.WithLabelValues("other").Inc()
 	srv.log.Error("request failed", "path", r.URL.Path, "err", err)
 	writeError(w, http.StatusInternalServerError, "internal error; see the coordinator log")
 }
@@ -290,8 +298,14 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		home = &req.HomeRelay
 	}
 	if err := srv.applyReport(r.Context(), n, dk, eps, home, req.Netcheck); err != nil {
-		srv.fail(w, r, err)
-		return
+		if !errors.Is(err, store.ErrUnavailable) {
+			srv.fail(w, r, err)
+			return
+		}
+		// The database is away: serve the stream from memory anyway (the
+		// node's peers and keys are all there); its report is lost, and
+		// its next update carries it again.
+		srv.log.Warn("map stream without storing the node's report: database unavailable", "node", n.rec.Name, "err", err)
 	}
 
 	ctx, cancel := context.WithCancel(r.Context())
@@ -321,14 +335,16 @@ func (srv *Server) openSession(s *session) bool {
 		return false
 	}
 	old := n.sess
+	wasOnline := n.online()
 	n.sess = s
 	if old != nil {
 		old.cancel() // a node has one stream; the newest wins
-	} else {
+	} else if !wasOnline {
 		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
+	srv.rep.streamChanged(n.id, true)
 	return true
 }
 
@@ -348,10 +364,11 @@ func (srv *Server) closeSession(s *session) {
 	n.rec.LastSeen = now
 	rec := n.rec
 	_, live := st.nodes[n.id]
-	if live && !n.expired(now) {
+	if live && !n.expired(now) && !n.online() {
 		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
+	srv.rep.streamChanged(n.id, false)
 	if live {
 		// last_seen is informational: a failed write loses only it.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,7 +30,12 @@ const usageTop = `coordinator — the Wiremesh control plane
 usage:
   coordinator serve --listen ADDR --state-dir DIR [--server-url URL] [--db URL] [--policy FILE]
                     [--relay-map FILE] [--metrics-listen ADDR]
-  coordinator authkey create [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
+  coordinator authkey create [--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
+  coordinator authkey list [--json] --state-dir DIR
+  coordinator authkey revoke ID --state-dir DIR
+  coordinator users create NAME --state-dir DIR
+  coordinator users list [--json] --state-dir DIR
+  coordinator users delete NAME [--force] --state-dir DIR
   coordinator relaykey create --region CODE [--region-name NAME] --state-dir DIR
   coordinator nodes list [--json] --state-dir DIR
   coordinator nodes delete NAME --state-dir DIR
@@ -40,7 +46,8 @@ usage:
   coordinator version
 
 Each command takes --help. Admin commands talk to the running server through
-DIR/admin.sock (root or the server's user only).
+DIR/admin.sock (root or the server's user only). With replicas on one
+PostgreSQL database (--db postgres://...), any replica's --state-dir will do.
 `
 
 // serveFlags are the flags of `coordinator serve`.
@@ -48,7 +55,7 @@ type serveFlags struct {
 	Listen            string        `flag:"listen" env:"LISTEN" help:"address to serve the API on (TLS), host:port"`
 	StateDir          string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the database, keys, certificate and admin socket"`
 	ServerURL         string        `flag:"server-url" env:"SERVER_URL" help:"URL nodes use to reach this server (default https://LISTEN)"`
-	DB                string        `flag:"db" env:"DB" help:"database URL: sqlite://PATH (default: coordinator.db in --state-dir); postgres:// comes later"`
+	DB                string        `flag:"db" env:"DB" help:"database: postgres://USER@HOST:PORT/DB?sslmode=disable, shared by any number of replicas, or sqlite://PATH (default: coordinator.db in --state-dir)"`
 	Policy            string        `flag:"policy" env:"POLICY" help:"HuJSON policy file to install at start (its tests must pass)"`
 	RelayMap          string        `flag:"relay-map" env:"RELAY_MAP" help:"static relay map file (JSON) merged with relays that join"`
 	MetricsListen     string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -109,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
-	case "authkey", "relaykey", "nodes", "relays", "policy":
+	case "authkey", "relaykey", "nodes", "relays", "policy", "users":
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
 			fmt.Fprint(stdout, usageTop)
 			if len(rest) == 0 {
@@ -277,8 +284,9 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 			Ephemeral bool     `flag:"ephemeral" env:"EPHEMERAL" help:"nodes registered with it are deleted once offline"`
 			Tags      []string `flag:"tags" env:"TAGS" help:"tags given to nodes registered with it"`
 			Expiry    string   `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default: never)"`
+			User      string   `flag:"user" env:"USER" help:"user who owns the nodes registered with it (default admin@; none for a tagged key)"`
 		}
-		if err := parseAdmin(name, "[--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR", &f, args, stdout, 0); err != nil {
+		if err := parseAdmin(name, "[--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR", &f, args, stdout, 0); err != nil {
 			return err
 		}
 		hc, err := adminClient(f.StateDir)
@@ -286,11 +294,131 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 			return err
 		}
 		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry}, &resp); err != nil {
+		if err := adminCall(ctx, hc, "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry, User: f.User}, &resp); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, resp.Key)
 		return nil
+	case "authkey list":
+		var f struct {
+			AdminFlags
+			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
+		}
+		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
+			return err
+		}
+		hc, err := adminClient(f.StateDir)
+		if err != nil {
+			return err
+		}
+		var keys []AuthKeyInfo
+		if err := adminCall(ctx, hc, "GET", AdminPathAuthKeys, nil, &keys); err != nil {
+			return err
+		}
+		if f.JSON {
+			return json.NewEncoder(stdout).Encode(keys)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tUSER\tTAGS\tREUSABLE\tEPHEMERAL\tEXPIRES\tUSES\tSTATE")
+		for _, k := range keys {
+			state := "valid"
+			switch {
+			case !k.Revoked.IsZero():
+				state = "revoked " + fmtTime(k.Revoked)
+			case k.Expired:
+				state = "expired"
+			case !k.Reusable && k.Uses > 0:
+				state = "used"
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%v\t%v\t%s\t%d\t%s\n", k.ID, dash(k.User), dash(strings.Join(k.Tags, ",")),
+				k.Reusable, k.Ephemeral, fmtTime(k.Expires), k.Uses, state)
+		}
+		return tw.Flush()
+	case "authkey revoke":
+		var f struct{ AdminFlags }
+		pos, err := parseAdminPos(name, "ID --state-dir DIR", &f, args, stdout)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usageErr("authkey revoke needs exactly one key ID (see authkey list)")
+		}
+		id, err := strconv.ParseInt(pos[0], 10, 64)
+		if err != nil || id <= 0 {
+			return usageErr("authkey revoke: %q is not a key ID (a number from authkey list)", pos[0])
+		}
+		hc, err := adminClient(f.StateDir)
+		if err != nil {
+			return err
+		}
+		if err := adminCall(ctx, hc, "POST", AdminPathRevoke, IDRequest{ID: id}, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "auth key %d revoked\n", id)
+		return nil
+	case "users create", "users delete":
+		var f struct {
+			AdminFlags
+			Force bool `flag:"force" env:"FORCE" help:"users delete: also delete the user's nodes"`
+		}
+		pos, err := parseAdminPos(name, "NAME --state-dir DIR", &f, args, stdout)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usageErr("%s needs exactly one user NAME (alice@example.com)", cmd)
+		}
+		hc, err := adminClient(f.StateDir)
+		if err != nil {
+			return err
+		}
+		if cmd == "users create" {
+			if f.Force {
+				return usageErr("users create takes no --force")
+			}
+			if err := adminCall(ctx, hc, "POST", AdminPathUsers, UserRequest{Name: pos[0]}, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "user %s created\n", pos[0])
+			return nil
+		}
+		var resp struct {
+			NodesDeleted int `json:"nodes_deleted"`
+		}
+		if err := adminCall(ctx, hc, "POST", AdminPathUserDelete, UserRequest{Name: pos[0], Force: f.Force}, &resp); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "user %s deleted (%d nodes deleted)\n", pos[0], resp.NodesDeleted)
+		return nil
+	case "users list":
+		var f struct {
+			AdminFlags
+			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
+		}
+		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
+			return err
+		}
+		hc, err := adminClient(f.StateDir)
+		if err != nil {
+			return err
+		}
+		var users []UserInfo
+		if err := adminCall(ctx, hc, "GET", AdminPathUsers, nil, &users); err != nil {
+			return err
+		}
+		if f.JSON {
+			return json.NewEncoder(stdout).Encode(users)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tNODES\tCREATED")
+		for _, u := range users {
+			created := fmtTime(u.Created)
+			if u.BuiltIn {
+				created = "(built in)"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\n", u.Name, u.Nodes, created)
+		}
+		return tw.Flush()
 	case "relaykey create":
 		var f struct {
 			AdminFlags
@@ -333,13 +461,13 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 			return json.NewEncoder(stdout).Encode(nodes)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
+		fmt.Fprintln(tw, "NAME\tUSER\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
 		for _, n := range nodes {
 			exp := fmtTime(n.KeyExpiry)
 			if n.Expired {
 				exp += " (expired)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Online, fmtTime(n.LastSeen),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, dash(n.User), n.IP, n.Online, fmtTime(n.LastSeen),
 				dash(strings.Join(n.Tags, ",")), exp, dash(n.HomeRelay))
 		}
 		return tw.Flush()

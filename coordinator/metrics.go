@@ -16,6 +16,9 @@ type serverMetrics struct {
 	registrations *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
 	relayEvents   *prometheus.CounterVec
+	replicaEvents *prometheus.CounterVec
+	leader        prometheus.Gauge
+	storeErrors   *prometheus.CounterVec
 }
 
 // fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
@@ -45,13 +48,29 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "coordinator_relay_events_total", Help: "Relay joins, heartbeats and state changes, by event.",
 		}, []string{"event"}),
 	}
+	m.replicaEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_replica_changes_total", Help: "Changes and events heard from other replicas, by kind; dropped counts own stream events not published (queue full).",
+	}, []string{"kind"})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "coordinator_jobs_leader", Help: "1 while this replica holds the jobs lock and runs the periodic jobs (ephemeral clean-up, relay liveness).",
+	})
+	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_store_errors_total", Help: "Requests that failed in the store, by reason (unavailable: the database could not be reached).",
+	}, []string{"reason"})
+	for _, k := range []string{"resync", "nodes", "node_deleted", "relay", "region", "policy", "online", "alive", "dropped"} {
+		m.replicaEvents.WithLabelValues(k)
+	}
+	for _, k := range []string{"unavailable", "other"} {
+		m.storeErrors.WithLabelValues(k)
+	}
 	for _, k := range []string{"full", "delta", "keepalive"} {
 		m.updates.WithLabelValues(k)
 	}
-	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultExisting, resultError} {
+	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultRevokedKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, &stateCollector{s: s})
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents,
+		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
 	return m
 }
 
@@ -63,6 +82,7 @@ const (
 	resultBadKey     = "bad_key"
 	resultUsedKey    = "used_key"
 	resultExpiredKey = "expired_key"
+	resultRevokedKey = "revoked_key"
 	resultError      = "error"
 )
 
@@ -85,7 +105,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		switch {
 		case n.expired(now):
 			expired++
-		case n.sess != nil:
+		case n.online():
 			online++
 		default:
 			offline++

@@ -44,7 +44,11 @@ type nodeState struct {
 	// srcRules and dstRules are the indexes of the policy rules whose
 	// sources (destinations) match this node.
 	srcRules, dstRules []int
-	sess               *session // open stream, nil when offline
+	sess               *session // open stream on this replica, nil when none
+	// remote is the replica another node streams from, when it streams
+	// from another one (replica.go); remoteSeen is when that was heard.
+	remote     string
+	remoteSeen time.Time
 	expiredSent        bool     // peers were told this node expired
 	// wire caches this node's JSON encoding as a netmap.Node; nil when stale.
 	wire atomic.Pointer[[]byte]
@@ -54,8 +58,11 @@ func (n *nodeState) expired(now time.Time) bool {
 	return !n.rec.KeyExpiry.IsZero() && !now.Before(n.rec.KeyExpiry)
 }
 
+// online reports whether the node streams from this replica or another.
+func (n *nodeState) online() bool { return n.sess != nil || n.remote != "" }
+
 func (n *nodeState) principal() policy.Principal {
-	return policy.Principal{Name: n.rec.Name, Tags: n.rec.Tags, IP: n.rec.IP}
+	return policy.Principal{Name: n.rec.Name, Tags: n.rec.Tags, IP: n.rec.IP, User: n.rec.User}
 }
 
 func (n *nodeState) prefix() netip.Prefix { return netip.PrefixFrom(n.rec.IP, 32) }
@@ -72,7 +79,7 @@ func (n *nodeState) toNetmap() netmap.Node {
 		DiscoKey:   n.discoKey,
 		Endpoints:  n.rec.Endpoints,
 		HomeRelay:  n.rec.HomeRelay,
-		Online:     n.sess != nil,
+		Online:     n.online(),
 		LastSeen:   n.rec.LastSeen,
 		KeyExpiry:  n.rec.KeyExpiry,
 		Tags:       n.rec.Tags,
@@ -116,6 +123,9 @@ type state struct {
 	usedIPs map[netip.Addr]netmap.NodeID
 	// reservedNames are names held by registrations in flight.
 	reservedNames map[string]struct{}
+	// takenNames are names another replica committed that this one has
+	// not heard of yet (usedIPs marks their addresses takenElsewhereID).
+	takenNames map[string]struct{}
 	ipCursor      netip.Addr
 	policy        *policy.Policy
 	rules         []*ruleState
@@ -131,6 +141,7 @@ func newState() *state {
 		byName:        map[string]*nodeState{},
 		usedIPs:       map[netip.Addr]netmap.NodeID{},
 		reservedNames: map[string]struct{}{},
+		takenNames:    map[string]struct{}{},
 		policy:        policy.AllowAll(),
 	}
 }
@@ -199,6 +210,7 @@ func (st *state) addLocked(n *nodeState) {
 	st.byKey[n.nodeKey] = n
 	st.byName[n.rec.Name] = n
 	st.usedIPs[n.rec.IP] = n.id
+	delete(st.takenNames, n.rec.Name)
 	st.indexLocked(n)
 }
 
@@ -381,6 +393,9 @@ func (st *state) nextIPLocked() (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
+
+// takenElsewhereID marks in usedIPs an address another replica took.
+const takenElsewhereID netmap.NodeID = -1
 
 // meshPrefix is the CGNAT range mesh addresses come from (RFC 6598), as
 // CONTRACT.md says.
