@@ -140,7 +140,7 @@ type NameRequest struct {
 
 // NodeInfo is one row of `nodes list`.
 type NodeInfo struct {
-	Name      string    `json:"name"`
+	Name string `json:"name"`
 	// User owns the node; empty for a node owned by its tags.
 	User      string    `json:"user"`
 	IP        string    `json:"ip"`

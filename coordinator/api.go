@@ -154,6 +154,9 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 		shared, expired = n.shared, n.expired(now)
 	}
 	srv.st.mu.RUnlock()
+	if n == nil && srv.shared != nil {
+		n, shared, expired = srv.authFromStore(r, nk, sealed, body, now)
+	}
 	if n == nil {
 		srv.m.authFailures.WithLabelValues("unknown_node").Inc()
 		return nil, errorf(http.StatusUnauthorized, "node key %s is not registered", nk.ShortString())
@@ -166,6 +169,29 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 		return nil, errorf(http.StatusUnauthorized, "node key expired; register again with an auth key")
 	}
 	return n, nil
+}
+
+// authFromStore looks for a node this replica has not heard of yet
+// (registered through another replica a moment ago) in the store, once
+// the request's proof shows the caller holds the key: an unauthenticated
+// request never reaches the database.
+func (srv *Server) authFromStore(r *http.Request, nk key.NodePublic, sealed []byte, body []byte, now time.Time) (*nodeState, key.SharedKey, bool) {
+	shared := key.Precompute(srv.coordPriv, nk)
+	if _, err := netmap.OpenProof(&shared, sealed, r.Method, r.URL.Path, body, now); err != nil {
+		return nil, shared, false
+	}
+	rec, err := srv.store.NodeByKey(r.Context(), nk.String())
+	if err != nil {
+		return nil, shared, false
+	}
+	srv.syncNode(r.Context(), netmap.NodeID(rec.ID))
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	n := srv.st.byKey[nk]
+	if n == nil {
+		return nil, shared, false
+	}
+	return n, n.shared, n.expired(now)
 }
 
 func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Request, body []byte, now time.Time) error {

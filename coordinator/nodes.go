@@ -121,13 +121,18 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 			_, err2 = srv.store.RegisterNode(r.Context(), secret.Hash(), now, &rec)
 			conflict := errors.Is(err2, store.ErrConflict)
 			if err2 == nil {
-				defer release(false)
+				defer release(false, false)
 				break
 			}
 			// With replicas, another one may have taken the name or the
-			// address between our pick and our commit: remember them as
+			// address between our pick and our commit: remember which as
 			// taken and pick again.
-			release(conflict && srv.shared != nil)
+			var ce *store.ConflictError
+			col := ""
+			if errors.As(err2, &ce) {
+				col = ce.Column
+			}
+			release(srv.shared != nil && col == "ip", srv.shared != nil && col == "name")
 			if !conflict || srv.shared == nil || attempt >= maxRegisterAttempts {
 				break
 			}
@@ -232,7 +237,7 @@ const maxRegisterAttempts = 5
 // concurrent registrations (group-committed together by the store) never
 // pick the same. release gives them back; takenElsewhere keeps them
 // marked as used (another replica has them, and will announce them).
-func (st *state) reserve(rec *store.Node, hostname string) (release func(takenElsewhere bool), ok bool) {
+func (st *state) reserve(rec *store.Node, hostname string) (release func(ipElsewhere, nameElsewhere bool), ok bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	rec.ID = 0
@@ -246,16 +251,20 @@ func (st *state) reserve(rec *store.Node, hostname string) (release func(takenEl
 	st.usedIPs[ip] = 0
 	st.ipCursor = ip
 	name := rec.Name
-	return func(takenElsewhere bool) {
+	return func(ipElsewhere, nameElsewhere bool) {
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		delete(st.reservedNames, name)
-		if st.usedIPs[ip] != 0 {
-			return // taken by the node
+		if nameElsewhere {
+			if _, known := st.byName[name]; !known {
+				st.takenNames[name] = struct{}{}
+			}
 		}
-		if takenElsewhere {
+		if st.usedIPs[ip] != 0 {
+			return // taken by the node, or known to be taken
+		}
+		if ipElsewhere {
 			st.usedIPs[ip] = takenElsewhereID
-			st.takenNames[name] = struct{}{}
 		} else {
 			delete(st.usedIPs, ip)
 		}

@@ -78,9 +78,9 @@ const (
 
 // Config configures a Server. Zero durations take the defaults above.
 type Config struct {
-	Listen       string
-	StateDir     string
-	ServerURL    string
+	Listen    string
+	StateDir  string
+	ServerURL string
 	// DB is empty (SQLite in StateDir), sqlite://PATH, or a postgres://
 	// URL shared by every replica.
 	DB           string

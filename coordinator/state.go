@@ -47,9 +47,9 @@ type nodeState struct {
 	sess               *session // open stream on this replica, nil when none
 	// remote is the replica another node streams from, when it streams
 	// from another one (replica.go); remoteSeen is when that was heard.
-	remote     string
-	remoteSeen time.Time
-	expiredSent        bool     // peers were told this node expired
+	remote      string
+	remoteSeen  time.Time
+	expiredSent bool // peers were told this node expired
 	// wire caches this node's JSON encoding as a netmap.Node; nil when stale.
 	wire atomic.Pointer[[]byte]
 }
@@ -126,9 +126,9 @@ type state struct {
 	// takenNames are names another replica committed that this one has
 	// not heard of yet (usedIPs marks their addresses takenElsewhereID).
 	takenNames map[string]struct{}
-	ipCursor      netip.Addr
-	policy        *policy.Policy
-	rules         []*ruleState
+	ipCursor   netip.Addr
+	policy     *policy.Policy
+	rules      []*ruleState
 	// visits counts nodes examined by visibleFrom, so tests can check that
 	// a change costs work proportional to the nodes it affects.
 	visits atomic.Int64

@@ -123,9 +123,11 @@ func testRegisterAndReopen(t *testing.T, e engine) {
 	if _, err := s.RegisterNode(ctx, "nope", now, testNode("b", "100.64.0.2", now)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown key: %v", err)
 	}
-	for _, dup := range []*Node{testNode("a", "100.64.0.3", now), {Name: "z", NodeKey: "nodekey:a", IP: netip.MustParseAddr("100.64.0.4")}, testNode("y", "100.64.0.1", now)} {
-		if _, err := s.RegisterNode(ctx, "h2", now, dup); !errors.Is(err, ErrConflict) {
-			t.Fatalf("duplicate name, key or IP (%s): %v", dup.Name, err)
+	for col, dup := range map[string]*Node{"name": {Name: "a", NodeKey: "nodekey:other", IP: netip.MustParseAddr("100.64.0.3")}, "node_key": {Name: "z", NodeKey: "nodekey:a", IP: netip.MustParseAddr("100.64.0.4")}, "ip": testNode("y", "100.64.0.1", now)} {
+		_, err := s.RegisterNode(ctx, "h2", now, dup)
+		var ce *ConflictError
+		if !errors.Is(err, ErrConflict) || !errors.As(err, &ce) || ce.Column != col {
+			t.Fatalf("duplicate %s: %v", col, err)
 		}
 		if dup.ID != 0 {
 			t.Fatalf("refused registration kept ID %d", dup.ID)
@@ -370,6 +372,12 @@ func testReaders(t *testing.T, e engine) {
 	}
 	if got, err := s.Node(ctx, n.ID); err != nil || got.Name != "a" || got.User != AdminUser {
 		t.Fatalf("node: %+v, %v", got, err)
+	}
+	if got, err := s.NodeByKey(ctx, n.NodeKey); err != nil || got.ID != n.ID {
+		t.Fatalf("node by key: %+v, %v", got, err)
+	}
+	if _, err := s.NodeByKey(ctx, "nodekey:none"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing node by key: %v", err)
 	}
 	jk := &JoinKey{Hash: "j", Region: "nyc", Created: now}
 	if err := s.CreateJoinKey(ctx, jk, Region{Code: "nyc", Name: "New York", MeshSecret: "s"}); err != nil {

@@ -151,6 +151,18 @@ var pgDialect = &dialect{
 		var pe *pgconn.PgError
 		return errors.As(err, &pe) && pe.Code == "23505"
 	},
+	// Constraints are named TABLE_COLUMN_key by CREATE TABLE.
+	conflictColumn: func(err error) string {
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) {
+			return ""
+		}
+		c := strings.TrimSuffix(pe.ConstraintName, "_key")
+		if i := strings.IndexByte(c, '_'); i >= 0 {
+			return c[i+1:]
+		}
+		return c
+	},
 	unavailable: pgUnavailable,
 	retryable: func(err error) bool {
 		var pe *pgconn.PgError

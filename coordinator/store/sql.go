@@ -43,6 +43,8 @@ type dialect struct {
 	// forUpdate is appended to the auth-key read inside a registration, so
 	// concurrent registrations on other replicas wait for it.
 	forUpdate string
+	// conflictColumn names the column of a unique violation.
+	conflictColumn func(error) string
 	// lockMigrations serialises migrations across processes (inside tx).
 	lockMigrations func(ctx context.Context, tx *sql.Tx) error
 	isUnique       func(error) bool
@@ -438,6 +440,15 @@ func (s *sqlStore) Node(ctx context.Context, id int64) (Node, error) {
 	return n, s.wrap("read node", err)
 }
 
+// NodeByKey implements Store.
+func (s *sqlStore) NodeByKey(ctx context.Context, nodeKey string) (Node, error) {
+	n, err := scanNode(s.db.QueryRowContext(ctx, s.q(`SELECT `+nodeColumns+` FROM nodes WHERE node_key = ?`), nodeKey))
+	if errors.Is(err, sql.ErrNoRows) {
+		return n, ErrNotFound
+	}
+	return n, s.wrap("read node", err)
+}
+
 // Relay implements Store.
 func (s *sqlStore) Relay(ctx context.Context, key string) (Relay, error) {
 	r, err := scanRelay(s.db.QueryRowContext(ctx, s.q(`SELECT `+relayColumns+` FROM relays WHERE key = ?`), key))
@@ -681,7 +692,7 @@ func (s *sqlStore) registerInTx(ctx context.Context, tx *sql.Tx, keyHash string,
 	if err != nil {
 		n.ID = 0
 		if s.d.isUnique(err) {
-			return k, ErrConflict
+			return k, &ConflictError{Column: s.d.conflictColumn(err)}
 		}
 		return k, s.wrap("register node", err)
 	}

@@ -97,6 +97,21 @@ var sqliteDialect = &dialect{
 	isUnique: func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 	},
+	// "UNIQUE constraint failed: nodes.ip"
+	conflictColumn: func(err error) string {
+		msg := err.Error()
+		if i := strings.LastIndex(msg, "UNIQUE constraint failed: "); i >= 0 {
+			col := msg[i+len("UNIQUE constraint failed: "):]
+			if j := strings.IndexByte(col, '.'); j >= 0 {
+				col = col[j+1:]
+			}
+			if j := strings.IndexAny(col, " ,)"); j >= 0 {
+				col = col[:j]
+			}
+			return col
+		}
+		return ""
+	},
 	// The file is local: there is no connection to lose.
 	unavailable: func(error) bool { return false },
 	retryable:   func(error) bool { return false },

@@ -42,6 +42,22 @@ var (
 	ErrClosed = errors.New("store closed")
 )
 
+// ConflictError says which unique column a write collided on. It matches
+// ErrConflict with errors.Is.
+type ConflictError struct {
+	Column string // "name", "ip", "node_key", ...; empty when unknown
+}
+
+func (e *ConflictError) Error() string {
+	if e.Column == "" {
+		return ErrConflict.Error()
+	}
+	return e.Column + " " + ErrConflict.Error()
+}
+
+// Is makes errors.Is(err, ErrConflict) hold.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
 // AdminUser is the built-in user that owns nodes registered with a key made
 // without --user and without --tags. It always exists.
 const AdminUser = "admin@"
@@ -139,6 +155,8 @@ type Store interface {
 	Load(ctx context.Context) (*Snapshot, error)
 	// Node reads node id, or returns ErrNotFound.
 	Node(ctx context.Context, id int64) (Node, error)
+	// NodeByKey reads the node with that node key, or returns ErrNotFound.
+	NodeByKey(ctx context.Context, nodeKey string) (Node, error)
 	// Relay reads the relay with that key, or returns ErrNotFound.
 	Relay(ctx context.Context, key string) (Relay, error)
 	// Region reads a region, or returns ErrNotFound.

@@ -1,0 +1,240 @@
+package coordinator_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/wiremesh/wiremesh/coordclient"
+	"github.com/wiremesh/wiremesh/coordinator"
+	"github.com/wiremesh/wiremesh/coordinator/coordtest"
+	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+// on returns n's client pointed at replica s (same keys, same node).
+func on(s *coordtest.Server, n *coordtest.Node) *coordtest.Node {
+	c := *n
+	c.Client = coordclient.New(s.URL(), s.HTTP, s.Info, n.Key)
+	return &c
+}
+
+func startReplicas(t *testing.T, url string, n int) []*coordtest.Server {
+	var out []*coordtest.Server
+	for range n {
+		out = append(out, coordtest.Start(t, func(c *coordinator.Config) {
+			c.DB = url
+			c.SweepInterval = 100 * time.Millisecond
+		}))
+	}
+	return out
+}
+
+// TestReplicasShareOneDatabase runs two replicas on one PostgreSQL: they
+// present one identity, and every change made through one reaches the
+// streams held by the other.
+func TestReplicasShareOneDatabase(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := startReplicas(t, pg.NewDatabase(t), 2)
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	if a.Pin() != b.Pin() || a.Info.Key != b.Info.Key || !slices.Equal(a.Info.AdmitKeys, b.Info.AdmitKeys) {
+		t.Fatalf("replicas differ: pins %s %s, keys %v %v", a.Pin(), b.Pin(), a.Info.Key, b.Info.Key)
+	}
+
+	// A key printed by one works on the other.
+	key := a.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	n1 := b.Register(t, key, "one")
+	n2 := a.Register(t, key, "two")
+	if n1.Self.Addresses[0] == n2.Self.Addresses[0] {
+		t.Fatal("two replicas gave one address twice")
+	}
+	w1 := watch(t, n1, netmap.MapRequest{}) // on b
+	w2 := watch(t, n2, netmap.MapRequest{}) // on a
+	w1.waitFor("one sees two, online", func(nm *netmap.NetworkMap) bool {
+		p, ok := nm.PeerByName("two")
+		return ok && p.Online
+	})
+	w2.waitFor("two sees one, online", func(nm *netmap.NetworkMap) bool {
+		p, ok := nm.PeerByName("one")
+		return ok && p.Online
+	})
+
+	// An endpoint change through a reaches the stream on b.
+	ep := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.9:41641")}
+	if err := on(a, n2).Client.Update(ctx, netmap.UpdateRequest{Endpoints: &ep}); err != nil {
+		t.Fatal(err)
+	}
+	w1.waitFor("two's endpoint on one's stream", func(nm *netmap.NetworkMap) bool {
+		p, _ := nm.PeerByName("two")
+		return slices.Equal(p.Endpoints, ep)
+	})
+
+	// A policy set on b applies to streams on a: users are selectors.
+	if err := b.CreateUser(ctx, "alice@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	alice := a.Register(t, a.AuthKey(t, coordinator.AuthKeyRequest{User: "alice@example.com"}), "alice-laptop")
+	wAlice := watch(t, on(b, alice), netmap.MapRequest{})
+	wAlice.waitFor("alice sees all under allow-all", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 2 })
+	pol := `{"acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["admin@:22"]}],
+		"tests": [{"src": "alice@example.com", "accept": ["one:22"], "deny": ["one:80"]}]}`
+	if err := b.SetPolicy(ctx, []byte(pol)); err != nil {
+		t.Fatal(err)
+	}
+	nm := w2.waitFor("two (admin@, on a) gets a filter admitting alice on 22 only", func(nm *netmap.NetworkMap) bool {
+		return len(nm.Filter.Rules) == 1 && len(nm.Peers) == 1
+	})
+	if r := nm.Filter.Rules[0]; r.SrcIPs[0] != alice.Self.Addresses[0] || r.DstPorts[0].First != 22 || r.DstPorts[0].Last != 22 {
+		t.Fatalf("filter on a after a policy set on b: %+v", nm.Filter)
+	}
+	if a.Policy() != pol {
+		t.Fatal("policy text not in force on a")
+	}
+
+	// Deleting a node through b takes it off a's streams.
+	if err := b.DeleteNode(ctx, "alice-laptop"); err != nil {
+		t.Fatal(err)
+	}
+	w2.waitFor("alice gone from two's stream", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 0 })
+	if err := wAlice.waitEnd(); err == nil {
+		t.Fatal("deleted node's stream did not fail")
+	}
+
+	// Expiring through a closes the stream held by b.
+	if err := a.ExpireNode(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w1.waitEnd(); err == nil {
+		t.Fatal("expired node's stream on the other replica stayed open")
+	}
+
+	// Exactly one replica runs the jobs.
+	leaders := func() float64 { return metric(t, a, "coordinator_jobs_leader") + metric(t, b, "coordinator_jobs_leader") }
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.After(waitTimeout); leaders() != 1; {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("%v replicas run the jobs", leaders())
+		}
+	}
+	// The leader stops (as a killed one would): the other takes over.
+	leader, other := a, b
+	if metric(t, b, "coordinator_jobs_leader") == 1 {
+		leader, other = b, a
+	}
+	leader.Stop()
+	for deadline := time.After(waitTimeout); metric(t, other, "coordinator_jobs_leader") != 1; {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("jobs did not move to the surviving replica")
+		}
+	}
+}
+
+// metric reads an unlabelled gauge or counter from s's registry.
+func metric(t *testing.T, s *coordtest.Server, name string) float64 {
+	t.Helper()
+	mfs, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			if g := m.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// TestRevokedKeyStopsOnEveryReplica: a revocation through one replica
+// refuses the very next registration on the other.
+func TestRevokedKeyStopsOnEveryReplica(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := startReplicas(t, pg.NewDatabase(t), 2)
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	key := a.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	b.Register(t, key, "before")
+	keys, err := b.AuthKeys(ctx)
+	if err != nil || len(keys) != 1 || keys[0].Uses != 1 || keys[0].User != "admin@" {
+		t.Fatalf("keys on b: %+v, %v", keys, err)
+	}
+	if err := a.RevokeAuthKey(ctx, keys[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range rs {
+		_, err := s.NewClient().Client.Register(ctx, key, s.NewClient().Disco.Public(), "after", "linux")
+		var ae *coordclient.APIError
+		if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized || ae.Message != "auth key revoked" {
+			t.Fatalf("registration with a revoked key on %s: %v", s.URL(), err)
+		}
+	}
+	if keys, _ := b.AuthKeys(ctx); keys[0].Revoked.IsZero() {
+		t.Fatal("auth key list does not show the revocation")
+	}
+}
+
+// TestDatabaseUnavailable stops PostgreSQL under a replica: streams stay
+// up, writes fail with a clear 503, and everything works again once it is
+// back.
+func TestDatabaseUnavailable(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := startReplicas(t, pg.NewDatabase(t), 2)
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	key := a.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	n1 := a.Register(t, key, "one")
+	n2 := b.Register(t, key, "two")
+	w1 := watch(t, n1, netmap.MapRequest{})
+	w1.waitFor("one sees two", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("two"); return ok })
+
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a.NewClient().Client.Register(ctx, key, a.NewClient().Disco.Public(), "down", "linux")
+	var ae *coordclient.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+		t.Fatalf("registration with the database down: %v", err)
+	}
+	if _, err := a.CreateAuthKey(ctx, coordinator.AuthKeyRequest{}); err == nil {
+		t.Fatal("auth key created with the database down")
+	}
+	ep := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.7:41641")}
+	if err := on(b, n2).Client.Update(ctx, netmap.UpdateRequest{Endpoints: &ep}); !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+		t.Fatalf("update with the database down: %v", err)
+	}
+	// A node may still (re)open its stream: it is served from memory.
+	w2 := watch(t, on(b, n2), netmap.MapRequest{})
+	w2.waitFor("two streams from b with the database down", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("one"); return ok })
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Writes work again; a change through b reaches a's stream once the
+	// listener has reconnected.
+	n3 := b.Register(t, key, "three")
+	_ = n3
+	w1.waitFor("one sees three, registered after the outage through b", func(nm *netmap.NetworkMap) bool {
+		_, ok := nm.PeerByName("three")
+		return ok
+	})
+	if err := on(b, n2).Client.Update(ctx, netmap.UpdateRequest{Endpoints: &ep}); err != nil {
+		t.Fatalf("update after the outage: %v", err)
+	}
+	w1.waitFor("two's endpoint after the outage", func(nm *netmap.NetworkMap) bool {
+		p, _ := nm.PeerByName("two")
+		return slices.Equal(p.Endpoints, ep)
+	})
+}
