@@ -114,7 +114,9 @@ func TestReplicasShareOneDatabase(t *testing.T) {
 	}
 
 	// Exactly one replica runs the jobs.
-	leaders := func() float64 { return metric(t, a, "coordinator_jobs_leader") + metric(t, b, "coordinator_jobs_leader") }
+	leaders := func() float64 {
+		return metric(t, a, "coordinator_jobs_leader") + metric(t, b, "coordinator_jobs_leader")
+	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for deadline := time.After(waitTimeout); leaders() != 1; {

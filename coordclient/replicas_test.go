@@ -1,0 +1,146 @@
+package coordclient_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/wiremesh/wiremesh/coordclient"
+	"github.com/wiremesh/wiremesh/coordinator"
+	"github.com/wiremesh/wiremesh/coordinator/coordtest"
+	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
+)
+
+func TestParseURLs(t *testing.T) {
+	got, err := coordclient.ParseURLs(" https://a:1/, https://b:2 ,,")
+	if err != nil || !slices.Equal(got, []string{"https://a:1", "https://b:2"}) {
+		t.Fatalf("ParseURLs: %v, %v", got, err)
+	}
+	for _, bad := range []string{"", ",", "ftp://x", "https://a,http://b", "a:1"} {
+		if _, err := coordclient.ParseURLs(bad); err == nil {
+			t.Errorf("ParseURLs(%q) accepted", bad)
+		}
+	}
+}
+
+// deadURL is an https URL on a loopback port nobody listens on.
+func deadURL(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "https://" + addr
+}
+
+// TestSkipsReplicaThatDoesNotAnswer: with the first replica of the list
+// down, dialing, registering, updating and streaming all go to the next.
+func TestSkipsReplicaThatDoesNotAnswer(t *testing.T) {
+	s := coordtest.Start(t)
+	ak := s.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	list := deadURL(t) + "," + s.URL()
+	c, err := coordclient.DialWithAuthKey(ctx, list, ak, key.NewNode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Replica() != s.URL() {
+		t.Fatalf("client on %s, want the live %s", c.Replica(), s.URL())
+	}
+	if _, err := c.Register(ctx, ak, key.NewDisco().Public(), "me", "linux"); err != nil {
+		t.Fatal(err)
+	}
+	// A client made with New starts on the dead one and moves on.
+	c2 := coordclient.New(list, s.HTTP, s.Info, key.NewNode())
+	if _, err := c2.Register(ctx, ak, key.NewDisco().Public(), "me2", "linux"); err != nil {
+		t.Fatal(err)
+	}
+	ep := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.5:1")}
+	if err := c2.Update(ctx, netmap.UpdateRequest{Endpoints: &ep}); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Watch(ctx, netmap.MapRequest{}, func(nm *netmap.NetworkMap, m *netmap.MapResponse) error {
+		if _, ok := nm.PeerByName("me2"); ok {
+			cancel()
+		}
+		return nil
+	})
+	if err != context.Canceled {
+		t.Fatalf("Watch: %v", err)
+	}
+	// Every replica down: the error comes back.
+	c3 := coordclient.New(deadURL(t)+","+deadURL(t), s.HTTP, s.Info, key.NewNode())
+	if err := c3.Update(context.Background(), netmap.UpdateRequest{}); err == nil {
+		t.Fatal("update with every replica down succeeded")
+	}
+}
+
+// TestWatchMovesWhenReplicaDies: a stream on a replica that stops is
+// reopened on the other, and changes made there keep arriving.
+func TestWatchMovesWhenReplicaDies(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	var rs []*coordtest.Server
+	for range 2 {
+		rs = append(rs, coordtest.Start(t, func(c *coordinator.Config) { c.DB = url }))
+	}
+	a, b := rs[0], rs[1]
+	ak := a.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := coordclient.DialWithAuthKey(ctx, a.URL()+","+b.URL(), ak, key.NewNode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Register(ctx, ak, key.NewDisco().Public(), "me", "linux"); err != nil {
+		t.Fatal(err)
+	}
+	type ev struct {
+		replica string
+		peers   []string
+	}
+	evs := make(chan ev, 64)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Watch(ctx, netmap.MapRequest{}, func(nm *netmap.NetworkMap, m *netmap.MapResponse) error {
+			var names []string
+			for _, p := range nm.Peers {
+				names = append(names, p.Name)
+			}
+			evs <- ev{c.Replica(), names}
+			return nil
+		})
+	}()
+	wait := func(what string, cond func(ev) bool) {
+		t.Helper()
+		timeout := time.After(15 * time.Second)
+		for {
+			select {
+			case e := <-evs:
+				if cond(e) {
+					return
+				}
+			case err := <-done:
+				t.Fatalf("waiting for %s: Watch ended: %v", what, err)
+			case <-timeout:
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	wait("a map from a", func(e ev) bool { return e.replica == a.URL() })
+	a.Stop()
+	wait("a map from b", func(e ev) bool { return e.replica == b.URL() })
+	b.Register(t, ak, "later")
+	wait("a node registered on b after the move", func(e ev) bool { return slices.Contains(e.peers, "later") })
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("Watch: %v", err)
+	}
+}
