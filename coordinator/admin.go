@@ -155,6 +155,10 @@ type NodeInfo struct {
 	OS        string    `json:"os"`
 	Ephemeral bool      `json:"ephemeral"`
 	Endpoints []string  `json:"endpoints"`
+	// Replica is the ID of the replica holding the node's stream (the
+	// answering replica's own ID when it holds it; "local" with SQLite);
+	// empty when offline.
+	Replica string `json:"replica,omitempty"`
 	// Netcheck is the node's last netcheck report, as it sent it.
 	Netcheck json.RawMessage `json:"netcheck,omitempty"`
 }
@@ -210,6 +214,12 @@ func (srv *Server) Nodes() []NodeInfo {
 		if ni.Tags == nil {
 			ni.Tags = []string{}
 		}
+		switch {
+		case n.sess != nil:
+			ni.Replica = srv.ReplicaID()
+		case n.remote != "":
+			ni.Replica = n.remote
+		}
 		for _, e := range n.rec.Endpoints {
 			ni.Endpoints = append(ni.Endpoints, e.String())
 		}
@@ -217,6 +227,15 @@ func (srv *Server) Nodes() []NodeInfo {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// ReplicaID names this replica among those sharing the database ("local"
+// with SQLite).
+func (srv *Server) ReplicaID() string {
+	if srv.shared == nil {
+		return "local"
+	}
+	return srv.shared.ReplicaID()
 }
 
 // DeleteNode deletes a node by name; its peers drop it at once.
