@@ -274,7 +274,7 @@ func (srv *Server) loadSecrets(ctx context.Context) error {
 		if err := sharedKey(ctx, srv.store, secretCoordKey, &srv.coordPriv, key.NewCoord); err != nil {
 			return fmt.Errorf("coordinator key: %w", err)
 		}
-		if err := sharedKey(ctx, srv.store, secretSignKey, &srv.signPriv, key.NewSigning); err != nil {
+		if err := sharedKey(ctx, srv.store, SecretSigningKey, &srv.signPriv, key.NewSigning); err != nil {
 			return fmt.Errorf("signing key: %w", err)
 		}
 	}
@@ -282,11 +282,14 @@ func (srv *Server) loadSecrets(ctx context.Context) error {
 	return srv.loadCert(ctx)
 }
 
-// Names of the secrets a shared store keeps.
+// Names of the secrets a shared store keeps. An operator (or a test) may
+// store a signing key under SecretSigningKey, in its text form, before the
+// first replica starts, as it may put signing.key in a SQLite state
+// directory.
 const (
-	secretCoordKey = "coordinator_key"
-	secretSignKey  = "signing_key"
-	secretTLS      = "tls_certificate" // certificate and key, PEM
+	secretCoordKey   = "coordinator_key"
+	SecretSigningKey = "signing_key"
+	secretTLS        = "tls_certificate" // certificate and key, PEM
 )
 
 // sharedKey loads the key stored as name, storing gen's first.
