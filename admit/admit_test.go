@@ -1,13 +1,17 @@
 package admit
 
 import (
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/relayproto"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -68,9 +72,9 @@ func TestVersionRejected(t *testing.T) {
 	coord := key.NewSigning()
 	node := key.NewNode().Public()
 	tok, _ := Issue(coord, node, "", t0, time.Hour)
-	tok[0] = 2
+	tok[0] = 3
 	if _, err := Parse(tok); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("version 2: err = %v", err)
+		t.Fatalf("version 3: err = %v", err)
 	}
 }
 
@@ -85,7 +89,7 @@ func TestText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tok.Region != "fra" || tok.Node != node || !tok.Expires.Equal(t0.Add(DefaultLifetime)) {
+	if !slices.Equal(tok.Regions, []string{"fra"}) || tok.Node != node || !tok.Expires.Equal(t0.Add(DefaultLifetime)) {
 		t.Fatalf("parsed %+v", tok)
 	}
 	if _, err := Verify(raw, []key.SigningPublic{coord.Public()}, node, "fra", t0); err != nil {
@@ -95,6 +99,47 @@ func TestText(t *testing.T) {
 		if _, _, err := ParseText(bad); err == nil {
 			t.Fatalf("ParseText(%q) accepted", bad)
 		}
+	}
+}
+
+// TestRegionList: version 2 tokens are valid exactly in their listed
+// regions (or anywhere, with none), and the issuer refuses lists that would
+// not fit MaxLen.
+func TestRegionList(t *testing.T) {
+	coord := key.NewSigning()
+	node := key.NewNode().Public()
+	trusted := []key.SigningPublic{coord.Public()}
+	tok, err := IssueRegions(coord.Signer(), coord.Public(), node, []string{"nyc", "fra"}, t0, t0.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for region, want := range map[string]error{"nyc": nil, "fra": nil, "sin": ErrWrongRegion, "": ErrWrongRegion} {
+		if _, err := Verify(tok, trusted, node, region, t0); !errors.Is(err, want) && (want != nil || err != nil) {
+			t.Errorf("region %q: %v, want %v", region, err, want)
+		}
+	}
+	anyRegion, _ := IssueRegions(coord.Signer(), coord.Public(), node, nil, t0, t0.Add(time.Hour))
+	if _, err := Verify(anyRegion, trusted, node, "sin", t0); err != nil {
+		t.Errorf("token with no regions at sin: %v", err)
+	}
+	var most []string
+	for i := range MaxRegions {
+		most = append(most, fmt.Sprintf("%s%02d", strings.Repeat("r", MaxRegionLen-2), i))
+	}
+	big, err := IssueRegions(coord.Signer(), coord.Public(), node, most, t0, t0.Add(time.Hour))
+	if err != nil || len(big) != MaxLen {
+		t.Fatalf("largest token: %d bytes, %v; want MaxLen %d", len(big), err, MaxLen)
+	}
+	if _, err := Verify(big, trusted, node, most[MaxRegions-1], t0); err != nil {
+		t.Fatalf("largest token: %v", err)
+	}
+	if _, err := IssueRegions(coord.Signer(), coord.Public(), node, append(most, "x"), t0, t0.Add(time.Hour)); err == nil {
+		t.Fatal("more than MaxRegions accepted")
+	}
+	// Tampering with the list breaks the signature.
+	tok[fixedLen-ed25519.SignatureSize+2] ^= 1
+	if _, err := Verify(tok, trusted, node, "nyc", t0); err == nil {
+		t.Fatal("tampered region list verified")
 	}
 }
 
@@ -125,7 +170,9 @@ func FuzzParse(f *testing.F) {
 	coord := key.NewSigning()
 	node := key.NewNode().Public()
 	good, _ := Issue(coord, node, "nyc", t0, time.Hour)
+	good2, _ := IssueRegions(coord.Signer(), coord.Public(), node, []string{"nyc", "fra"}, t0, t0.Add(time.Hour))
 	f.Add(good)
+	f.Add(good2)
 	f.Add(good[:fixedLen-1])
 	f.Add([]byte{1})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -133,12 +180,19 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(tok.Region) > MaxRegionLen {
-			t.Fatalf("region %d bytes", len(tok.Region))
+		if len(tok.Regions) > MaxRegions {
+			t.Fatalf("%d regions", len(tok.Regions))
+		}
+		region := ""
+		for _, r := range tok.Regions {
+			if len(r) == 0 || len(r) > MaxRegionLen {
+				t.Fatalf("region %d bytes", len(r))
+			}
+			region = r
 		}
 		// Anything that parses must still fail verification unless it is
-		// the genuine token.
-		if _, err := Verify(b, []key.SigningPublic{coord.Public()}, tok.Node, tok.Region, tok.Issued); err == nil && string(b) != string(good) {
+		// a genuine token.
+		if _, err := Verify(b, []key.SigningPublic{coord.Public()}, tok.Node, region, tok.Issued); err == nil && string(b) != string(good) && string(b) != string(good2) {
 			t.Fatalf("forged token verified: %x", b)
 		}
 	})
@@ -161,5 +215,13 @@ func BenchmarkVerify(b *testing.B) {
 		if _, err := Verify(tok, trusted, node, "x", t0); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestMaxLenMatchesRelayHello: the relay hello must have room for the
+// largest token.
+func TestMaxLenMatchesRelayHello(t *testing.T) {
+	if relayproto.MaxTokenLen != MaxLen {
+		t.Fatalf("relayproto.MaxTokenLen = %d, admit.MaxLen = %d", relayproto.MaxTokenLen, MaxLen)
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/wiremesh/wiremesh/coordinator/store"
@@ -41,7 +41,7 @@ func (srv *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return withBodyDeadline(srv.cfg.BodyTimeout, mux)
 }
 
 // route registers h for method on path, answering other methods with a
@@ -99,7 +99,9 @@ func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, http.StatusInternalServerError, "internal error; see the coordinator log")
 }
 
-// readBody reads the whole body, at most limit bytes.
+// readBody reads the whole body, at most limit bytes, and then lifts the
+// body deadline withBodyDeadline set: what follows (a stream, a long poll)
+// only writes.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
@@ -107,8 +109,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		if errors.As(err, &mbe) {
 			return nil, errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", limit)
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, errorf(http.StatusRequestTimeout, "request body did not arrive in time")
+		}
 		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
 	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	return b, nil
 }
 
@@ -155,7 +161,7 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 	}
 	srv.st.mu.RUnlock()
 	if n == nil && srv.shared != nil {
-		n, shared, expired = srv.authFromStore(r, nk, sealed, body, now)
+		n, shared, expired = srv.authFromStore(r, nk, now)
 	}
 	if n == nil {
 		srv.m.authFailures.WithLabelValues("unknown_node").Inc()
@@ -172,26 +178,30 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 }
 
 // authFromStore looks for a node this replica has not heard of yet
-// (registered through another replica a moment ago) in the store, once
-// the request's proof shows the caller holds the key: an unauthenticated
-// request never reaches the database.
-func (srv *Server) authFromStore(r *http.Request, nk key.NodePublic, sealed []byte, body []byte, now time.Time) (*nodeState, key.SharedKey, bool) {
-	shared := key.Precompute(srv.coordPriv, nk)
-	if _, err := netmap.OpenProof(&shared, sealed, r.Method, r.URL.Path, body, now); err != nil {
-		return nil, shared, false
+// (registered through another replica a moment ago) in the store: a
+// lookup by key, like the in-memory one; the proof is checked after, as
+// for any node.
+func (srv *Server) authFromStore(r *http.Request, nk key.NodePublic, now time.Time) (*nodeState, key.SharedKey, bool) {
+	n := srv.nodeFromStore(r.Context(), nk)
+	if n == nil {
+		return nil, key.SharedKey{}, false
 	}
-	rec, err := srv.store.NodeByKey(r.Context(), nk.String())
-	if err != nil {
-		return nil, shared, false
-	}
-	srv.syncNode(r.Context(), netmap.NodeID(rec.ID))
 	srv.st.mu.RLock()
 	defer srv.st.mu.RUnlock()
-	n := srv.st.byKey[nk]
-	if n == nil {
-		return nil, shared, false
-	}
 	return n, n.shared, n.expired(now)
+}
+
+// nodeFromStore loads a node this replica has not heard of yet from the
+// store, or returns nil.
+func (srv *Server) nodeFromStore(ctx context.Context, nk key.NodePublic) *nodeState {
+	rec, err := srv.store.NodeByKey(ctx, nk.String())
+	if err != nil {
+		return nil
+	}
+	srv.syncNode(ctx, netmap.NodeID(rec.ID))
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	return srv.st.byKey[nk]
 }
 
 func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Request, body []byte, now time.Time) error {
@@ -200,7 +210,7 @@ func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Requ
 		srv.m.authFailures.WithLabelValues(proofReason(err)).Inc()
 		return errorf(http.StatusUnauthorized, "%v", err)
 	}
-	if err := srv.replay.add(nonce, now); err != nil {
+	if err := srv.replay.add(nonce, sourceAddr(r), now); err != nil {
 		srv.m.authFailures.WithLabelValues("replay").Inc()
 		return err
 	}
@@ -215,45 +225,6 @@ func proofReason(err error) string {
 		return "mismatch"
 	}
 	return "invalid"
-}
-
-// replayCache remembers accepted proof nonces for one proof window, in two
-// generations: a nonce is looked up in both, and the older generation is
-// dropped once it is a full window old. Each generation holds at most
-// maxReplayEntries; past that, requests are refused (503) rather than
-// letting memory grow.
-type replayCache struct {
-	mu        sync.Mutex
-	window    time.Duration
-	cur, prev map[[key.NonceLen]byte]struct{}
-	rotated   time.Time
-}
-
-// maxReplayEntries is far above any honest rate: 1M proofs in two minutes
-// is over 8,000 requests per second; 1M entries cost about 50 MB.
-const maxReplayEntries = 1 << 20
-
-func newReplayCache(window time.Duration) *replayCache {
-	return &replayCache{window: window, cur: map[[key.NonceLen]byte]struct{}{}, prev: map[[key.NonceLen]byte]struct{}{}}
-}
-
-func (c *replayCache) add(n [key.NonceLen]byte, now time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now.Sub(c.rotated) > c.window {
-		c.prev, c.cur, c.rotated = c.cur, map[[key.NonceLen]byte]struct{}{}, now
-	}
-	if _, ok := c.cur[n]; ok {
-		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
-	}
-	if _, ok := c.prev[n]; ok {
-		return errorf(http.StatusUnauthorized, "proof of possession already used (replay)")
-	}
-	if len(c.cur) >= maxReplayEntries {
-		return errorf(http.StatusServiceUnavailable, "too many requests; retry shortly")
-	}
-	c.cur[n] = struct{}{}
-	return nil
 }
 
 // readNodeRequest reads a size-limited body, authenticates the node by its

@@ -19,6 +19,7 @@ type serverMetrics struct {
 	replicaEvents *prometheus.CounterVec
 	leader        prometheus.Gauge
 	storeErrors   *prometheus.CounterVec
+	connsRefused  prometheus.Counter
 }
 
 // fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
@@ -47,6 +48,9 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		relayEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "coordinator_relay_events_total", Help: "Relay joins, heartbeats and state changes, by event.",
 		}, []string{"event"}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coordinator_connections_refused_total", Help: "API connections closed on accept because their source address held its limit.",
+		}),
 	}
 	m.replicaEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "coordinator_replica_changes_total", Help: "Changes and events heard from other replicas, by kind; dropped counts own stream events not published (queue full).",
@@ -69,7 +73,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultRevokedKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents,
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, m.connsRefused,
 		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
 	return m
 }

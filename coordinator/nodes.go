@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/wiremesh/wiremesh/coordinator/policy"
 	"github.com/wiremesh/wiremesh/coordinator/store"
@@ -61,7 +62,11 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 	if len(req.Hostname) > maxHostname || len(req.OS) > maxOS {
 		return nil, resultBadRequest, errorf(http.StatusBadRequest, "hostname longer than %d bytes or os longer than %d", maxHostname, maxOS)
 	}
-	// Proof of possession of the key being registered.
+	// Proof of possession of the key being registered. The credential is
+	// checked first, with lookups only: a registered live node key, or an
+	// auth key the store knows and that can still register. Only then is
+	// the proof opened and its nonce recorded (replay.go), so requests
+	// with a bogus credential cost no X25519 and take no replay slot.
 	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
 	if err != nil {
 		return nil, resultBadRequest, errorf(http.StatusUnauthorized, "%v", err)
@@ -69,26 +74,55 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 	if pubText != req.NodeKey.String() {
 		return nil, resultBadRequest, errorf(http.StatusUnauthorized, "proof of possession made with another key than node_key")
 	}
-	shared := key.Precompute(srv.coordPriv, req.NodeKey)
 	now := srv.now()
-	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
-		return nil, resultBadRequest, err
+	st := srv.st
+	st.mu.RLock()
+	existing := st.byKey[req.NodeKey]
+	var live bool
+	var shared key.SharedKey
+	if existing != nil {
+		live, shared = !existing.expired(now), existing.shared
+	}
+	st.mu.RUnlock()
+	if live {
+		// Already registered: idempotent, no key use. The node key itself
+		// is the credential.
+		if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+			return nil, resultBadRequest, err
+		}
+		st.mu.RLock()
+		node := existing.toNetmap()
+		st.mu.RUnlock()
+		return &netmap.RegisterResponse{Node: node}, resultExisting, nil
 	}
 	secret, err := parseAuthSecret(req.AuthKey)
 	if err != nil {
 		return nil, resultBadKey, errorf(http.StatusUnauthorized, "auth key: %v", err)
 	}
-
-	st := srv.st
-	st.mu.RLock()
-	existing := st.byKey[req.NodeKey]
-	st.mu.RUnlock()
-	if existing != nil && !existing.expired(now) {
-		// Already registered: idempotent, no key use.
-		st.mu.RLock()
-		node := existing.toNetmap()
-		st.mu.RUnlock()
-		return &netmap.RegisterResponse{Node: node}, resultExisting, nil
+	if res, err := srv.checkAuthKey(r.Context(), secret, now); err != nil {
+		// With replicas, the key may have been used up by this very node
+		// through another replica (whose answer was lost when it died):
+		// then the node is in the store, and registering is idempotent.
+		if res == resultUsedKey && existing == nil && srv.shared != nil {
+			if n := srv.nodeFromStore(r.Context(), req.NodeKey); n != nil {
+				st.mu.RLock()
+				shared, live, node := n.shared, !n.expired(now), n.toNetmap()
+				st.mu.RUnlock()
+				if live {
+					if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+						return nil, resultBadRequest, err
+					}
+					return &netmap.RegisterResponse{Node: node}, resultExisting, nil
+				}
+			}
+		}
+		return nil, res, err
+	}
+	if existing == nil {
+		shared = key.Precompute(srv.coordPriv, req.NodeKey)
+	}
+	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+		return nil, resultBadRequest, err
 	}
 
 	rec := store.Node{
@@ -186,6 +220,26 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 	st.changedLocked(n, now, true)
 	srv.log.Info("node registered", "node", rec.Name, "ip", rec.IP.String(), "key", req.NodeKey.ShortString())
 	return &netmap.RegisterResponse{Node: n.toNetmap()}, resultOK, nil
+}
+
+// checkAuthKey refuses an auth key that cannot register a node: unknown,
+// expired or used up. RegisterNode checks again in its transaction; this
+// is the cheap early check.
+func (srv *Server) checkAuthKey(ctx context.Context, secret netmap.Secret, now time.Time) (string, error) {
+	k, err := srv.store.AuthKeyByHash(ctx, secret.Hash())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return resultBadKey, errorf(http.StatusUnauthorized, "auth key not recognised")
+	case err != nil:
+		return resultError, err
+	case !k.Revoked.IsZero():
+		return resultRevokedKey, errorf(http.StatusUnauthorized, "auth key revoked")
+	case !k.Expires.IsZero() && !now.Before(k.Expires):
+		return resultExpiredKey, errorf(http.StatusUnauthorized, "auth key expired")
+	case !k.Reusable && k.Uses > 0:
+		return resultUsedKey, errorf(http.StatusUnauthorized, "auth key already used (it is single-use; create a --reusable one for many nodes)")
+	}
+	return "", nil
 }
 
 // parseAuthSecret accepts the full auth key text or just its secret.

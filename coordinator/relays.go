@@ -349,11 +349,10 @@ func (srv *Server) relayJoin(r *http.Request, body []byte) (*netmap.RelayJoinRes
 	if pubText != req.Key.String() {
 		return nil, errorf(http.StatusUnauthorized, "proof of possession made with another key than the relay key")
 	}
-	shared := key.Precompute(srv.coordPriv, req.Key)
+	// The join key is checked (a lookup) before the proof is opened and
+	// its nonce recorded: a bogus join key costs no X25519 and takes no
+	// replay slot (replay.go).
 	now := srv.now()
-	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
-		return nil, err
-	}
 	jk, err := srv.store.JoinKeyByHash(r.Context(), sec.Hash())
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, errorf(http.StatusUnauthorized, "join key not recognised")
@@ -363,6 +362,10 @@ func (srv *Server) relayJoin(r *http.Request, body []byte) (*netmap.RelayJoinRes
 	}
 	if req.Region != jk.Region {
 		return nil, errorf(http.StatusForbidden, "join key is for region %q, relay asked for %q", jk.Region, req.Region)
+	}
+	shared := key.Precompute(srv.coordPriv, req.Key)
+	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+		return nil, err
 	}
 	name := req.Name
 	if name == "" {

@@ -47,6 +47,10 @@ const (
 	// published: a reconnect storm of every node on a big replica fits. An
 	// event dropped past it is repaired by the next hello.
 	onlineQueueLen = 1 << 15
+	// listenReadyTimeout bounds how long Run waits for the change listener
+	// before serving: a replica that serves before it listens could miss
+	// changes made meanwhile until its next resync.
+	listenReadyTimeout = 10 * time.Second
 	// maxOnlineBatch bounds the node IDs in one online event (the payload
 	// limit of a notification; see store.maxNotifyIDs).
 	maxOnlineBatch = 300
@@ -61,6 +65,10 @@ type onlineEvent struct {
 type replicas struct {
 	srv    *Server
 	events chan onlineEvent
+	// ready is closed after the first resync: from then on no change is
+	// missed.
+	ready     chan struct{}
+	readyOnce sync.Once
 
 	mu       sync.Mutex // guards the fields below
 	alive    map[string]time.Time
@@ -69,7 +77,7 @@ type replicas struct {
 }
 
 func newReplicas(srv *Server) *replicas {
-	return &replicas{srv: srv, events: make(chan onlineEvent, onlineQueueLen), alive: map[string]time.Time{}}
+	return &replicas{srv: srv, events: make(chan onlineEvent, onlineQueueLen), alive: map[string]time.Time{}, ready: make(chan struct{})}
 }
 
 // run listens for other replicas' changes and publishes this one's events
@@ -77,6 +85,7 @@ func newReplicas(srv *Server) *replicas {
 func (r *replicas) run(ctx context.Context) {
 	sh := r.srv.shared
 	if sh == nil {
+		r.readyOnce.Do(func() { close(r.ready) })
 		return
 	}
 	var wg sync.WaitGroup
@@ -302,6 +311,7 @@ func (r *replicas) resync(ctx context.Context) {
 	r.mu.Lock()
 	r.resynced = time.Now()
 	r.mu.Unlock()
+	r.readyOnce.Do(func() { close(r.ready) })
 	if err := srv.shared.Publish(ctx, store.Change{Kind: store.ChangeAlive, Key: "hello"}); err != nil {
 		srv.log.Debug("publish hello", "err", err)
 	}

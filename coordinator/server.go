@@ -99,6 +99,15 @@ type Config struct {
 	Nameservers       []netip.Addr
 	// NoAdminSocket skips the admin socket (tests drive Admin directly).
 	NoAdminSocket bool
+	// ReplayCacheSize and ReplayPerSource bound the proof replay cache
+	// (whole, and per source address); zero takes maxReplayEntries and
+	// maxReplayPerSource. Tests make them small.
+	ReplayCacheSize, ReplayPerSource int
+	// BodyTimeout bounds how long a request body may take to arrive;
+	// MaxConnsPerSource how many connections one address may hold (see
+	// conns.go). Zero takes DefaultBodyTimeout, DefaultMaxConnsPerSource.
+	BodyTimeout       time.Duration
+	MaxConnsPerSource int
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -164,6 +173,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	def(&cfg.HeartbeatInterval, DefaultHeartbeatInterval)
 	def(&cfg.TokenLifetime, 12*time.Hour)
 	def(&cfg.SweepInterval, DefaultSweepInterval)
+	def(&cfg.BodyTimeout, DefaultBodyTimeout)
+	if cfg.MaxConnsPerSource <= 0 {
+		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
 	if cfg.DNSDomain == "" {
 		cfg.DNSDomain = DefaultDNSDomain
 	}
@@ -186,7 +199,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), replay: newReplayCache(netmap.ProofWindow)}
+	if cfg.ReplayCacheSize <= 0 {
+		cfg.ReplayCacheSize = maxReplayEntries
+	}
+	if cfg.ReplayPerSource <= 0 {
+		cfg.ReplayPerSource = maxReplayPerSource
+	}
+	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(),
+		replay: newReplayCache(netmap.ProofWindow, cfg.ReplayCacheSize, cfg.ReplayPerSource)}
 	srv.rep = newReplicas(srv)
 	var err error
 	// The admin socket comes first: it also detects another coordinator
@@ -431,10 +451,12 @@ func (srv *Server) Run(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams},
 	}
-	ln := srv.ln
+	var ln net.Listener = newSourceLimitListener(srv.ln, srv.cfg.MaxConnsPerSource, func() {
+		srv.m.connsRefused.Inc()
+	})
 	if !srv.cfg.InsecureHTTP {
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{srv.cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
-		ln = tls.NewListener(srv.ln, hs.TLSConfig)
+		ln = tls.NewListener(ln, hs.TLSConfig)
 	} else {
 		var p http.Protocols
 		p.SetHTTP1(true)
@@ -443,6 +465,25 @@ func (srv *Server) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		srv.sweepLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		srv.rep.run(ctx)
+	}()
+	if srv.shared != nil {
+		t := time.NewTimer(listenReadyTimeout)
+		select {
+		case <-srv.rep.ready:
+		case <-t.C:
+			srv.log.Warn("serving before the database change listener is up; changes made meanwhile arrive with its first resync")
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -461,15 +502,6 @@ func (srv *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		srv.sweepLoop(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		srv.rep.run(ctx)
-	}()
 	srv.log.Info("coordinator serving", "addr", srv.ln.Addr().String(), "url", srv.URL(), "pin", srv.pin)
 	var err error
 	select {

@@ -92,9 +92,9 @@ type CoordinatorResult struct {
 	CoordinatorHeapBytes float64 `json:"coordinator_heap_inuse_bytes,omitempty"`
 	// Replicas is how many coordinators the nodes were spread over;
 	// ReplicaRSSBytes is each one's resident memory, in --metrics-url order.
-	Replicas        int       `json:"replicas"`
-	ReplicaRSSBytes []float64 `json:"replica_rss_bytes,omitempty"`
-	LoadtestHeapBytes    uint64  `json:"loadtest_heap_inuse_bytes"`
+	Replicas          int       `json:"replicas"`
+	ReplicaRSSBytes   []float64 `json:"replica_rss_bytes,omitempty"`
+	LoadtestHeapBytes uint64    `json:"loadtest_heap_inuse_bytes"`
 }
 
 // simNode is one simulated node.

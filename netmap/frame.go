@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // Stream framing: each MapResponse is a 4-byte big-endian length followed by
@@ -65,15 +66,31 @@ func (f *FrameReader) Next() ([]byte, error) {
 	if n > MaxFrameSize {
 		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
 	}
-	if cap(f.buf) < int(n) {
-		f.buf = make([]byte, n)
-	}
-	f.buf = f.buf[:n]
-	if _, err := io.ReadFull(f.r, f.buf); err != nil {
-		return nil, fmt.Errorf("netmap: truncated frame: %w", err)
+	// The claimed length is only a claim: the buffer grows with the bytes
+	// that actually arrive (doubling, from frameChunk), so a header
+	// claiming 64 MiB followed by nothing costs a chunk, not 64 MiB.
+	f.buf = f.buf[:0]
+	for len(f.buf) < int(n) {
+		want := int(n) - len(f.buf)
+		if free := cap(f.buf) - len(f.buf); free < want {
+			grow := max(cap(f.buf), frameChunk)
+			if grow > want {
+				grow = want
+			}
+			f.buf = slices.Grow(f.buf, grow)
+		}
+		chunk := min(want, cap(f.buf)-len(f.buf))
+		m, err := io.ReadFull(f.r, f.buf[len(f.buf):len(f.buf)+chunk])
+		f.buf = f.buf[:len(f.buf)+m]
+		if err != nil {
+			return nil, fmt.Errorf("netmap: truncated frame: %w", err)
+		}
 	}
 	return f.buf, nil
 }
+
+// frameChunk is the first allocation for a frame's payload: a delta fits.
+const frameChunk = 16 << 10
 
 // ReadMapResponse reads and decodes the next frame.
 func (f *FrameReader) ReadMapResponse() (*MapResponse, error) {

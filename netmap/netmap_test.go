@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,29 @@ func TestDurationJSON(t *testing.T) {
 	var r RelayJoinResponse
 	if err := json.Unmarshal(b, &r); err != nil || time.Duration(r.HeartbeatInterval) != 10*time.Second {
 		t.Fatalf("%s -> %v %v", b, r.HeartbeatInterval, err)
+	}
+}
+
+// TestFrameReaderGrowsWithData: a header claiming the largest frame,
+// followed by a few bytes and the end of the stream, must not make the
+// reader allocate the claimed 64 MiB up front.
+func TestFrameReaderGrowsWithData(t *testing.T) {
+	in := append(AppendFrame(nil, MaxFrameSize), []byte(`{"seq":1}`)...)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := NewFrameReader(bytes.NewReader(in)).Next()
+	runtime.ReadMemStats(&after)
+	if err == nil || err == io.EOF {
+		t.Fatalf("truncated frame: %v", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
+		t.Fatalf("reading a 9-byte frame that claims %d bytes allocated %d bytes", MaxFrameSize, got)
+	}
+	// Frames larger than the first chunk still arrive whole.
+	big := bytes.Repeat([]byte("x"), 3*frameChunk+7)
+	got, err := NewFrameReader(bytes.NewReader(append(AppendFrame(nil, len(big)), big...))).Next()
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("big frame: %d bytes, %v", len(got), err)
 	}
 }

@@ -94,8 +94,9 @@ const (
 	MaxRegionLen = 32
 	// MaxMessageLen bounds human-readable strings in Reject and Health.
 	MaxMessageLen = 256
-	// MaxTokenLen matches admit.MaxLen (1+8+32+8+8+1+64+32).
-	MaxTokenLen = 154
+	// MaxTokenLen matches admit.MaxLen: a version 2 token with the most
+	// regions, 1+8+32+8+8+1+16*(1+32)+64 (admit's tests check).
+	MaxTokenLen = 650
 	// MaxHelloLen bounds what a relay reads before a client is admitted.
 	MaxHelloLen = 2 + KeyLen + ProofLen + MaxTokenLen
 	// PacketOverhead is what a RecvPacket datagram adds to a packet: type

@@ -40,6 +40,17 @@ import (
 // MaxSize bounds a policy document. Large fleets' policies are tens of KiB.
 const MaxSize = 1 << 20
 
+// MaxExpanded bounds the selectors a policy compiles to, summed over every
+// rule's sources and destinations once groups are expanded. Expansion
+// multiplies: a 35 KB document naming a 1,000-member group 2,000 times
+// compiled to two million selectors and took 2.8 GB. 65,536 is far above
+// real policies (hundreds of rules over groups of tens) and costs a few MB.
+const MaxExpanded = 1 << 16
+
+// ErrTooLarge is wrapped (with ErrInvalid) by Parse for a policy over
+// MaxSize or MaxExpanded.
+var ErrTooLarge = errors.New("policy too large")
+
 // ErrInvalid is wrapped by every parse or validation error.
 var ErrInvalid = errors.New("invalid policy")
 
@@ -187,7 +198,7 @@ func AllowAll() *Policy {
 // (see Policy.RunTests).
 func Parse(text []byte) (*Policy, error) {
 	if len(text) > MaxSize {
-		return nil, fmt.Errorf("%w: larger than %d bytes", ErrInvalid, MaxSize)
+		return nil, fmt.Errorf("%w: %w: larger than %d bytes", ErrInvalid, ErrTooLarge, MaxSize)
 	}
 	std, err := hujson.Standardize(bytes.Clone(text))
 	if err != nil {
@@ -204,7 +215,7 @@ func Parse(text []byte) (*Policy, error) {
 	}
 	p := &Policy{Text: string(text), doc: doc, hosts: map[string]netip.Prefix{}}
 	if err := p.compile(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return p, nil
 }
@@ -243,6 +254,13 @@ func (p *Policy) compile() error {
 			}
 		}
 	}
+	expanded := 0
+	grow := func(i, n int) error {
+		if expanded += n; expanded > MaxExpanded {
+			return fmt.Errorf("%w: acls[%d]: groups expand to more than %d selectors in all; use fewer group references per rule or a tag", ErrTooLarge, i, MaxExpanded)
+		}
+		return nil
+	}
 	for i, a := range p.doc.ACLs {
 		if a.Action != "accept" {
 			return fmt.Errorf("acls[%d]: action %q: only \"accept\" is supported", i, a.Action)
@@ -256,6 +274,9 @@ func (p *Policy) compile() error {
 			if err != nil {
 				return fmt.Errorf("acls[%d]: src %q: %v", i, s, err)
 			}
+			if err := grow(i, len(sels)); err != nil {
+				return err
+			}
 			r.Src = append(r.Src, sels...)
 		}
 		for _, d := range a.Dst {
@@ -266,6 +287,9 @@ func (p *Policy) compile() error {
 			sels, err := p.selectors(host, 0)
 			if err != nil {
 				return fmt.Errorf("acls[%d]: dst %q: %v", i, d, err)
+			}
+			if err := grow(i, len(sels)*(1+len(ports))); err != nil {
+				return err
 			}
 			for _, s := range sels {
 				r.Dst = append(r.Dst, Dst{Sel: s, Ports: ports})

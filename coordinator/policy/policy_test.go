@@ -2,7 +2,9 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -193,5 +195,41 @@ func TestUserSelectors(t *testing.T) {
 		if ValidUser(u) {
 			t.Errorf("ValidUser(%q) = true", u)
 		}
+	}
+}
+
+// TestExpansionBounded: a policy of a few tens of KB whose group
+// references multiply out to millions of selectors is refused with a clear
+// error, before it is expanded.
+func TestExpansionBounded(t *testing.T) {
+	var members, refs, dsts []string
+	for i := range 1000 {
+		members = append(members, fmt.Sprintf("%q", fmt.Sprintf("n%d", i)))
+	}
+	for range 1000 {
+		refs = append(refs, `"group:g"`)
+		dsts = append(dsts, `"group:g:*"`)
+	}
+	doc := `{"groups": {"group:g": [` + strings.Join(members, ",") + `]},
+		"acls": [{"action": "accept", "src": [` + strings.Join(refs, ",") + `], "dst": [` + strings.Join(dsts, ",") + `]}]}`
+	if len(doc) > 40<<10 {
+		t.Fatalf("test policy is %d bytes; meant to be small", len(doc))
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := Parse([]byte(doc))
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrInvalid) || !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "selectors") {
+		t.Fatalf("Parse: %v, want a too-large error", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<20 {
+		t.Errorf("refusing the policy allocated %d MB", got>>20)
+	}
+	// A policy just under the bound still compiles.
+	ok := `{"groups": {"group:g": [` + strings.Join(members, ",") + `]},
+		"acls": [{"action": "accept", "src": ["group:g"], "dst": ["group:g:*"]}]}`
+	if _, err := Parse([]byte(ok)); err != nil {
+		t.Fatalf("ordinary group policy: %v", err)
 	}
 }

@@ -594,6 +594,15 @@ func scanAuthKey(r scanner) (AuthKey, error) {
 	return k, err
 }
 
+// AuthKeyByHash implements Store.
+func (s *sqlStore) AuthKeyByHash(ctx context.Context, hash string) (AuthKey, error) {
+	k, err := scanAuthKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+authKeyColumns+` FROM authkeys WHERE hash = ?`), hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, ErrNotFound
+	}
+	return k, s.wrap("look up auth key", err)
+}
+
 // AuthKeys implements Store.
 func (s *sqlStore) AuthKeys(ctx context.Context) ([]AuthKey, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+authKeyColumns+` FROM authkeys ORDER BY id`)

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -120,6 +122,13 @@ var sqliteDialect = &dialect{
 // OpenSQLite opens (creating if needed) the database at path and applies
 // every pending migration.
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	// The database holds region mesh secrets and auth key hashes: only the
+	// coordinator's user may read it. SQLite creates -wal and -shm with the
+	// database file's mode, so the file is made 0600 before SQLite opens
+	// it; files left by an older version are tightened too.
+	if err := privateFile(path); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
@@ -136,5 +145,25 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if err := os.Chmod(path+suffix, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.Close()
+			return nil, fmt.Errorf("database %s: %w", path+suffix, err)
+		}
+	}
 	return &SQLite{s}, nil
+}
+
+// privateFile creates path with mode 0600 if it is missing, and sets an
+// existing one to 0600.
+func privateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("database %s: %w", path, err)
+	}
+	f.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return fmt.Errorf("database %s: %w", path, err)
+	}
+	return nil
 }

@@ -3,8 +3,12 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestSQLiteMigratesV1 opens a database written by the first schema: its
@@ -49,4 +53,48 @@ func TestSQLiteMigratesV1(t *testing.T) {
 	if len(keys) != 1 || keys[0].User != AdminUser || !keys[0].Revoked.IsZero() {
 		t.Fatalf("migrated keys: %+v", keys)
 	}
+}
+
+// TestSQLiteFilesPrivate: the database and its WAL and shared-memory files
+// hold region mesh secrets; they must be 0600 even under a permissive umask,
+// and a file left 0644 by an older version is tightened on open.
+func TestSQLiteFilesPrivate(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "coordinator.db")
+	check := func(when string) {
+		t.Helper()
+		s, err := OpenSQLite(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if err := s.CreateAuthKey(ctx, &AuthKey{Hash: when, Created: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		seen := 0
+		for _, f := range []string{path, path + "-wal", path + "-shm"} {
+			fi, err := os.Stat(f)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen++
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: %s is %v, want 0600", when, filepath.Base(f), fi.Mode().Perm())
+			}
+		}
+		if seen < 2 {
+			t.Fatalf("%s: expected the database and its WAL, found %d files", when, seen)
+		}
+	}
+	check("new")
+	for _, f := range []string{path, path + "-wal", path + "-shm"} {
+		os.Chmod(f, 0o644)
+	}
+	check("reopened")
 }

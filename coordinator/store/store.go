@@ -176,6 +176,9 @@ type Store interface {
 	// CreateAuthKey stores k and sets its ID. k.User, when set, must be a
 	// user (else ErrNotFound).
 	CreateAuthKey(ctx context.Context, k *AuthKey) error
+	// AuthKeyByHash returns the auth key with that hash, or ErrNotFound.
+	// It is the cheap check made before any work on a registration.
+	AuthKeyByHash(ctx context.Context, hash string) (AuthKey, error)
 	// AuthKeys lists every auth key, by ID.
 	AuthKeys(ctx context.Context) ([]AuthKey, error)
 	// RevokeAuthKey revokes key id at now: it registers no more nodes.
