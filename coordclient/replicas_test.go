@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,4 +144,26 @@ func TestWatchMovesWhenReplicaDies(t *testing.T) {
 	if err := <-done; err != context.Canceled {
 		t.Fatalf("Watch: %v", err)
 	}
+}
+
+// FuzzParseURLs: any text gives a list of at most maxReplicas URLs of one
+// scheme, or an error; never a panic or an empty list.
+func FuzzParseURLs(f *testing.F) {
+	for _, s := range []string{"https://a:1", "https://a:1,https://b:2", " http://127.0.0.1:8080/ ,", "https://a,http://b", ",,", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		urls, err := coordclient.ParseURLs(s)
+		if err != nil {
+			return
+		}
+		if len(urls) == 0 || len(urls) > 32 {
+			t.Fatalf("%q: %d URLs", s, len(urls))
+		}
+		for _, u := range urls {
+			if !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") || strings.HasSuffix(u, "/") || strings.Contains(u, ",") {
+				t.Fatalf("%q gave %q", s, u)
+			}
+		}
+	})
 }

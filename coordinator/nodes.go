@@ -285,7 +285,7 @@ func sanitizeName(h string) string {
 // maxRegisterAttempts bounds how often a registration picks a new name and
 // address after another replica took its pick: more than two replicas
 // racing for one address several times in a row is not plausible.
-const maxRegisterAttempts = 5
+const maxRegisterAttempts = 8
 
 // reserve picks a free name and address for rec and holds them, so that
 // concurrent registrations (group-committed together by the store) never
@@ -319,6 +319,7 @@ func (st *state) reserve(rec *store.Node, hostname string) (release func(ipElsew
 		}
 		if ipElsewhere {
 			st.usedIPs[ip] = takenElsewhereID
+			st.jumpCursorLocked()
 		} else {
 			delete(st.usedIPs, ip)
 		}

@@ -385,10 +385,9 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 			}
 		}
 		nn.expiredSent = nn.expired(now)
+		// The address cursor stays where it is: following another
+		// replica's cursor would put both on the same next addresses.
 		st.addLocked(nn)
-		if cur := st.ipCursor; !cur.IsValid() || cur.Less(rec.IP) {
-			st.ipCursor = rec.IP
-		}
 		if !nn.expiredSent {
 			st.changedLocked(nn, now, true)
 		}

@@ -3,9 +3,11 @@ package coordinator_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,4 +241,46 @@ func TestDatabaseUnavailable(t *testing.T) {
 		p, _ := nm.PeerByName("two")
 		return slices.Equal(p.Endpoints, ep)
 	})
+}
+
+// TestConcurrentRegistrationsOnTwoReplicas registers through both
+// replicas at once: replicas pick addresses without asking each other, so
+// they collide, and every registration must still succeed with an address
+// of its own.
+func TestConcurrentRegistrationsOnTwoReplicas(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := startReplicas(t, pg.NewDatabase(t), 2)
+	key := rs[0].AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	const n = 300
+	ips := make([]netip.Prefix, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 48)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s := rs[i%2]
+			c := s.NewClient()
+			resp, err := c.Client.Register(context.Background(), key, c.Disco.Public(), fmt.Sprintf("n%d", i), "linux")
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ips[i] = resp.Node.Addresses[0]
+		}()
+	}
+	wg.Wait()
+	seen := map[netip.Prefix]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("registration %d: %v", i, errs[i])
+		}
+		if seen[ips[i]] {
+			t.Fatalf("address %v given twice", ips[i])
+		}
+		seen[ips[i]] = true
+	}
 }

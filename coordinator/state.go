@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -392,6 +393,29 @@ func (st *state) nextIPLocked() (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// cursorJump bounds the random jump of the address cursor after another
+// replica took the address this one picked: two replicas registering at
+// once would otherwise walk the same addresses in step and collide on
+// every one. A few thousand of the /10's four million addresses part them
+// for a long while.
+const cursorJump = 4096
+
+// jumpCursorLocked moves the address cursor forward by a random amount.
+func (st *state) jumpCursorLocked() {
+	cur := st.ipCursor
+	if !cur.IsValid() || !meshPrefix.Contains(cur) {
+		cur = meshPrefix.Addr()
+	}
+	b := cur.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += 256 + rand.Uint32N(cursorJump-256)
+	next := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	if !meshPrefix.Contains(next) {
+		next = meshPrefix.Addr()
+	}
+	st.ipCursor = next
 }
 
 // takenElsewhereID marks in usedIPs an address another replica took.
