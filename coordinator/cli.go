@@ -68,6 +68,7 @@ type serveFlags struct {
 	HeartbeatInterval time.Duration `flag:"relay-heartbeat" env:"RELAY_HEARTBEAT" envDefault:"10s" help:"relay heartbeat interval; 3 missed mark a relay down"`
 	BodyTimeout       time.Duration `flag:"body-timeout" env:"BODY_TIMEOUT" envDefault:"10s" help:"a request body must arrive within this"`
 	MaxConnsPerSource int           `flag:"max-conns-per-source" env:"MAX_CONNS_PER_SOURCE" envDefault:"1024" help:"connections one client address may hold; more are closed on accept"`
+	ReplayPerSource   int           `flag:"replay-per-source" env:"REPLAY_PER_SOURCE" envDefault:"65536" help:"authenticated requests one client address may make per 2-minute proof window (load generators need more)"`
 	DNSDomain         string        `flag:"dns-domain" env:"DNS_DOMAIN" envDefault:"mesh.internal" help:"MagicDNS suffix for node names"`
 	Nameservers       []string      `flag:"dns-nameservers" env:"DNS_NAMESERVERS" help:"upstream DNS servers sent to nodes"`
 	cli.Logging
@@ -160,7 +161,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Listen: f.Listen, StateDir: f.StateDir, ServerURL: f.ServerURL, DB: f.DB, PolicyFile: f.Policy,
 		RelayMapFile: f.RelayMap, TLSCert: f.TLSCert, TLSKey: f.TLSKey, InsecureHTTP: f.InsecureHTTP,
 		KeyExpiry: f.KeyExpiry, EphemeralTimeout: f.EphemeralTimeout, HeartbeatInterval: f.HeartbeatInterval,
-		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource,
+		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource, ReplayPerSource: f.ReplayPerSource,
 		DNSDomain: f.DNSDomain, Nameservers: ns, Logger: log, Registry: reg,
 	})
 	if err != nil {
