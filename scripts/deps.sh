@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: the lab's kernel
 # tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
-# client for interop tests, PostgreSQL (the coordinator's shared store; tests
+# client for interop tests, dbus-daemon (a private bus for the systemd-resolved
+# configurator's tests), PostgreSQL (the coordinator's shared store; tests
 # start their own server with initdb and pg_ctl), and the Go modules. Safe to
 # run repeatedly.
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 # Debian keeps PostgreSQL's programs out of PATH.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 
