@@ -18,6 +18,14 @@
 //     lock elects the one replica that runs the periodic jobs.
 //
 // conformance_test.go runs one suite against both engines.
+//
+// Adding to the store: write the SQL once, in sql.go, with ? placeholders
+// (s.q rewrites them for PostgreSQL) and RETURNING for new IDs; add the
+// schema change as a new migration to both sqliteMigrations and
+// pgMigrations; announce a change other replicas must apply with
+// notifyOne or notifyIDs inside the write's transaction (a new ChangeKind,
+// handled in the coordinator's replica.go); and add a case to the
+// conformance suite.
 package store
 
 import (
