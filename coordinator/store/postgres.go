@@ -62,6 +62,15 @@ const (
 	// say (connect_timeout=N): a database that is down fails requests in
 	// seconds rather than hanging them.
 	pgConnectTimeout = 5 * time.Second
+	// pgKeepAlive is the TCP keep-alive of every connection: idle this
+	// long, then probes this often, pgKeepAliveProbes of them. A database
+	// host that vanishes (no reset) is noticed in about 20 s, which matters
+	// most to the listening connection, which otherwise only reads.
+	pgKeepAlive       = 5 * time.Second
+	pgKeepAliveProbes = 3
+	// leadTimeout bounds one jobs-lock check, so a hung database does not
+	// hang the sweeper.
+	leadTimeout = 5 * time.Second
 	// listenMaxBackoff bounds the pause between reconnections of the
 	// listening connection.
 	listenMaxBackoff = 5 * time.Second
@@ -210,6 +219,8 @@ func OpenPostgres(ctx context.Context, url string, log *slog.Logger) (*Postgres,
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = pgConnectTimeout
 	}
+	dialer := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: pgKeepAlive, Interval: pgKeepAlive, Count: pgKeepAliveProbes}}
+	cfg.DialFunc = dialer.DialContext
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(pgMaxConns)
 	db.SetMaxIdleConns(pgMaxConns)
@@ -281,6 +292,8 @@ func (p *Postgres) listenOnce(ctx context.Context, fn func(Change), connected fu
 
 // TryLead implements Shared.
 func (p *Postgres) TryLead(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, leadTimeout)
+	defer cancel()
 	p.leadMu.Lock()
 	defer p.leadMu.Unlock()
 	if p.leadConn != nil {
