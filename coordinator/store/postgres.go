@@ -254,6 +254,7 @@ func (p *Postgres) Listen(ctx context.Context, fn func(Change)) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		fn(Change{Kind: ChangeLost})
 		p.log.Warn("database change listener lost; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)
 		select {

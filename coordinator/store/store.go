@@ -234,7 +234,8 @@ type Shared interface {
 	// Listen calls fn, from one goroutine, for every change committed by
 	// another replica and every event it published, until ctx ends. After
 	// each (re)connection it first calls fn with a Resync change: changes
-	// may have been missed, so the caller reloads. It returns ctx's error.
+	// may have been missed, so the caller reloads; when the connection
+	// breaks it calls fn with a Lost change. It returns ctx's error.
 	Listen(ctx context.Context, fn func(Change)) error
 	// Publish announces an event that is not stored (a stream opened or
 	// closed, a replica alive) to the other replicas.
@@ -251,7 +252,10 @@ type ChangeKind string
 // Change kinds. Stored changes carry IDs or a Key to read back; events
 // carry their data.
 const (
-	ChangeResync      ChangeKind = "resync"       // reload everything
+	ChangeResync ChangeKind = "resync" // reload everything
+	// ChangeLost: the listening connection broke; nothing is heard until
+	// the next ChangeResync.
+	ChangeLost        ChangeKind = "lost"
 	ChangeNodes       ChangeKind = "nodes"        // IDs were inserted or updated
 	ChangeNodeDeleted ChangeKind = "node_deleted" // IDs were deleted
 	ChangeRelay       ChangeKind = "relay"        // Key (a relay key) changed
