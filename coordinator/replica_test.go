@@ -106,6 +106,18 @@ func TestReplicasShareOneDatabase(t *testing.T) {
 	if err := wAlice.waitEnd(); err == nil {
 		t.Fatal("deleted node's stream did not fail")
 	}
+	// So does deleting a user with --force through b: its node leaves a's
+	// streams, and the user's key no longer registers on a.
+	aliceKey := a.AuthKey(t, coordinator.AuthKeyRequest{User: "alice@example.com", Reusable: true})
+	a.Register(t, aliceKey, "alice-desk")
+	w2.waitFor("alice's second node on two's stream", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 1 })
+	if n, err := b.DeleteUser(ctx, "alice@example.com", true); err != nil || n != 1 {
+		t.Fatalf("forced user delete on b: %d, %v", n, err)
+	}
+	w2.waitFor("alice's node gone from two's stream", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 0 })
+	if _, err := a.NewClient().Client.Register(ctx, aliceKey, a.NewClient().Disco.Public(), "late", "linux"); err == nil {
+		t.Fatal("a deleted user's key registered a node on the other replica")
+	}
 
 	// Expiring through a closes the stream held by b.
 	if err := a.ExpireNode(ctx, "one"); err != nil {
