@@ -38,8 +38,9 @@ type Postgres struct {
 	cfg *pgx.ConnConfig
 	log *slog.Logger
 
-	leadMu   sync.Mutex // guards leadConn
-	leadConn *pgx.Conn  // holds the jobs lock; nil when not leading
+	leadMu   sync.Mutex // guards leadConn and leading
+	leadConn *pgx.Conn  // holds the jobs lock when leading
+	leading  bool
 }
 
 // Advisory lock keys: arbitrary 64-bit constants, fixed forever, that name
@@ -291,35 +292,34 @@ func (p *Postgres) listenOnce(ctx context.Context, fn func(Change), connected fu
 	}
 }
 
-// TryLead implements Shared.
+// TryLead implements Shared. One connection of its own is kept open,
+// leading or not: the lock lives on it, and a replica that waits tries
+// again on it rather than connecting every time.
 func (p *Postgres) TryLead(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, leadTimeout)
 	defer cancel()
 	p.leadMu.Lock()
 	defer p.leadMu.Unlock()
-	if p.leadConn != nil {
-		// Still leading while the connection holding the lock is alive.
-		if err := p.leadConn.Ping(ctx); err == nil {
-			return true, nil
+	if p.leadConn == nil {
+		conn, err := pgx.ConnectConfig(ctx, p.cfg.Copy())
+		if err != nil {
+			return false, p.wrap("jobs lock", err)
 		}
-		p.leadConn.Close(context.Background())
-		p.leadConn = nil
+		p.leadConn, p.leading = conn, false
 	}
-	conn, err := pgx.ConnectConfig(ctx, p.cfg.Copy())
+	var err error
+	if p.leading {
+		// Still leading while the connection holding the lock is alive.
+		err = p.leadConn.Ping(ctx)
+	} else {
+		err = p.leadConn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, jobsLockKey).Scan(&p.leading)
+	}
 	if err != nil {
+		p.leadConn.Close(context.Background())
+		p.leadConn, p.leading = nil, false
 		return false, p.wrap("jobs lock", err)
 	}
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, jobsLockKey).Scan(&got); err != nil {
-		conn.Close(context.Background())
-		return false, p.wrap("jobs lock", err)
-	}
-	if !got {
-		conn.Close(context.Background())
-		return false, nil
-	}
-	p.leadConn = conn
-	return true, nil
+	return p.leading, nil
 }
 
 // Close releases the jobs lock and closes the store.
@@ -327,7 +327,7 @@ func (p *Postgres) Close() error {
 	p.leadMu.Lock()
 	if p.leadConn != nil {
 		p.leadConn.Close(context.Background())
-		p.leadConn = nil
+		p.leadConn, p.leading = nil, false
 	}
 	p.leadMu.Unlock()
 	return p.sqlStore.Close()
