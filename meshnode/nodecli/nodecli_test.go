@@ -72,3 +72,32 @@ func TestRunRefusesBadUserspaceFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestRunFlagsPortMapping: --port-mapping is on by default, MESHNODE_PORT_MAPPING
+// turns it off, and the flag beats the variable.
+func TestRunFlagsPortMapping(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  string
+		args []string
+		want bool
+	}{
+		{"default", "", nil, true},
+		{"flag off", "", []string{"--port-mapping=false"}, false},
+		{"variable off", "false", nil, false},
+		{"flag beats variable", "false", []string{"--port-mapping=true"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("MESHNODE_PORT_MAPPING", tc.env)
+			}
+			var f RunFlags
+			if _, err := cli.Parse("meshnode run", "MESHNODE_", usage, &f, tc.args, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			if f.PortMapping != tc.want {
+				t.Fatalf("PortMapping %v, want %v", f.PortMapping, tc.want)
+			}
+		})
+	}
+}
