@@ -190,13 +190,14 @@ func TestLabACL(t *testing.T) {
 }
 
 // TestLabUserspaceAndRestart: a userspace node (no TUN) is reached through
-// its SOCKS5 proxy, and a node restarted while the coordinator is down
-// reaches its peers again from its cached netmap.
+// its SOCKS5 proxy, forwards the ports it lists (and no other) to its
+// localhost, and a node restarted while the coordinator is down reaches
+// its peers again from its cached netmap.
 func TestLabUserspaceAndRestart(t *testing.T) {
 	w := newWorld(t, "nyc")
 	a := w.startNode("a", hardNATHost(t, w, "a"))
 	uh := hardNATHost(t, w, "u")
-	u := w.startNode("u", uh, "--userspace", "--socks5", "127.0.0.1:1080")
+	u := w.startNode("u", uh, "--userspace", "--socks5", "127.0.0.1:1080", "--forward-ports", "9090")
 	for _, n := range []*node{a, u} {
 		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
 	}
@@ -252,6 +253,21 @@ func TestLabUserspaceAndRestart(t *testing.T) {
 	cc.Close()
 	if string(b) != "hello from u" {
 		t.Fatalf("inbound forward gave %q", b)
+	}
+	// A localhost-only service on a port u does not list, and u's own
+	// SOCKS5 proxy, are not reachable from the mesh.
+	lnPrivate, err := uh.Listen("127.0.0.1:9091")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnPrivate.Close()
+	go greet(lnPrivate, "private")
+	for _, port := range []uint16{9091, 1080} {
+		if cc, err := a.host.Dial(ctx, "tcp4", netip.AddrPortFrom(u.ip(), port).String()); err == nil {
+			b, _ := io.ReadAll(cc)
+			cc.Close()
+			t.Fatalf("a reached u's unlisted localhost port %d: %q", port, b)
+		}
 	}
 
 	// Restart a with the coordinator down.

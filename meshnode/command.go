@@ -18,6 +18,8 @@ import (
 	"github.com/wiremesh/wiremesh/cli"
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/netstack"
+	"github.com/wiremesh/wiremesh/meshnode/socks5"
 )
 
 // RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
@@ -35,7 +37,15 @@ type RunFlags struct {
 	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
 	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
 	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
+	UserspaceFlags
 	cli.Logging
+}
+
+// UserspaceFlags are `meshnode run`'s options for --userspace's proxy and
+// inbound forwarding.
+type UserspaceFlags struct {
+	Socks5AllowRemote bool     `flag:"socks5-allow-remote" env:"SOCKS5_ALLOW_REMOTE" help:"with --userspace: allow a non-loopback --socks5 address (the proxy has no authentication)"`
+	ForwardPorts      []string `flag:"forward-ports" env:"FORWARD_PORTS" help:"with --userspace: TCP ports that peers may reach on this host's localhost, such as 22,80,8000-8100 (default: none)"`
 }
 
 // ClientFlags are the options of the local commands.
@@ -49,6 +59,7 @@ type ClientFlags struct {
 
 const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
+             [--forward-ports PORTS] [--socks5-allow-remote]
        meshnode status [--json]            peers, paths and traffic
        meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
        meshnode ping [--json] [-c N] [--timeout D] PEER
@@ -106,7 +117,15 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
 	}
 	if f.Userspace {
-		cfg.Socks5 = f.Socks5
+		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
+		if cfg.Socks5 != "" {
+			if err := socks5.CheckListenAddr(cfg.Socks5, cfg.Socks5AllowRemote); err != nil {
+				return 2, fmt.Errorf("--socks5: %w (or add --socks5-allow-remote)", err)
+			}
+		}
+		if cfg.ForwardPorts, err = netstack.ParsePorts(f.ForwardPorts); err != nil {
+			return 2, fmt.Errorf("--forward-ports: %w", err)
+		}
 	}
 	cfg.PinRegion, cfg.ExcludeRegions = f.PinRegion, f.ExcludeRegions
 	for _, kv := range f.RegionWeights {

@@ -3,12 +3,10 @@ package meshnode
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
-	"time"
 
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
@@ -72,41 +70,67 @@ func wgLogger(log *slog.Logger) *device.Logger {
 }
 
 // startUserspace runs the SOCKS5 proxy for outbound traffic and forwards
-// inbound mesh TCP connections to the same port on ForwardHost.
+// inbound mesh TCP connections to the same port on ForwardHost, for the
+// ports in ForwardPorts only; the node's own listeners never.
 func (n *Node) startUserspace(st *netstack.Stack) {
-	st.ForwardTCP(func(c net.Conn, port uint16) bool {
-		n.goAsync(func(ctx context.Context) {
-			defer c.Close()
-			var d net.Dialer
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			local, err := d.DialContext(dctx, "tcp", net.JoinHostPort(n.cfg.ForwardHost, strconv.Itoa(int(port))))
-			cancel()
-			if err != nil {
-				n.log.Debug("inbound forward: nothing listening", "port", port, "err", err)
-				return
-			}
-			defer local.Close()
-			stop := context.AfterFunc(ctx, func() { c.Close(); local.Close() })
-			defer stop()
-			done := make(chan struct{})
-			go func() { io.Copy(local, c); local.(*net.TCPConn).CloseWrite(); close(done) }()
-			io.Copy(c, local)
-			c.Close()
-			<-done
-		})
+	fwd := &netstack.Forwarder{Host: n.cfg.ForwardHost, Ports: n.cfg.ForwardPorts,
+		Never: listenerPorts(n.cfg.Socks5, n.cfg.Metrics), Log: n.log}
+	st.ForwardTCP(fwd.Allowed, func(c net.Conn, port uint16) bool {
+		n.goAsync(func(ctx context.Context) { fwd.Handle(ctx, c, port) })
 		return true
 	})
 	if n.cfg.Socks5 == "" {
 		return
 	}
-	ln, err := net.Listen("tcp", n.cfg.Socks5)
+	ln, err := socks5.Listen(n.cfg.Socks5, n.cfg.Socks5AllowRemote)
 	if err != nil {
 		n.log.Error("socks5 listen failed", "addr", n.cfg.Socks5, "err", err)
 		return
 	}
 	n.log.Info("socks5 proxy", "addr", ln.Addr().String())
-	srv := &socks5.Server{Dial: st.DialContext, Resolve: n.resolveName, Log: n.log}
+	srv := &socks5.Server{Dial: st.DialContext, Resolve: n.resolveName, Allow: n.socksAllow, Log: n.log}
 	n.goAsync(func(ctx context.Context) { srv.Serve(ctx, ln) })
+}
+
+// listenerPorts returns the ports of the node's own TCP listen addresses.
+func listenerPorts(addrs ...string) []uint16 {
+	var ports []uint16
+	for _, a := range addrs {
+		if _, p, err := net.SplitHostPort(a); err == nil {
+			if v, err := strconv.ParseUint(p, 10, 16); err == nil {
+				ports = append(ports, uint16(v))
+			}
+		}
+	}
+	return ports
+}
+
+// socksAllow is the SOCKS5 proxy's view of the policy: it may reach the
+// addresses of the peers in its netmap (the coordinator sends only peers
+// the policy relates to this node), and nothing else: not this node itself
+// (whose netstack would hand the connection to the forwarder, as if a peer
+// had made it) and nothing outside the mesh. The peer's own filter still
+// judges the port.
+func (n *Node) socksAllow(dst netip.AddrPort) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mu.nm != nil {
+		if self, ok := selfAddr(n.mu.nm.Self); ok && self == dst.Addr() {
+			return fmt.Errorf("%w: %s is this node", socks5.ErrNotAllowed, dst)
+		}
+	}
+	for _, p := range n.mu.applied {
+		ips := p.AllowedIPs
+		if len(ips) == 0 {
+			ips = p.Addresses
+		}
+		for _, pfx := range ips {
+			if pfx.Contains(dst.Addr()) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%w: %s is no peer's address", socks5.ErrNotAllowed, dst)
 }
 
 // resolveName maps a peer name (or name.domain) to its mesh address.

@@ -32,6 +32,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/netstack"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayclient"
@@ -60,6 +61,11 @@ type Config struct {
 	// ForwardHost is where --userspace forwards inbound mesh TCP
 	// connections (default 127.0.0.1).
 	ForwardHost string
+	// ForwardPorts are the ports --userspace forwards (--forward-ports);
+	// empty forwards none. Socks5 and Metrics ports never are.
+	ForwardPorts netstack.PortSet
+	// Socks5AllowRemote lets Socks5 be a non-loopback address.
+	Socks5AllowRemote bool
 	// EndpointPrefixes, if set, limits the local interface addresses
 	// offered to peers as direct-path candidates to these prefixes (for
 	// example 127.0.0.0/8 when every node runs on one host).

@@ -98,6 +98,9 @@ func (m *mesh) startNodeWith(t *testing.T, name string, dir string, mod func(*Co
 	n.stop = cancel
 	cfg := Config{Coordinator: m.coord.URL(), AuthKey: m.authKey, Hostname: name, StateDir: dir,
 		Userspace: true, Socks5: n.socks, Log: testLogger(t, name),
+		// Test servers pick free ports after the nodes start: forward
+		// them all (forward_test.go tests the forwarding rules).
+		ForwardPorts: allPorts(t),
 		// Everything runs on this host: offer loopback only, never the
 		// machine's other addresses.
 		EndpointPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}

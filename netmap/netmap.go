@@ -160,9 +160,25 @@ type Admission struct {
 // DNS is the mesh's name resolution settings.
 type DNS struct {
 	// Domain is the suffix under which node names resolve (name.Domain).
-	Domain      string       `json:"domain"`
-	MagicDNS    bool         `json:"magic_dns"`
+	Domain   string `json:"domain"`
+	MagicDNS bool   `json:"magic_dns"`
+	// Nameservers answer every name not under Domain, a Split suffix or
+	// an extra record; empty: the resolvers the node's OS had before.
 	Nameservers []netip.Addr `json:"nameservers,omitempty"`
+	// SearchDomains follow Domain in the node's search list.
+	SearchDomains []string `json:"search_domains,omitempty"`
+	// Split maps a DNS suffix to the nameservers for names under it.
+	Split map[string][]netip.Addr `json:"split,omitempty"`
+	// ExtraRecords answer as written, inside Domain or not.
+	ExtraRecords []DNSRecord `json:"extra_records,omitempty"`
+}
+
+// DNSRecord is one extra record: Type is "A", "AAAA" or "CNAME"; Value an
+// address or (CNAME) a name.
+type DNSRecord struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Value string `json:"value"`
 }
 
 // Filter is a node's inbound packet filter: a packet from a peer is accepted

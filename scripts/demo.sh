@@ -63,17 +63,19 @@ wait_for relays_up
 
 say "Three userspace nodes join with one reusable auth key"
 key=$("$BIN/coordinator" authkey create --reusable --state-dir "$tmp/coord" | tail -n 1)
-for n in a:$socks_a b:$socks_b c:$socks_c; do
-	IFS=: read -r name socks <<<"$n"
+# A userspace node forwards only the ports it lists to its localhost: C
+# offers its web server, A and B offer nothing.
+for n in a:$socks_a: b:$socks_b: c:$socks_c:$web_port; do
+	IFS=: read -r name socks fwd <<<"$n"
 	"$BIN/meshnode" run --coordinator "$url" --authkey "$key" --hostname "$name" --state-dir "$tmp/node-$name" \
-		--userspace --socks5 "127.0.0.1:$socks" --port 0 --endpoint-prefixes 127.0.0.0/8 --log-level warn 2>"$tmp/node-$name.log" &
+		--userspace --socks5 "127.0.0.1:$socks" --forward-ports "$fwd" --port 0 --endpoint-prefixes 127.0.0.0/8 --log-level warn 2>"$tmp/node-$name.log" &
 	pids+=($!)
 done
 two_peers() { [ "$("$BIN/meshnode" status --json --state-dir "$tmp/node-$1" | grep -o '"name":"[abc]"' | wc -l)" -ge 3 ]; }
 for n in a b c; do wait_for two_peers "$n"; done
 "$BIN/coordinator" nodes list --state-dir "$tmp/coord"
 
-say "Node C serves a page on its localhost:$web_port; its mesh address forwards there"
+say "Node C serves a page on its localhost:$web_port; its mesh address forwards there (--forward-ports $web_port)"
 mkdir -p "$tmp/www"
 echo "Hello from node C, over the Wiremesh mesh." >"$tmp/www/index.html"
 (cd "$tmp/www" && exec python3 -m http.server "$web_port" --bind 127.0.0.1 >/dev/null 2>&1) &

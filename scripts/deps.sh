@@ -2,7 +2,8 @@
 # Installs what the test suite needs when it is missing: the lab's kernel
 # tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
 # client for interop tests, PostgreSQL (the coordinator's shared store; tests
-# start their own server with initdb and pg_ctl), and the Go modules. Safe to
+# start their own server with initdb and pg_ctl), dbus-daemon (a private bus
+# for the systemd-resolved configurator's tests), and the Go modules. Safe to
 # run repeatedly.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # Debian keeps PostgreSQL's programs out of PATH.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -1,7 +1,13 @@
 // Package localapi is the meshnode daemon's local control interface: HTTP
 // over a unix socket (DIR/meshnode.sock, mode 0600) that the meshnode CLI
 // uses for status, ping, netcheck, ip, whois and down. The JSON types here
-// are the ones CONTRACT.md documents for `--json` output.
+// are the ones documented for `--json` output in docs/meshnode.md.
+//
+// Who may use it: root and the user the daemon runs as. The socket's mode
+// says so to the file system, and every connection's peer credentials
+// (SO_PEERCRED, from the kernel) are checked as well, so a socket made
+// reachable by a permissive directory, a bind mount or a changed mode still
+// refuses other users: they get 403 and no handler runs.
 package localapi
 
 import (
@@ -134,8 +140,80 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve serves on ln until ctx is done.
+// Serve serves on ln until ctx is done. On a unix socket, requests from
+// users other than root and the daemon's own are refused (403) without
+// reaching a handler.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	h := s.Handler()
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+	if _, ok := ln.(*net.UnixListener); ok {
+		srv.ConnContext = credContext(uint32(os.Getuid()))
+		srv.Handler = requireCred(h, s.log)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-errc
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// maxHeaderBytes bounds a request's header: the CLI sends a few hundred
+// bytes.
+const maxHeaderBytes = 64 << 10
+
+// allowUID is the access rule: root, or the daemon's own user.
+func allowUID(self uint32) func(uint32) bool {
+	return func(uid uint32) bool { return uid == 0 || uid == self }
+}
+
+type credKey struct{}
+
+// credDenied is what credContext records for a refused connection.
+type credDenied struct{ msg string }
+
+// credContext checks each new connection's peer credentials once and
+// records a refusal in the connection's context.
+func credContext(self uint32) func(ctx context.Context, c net.Conn) context.Context {
+	allow := allowUID(self)
+	return func(ctx context.Context, c net.Conn) context.Context {
+		uid, err := peerUID(c)
+		switch {
+		case err != nil:
+			return context.WithValue(ctx, credKey{}, credDenied{"permission denied: " + err.Error()})
+		case !allow(uid):
+			return context.WithValue(ctx, credKey{}, credDenied{fmt.Sprintf(
+				"permission denied: uid %d may not use this meshnode (only root and uid %d may)", uid, self)})
+		}
+		return ctx
+	}
+}
+
+// requireCred answers 403 on connections credContext refused, and closes
+// them.
+func requireCred(h http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d, ok := r.Context().Value(credKey{}).(credDenied); ok {
+			if log != nil {
+				log.Warn("local api: refused client", "err", d.msg)
+			}
+			w.Header().Set("Connection", "close")
+			writeJSON(w, http.StatusForbidden, apiError{d.msg})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Handler returns the API's HTTP handler (without the credential check,
+// which is Serve's).
+func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.b.Status())
@@ -153,19 +231,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		writeJSON(w, http.StatusOK, struct{}{})
 		s.b.Down()
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-errc
-		return nil
-	case err := <-errc:
-		return err
-	}
+	return mux
 }
 
 // maxPings bounds one ping request.

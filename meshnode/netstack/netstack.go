@@ -1,9 +1,11 @@
 // Package netstack is a userspace TCP/IP stack (gVisor) presented to
 // wireguard-go as a tun.Device, for `meshnode --userspace`: no root, no
 // kernel TUN. It is shaped like wireguard-go's tun/netstack, with one thing
-// added: inbound TCP connections to the node's mesh address on any port are
-// handed to a callback (meshnode forwards them to the same port on
-// localhost), which wireguard-go's version cannot do.
+// added: inbound TCP connections to the node's mesh address are offered to
+// a callback, which wireguard-go's version cannot do. Forwarder (forward.go)
+// is meshnode's use of it: connections to the ports the operator listed are
+// spliced to the same port on localhost; every other port is refused with a
+// reset.
 package netstack
 
 import (
@@ -99,12 +101,18 @@ func New(addr netip.Addr, mtu int) (*Stack, error) {
 // Addr returns the stack's address.
 func (st *Stack) Addr() netip.Addr { return st.addr }
 
-// ForwardTCP hands every inbound TCP connection to the stack's address, on
-// any port without a listener, to handle (which owns the conn). A handler
-// that returns false refuses the connection with a reset.
-func (st *Stack) ForwardTCP(handle func(c net.Conn, dstPort uint16) bool) {
+// ForwardTCP offers every inbound TCP connection to the stack's address, on
+// any port without a listener, first to allow, which sees only the
+// destination port: false refuses the SYN with a reset, before any
+// connection state exists. An allowed connection is completed and handed to
+// handle, which owns the conn; a handler that returns false closes it.
+func (st *Stack) ForwardTCP(allow func(dstPort uint16) bool, handle func(c net.Conn, dstPort uint16) bool) {
 	fwd := tcp.NewForwarder(st.s, rcvWnd, maxInFlight, func(r *tcp.ForwarderRequest) {
 		id := r.ID()
+		if !allow(id.LocalPort) {
+			r.Complete(true)
+			return
+		}
 		var wq waiter.Queue
 		ep, err := r.CreateEndpoint(&wq)
 		if err != nil {
@@ -147,8 +155,38 @@ func (st *Stack) DialContext(ctx context.Context, network, address string) (net.
 
 // ListenTCP listens on the stack's address.
 func (st *Stack) ListenTCP(port uint16) (net.Listener, error) {
-	fa, proto := fullAddr(netip.AddrPortFrom(st.addr, port))
+	return st.ListenTCPAddr(netip.AddrPortFrom(st.addr, port))
+}
+
+// AddAddress gives the stack one more local address, such as the MagicDNS
+// resolver's 100.100.100.100, for programs on this node to reach through
+// the stack. The packet filter, not the stack, keeps peers away from it.
+func (st *Stack) AddAddress(a netip.Addr) error {
+	proto := ipv4.ProtocolNumber
+	if a.Is6() && !a.Is4In6() {
+		proto = ipv6.ProtocolNumber
+	}
+	pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddrFromSlice(a.Unmap().AsSlice()).WithPrefix()}
+	if err := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("netstack: add address %v: %v", a, err)
+	}
+	return nil
+}
+
+// ListenTCPAddr listens on ap, one of the stack's addresses.
+func (st *Stack) ListenTCPAddr(ap netip.AddrPort) (net.Listener, error) {
+	fa, proto := fullAddr(ap)
 	return gonet.ListenTCP(st.s, fa, proto)
+}
+
+// ListenUDP opens a UDP socket on ap, one of the stack's addresses.
+func (st *Stack) ListenUDP(ap netip.AddrPort) (net.PacketConn, error) {
+	fa, proto := fullAddr(ap)
+	c, err := gonet.DialUDP(st.s, &fa, nil, proto)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen udp %v: %w", ap, err)
+	}
+	return c, nil
 }
 
 func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {

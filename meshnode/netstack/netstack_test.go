@@ -43,10 +43,10 @@ func TestForwardAndDial(t *testing.T) {
 	go wire(a, b)
 	go wire(b, a)
 	ports := make(chan uint16, 4)
-	b.ForwardTCP(func(c net.Conn, port uint16) bool {
+	b.ForwardTCP(func(port uint16) bool { return port != 10 }, func(c net.Conn, port uint16) bool {
 		ports <- port
 		if port == 9 {
-			return false // refused: reset
+			return false // refused after the handshake: closed
 		}
 		go func() { io.Copy(c, c); c.Close() }()
 		return true
@@ -83,6 +83,11 @@ func TestForwardAndDial(t *testing.T) {
 			t.Fatal("refused connection readable")
 		}
 		c2.Close()
+	}
+	// A port allow refuses is reset at the SYN: the dial itself fails.
+	if c4, err := a.DialContext(ctx, "tcp", "100.64.0.2:10"); err == nil {
+		c4.Close()
+		t.Fatal("dial to a refused port succeeded")
 	}
 	if _, err := a.DialContext(ctx, "tcp", "peer-b:80"); err == nil {
 		t.Fatal("dial to a name succeeded")

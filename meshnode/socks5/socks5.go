@@ -4,11 +4,15 @@
 // function the caller supplies (the netstack's, for meshnode --userspace).
 //
 // The handshake is read with fixed bounds: a client can make the server
-// hold at most one small buffer per connection, and every stage has a
-// deadline.
+// hold at most one small buffer per connection, the whole negotiation has a
+// deadline, and connections still negotiating have a budget of their own in
+// which the oldest is shed first (see the limits below). Listen refuses
+// non-loopback addresses unless asked, and Server.Allow lets the caller
+// refuse destinations before anything is dialled.
 package socks5
 
 import (
+	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -42,11 +46,30 @@ const (
 	repAddrUnsupp     = 8
 )
 
-// handshakeTimeout bounds the whole SOCKS negotiation of one connection.
-const handshakeTimeout = 10 * time.Second
-
-// maxConns bounds concurrent proxied connections; more wait in Accept.
-const maxConns = 1024
+// Limits. A SOCKS5 client on loopback is a local program, but any local
+// program (or, with --socks5-allow-remote, any host) can open connections
+// and say nothing. Connections that have not finished their handshake are
+// therefore kept apart from the others: at most maxHandshakes of them,
+// each for at most HandshakeTimeout, and when the budget is full the oldest
+// is closed to make room, so a flood of idle connections delays a real
+// client by nothing (it used to wait for the flood's 10 s timeout). A
+// connection whose request is complete moves to the proxied budget
+// (maxConns, dialling included); one past it is refused with a
+// general-failure reply instead of waiting.
+const (
+	// DefaultHandshakeTimeout bounds the negotiation, from accept to a
+	// complete request: a local client sends it in one round trip.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// dialTimeout bounds the outbound dial: through the mesh it may wait
+	// for a relay connection and a WireGuard handshake (normally well
+	// under a second; 5 s on a loaded machine is not unusual).
+	dialTimeout = 10 * time.Second
+	// maxHandshakes bounds connections still negotiating (one 4 KiB-ish
+	// goroutine and a socket each).
+	maxHandshakes = 128
+	// maxConns bounds proxied connections.
+	maxConns = 1024
+)
 
 // Errors a Request can fail with.
 var (
@@ -54,7 +77,44 @@ var (
 	ErrNoMethod    = errors.New("socks5: client offers no acceptable method")
 	ErrCommand     = errors.New("socks5: only CONNECT is supported")
 	ErrAddressType = errors.New("socks5: unsupported address type")
+	// ErrNotAllowed is returned by Server.Allow for a destination this
+	// node may not reach; the client gets "connection not allowed".
+	ErrNotAllowed = errors.New("socks5: destination not allowed")
+	// ErrNotLoopback is returned by Listen for a non-loopback address
+	// without allowRemote.
+	ErrNotLoopback = errors.New("socks5: listen address is not loopback")
 )
+
+// Listen listens on addr (host:port). The proxy has no authentication, so
+// unless allowRemote is set the host must be a loopback address or
+// "localhost": an empty host or 0.0.0.0 would offer the mesh to the LAN.
+func Listen(addr string, allowRemote bool) (net.Listener, error) {
+	if err := CheckListenAddr(addr, allowRemote); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("socks5: listen %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// CheckListenAddr is Listen's check, for callers that want to refuse a bad
+// address at start-up: addr must be host:port, and without allowRemote the
+// host a loopback address or "localhost".
+func CheckListenAddr(addr string, allowRemote bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("socks5: listen address %q: %w", addr, err)
+	}
+	if !allowRemote {
+		ip, perr := netip.ParseAddr(host)
+		if host != "localhost" && (perr != nil || !ip.IsLoopback()) {
+			return fmt.Errorf("%w: %q (use a 127.0.0.0/8 or ::1 address, or allow remote clients explicitly)", ErrNotLoopback, addr)
+		}
+	}
+	return nil
+}
 
 // Request is a parsed CONNECT request.
 type Request struct {
@@ -71,9 +131,26 @@ type Server struct {
 	// Dial makes the outbound connection. Required.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Resolve, if set, maps a domain name to an address (MagicDNS); names
-	// it cannot resolve are passed to Dial unchanged.
+	// it cannot resolve are refused when Allow is set (Allow judges
+	// addresses), else passed to Dial unchanged.
 	Resolve func(name string) (netip.Addr, bool)
-	Log     *slog.Logger
+	// Allow, if set, judges every destination before it is dialled: a
+	// non-nil error (ErrNotAllowed) refuses the CONNECT with "connection
+	// not allowed by ruleset". meshnode allows only its peers' addresses.
+	Allow func(dst netip.AddrPort) error
+	// HandshakeTimeout overrides DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	Log              *slog.Logger
+
+	mu      sync.Mutex
+	pending list.List // *pendingConn, oldest first
+	proxied int
+}
+
+type pendingConn struct {
+	c      net.Conn
+	cancel context.CancelFunc // ends the handshake's dial on eviction
+	elem   *list.Element      // nil once the handshake is over
 }
 
 // Serve accepts connections on ln until ctx is done or ln fails, and
@@ -84,7 +161,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, maxConns)
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var conns sync.Map
@@ -93,48 +169,121 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Wait()
 	}()
 	for {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
 		c, err := ln.Accept()
 		if err != nil {
-			<-sem
 			if ctx.Err() != nil {
 				return nil
 			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
 			return fmt.Errorf("socks5: accept: %w", err)
 		}
+		cctx, cancel := context.WithCancel(ctx)
+		pc := s.admit(c, cancel)
 		conns.Store(c, nil)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer cancel()
 			defer conns.Delete(c)
 			defer c.Close()
-			if err := s.serveConn(ctx, c); err != nil {
+			if err := s.serveConn(cctx, pc); err != nil {
 				log.Debug("socks5 connection failed", "remote", c.RemoteAddr(), "err", err)
 			}
 		}()
 	}
 }
 
-func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
-	c.SetDeadline(time.Now().Add(handshakeTimeout))
+// admit records c as negotiating, closing the oldest negotiating
+// connection when the budget is full.
+func (s *Server) admit(c net.Conn, cancel context.CancelFunc) *pendingConn {
+	pc := &pendingConn{c: c, cancel: cancel}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending.Len() >= maxHandshakes {
+		old := s.pending.Remove(s.pending.Front()).(*pendingConn)
+		old.elem = nil
+		old.cancel()  // a dial in progress ends now
+		old.c.Close() // its goroutine sees a read error and returns
+	}
+	pc.elem = s.pending.PushBack(pc)
+	return pc
+}
+
+// handshakeDone moves pc out of the negotiating set; it reports false when
+// pc was evicted meanwhile.
+func (s *Server) handshakeDone(pc *pendingConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pc.elem == nil {
+		return false
+	}
+	s.pending.Remove(pc.elem)
+	pc.elem = nil
+	return true
+}
+
+// Pending returns the number of connections still negotiating.
+func (s *Server) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending.Len()
+}
+
+func (s *Server) serveConn(ctx context.Context, pc *pendingConn) error {
+	c := pc.c
+	defer s.handshakeDone(pc)
+	timeout := s.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	c.SetDeadline(time.Now().Add(timeout))
 	req, err := ReadRequest(c)
 	if err != nil {
 		return err
 	}
+	// A complete request leaves the negotiating set (and can no longer be
+	// shed by newer idle connections) for the proxied budget.
+	if !s.handshakeDone(pc) {
+		return errors.New("socks5: shed during the negotiation")
+	}
+	s.mu.Lock()
+	full := s.proxied >= maxConns
+	if !full {
+		s.proxied++
+	}
+	s.mu.Unlock()
+	if full {
+		writeReply(c, repGeneralFailure, nil)
+		return fmt.Errorf("socks5: %d connections already proxied", maxConns)
+	}
+	defer func() { s.mu.Lock(); s.proxied--; s.mu.Unlock() }()
 	host := req.Host
 	if s.Resolve != nil {
 		if a, ok := s.Resolve(host); ok {
 			host = a.String()
 		}
 	}
-	dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	if s.Allow != nil {
+		ip, perr := netip.ParseAddr(host)
+		if perr != nil {
+			writeReply(c, repHostUnreach, nil)
+			return fmt.Errorf("socks5: %s: unknown name", req.Addr())
+		}
+		if err := s.Allow(netip.AddrPortFrom(ip.Unmap(), req.Port)); err != nil {
+			writeReply(c, repNotAllowed, nil)
+			return fmt.Errorf("socks5: %s: %w", req.Addr(), err)
+		}
+	}
+	// The dial has its own, longer limit: the first packet to a peer may
+	// wait for a relay connection and a WireGuard handshake.
+	c.SetDeadline(time.Time{})
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	out, err := s.Dial(dctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(req.Port))))
 	cancel()
+	c.SetWriteDeadline(time.Now().Add(timeout))
 	if err != nil {
 		writeReply(c, repHostUnreach, nil)
 		return fmt.Errorf("socks5: dial %s: %w", req.Addr(), err)
