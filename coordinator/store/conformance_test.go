@@ -67,6 +67,7 @@ func TestConformance(t *testing.T) {
 		{"AuthKeyLifecycle", testAuthKeyLifecycle},
 		{"Readers", testReaders},
 		{"Secret", testSecret},
+		{"Web", testWeb},
 		{"KillDuringRegistrations", testKillDuringRegistrations},
 	}
 	for _, e := range engines(t) {

@@ -211,6 +211,8 @@ type Store interface {
 	// one value that was stored first.
 	Secret(ctx context.Context, name string, gen func() ([]byte, error)) ([]byte, error)
 
+	WebStore
+
 	// SchemaVersion returns the number of applied migrations.
 	SchemaVersion(ctx context.Context) (int, error)
 
