@@ -27,6 +27,8 @@ const (
 	PathUpdate    = "/coord/v1/update"
 	PathRelayJoin = "/coord/v1/relay/join"
 	PathRelayBeat = "/coord/v1/relay/heartbeat"
+	PathLogin     = "/coord/v1/login"
+	PathLoginWait = "/coord/v1/login/wait"
 )
 
 // Handler returns the API handler (TLS is the listener's business).
@@ -38,6 +40,8 @@ func (srv *Server) Handler() http.Handler {
 	route(mux, "POST", PathUpdate, srv.handleUpdate)
 	route(mux, "POST", PathRelayJoin, srv.handleRelayJoin)
 	route(mux, "POST", PathRelayBeat, srv.handleRelayHeartbeat)
+	route(mux, "POST", PathLogin, srv.handleLogin)
+	route(mux, "POST", PathLoginWait, srv.handleLoginWait)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -59,8 +63,9 @@ func route(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
 
 // apiError is an error with the HTTP status it maps to.
 type apiError struct {
-	code int
-	msg  string
+	code   int
+	msg    string
+	reason netmap.ErrorCode // optional stable reason for clients
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -84,7 +89,7 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		writeError(w, ae.code, ae.msg)
+		writeJSON(w, ae.code, netmap.ErrorResponse{Error: ae.msg, Code: ae.reason})
 		return
 	}
 	if errors.Is(err, store.ErrUnavailable) {

@@ -505,6 +505,7 @@ func (srv *Server) SetPolicy(ctx context.Context, text []byte) error {
 		return err
 	}
 	srv.installPolicy(p)
+	srv.audit(ctx, "policy set", fmt.Sprintf("%d bytes", len(text)))
 	return nil
 }
 

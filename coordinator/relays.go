@@ -291,6 +291,7 @@ func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (stri
 	}
 	f.regions[region] = r
 	f.changedLocked()
+	srv.audit(ctx, "relaykey create", "region "+region)
 	return netmap.FormatJoinKey(sec, srv.pin), nil
 }
 

@@ -60,3 +60,18 @@ func positioned(text []byte, err error) error {
 	col := int(off) - bytes.LastIndexByte(before, '\n')
 	return fmt.Errorf("line %d, column %d: %w", line, col, err)
 }
+
+// Check answers "may src reach dst on port?" from the compiled policy. src
+// and dst are what a test names (a node, tag, user, host or IP); lookup
+// resolves node names to registered nodes.
+func (p *Policy) Check(src, dst string, port uint16, lookup func(string) (Principal, bool)) (bool, error) {
+	s, err := p.principal(src, lookup)
+	if err != nil {
+		return false, fmt.Errorf("source %q: %v", src, err)
+	}
+	d, err := p.principal(dst, lookup)
+	if err != nil {
+		return false, fmt.Errorf("destination %q: %v", dst, err)
+	}
+	return p.Allows(s, d, port), nil
+}

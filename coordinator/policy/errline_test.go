@@ -32,3 +32,38 @@ func TestErrorLine(t *testing.T) {
 		t.Fatal("nil error has a line")
 	}
 }
+
+func TestCheck(t *testing.T) {
+	p, err := Parse([]byte(`{"tagOwners": {"tag:web": []}, "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(name string) (Principal, bool) {
+		switch name {
+		case "laptop":
+			return Principal{Name: "laptop", User: "alice@example.com"}, true
+		case "srv":
+			return Principal{Name: "srv", Tags: []string{"tag:web"}}, true
+		}
+		return Principal{}, false
+	}
+	for _, c := range []struct {
+		src, dst string
+		port     uint16
+		want     bool
+	}{
+		{"laptop", "srv", 443, true},
+		{"laptop", "srv", 22, false},
+		{"srv", "laptop", 443, false},
+		{"alice@example.com", "tag:web", 443, true},
+		{"bob@example.com", "srv", 443, false},
+	} {
+		got, err := p.Check(c.src, c.dst, c.port, lookup)
+		if err != nil || got != c.want {
+			t.Errorf("Check(%s, %s, %d) = %v, %v; want %v", c.src, c.dst, c.port, got, err, c.want)
+		}
+	}
+	if _, err := p.Check("*", "srv", 1, lookup); err == nil {
+		t.Error("Check accepted a wildcard source")
+	}
+}

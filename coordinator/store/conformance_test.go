@@ -68,6 +68,7 @@ func TestConformance(t *testing.T) {
 		{"Readers", testReaders},
 		{"Secret", testSecret},
 		{"Web", testWeb},
+		{"Rename", testRename},
 		{"KillDuringRegistrations", testKillDuringRegistrations},
 	}
 	for _, e := range engines(t) {

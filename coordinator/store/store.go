@@ -195,6 +195,9 @@ type Store interface {
 	UpdateNode(ctx context.Context, n *Node) error
 	// DeleteNode removes node id.
 	DeleteNode(ctx context.Context, id int64) error
+	// RenameNode gives node id a new name, or returns ErrConflict (taken)
+	// or ErrNotFound.
+	RenameNode(ctx context.Context, id int64, name string) error
 
 	// CreateJoinKey stores k and creates or renames its region.
 	CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error

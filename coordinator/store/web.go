@@ -60,6 +60,27 @@ type AuditEntry struct {
 	Target string // what it was done to
 }
 
+// RenameNode implements Store.
+func (s *sqlStore) RenameNode(ctx context.Context, id int64, name string) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE nodes SET name = ? WHERE id = ?`), name, id)
+		if err != nil {
+			return err
+		}
+		if c, _ := res.RowsAffected(); c == 0 {
+			return ErrNotFound
+		}
+		return s.notifyIDs(ctx, tx, ChangeNodes, []int64{id})
+	})
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return err
+	case s.d.isUnique(err):
+		return &ConflictError{Column: "name"}
+	}
+	return s.wrap("rename node", err)
+}
+
 // CreateWebToken stores t.
 func (s *sqlStore) CreateWebToken(ctx context.Context, t WebToken) error {
 	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO webtokens (hash, kind, user_name, admin, csrf, created, expires, used) VALUES (?, ?, ?, ?, ?, ?, ?, 0)`),

@@ -150,3 +150,34 @@ func testWeb(t *testing.T, e engine) {
 	}
 	s.Close()
 }
+
+// testRename checks RenameNode: the new name sticks, a taken one is a
+// name conflict, an unknown node is ErrNotFound.
+func testRename(t *testing.T, e engine) {
+	ctx := context.Background()
+	s := mustOpen(t, e, e.fresh(t))
+	defer s.Close()
+	now := time.Now().Truncate(time.Millisecond)
+	if err := s.CreateAuthKey(ctx, &AuthKey{Hash: "k", Reusable: true, Created: now, User: AdminUser}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := testNode("a", "100.64.0.1", now), testNode("b", "100.64.0.2", now)
+	for _, n := range []*Node{a, b} {
+		if _, err := s.RegisterNode(ctx, "k", now, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RenameNode(ctx, a.ID, "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Node(ctx, a.ID); err != nil || got.Name != "laptop" {
+		t.Fatalf("renamed node: %+v, %v", got, err)
+	}
+	var ce *ConflictError
+	if err := s.RenameNode(ctx, b.ID, "laptop"); !errors.As(err, &ce) || ce.Column != "name" {
+		t.Fatalf("rename to a taken name: %v", err)
+	}
+	if err := s.RenameNode(ctx, 999, "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("rename of an unknown node: %v", err)
+	}
+}
