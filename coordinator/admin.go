@@ -40,7 +40,20 @@ const (
 	AdminPathUsers = "/admin/v1/users"
 	// AdminPathUserDelete deletes a user (POST UserRequest).
 	AdminPathUserDelete = "/admin/v1/users/delete"
+	// AdminPathWebLogin makes a console sign-in link (POST WebLoginRequest).
+	AdminPathWebLogin = "/admin/v1/web/login"
 )
+
+// WebLoginRequest asks for a one-time console sign-in link; an empty User
+// signs in as an admin.
+type WebLoginRequest struct {
+	User string `json:"user,omitempty"`
+}
+
+// WebLoginResponse carries the link.
+type WebLoginResponse struct {
+	URL string `json:"url"`
+}
 
 // maxAdminBody bounds admin requests; a policy is the largest.
 const maxAdminBody = policy.MaxSize + 4<<10
@@ -361,6 +374,14 @@ func (srv *Server) adminHandler() http.Handler {
 		adminReply(w, struct {
 			NodesDeleted int `json:"nodes_deleted"`
 		}{n}, err)
+	})
+	mux.HandleFunc("POST "+AdminPathWebLogin, func(w http.ResponseWriter, r *http.Request) {
+		var req WebLoginRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		u, err := srv.WebSignIn(r.Context(), req.User)
+		adminReply(w, WebLoginResponse{URL: u}, err)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))

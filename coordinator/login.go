@@ -131,7 +131,7 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	now := srv.now()
 	code := newCode()
 	l := store.Login{CodeHash: hashSecret(code), NodeKey: req.NodeKey.String(), Hostname: req.Hostname, OS: req.OS,
-		Created: now, Expires: now.Add(LoginLifetime)}
+		Created: now, Expires: now.Add(srv.cfg.LoginLifetime)}
 	if err := srv.store.CreateLogin(r.Context(), l, maxPendingLogins, now); err != nil {
 		if errors.Is(err, store.ErrLoginLimit) {
 			err = errorf(http.StatusServiceUnavailable, "too many logins are waiting for approval; retry later or use --authkey")
@@ -241,7 +241,7 @@ func (srv *Server) ApproveLogin(ctx context.Context, code, user string) error {
 	}
 	now := srv.now()
 	sec := netmap.NewSecret()
-	k := &store.AuthKey{Hash: sec.Hash(), User: user, Created: now, Expires: now.Add(LoginLifetime)}
+	k := &store.AuthKey{Hash: sec.Hash(), User: user, Created: now, Expires: now.Add(srv.cfg.LoginLifetime)}
 	if err := srv.store.CreateAuthKey(ctx, k); err != nil {
 		return fmt.Errorf("auth key for the login: %w", err)
 	}
