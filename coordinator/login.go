@@ -241,7 +241,7 @@ func (srv *Server) ApproveLogin(ctx context.Context, code, user string) error {
 	}
 	now := srv.now()
 	sec := netmap.NewSecret()
-	k := &store.AuthKey{Hash: sec.Hash(), User: user, Created: now, Expires: now.Add(srv.cfg.LoginLifetime)}
+	k := &store.AuthKey{Hash: sec.Hash(), User: user, Created: now, Expires: now.Add(LoginLifetime)}
 	if err := srv.store.CreateAuthKey(ctx, k); err != nil {
 		return fmt.Errorf("auth key for the login: %w", err)
 	}
