@@ -17,6 +17,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
+	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
 	"github.com/wiremesh/wiremesh/tlspin"
 )
 
@@ -382,5 +383,79 @@ func TestInteractiveLoginFlow(t *testing.T) {
 	}
 	if code, body, _ := b.do("GET", l2.URL, nil); code != http.StatusGone || !strings.Contains(body, "unknown or has expired") {
 		t.Fatalf("expired approval page: HTTP %d: %s", code, body)
+	}
+}
+
+// TestConsoleAcrossReplicas: with replicas on one PostgreSQL, a sign-in
+// link made by one works once on any; a node waiting on one replica is
+// approved through another's console; a rename reaches the other replica.
+func TestConsoleAcrossReplicas(t *testing.T) {
+	pg := pgtest.Start(t)
+	dbURL := pg.NewDatabase(t)
+	var rs []*coordtest.Server
+	for range 2 {
+		rs = append(rs, startConsole(t, func(c *coordinator.Config) { c.DB = dbURL; c.SweepInterval = 100 * time.Millisecond }))
+	}
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	link, err := a.WebSignIn(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB := strings.Replace(link, a.WebURL(), b.WebURL(), 1)
+	bb := newBrowser(t, b)
+	if code, _, _ := bb.do("GET", onB, nil); code != http.StatusSeeOther {
+		t.Fatalf("a's link on b: HTTP %d", code)
+	}
+	if code, _, _ := newBrowser(t, a).do("GET", link, nil); code != http.StatusGone {
+		t.Fatalf("the link again on a: HTTP %d", code)
+	}
+	_, body, _ := bb.do("GET", "/machines", nil)
+	csrf := csrfRE.FindStringSubmatch(body)[1]
+
+	n := a.NewClient()
+	l, err := n.Client.Login(ctx, "laptop", "linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		key, user string
+		err       error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		k, u, err := n.Client.LoginWait(ctx, l.Code, n.Key)
+		waited <- result{k, u, err}
+	}()
+	approveOnB := strings.Replace(l.URL, a.WebURL(), b.WebURL(), 1)
+	if code, body, _ := bb.do("POST", approveOnB, url.Values{"csrf": {csrf}}); code != http.StatusOK {
+		t.Fatalf("approve on b: HTTP %d: %s", code, body)
+	}
+	r := <-waited
+	if r.err != nil || r.user != "admin@" {
+		t.Fatalf("wait on a: %q, %v", r.user, r.err)
+	}
+	resp, err := n.Client.Register(ctx, r.key, n.Disco.Public(), "laptop", "linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b knows the node", func() bool { return len(b.Nodes()) == 1 })
+	if code, _, _ := bb.do("POST", "/machines/"+resp.Node.Name+"/rename", url.Values{"csrf": {csrf}, "to": {"renamed"}}); code != http.StatusSeeOther {
+		t.Fatalf("rename on b: HTTP %d", code)
+	}
+	eventually(t, "a sees the rename", func() bool { ns := a.Nodes(); return len(ns) == 1 && ns[0].Name == "renamed" })
+	if err := a.DeleteNode(ctx, "renamed"); err != nil {
+		t.Fatalf("delete by the new name on a: %v", err)
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never happened", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
