@@ -249,16 +249,20 @@ func (srv *Server) webSignIn(w http.ResponseWriter, r *http.Request) {
 	now := srv.now()
 	t, err := srv.store.UseSignIn(r.Context(), hashSecret(tok), now)
 	if err != nil {
-		msg, code := "This sign-in link is not valid. Ask for a new one with `coordinator web login`.", http.StatusNotFound
+		msg, code, result := "This sign-in link is not valid. Ask for a new one with `coordinator web login`.", http.StatusNotFound, "unknown"
 		switch {
 		case errors.Is(err, store.ErrKeyUsed):
+			result = "used"
 			msg, code = "This sign-in link was already used: each link signs in once. Ask for a new one with `coordinator web login`.", http.StatusGone
 		case errors.Is(err, store.ErrKeyExpired):
+			result = "expired"
 			msg, code = "This sign-in link has expired: links last 10 minutes. Ask for a new one with `coordinator web login`.", http.StatusGone
 		case !errors.Is(err, store.ErrNotFound):
+			result = "error"
 			srv.log.Warn("console sign-in failed", "err", err)
 			msg, code = "Signing in failed; see the coordinator's log.", http.StatusServiceUnavailable
 		}
+		srv.m.webSignIns.WithLabelValues(result).Inc()
 		srv.render(w, r, code, "message.html", nil, pageData{Title: "Sign-in failed", Message: msg})
 		return
 	}
@@ -266,11 +270,13 @@ func (srv *Server) webSignIn(w http.ResponseWriter, r *http.Request) {
 	if err := srv.store.CreateWebToken(r.Context(), store.WebToken{Hash: hashSecret(sess), Kind: store.TokenSession, User: t.User, Admin: t.Admin,
 		CSRF: newWebSecret(), Created: now, Expires: now.Add(SessionLifetime)}); err != nil {
 		srv.log.Warn("console session", "err", err)
+		srv.m.webSignIns.WithLabelValues("error").Inc()
 		srv.render(w, r, http.StatusServiceUnavailable, "message.html", nil, pageData{Title: "Sign-in failed", Message: "Signing in failed; see the coordinator's log."})
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sess, Path: "/", MaxAge: int(SessionLifetime / time.Second),
 		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+	srv.m.webSignIns.WithLabelValues("ok").Inc()
 	srv.audit(withActor(r.Context(), "console:"+t.User), "web sign in", t.User)
 	http.Redirect(w, r, "/machines", http.StatusSeeOther)
 }

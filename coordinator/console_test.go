@@ -162,6 +162,11 @@ func TestConsoleSignInLinkOnce(t *testing.T) {
 	if _, err := s.WebSignIn(context.Background(), "nobody@example.com"); err == nil {
 		t.Fatal("link for a user who does not exist")
 	}
+	for res, want := range map[string]float64{"ok": 1, "used": 1, "unknown": 1, "expired": 1} {
+		if got := resultCount(t, s, "coordinator_web_signins_total", res); got != want {
+			t.Errorf("coordinator_web_signins_total{result=%q} = %v, want %v", res, got, want)
+		}
+	}
 }
 
 // TestConsoleCSRFAndSignOut: a form without the session's CSRF token
@@ -384,6 +389,11 @@ func TestInteractiveLoginFlow(t *testing.T) {
 	if code, body, _ := b.do("GET", l2.URL, nil); code != http.StatusGone || !strings.Contains(body, "unknown or has expired") {
 		t.Fatalf("expired approval page: HTTP %d: %s", code, body)
 	}
+	for res, want := range map[string]float64{"started": 2, "approved": 1, "expired": 1} {
+		if got := resultCount(t, s, "coordinator_interactive_logins_total", res); got != want {
+			t.Errorf("coordinator_interactive_logins_total{result=%q} = %v, want %v", res, got, want)
+		}
+	}
 }
 
 // TestConsoleAcrossReplicas: with replicas on one PostgreSQL, a sign-in
@@ -458,4 +468,27 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// resultCount returns the value of the counter name with label result=res.
+func resultCount(t *testing.T, s *coordtest.Server, name, res string) float64 {
+	t.Helper()
+	mfs, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == res {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{result=%q}", name, res)
+	return 0
 }

@@ -134,11 +134,13 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		Created: now, Expires: now.Add(srv.cfg.LoginLifetime)}
 	if err := srv.store.CreateLogin(r.Context(), l, maxPendingLogins, now); err != nil {
 		if errors.Is(err, store.ErrLoginLimit) {
+			srv.m.logins.WithLabelValues("limited").Inc()
 			err = errorf(http.StatusServiceUnavailable, "too many logins are waiting for approval; retry later or use --authkey")
 		}
 		srv.fail(w, r, err)
 		return
 	}
+	srv.m.logins.WithLabelValues("started").Inc()
 	srv.log.Info("interactive login started", "hostname", req.Hostname, "key", req.NodeKey.ShortString())
 	writeJSON(w, http.StatusOK, netmap.LoginResponse{URL: base + "/login/" + code, Code: code, Expires: l.Expires})
 }
@@ -176,6 +178,7 @@ func (srv *Server) handleLoginWait(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, netmap.LoginWaitResponse{Status: netmap.LoginApproved, User: l.ApprovedBy, SealedAuthKey: l.Sealed})
 			return
 		case !srv.now().Before(l.Expires):
+			srv.m.logins.WithLabelValues("expired").Inc()
 			srv.fail(w, r, loginExpired())
 			return
 		}
@@ -256,6 +259,7 @@ func (srv *Server) ApproveLogin(ctx context.Context, code, user string) error {
 	case err != nil:
 		return err
 	}
+	srv.m.logins.WithLabelValues("approved").Inc()
 	srv.log.Info("interactive login approved", "hostname", info.Hostname, "user", user)
 	srv.audit(ctx, "login approve", fmt.Sprintf("%s (%s) as %s", info.Hostname, nk.ShortString(), user))
 	return nil
