@@ -62,3 +62,34 @@ func FuzzAPI(f *testing.F) {
 		}
 	})
 }
+
+// FuzzLogin sends fuzzed bodies to the interactive-login endpoints, each
+// proven with a node key (the fuzzed node_key usually differs from it):
+// every answer is below 500, except 503 once the waiting logins reach
+// their limit.
+func FuzzLogin(f *testing.F) {
+	s := coordtest.Start(f, func(c *coordinator.Config) { c.WebListen = "127.0.0.1:0" })
+	nk := key.NewNode()
+	shared := key.Precompute(nk, s.Info.Key)
+	h := s.Handler()
+	for _, seed := range []string{
+		`{"version":1,"node_key":"` + nk.Public().String() + `","hostname":"laptop","os":"linux"}`,
+		`{"version":1,"node_key":"nodekey:00","hostname":"x"}`,
+		`{"code":"AAAAAAAAAAAAAAAAAAAAAA"}`, `{"code":""}`, `[]`, `null`,
+	} {
+		f.Add(uint8(0), []byte(seed))
+		f.Add(uint8(1), []byte(seed))
+	}
+	paths := []string{coordinator.PathLogin, coordinator.PathLoginWait}
+	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
+		path := paths[int(which)%len(paths)]
+		req := httptest.NewRequest("POST", path, bytes.NewReader(body))
+		req.Header.Set(netmap.ProofHeader, netmap.MakeProof(&shared, nk.Public().String(), "POST", path, body, time.Now()))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		b, _ := io.ReadAll(w.Body)
+		if w.Code >= 500 && !(w.Code == 503 && bytes.Contains(b, []byte("too many logins"))) {
+			t.Fatalf("%s %q: HTTP %d %s", path, body, w.Code, b)
+		}
+	})
+}
