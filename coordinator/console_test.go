@@ -492,3 +492,30 @@ func resultCount(t *testing.T, s *coordtest.Server, name, res string) float64 {
 	t.Fatalf("no %s{result=%q}", name, res)
 	return 0
 }
+
+// TestConsoleKeyExpiryWarning: the machines page warns when a node key
+// expires within 14 days, and says when it has expired.
+func TestConsoleKeyExpiryWarning(t *testing.T) {
+	var skew atomic.Int64
+	s := startConsole(t, func(c *coordinator.Config) {
+		c.KeyExpiry = 30 * 24 * time.Hour
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
+	s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "box")
+	b := newBrowser(t, s)
+	b.signIn(s, "")
+	warn := regexp.MustCompile(`<span class="warn"[^>]*>expires in (\d+) days</span>`)
+	if _, body, _ := b.do("GET", "/machines", nil); warn.MatchString(body) || !strings.Contains(body, ">in 29 days<") && !strings.Contains(body, ">in 30 days<") {
+		t.Fatalf("30 days before expiry: %s", body)
+	}
+	skew.Store(int64(20 * 24 * time.Hour))
+	b.signIn(s, "") // a fresh session: the clock moved on
+	if _, body, _ := b.do("GET", "/machines", nil); !warn.MatchString(body) {
+		t.Fatalf("10 days before expiry: no warning: %s", body)
+	}
+	skew.Store(int64(31 * 24 * time.Hour))
+	b.signIn(s, "")
+	if _, body, _ := b.do("GET", "/machines", nil); !strings.Contains(body, `<span class="bad">expired</span>`) {
+		t.Fatalf("after expiry: %s", body)
+	}
+}

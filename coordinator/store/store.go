@@ -168,7 +168,8 @@ type Store interface {
 	CreateUser(ctx context.Context, u User) error
 	// Users lists every user, AdminUser included, by name.
 	Users(ctx context.Context) ([]User, error)
-	// DeleteUser removes a user and revokes its auth keys. A user who owns
+	// DeleteUser removes a user, revokes its auth keys and ends its console
+	// links and sessions. A user who owns
 	// nodes is refused with ErrUserHasNode unless force is set, which
 	// deletes the nodes too; their IDs are returned.
 	DeleteUser(ctx context.Context, name string, force bool, now time.Time) ([]int64, error)

@@ -79,6 +79,23 @@ func testWeb(t *testing.T, e engine) {
 	if _, err := s.WebToken(ctx, "sess", TokenSession, now.Add(12*time.Hour)); !errors.Is(err, ErrKeyExpired) {
 		t.Fatalf("expired session: %v", err)
 	}
+	if err := s.CreateUser(ctx, User{Name: "u@x", Created: now}); err != nil {
+		t.Fatal(err)
+	}
+	gone := WebToken{Hash: "gone", Kind: TokenSession, User: "u@x", CSRF: "c", Created: now, Expires: now.Add(time.Hour)}
+	if err := s.CreateWebToken(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteUser(ctx, "u@x", false, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WebToken(ctx, "gone", TokenSession, now); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("session of a deleted user: %v", err)
+	}
+	sess.User = AdminUser
+	if err := s.CreateWebToken(ctx, sess); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.DeleteWebToken(ctx, "sess"); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +159,7 @@ func testWeb(t *testing.T, e engine) {
 		t.Fatalf("audit limit 1: %d entries", len(log))
 	}
 	n, err := s.SweepWeb(ctx, now.Add(11*time.Minute))
-	if err != nil || n != 5 { // link, old, c1, c2, c3
+	if err != nil || n != 4 { // link, c1, c2, c3 ("old" went with its user)
 		t.Fatalf("sweep: %d rows, %v", n, err)
 	}
 	if _, err := s.Login(ctx, "c1"); !errors.Is(err, ErrNotFound) {
