@@ -237,6 +237,7 @@ func TestLabConsoleInBrowser(t *testing.T) {
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-extensions", true),
 		chromedp.Flag("disable-default-apps", true), chromedp.Flag("metrics-recording-only", true),
+		chromedp.Flag("hide-scrollbars", true),
 		// Trust exactly the coordinator's self-signed certificate, by the
 		// pin every auth key carries (SHA-256 of its public key).
 		chromedp.Flag("ignore-certificate-errors-spki-list", base64.StdEncoding.EncodeToString(spki)),
