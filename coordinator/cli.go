@@ -13,9 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/wiremesh/wiremesh/cli"
@@ -36,7 +34,9 @@ usage:
   coordinator users create NAME --state-dir DIR
   coordinator users list [--json] --state-dir DIR
   coordinator users delete NAME [--force] --state-dir DIR
-  coordinator relaykey create --region CODE [--region-name NAME] --state-dir DIR
+  coordinator relaykey create --region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR
+  coordinator relaykey list [--json] --state-dir DIR
+  coordinator relaykey revoke ID --state-dir DIR
   coordinator nodes list [--json] --state-dir DIR
   coordinator nodes delete NAME --state-dir DIR
   coordinator nodes expire NAME --state-dir DIR
@@ -71,6 +71,7 @@ type serveFlags struct {
 	HeartbeatInterval time.Duration `flag:"relay-heartbeat" env:"RELAY_HEARTBEAT" envDefault:"10s" help:"relay heartbeat interval; 3 missed mark a relay down"`
 	BodyTimeout       time.Duration `flag:"body-timeout" env:"BODY_TIMEOUT" envDefault:"10s" help:"a request body must arrive within this"`
 	MaxConnsPerSource int           `flag:"max-conns-per-source" env:"MAX_CONNS_PER_SOURCE" envDefault:"1024" help:"connections one client address may hold; more are closed on accept"`
+	ReplayPerSource   int           `flag:"replay-per-source" env:"REPLAY_PER_SOURCE" envDefault:"65536" help:"authenticated requests one client address may make per 2-minute proof window (load generators need more)"`
 	DNSDomain         string        `flag:"dns-domain" env:"DNS_DOMAIN" envDefault:"mesh.internal" help:"MagicDNS suffix for node names"`
 	Nameservers       []string      `flag:"dns-nameservers" env:"DNS_NAMESERVERS" help:"upstream DNS servers sent to nodes"`
 	cli.Logging
@@ -163,7 +164,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Listen: f.Listen, StateDir: f.StateDir, ServerURL: f.ServerURL, DB: f.DB, PolicyFile: f.Policy,
 		RelayMapFile: f.RelayMap, TLSCert: f.TLSCert, TLSKey: f.TLSKey, InsecureHTTP: f.InsecureHTTP,
 		KeyExpiry: f.KeyExpiry, EphemeralTimeout: f.EphemeralTimeout, HeartbeatInterval: f.HeartbeatInterval,
-		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource, WebListen: f.WebListen, WebURL: f.WebURL,
+		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource, ReplayPerSource: f.ReplayPerSource,
+		WebListen: f.WebListen, WebURL: f.WebURL,
 		DNSDomain: f.DNSDomain, Nameservers: ns, Logger: log, Registry: reg,
 	})
 	if err != nil {
@@ -278,335 +280,6 @@ func adminCall(ctx context.Context, hc *http.Client, method, path string, in, ou
 		return nil
 	}
 	return json.Unmarshal(b, out)
-}
-
-func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
-	name := "coordinator " + cmd
-	switch cmd {
-	case "authkey create":
-		var f struct {
-			AdminFlags
-			Reusable  bool     `flag:"reusable" env:"REUSABLE" help:"the key may register any number of nodes"`
-			Ephemeral bool     `flag:"ephemeral" env:"EPHEMERAL" help:"nodes registered with it are deleted once offline"`
-			Tags      []string `flag:"tags" env:"TAGS" help:"tags given to nodes registered with it"`
-			Expiry    string   `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default: never)"`
-			User      string   `flag:"user" env:"USER" help:"user who owns the nodes registered with it (default admin@; none for a tagged key)"`
-		}
-		if err := parseAdmin(name, "[--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry, User: f.User}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, resp.Key)
-		return nil
-	case "authkey list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var keys []AuthKeyInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathAuthKeys, nil, &keys); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(keys)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tUSER\tTAGS\tREUSABLE\tEPHEMERAL\tEXPIRES\tUSES\tSTATE")
-		for _, k := range keys {
-			state := "valid"
-			switch {
-			case !k.Revoked.IsZero():
-				state = "revoked " + fmtTime(k.Revoked)
-			case k.Expired:
-				state = "expired"
-			case !k.Reusable && k.Uses > 0:
-				state = "used"
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%v\t%v\t%s\t%d\t%s\n", k.ID, dash(k.User), dash(strings.Join(k.Tags, ",")),
-				k.Reusable, k.Ephemeral, fmtTime(k.Expires), k.Uses, state)
-		}
-		return tw.Flush()
-	case "authkey revoke":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "ID --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("authkey revoke needs exactly one key ID (see authkey list)")
-		}
-		id, err := strconv.ParseInt(pos[0], 10, 64)
-		if err != nil || id <= 0 {
-			return usageErr("authkey revoke: %q is not a key ID (a number from authkey list)", pos[0])
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		if err := adminCall(ctx, hc, "POST", AdminPathRevoke, IDRequest{ID: id}, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "auth key %d revoked\n", id)
-		return nil
-	case "users create", "users delete":
-		var f struct {
-			AdminFlags
-			Force bool `flag:"force" env:"FORCE" help:"users delete: also delete the user's nodes"`
-		}
-		pos, err := parseAdminPos(name, "NAME --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("%s needs exactly one user NAME (alice@example.com)", cmd)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		if cmd == "users create" {
-			if f.Force {
-				return usageErr("users create takes no --force")
-			}
-			if err := adminCall(ctx, hc, "POST", AdminPathUsers, UserRequest{Name: pos[0]}, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "user %s created\n", pos[0])
-			return nil
-		}
-		var resp struct {
-			NodesDeleted int `json:"nodes_deleted"`
-		}
-		if err := adminCall(ctx, hc, "POST", AdminPathUserDelete, UserRequest{Name: pos[0], Force: f.Force}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "user %s deleted (%d nodes deleted)\n", pos[0], resp.NodesDeleted)
-		return nil
-	case "users list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var users []UserInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathUsers, nil, &users); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(users)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tNODES\tCREATED")
-		for _, u := range users {
-			created := fmtTime(u.Created)
-			if u.BuiltIn {
-				created = "(built in)"
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\n", u.Name, u.Nodes, created)
-		}
-		return tw.Flush()
-	case "relaykey create":
-		var f struct {
-			AdminFlags
-			Region     string `flag:"region" env:"REGION" help:"region code, a short DNS label (nyc)"`
-			RegionName string `flag:"region-name" env:"REGION_NAME" help:"human-readable region name"`
-		}
-		if err := parseAdmin(name, "--region CODE [--region-name NAME] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		if f.Region == "" {
-			return usageErr("relaykey create needs --region")
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathRelayKey, RelayKeyRequest{Region: f.Region, RegionName: f.RegionName}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, resp.Key)
-		return nil
-	case "nodes list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var nodes []NodeInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathNodes, nil, &nodes); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(nodes)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tUSER\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
-		for _, n := range nodes {
-			exp := fmtTime(n.KeyExpiry)
-			if n.Expired {
-				exp += " (expired)"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, dash(n.User), n.IP, n.Online, fmtTime(n.LastSeen),
-				dash(strings.Join(n.Tags, ",")), exp, dash(n.HomeRelay))
-		}
-		return tw.Flush()
-	case "nodes delete", "nodes expire":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "NAME --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("%s needs exactly one node NAME", cmd)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		path := AdminPathDelete
-		if cmd == "nodes expire" {
-			path = AdminPathExpire
-		}
-		if err := adminCall(ctx, hc, "POST", path, NameRequest{Name: pos[0]}, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: done\n", pos[0])
-		return nil
-	case "relays list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var relays []RelayInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathRelays, nil, &relays); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(relays)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tREGION\tADDR\tSTATE\tCLIENTS\tLAST HEARTBEAT")
-		for _, r := range relays {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.Region, r.Addr, r.State, r.Clients, fmtTime(r.LastHeartbeat))
-		}
-		return tw.Flush()
-	case "web login":
-		var f struct {
-			AdminFlags
-			User string `flag:"user" env:"USER" help:"sign in as this user, who sees and manages only their own machines and keys (default: an admin)"`
-		}
-		if err := parseAdmin(name, "[--user NAME] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp WebLoginResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathWebLogin, WebLoginRequest{User: f.User}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "Open this link in a browser within 10 minutes; it signs in once:\n%s\n", resp.URL)
-		return nil
-	case "policy get":
-		var f struct{ AdminFlags }
-		if err := parseAdmin(name, "--state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var text []byte
-		if err := adminCall(ctx, hc, "GET", AdminPathPolicy, nil, &text); err != nil {
-			return err
-		}
-		if len(text) == 0 {
-			fmt.Fprintln(stdout, "// no policy set: every node may reach every other node")
-			return nil
-		}
-		stdout.Write(text)
-		if !bytes.HasSuffix(text, []byte("\n")) {
-			fmt.Fprintln(stdout)
-		}
-		return nil
-	case "policy set":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "FILE --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("policy set needs exactly one FILE")
-		}
-		text, err := os.ReadFile(pos[0])
-		if err != nil {
-			return fmt.Errorf("policy set: %w", err)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		if err := adminCall(ctx, hc, "PUT", AdminPathPolicy, text, nil); err != nil {
-			return fmt.Errorf("policy rejected, the old one stays in force: %w", err)
-		}
-		fmt.Fprintln(stdout, "policy set")
-		return nil
-	}
-	return usageErr("unknown command %q", cmd)
-}
-
-func parseAdmin(name, usage string, f any, args []string, stdout io.Writer, npos int) error {
-	pos, err := parseAdminPos(name, usage, f, args, stdout)
-	if err != nil {
-		return err
-	}
-	if len(pos) != npos {
-		return usageErr("%s takes no arguments, got %q", name, pos[0])
-	}
-	return nil
-}
-
-func parseAdminPos(name, usage string, f any, args []string, stdout io.Writer) ([]string, error) {
-	pos, err := cli.Parse(name, envPrefix, name+" "+usage, f, args, stdout)
-	if err != nil && !errors.Is(err, cli.ErrHelp) {
-		return nil, usageErr("%v", err)
-	}
-	return pos, err
 }
 
 func fmtTime(t time.Time) string {

@@ -164,13 +164,13 @@ func (f Flags) config() (Config, error) {
 	if f.ClientRate < 0 || f.ClientBurst < 0 {
 		return cfg, errors.New("relayd: --client-rate and --client-burst must not be negative")
 	}
+	if f.QueueBytes < 1 || f.MaxPending < 1 || f.MaxPendingSrc < 1 || f.HelloTimeout <= 0 {
+		return cfg, errors.New("relayd: --queue-bytes, --max-pending, --max-pending-per-source and --hello-timeout must be positive")
+	}
 	if f.Coordinator != "" {
 		if _, err := coordclient.ParseURLs(f.Coordinator); err != nil {
 			return cfg, fmt.Errorf("relayd: --coordinator: %w", err)
 		}
-	}
-	if f.QueueBytes < 1 || f.MaxPending < 1 || f.MaxPendingSrc < 1 || f.HelloTimeout <= 0 {
-		return cfg, errors.New("relayd: --queue-bytes, --max-pending, --max-pending-per-source and --hello-timeout must be positive")
 	}
 	return cfg, nil
 }

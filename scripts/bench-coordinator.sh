@@ -12,6 +12,9 @@
 #                        root) on a Unix socket in a temporary directory.
 #   REPLICAS=R           coordinators sharing the database (postgres only;
 #                        default 2); the load test spreads the nodes over them.
+#   SERVE_FLAGS="..."    extra `coordinator serve` flags, e.g. for 50,000 nodes
+#                        from one address: --max-conns-per-source 8192
+#                        --replay-per-source 262144
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${MODE:-hub}
@@ -60,7 +63,7 @@ for n in "${counts[@]}"; do
 		dir=$(mktemp -d)
 		dirs+=("$dir")
 		bin/coordinator serve --listen 127.0.0.1:$((18443 + r)) --state-dir "$dir" --metrics-listen 127.0.0.1:$((19443 + r)) \
-			--log-level warn "${dbflag[@]}" 2>"$dir/coordinator.log" &
+			--log-level warn "${dbflag[@]}" ${SERVE_FLAGS:-} 2>"$dir/coordinator.log" &
 		pids+=($!)
 		for _ in $(seq 100); do [ -S "$dir/admin.sock" ] && break; sleep 0.1; done
 		urls+=("https://127.0.0.1:$((18443 + r))")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: the lab's kernel
 # tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
-# client for interop tests, PostgreSQL (the coordinator's shared store; tests
-# start their own server with initdb and pg_ctl), dbus-daemon (a private bus
-# for the systemd-resolved configurator's tests), Prometheus (prometheus and
-# promtool, for the live dashboard check and the rule tests), systemd-analyze
-# (to verify the units in dist/systemd/), Chromium (the web console's browser
-# tests), and the Go modules. Safe to run repeatedly.
+# client for interop tests, dbus-daemon (a private bus for the systemd-resolved
+# configurator's tests), Prometheus (prometheus and promtool, for the live
+# dashboard check and the rule tests), systemd-analyze (to verify the units
+# in dist/systemd/), PostgreSQL (the coordinator's shared store; tests start
+# their own server with initdb and pg_ctl), Chromium (the web console's
+# browser tests), Debian 13's miniupnpd (unpacked into a cache folder, not
+# installed) and the Go modules. Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -19,14 +20,14 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-# Debian keeps PostgreSQL's programs out of PATH.
-ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The web console's browser tests drive headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Debian keeps PostgreSQL's programs out of PATH.
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
@@ -60,5 +61,12 @@ if command -v systemctl >/dev/null 2>&1; then
 	systemctl disable prometheus >/dev/null 2>&1 || true
 fi
 if [ -x /etc/init.d/prometheus ] && [ "$(id -u)" -eq 0 ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
+
+# Debian 13's miniupnpd for the port-mapping lab tests, unpacked into a cache
+# folder with a private apt configuration (see scripts/miniupnpd.sh).
+if ! "$(dirname "$0")/miniupnpd.sh" >/dev/null; then
+	echo "deps: could not fetch miniupnpd; the port-mapping lab tests will fail" >&2
+	if [ "${CI:-}" = "true" ]; then exit 1; fi
+fi
 
 go mod download
