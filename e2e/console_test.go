@@ -145,11 +145,6 @@ func (lb *loopback) run(name string, args ...string) string {
 	return string(out)
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.TrimSpace(lines[len(lines)-1])
-}
-
 // eventually retries f until it returns nil, for at most limit.
 func eventually(t *testing.T, what string, limit time.Duration, f func() error) {
 	t.Helper()
