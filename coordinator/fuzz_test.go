@@ -128,7 +128,7 @@ func FuzzAdmin(f *testing.F) {
 	h := s.AdminHandler()
 	paths := []string{coordinator.AdminPathAuthKey, coordinator.AdminPathRelayKey, coordinator.AdminPathRelayKeys,
 		coordinator.AdminPathRelayKeyRevoke, coordinator.AdminPathNodes, coordinator.AdminPathDelete,
-		coordinator.AdminPathExpire, coordinator.AdminPathRelays, coordinator.AdminPathPolicy, "/admin/v1/nope"}
+		coordinator.AdminPathExpire, coordinator.AdminPathRelays, coordinator.AdminPathPolicy, coordinator.AdminPathWebLogin, "/admin/v1/nope"}
 	methods := []string{"GET", "POST", "PUT", "DELETE"}
 	for i, seed := range []string{
 		`{"reusable":true,"tags":["tag:x"],"expiry":"24h"}`, `{"region":"nyc","expiry":"1h"}`, `{"id":1}`, `{"name":"a"}`,
