@@ -98,7 +98,7 @@ var sqliteMigrations = []string{
 	ALTER TABLE authkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE relays ADD COLUMN state TEXT NOT NULL DEFAULT '';
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
-	// 3 (2026-12-02): the web console's sign-in links and sessions, the
+	// 4 (2026-12-02): the web console's sign-in links and sessions, the
 	// interactive logins of nodes, and the audit log.
 	`CREATE TABLE webtokens (
 		hash TEXT PRIMARY KEY, kind TEXT NOT NULL, user_name TEXT NOT NULL, admin INTEGER NOT NULL,
