@@ -29,10 +29,12 @@ import (
 // is needed, and the browser runs in the root namespace with them). It
 // signs in with a `coordinator web login` link, reads the machine list,
 // makes a key, fails a policy edit, approves a waiting node's interactive
-// login, and saves screenshots of each page into docs/console/.
+// login, and screenshots each page: into docs/console/ when
+// WIREMESH_SCREENSHOTS=1 (how the committed ones are made), else into the
+// test's temp dir, so a plain test run leaves the work tree untouched.
 
-// screenshotDir is where the screenshots go: the repository's docs.
-const screenshotDir = "../docs/console"
+// repoScreenshotDir is where committed screenshots live.
+const repoScreenshotDir = "../docs/console"
 
 // chromiumPath finds Chromium; without it the test skips, or fails with
 // CI=true (scripts/deps.sh installs it).
@@ -258,6 +260,10 @@ func TestLabConsoleInBrowser(t *testing.T) {
 			t.Fatalf("browser: %s: %v", what, err)
 		}
 		return v
+	}
+	screenshotDir := t.TempDir()
+	if os.Getenv("WIREMESH_SCREENSHOTS") == "1" {
+		screenshotDir = repoScreenshotDir
 	}
 	if err := os.MkdirAll(screenshotDir, 0o755); err != nil {
 		t.Fatal(err)
