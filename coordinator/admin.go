@@ -27,11 +27,22 @@ import (
 const (
 	AdminPathAuthKey  = "/admin/v1/authkey"
 	AdminPathRelayKey = "/admin/v1/relaykey"
-	AdminPathNodes    = "/admin/v1/nodes"
-	AdminPathDelete   = "/admin/v1/nodes/delete"
-	AdminPathExpire   = "/admin/v1/nodes/expire"
-	AdminPathRelays   = "/admin/v1/relays"
-	AdminPathPolicy   = "/admin/v1/policy"
+	// AdminPathRelayKeys lists join keys; AdminPathRelayKeyRevoke revokes one.
+	AdminPathRelayKeys      = "/admin/v1/relaykeys"
+	AdminPathRelayKeyRevoke = "/admin/v1/relaykey/revoke"
+	AdminPathNodes          = "/admin/v1/nodes"
+	AdminPathDelete         = "/admin/v1/nodes/delete"
+	AdminPathExpire         = "/admin/v1/nodes/expire"
+	AdminPathRelays         = "/admin/v1/relays"
+	AdminPathPolicy         = "/admin/v1/policy"
+	// AdminPathAuthKeys lists auth keys (GET).
+	AdminPathAuthKeys = "/admin/v1/authkeys"
+	// AdminPathRevoke revokes an auth key (POST IDRequest).
+	AdminPathRevoke = "/admin/v1/authkeys/revoke"
+	// AdminPathUsers lists users (GET) or creates one (POST UserRequest).
+	AdminPathUsers = "/admin/v1/users"
+	// AdminPathUserDelete deletes a user (POST UserRequest).
+	AdminPathUserDelete = "/admin/v1/users/delete"
 )
 
 // maxAdminBody bounds admin requests; a policy is the largest.
@@ -108,6 +119,9 @@ type AuthKeyRequest struct {
 	Ephemeral bool     `json:"ephemeral"`
 	Tags      []string `json:"tags,omitempty"`
 	Expiry    string   `json:"expiry,omitempty"` // Go duration; empty: never
+	// User gets the nodes registered with the key. Empty: admin@, or, for
+	// a tagged key, no user (the nodes are owned by their tags).
+	User string `json:"user,omitempty"`
 }
 
 // KeyResponse carries a newly made key.
@@ -120,6 +134,30 @@ type KeyResponse struct {
 type RelayKeyRequest struct {
 	Region     string `json:"region"`
 	RegionName string `json:"region_name,omitempty"`
+	// Expiry is a Go duration; empty takes DefaultJoinKeyExpiry, "0"
+	// means never.
+	Expiry string `json:"expiry,omitempty"`
+}
+
+// DefaultJoinKeyExpiry is how long a join key works when made without
+// --expiry: 30 days. A relay needs its join key only to join the first
+// time (it then authenticates with its relay key, restarts included), so
+// a key that outlives a provisioning round is only a liability.
+const DefaultJoinKeyExpiry = 30 * 24 * time.Hour
+
+// JoinKeyInfo is one row of `relaykey list`: never the secret.
+type JoinKeyInfo struct {
+	ID      int64     `json:"id"`
+	Region  string    `json:"region"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"`
+	Expired bool      `json:"expired"`
+	Revoked bool      `json:"revoked"`
+}
+
+// IDRequest names one key by ID.
+type IDRequest struct {
+	ID int64 `json:"id"`
 }
 
 // NameRequest names one node.
@@ -129,7 +167,9 @@ type NameRequest struct {
 
 // NodeInfo is one row of `nodes list`.
 type NodeInfo struct {
-	Name      string    `json:"name"`
+	Name string `json:"name"`
+	// User owns the node; empty for a node owned by its tags.
+	User      string    `json:"user"`
 	IP        string    `json:"ip"`
 	Online    bool      `json:"online"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
@@ -142,6 +182,10 @@ type NodeInfo struct {
 	OS        string    `json:"os"`
 	Ephemeral bool      `json:"ephemeral"`
 	Endpoints []string  `json:"endpoints"`
+	// Replica is the ID of the replica holding the node's stream (the
+	// answering replica's own ID when it holds it; "local" with SQLite);
+	// empty when offline.
+	Replica string `json:"replica,omitempty"`
 	// Netcheck is the node's last netcheck report, as it sent it.
 	Netcheck json.RawMessage `json:"netcheck,omitempty"`
 }
@@ -149,7 +193,10 @@ type NodeInfo struct {
 // CreateAuthKey makes a pre-auth key and returns its text form.
 func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyResponse, error) {
 	now := srv.now()
-	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now}
+	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now, User: req.User}
+	if req.User != "" && !policy.ValidUser(req.User) {
+		return KeyResponse{}, fmt.Errorf("--user %q: want a login such as alice@example.com", req.User)
+	}
 	for _, t := range req.Tags {
 		if !strings.HasPrefix(t, "tag:") || !validLabel(t[4:]) {
 			return KeyResponse{}, fmt.Errorf("--tags: %q is not a tag (want tag:name, lower case)", t)
@@ -163,9 +210,15 @@ func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyRe
 		}
 		k.Expires = now.Add(d)
 	}
+	if k.User == "" && len(k.Tags) == 0 {
+		k.User = store.AdminUser
+	}
 	sec := netmap.NewSecret()
 	k.Hash = sec.Hash()
 	if err := srv.store.CreateAuthKey(ctx, k); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return KeyResponse{}, fmt.Errorf("--user %s: no such user; create it first with `coordinator users create %s`", req.User, req.User)
+		}
 		return KeyResponse{}, err
 	}
 	return KeyResponse{Key: netmap.FormatAuthKey(sec, srv.pin), Expires: k.Expires}, nil
@@ -180,13 +233,19 @@ func (srv *Server) Nodes() []NodeInfo {
 	out := make([]NodeInfo, 0, len(st.nodes))
 	for _, n := range st.nodes {
 		ni := NodeInfo{
-			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.sess != nil, LastSeen: n.rec.LastSeen,
+			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.online(), User: n.rec.User, LastSeen: n.rec.LastSeen,
 			Tags: n.rec.Tags, KeyExpiry: n.rec.KeyExpiry, Expired: n.expired(now), HomeRelay: n.rec.HomeRelay,
 			NodeKey: n.rec.NodeKey, Hostname: n.rec.Hostname, OS: n.rec.OS, Ephemeral: n.rec.Ephemeral,
 			Endpoints: []string{}, Netcheck: n.rec.Netcheck,
 		}
 		if ni.Tags == nil {
 			ni.Tags = []string{}
+		}
+		switch {
+		case n.sess != nil:
+			ni.Replica = srv.ReplicaID()
+		case n.remote != "":
+			ni.Replica = n.remote
 		}
 		for _, e := range n.rec.Endpoints {
 			ni.Endpoints = append(ni.Endpoints, e.String())
@@ -195,6 +254,15 @@ func (srv *Server) Nodes() []NodeInfo {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// ReplicaID names this replica among those sharing the database ("local"
+// with SQLite).
+func (srv *Server) ReplicaID() string {
+	if srv.shared == nil {
+		return "local"
+	}
+	return srv.shared.ReplicaID()
 }
 
 // DeleteNode deletes a node by name; its peers drop it at once.
@@ -206,6 +274,10 @@ func (srv *Server) DeleteNode(ctx context.Context, name string) error {
 func (srv *Server) ExpireNode(ctx context.Context, name string) error {
 	return srv.expireNode(ctx, name)
 }
+
+// AdminHandler returns the admin socket's handler, for tests that drive it
+// without a socket.
+func (srv *Server) AdminHandler() http.Handler { return srv.adminHandler() }
 
 func (srv *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -222,8 +294,19 @@ func (srv *Server) adminHandler() http.Handler {
 		if !adminDecode(w, r, &req) {
 			return
 		}
-		k, err := srv.CreateJoinKey(r.Context(), req.Region, req.RegionName)
-		adminReply(w, KeyResponse{Key: k}, err)
+		resp, err := srv.CreateRelayKey(r.Context(), req)
+		adminReply(w, resp, err)
+	})
+	mux.HandleFunc("GET "+AdminPathRelayKeys, func(w http.ResponseWriter, r *http.Request) {
+		keys, err := srv.JoinKeys(r.Context())
+		adminReply(w, keys, err)
+	})
+	mux.HandleFunc("POST "+AdminPathRelayKeyRevoke, func(w http.ResponseWriter, r *http.Request) {
+		var req IDRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.RevokeJoinKey(r.Context(), req.ID))
 	})
 	mux.HandleFunc("GET "+AdminPathNodes, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, srv.Nodes())
@@ -261,6 +344,38 @@ func (srv *Server) adminHandler() http.Handler {
 		}
 		adminReply(w, struct{}{}, srv.SetPolicy(r.Context(), body))
 	})
+	mux.HandleFunc("GET "+AdminPathAuthKeys, func(w http.ResponseWriter, r *http.Request) {
+		keys, err := srv.AuthKeys(r.Context())
+		adminReply(w, keys, err)
+	})
+	mux.HandleFunc("POST "+AdminPathRevoke, func(w http.ResponseWriter, r *http.Request) {
+		var req IDRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.RevokeAuthKey(r.Context(), req.ID))
+	})
+	mux.HandleFunc("GET "+AdminPathUsers, func(w http.ResponseWriter, r *http.Request) {
+		users, err := srv.Users(r.Context())
+		adminReply(w, users, err)
+	})
+	mux.HandleFunc("POST "+AdminPathUsers, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.CreateUser(r.Context(), req.Name))
+	})
+	mux.HandleFunc("POST "+AdminPathUserDelete, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		n, err := srv.DeleteUser(r.Context(), req.Name, req.Force)
+		adminReply(w, struct {
+			NodesDeleted int `json:"nodes_deleted"`
+		}{n}, err)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -285,6 +400,8 @@ func adminReply(w http.ResponseWriter, v any, err error) {
 		writeJSON(w, http.StatusOK, v)
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "coordinator database unavailable: "+err.Error())
 	default:
 		// Admin errors are the operator's own input (bad policy, bad flag
 		// value) or store failures; the message is what they need either way.

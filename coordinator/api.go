@@ -27,6 +27,7 @@ const (
 	PathUpdate    = "/coord/v1/update"
 	PathRelayJoin = "/coord/v1/relay/join"
 	PathRelayBeat = "/coord/v1/relay/heartbeat"
+	PathRelayRevs = "/coord/v1/relay/revocations"
 )
 
 // Handler returns the API handler (TLS is the listener's business).
@@ -38,6 +39,7 @@ func (srv *Server) Handler() http.Handler {
 	route(mux, "POST", PathUpdate, srv.handleUpdate)
 	route(mux, "POST", PathRelayJoin, srv.handleRelayJoin)
 	route(mux, "POST", PathRelayBeat, srv.handleRelayHeartbeat)
+	route(mux, "POST", PathRelayRevs, srv.handleRelayRevocations)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -57,16 +59,30 @@ func route(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
 	})
 }
 
-// apiError is an error with the HTTP status it maps to.
+// apiError is an error with the HTTP status it maps to and, for errors
+// clients branch on, a stable netmap.ErrorCode.
 type apiError struct {
-	code int
-	msg  string
+	code   int
+	reason netmap.ErrorCode
+	msg    string
 }
 
 func (e *apiError) Error() string { return e.msg }
 
 func errorf(code int, format string, args ...any) error {
 	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// Errors for a node key the coordinator no longer accepts. Clients match
+// them by code (coordclient.ErrNodeUnknown, ErrNodeExpired) and back off.
+func errNodeUnknown(nk key.NodePublic) error {
+	return &apiError{code: http.StatusUnauthorized, reason: netmap.CodeNodeUnknown,
+		msg: fmt.Sprintf("node key %s is not registered (deleted?); register again with an auth key", nk.ShortString())}
+}
+
+func errNodeExpired() error {
+	return &apiError{code: http.StatusUnauthorized, reason: netmap.CodeNodeExpired,
+		msg: "node key expired; register again with an auth key"}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -84,9 +100,17 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		writeError(w, ae.code, ae.msg)
+		writeJSON(w, ae.code, netmap.ErrorResponse{Error: ae.msg, Code: ae.reason})
 		return
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		// Streams stay up and the mesh keeps working; only changes wait.
+		srv.m.storeErrors.WithLabelValues("unavailable").Inc()
+		srv.log.Warn("request failed: database unavailable", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "coordinator database unavailable; retry shortly")
+		return
+	}
+	srv.m.storeErrors.WithLabelValues("other").Inc()
 	srv.log.Error("request failed", "path", r.URL.Path, "err", err)
 	writeError(w, http.StatusInternalServerError, "internal error; see the coordinator log")
 }
@@ -152,18 +176,48 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 		shared, expired = n.shared, n.expired(now)
 	}
 	srv.st.mu.RUnlock()
+	if n == nil && srv.shared != nil {
+		n, shared, expired = srv.authFromStore(r, nk, now)
+	}
 	if n == nil {
 		srv.m.authFailures.WithLabelValues("unknown_node").Inc()
-		return nil, errorf(http.StatusUnauthorized, "node key %s is not registered", nk.ShortString())
+		return nil, errNodeUnknown(nk)
 	}
 	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
 		return nil, err
 	}
 	if expired {
 		srv.m.authFailures.WithLabelValues("expired").Inc()
-		return nil, errorf(http.StatusUnauthorized, "node key expired; register again with an auth key")
+		return nil, errNodeExpired()
 	}
 	return n, nil
+}
+
+// authFromStore looks for a node this replica has not heard of yet
+// (registered through another replica a moment ago) in the store: a
+// lookup by key, like the in-memory one; the proof is checked after, as
+// for any node.
+func (srv *Server) authFromStore(r *http.Request, nk key.NodePublic, now time.Time) (*nodeState, key.SharedKey, bool) {
+	n := srv.nodeFromStore(r.Context(), nk)
+	if n == nil {
+		return nil, key.SharedKey{}, false
+	}
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	return n, n.shared, n.expired(now)
+}
+
+// nodeFromStore loads a node this replica has not heard of yet from the
+// store, or returns nil.
+func (srv *Server) nodeFromStore(ctx context.Context, nk key.NodePublic) *nodeState {
+	rec, err := srv.store.NodeByKey(ctx, nk.String())
+	if err != nil {
+		return nil
+	}
+	srv.syncNode(ctx, netmap.NodeID(rec.ID))
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	return srv.st.byKey[nk]
 }
 
 func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Request, body []byte, now time.Time) error {
@@ -257,15 +311,21 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		home = &req.HomeRelay
 	}
 	if err := srv.applyReport(r.Context(), n, dk, eps, home, req.Netcheck); err != nil {
-		srv.fail(w, r, err)
-		return
+		if !errors.Is(err, store.ErrUnavailable) {
+			srv.fail(w, r, err)
+			return
+		}
+		// The database is away: serve the stream from memory anyway (the
+		// node's peers and keys are all there); its report is lost, and
+		// its next update carries it again.
+		srv.log.Warn("map stream without storing the node's report: database unavailable", "node", n.rec.Name, "err", err)
 	}
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	s := newSession(n, cancel)
-	if !srv.openSession(s) {
-		srv.fail(w, r, errorf(http.StatusUnauthorized, "node was deleted or expired"))
+	if err := srv.openSession(s); err != nil {
+		srv.fail(w, r, err)
 		return
 	}
 	defer srv.closeSession(s)
@@ -278,25 +338,31 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 
 // openSession attaches s to its node, unless the node was deleted or
 // expired since the request was authenticated.
-func (srv *Server) openSession(s *session) bool {
+func (srv *Server) openSession(s *session) error {
 	now := srv.now()
 	st := srv.st
 	st.mu.Lock()
 	n := s.node
-	if st.nodes[n.id] != n || n.expired(now) {
+	if st.nodes[n.id] != n {
 		st.mu.Unlock()
-		return false
+		return errNodeUnknown(n.nodeKey)
+	}
+	if n.expired(now) {
+		st.mu.Unlock()
+		return errNodeExpired()
 	}
 	old := n.sess
+	wasOnline := n.online()
 	n.sess = s
 	if old != nil {
 		old.cancel() // a node has one stream; the newest wins
-	} else {
+	} else if !wasOnline {
 		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
-	return true
+	srv.rep.streamChanged(n.id, true)
+	return nil
 }
 
 func (srv *Server) closeSession(s *session) {
@@ -315,10 +381,11 @@ func (srv *Server) closeSession(s *session) {
 	n.rec.LastSeen = now
 	rec := n.rec
 	_, live := st.nodes[n.id]
-	if live && !n.expired(now) {
+	if live && !n.expired(now) && !n.online() {
 		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
+	srv.rep.streamChanged(n.id, false)
 	if live {
 		// last_seen is informational: a failed write loses only it.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

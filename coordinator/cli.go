@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/wiremesh/wiremesh/cli"
@@ -29,8 +28,15 @@ const usageTop = `coordinator — the Wiremesh control plane
 usage:
   coordinator serve --listen ADDR --state-dir DIR [--server-url URL] [--db URL] [--policy FILE]
                     [--relay-map FILE] [--metrics-listen ADDR]
-  coordinator authkey create [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
-  coordinator relaykey create --region CODE [--region-name NAME] --state-dir DIR
+  coordinator authkey create [--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
+  coordinator authkey list [--json] --state-dir DIR
+  coordinator authkey revoke ID --state-dir DIR
+  coordinator users create NAME --state-dir DIR
+  coordinator users list [--json] --state-dir DIR
+  coordinator users delete NAME [--force] --state-dir DIR
+  coordinator relaykey create --region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR
+  coordinator relaykey list [--json] --state-dir DIR
+  coordinator relaykey revoke ID --state-dir DIR
   coordinator nodes list [--json] --state-dir DIR
   coordinator nodes delete NAME --state-dir DIR
   coordinator nodes expire NAME --state-dir DIR
@@ -40,7 +46,8 @@ usage:
   coordinator version
 
 Each command takes --help. Admin commands talk to the running server through
-DIR/admin.sock (root or the server's user only).
+DIR/admin.sock (root or the server's user only). With replicas on one
+PostgreSQL database (--db postgres://...), any replica's --state-dir will do.
 `
 
 // serveFlags are the flags of `coordinator serve`.
@@ -48,7 +55,7 @@ type serveFlags struct {
 	Listen            string        `flag:"listen" env:"LISTEN" help:"address to serve the API on (TLS), host:port"`
 	StateDir          string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the database, keys, certificate and admin socket"`
 	ServerURL         string        `flag:"server-url" env:"SERVER_URL" help:"URL nodes use to reach this server (default https://LISTEN)"`
-	DB                string        `flag:"db" env:"DB" help:"database URL: sqlite://PATH (default: coordinator.db in --state-dir); postgres:// comes later"`
+	DB                string        `flag:"db" env:"DB" help:"database: postgres://USER@HOST:PORT/DB?sslmode=disable, shared by any number of replicas, or sqlite://PATH (default: coordinator.db in --state-dir)"`
 	Policy            string        `flag:"policy" env:"POLICY" help:"HuJSON policy file to install at start (its tests must pass)"`
 	RelayMap          string        `flag:"relay-map" env:"RELAY_MAP" help:"static relay map file (JSON) merged with relays that join"`
 	MetricsListen     string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -61,6 +68,7 @@ type serveFlags struct {
 	HeartbeatInterval time.Duration `flag:"relay-heartbeat" env:"RELAY_HEARTBEAT" envDefault:"10s" help:"relay heartbeat interval; 3 missed mark a relay down"`
 	BodyTimeout       time.Duration `flag:"body-timeout" env:"BODY_TIMEOUT" envDefault:"10s" help:"a request body must arrive within this"`
 	MaxConnsPerSource int           `flag:"max-conns-per-source" env:"MAX_CONNS_PER_SOURCE" envDefault:"1024" help:"connections one client address may hold; more are closed on accept"`
+	ReplayPerSource   int           `flag:"replay-per-source" env:"REPLAY_PER_SOURCE" envDefault:"65536" help:"authenticated requests one client address may make per 2-minute proof window (load generators need more)"`
 	DNSDomain         string        `flag:"dns-domain" env:"DNS_DOMAIN" envDefault:"mesh.internal" help:"MagicDNS suffix for node names"`
 	Nameservers       []string      `flag:"dns-nameservers" env:"DNS_NAMESERVERS" help:"upstream DNS servers sent to nodes"`
 	cli.Logging
@@ -101,7 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
-	case "authkey", "relaykey", "nodes", "relays", "policy":
+	case "authkey", "relaykey", "nodes", "relays", "policy", "users":
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
 			fmt.Fprint(stdout, usageTop)
 			if len(rest) == 0 {
@@ -143,7 +151,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Listen: f.Listen, StateDir: f.StateDir, ServerURL: f.ServerURL, DB: f.DB, PolicyFile: f.Policy,
 		RelayMapFile: f.RelayMap, TLSCert: f.TLSCert, TLSKey: f.TLSKey, InsecureHTTP: f.InsecureHTTP,
 		KeyExpiry: f.KeyExpiry, EphemeralTimeout: f.EphemeralTimeout, HeartbeatInterval: f.HeartbeatInterval,
-		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource,
+		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource, ReplayPerSource: f.ReplayPerSource,
 		DNSDomain: f.DNSDomain, Nameservers: ns, Logger: log, Registry: reg,
 	})
 	if err != nil {
@@ -258,196 +266,6 @@ func adminCall(ctx context.Context, hc *http.Client, method, path string, in, ou
 		return nil
 	}
 	return json.Unmarshal(b, out)
-}
-
-func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
-	name := "coordinator " + cmd
-	switch cmd {
-	case "authkey create":
-		var f struct {
-			AdminFlags
-			Reusable  bool     `flag:"reusable" env:"REUSABLE" help:"the key may register any number of nodes"`
-			Ephemeral bool     `flag:"ephemeral" env:"EPHEMERAL" help:"nodes registered with it are deleted once offline"`
-			Tags      []string `flag:"tags" env:"TAGS" help:"tags given to nodes registered with it"`
-			Expiry    string   `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default: never)"`
-		}
-		if err := parseAdmin(name, "[--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, resp.Key)
-		return nil
-	case "relaykey create":
-		var f struct {
-			AdminFlags
-			Region     string `flag:"region" env:"REGION" help:"region code, a short DNS label (nyc)"`
-			RegionName string `flag:"region-name" env:"REGION_NAME" help:"human-readable region name"`
-		}
-		if err := parseAdmin(name, "--region CODE [--region-name NAME] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		if f.Region == "" {
-			return usageErr("relaykey create needs --region")
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var resp KeyResponse
-		if err := adminCall(ctx, hc, "POST", AdminPathRelayKey, RelayKeyRequest{Region: f.Region, RegionName: f.RegionName}, &resp); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, resp.Key)
-		return nil
-	case "nodes list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var nodes []NodeInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathNodes, nil, &nodes); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(nodes)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
-		for _, n := range nodes {
-			exp := fmtTime(n.KeyExpiry)
-			if n.Expired {
-				exp += " (expired)"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Online, fmtTime(n.LastSeen),
-				dash(strings.Join(n.Tags, ",")), exp, dash(n.HomeRelay))
-		}
-		return tw.Flush()
-	case "nodes delete", "nodes expire":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "NAME --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("%s needs exactly one node NAME", cmd)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		path := AdminPathDelete
-		if cmd == "nodes expire" {
-			path = AdminPathExpire
-		}
-		if err := adminCall(ctx, hc, "POST", path, NameRequest{Name: pos[0]}, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: done\n", pos[0])
-		return nil
-	case "relays list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var relays []RelayInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathRelays, nil, &relays); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(relays)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tREGION\tADDR\tSTATE\tCLIENTS\tLAST HEARTBEAT")
-		for _, r := range relays {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.Region, r.Addr, r.State, r.Clients, fmtTime(r.LastHeartbeat))
-		}
-		return tw.Flush()
-	case "policy get":
-		var f struct{ AdminFlags }
-		if err := parseAdmin(name, "--state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var text []byte
-		if err := adminCall(ctx, hc, "GET", AdminPathPolicy, nil, &text); err != nil {
-			return err
-		}
-		if len(text) == 0 {
-			fmt.Fprintln(stdout, "// no policy set: every node may reach every other node")
-			return nil
-		}
-		stdout.Write(text)
-		if !bytes.HasSuffix(text, []byte("\n")) {
-			fmt.Fprintln(stdout)
-		}
-		return nil
-	case "policy set":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "FILE --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usageErr("policy set needs exactly one FILE")
-		}
-		text, err := os.ReadFile(pos[0])
-		if err != nil {
-			return fmt.Errorf("policy set: %w", err)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		if err := adminCall(ctx, hc, "PUT", AdminPathPolicy, text, nil); err != nil {
-			return fmt.Errorf("policy rejected, the old one stays in force: %w", err)
-		}
-		fmt.Fprintln(stdout, "policy set")
-		return nil
-	}
-	return usageErr("unknown command %q", cmd)
-}
-
-func parseAdmin(name, usage string, f any, args []string, stdout io.Writer, npos int) error {
-	pos, err := parseAdminPos(name, usage, f, args, stdout)
-	if err != nil {
-		return err
-	}
-	if len(pos) != npos {
-		return usageErr("%s takes no arguments, got %q", name, pos[0])
-	}
-	return nil
-}
-
-func parseAdminPos(name, usage string, f any, args []string, stdout io.Writer) ([]string, error) {
-	pos, err := cli.Parse(name, envPrefix, name+" "+usage, f, args, stdout)
-	if err != nil && !errors.Is(err, cli.ErrHelp) {
-		return nil, usageErr("%v", err)
-	}
-	return pos, err
 }
 
 func fmtTime(t time.Time) string {

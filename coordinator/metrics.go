@@ -13,10 +13,17 @@ type serverMetrics struct {
 	streams       prometheus.Gauge
 	updates       *prometheus.CounterVec
 	fanout        prometheus.Histogram
+	push          *prometheus.HistogramVec
 	registrations *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
 	relayEvents   *prometheus.CounterVec
+	replicaEvents *prometheus.CounterVec
+	leader        prometheus.Gauge
+	storeErrors   *prometheus.CounterVec
 	connsRefused  prometheus.Counter
+	// revocationsEvicted counts revocations dropped because the list was
+	// full (maxRevocations).
+	revocationsEvicted prometheus.Counter
 }
 
 // fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
@@ -36,6 +43,11 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help:    "Time from a change being applied to a stream writing the frame that carries it.",
 			Buckets: fanoutBuckets,
 		}),
+		push: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "coordinator_push_latency_seconds",
+			Help:    "Time a stream takes to push one frame: build it, write it and flush it to the node, by kind (full, delta, keepalive).",
+			Buckets: fanoutBuckets,
+		}, []string{"kind"}),
 		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "coordinator_registrations_total", Help: "Node registrations, by result.",
 		}, []string{"result"}),
@@ -45,17 +57,44 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		relayEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "coordinator_relay_events_total", Help: "Relay joins, heartbeats and state changes, by event.",
 		}, []string{"event"}),
+		revocationsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coordinator_revocations_evicted_total", Help: "Node revocations dropped before their expiry because the list was full.",
+		}),
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "coordinator_connections_refused_total", Help: "API connections closed on accept because their source address held its limit.",
 		}),
 	}
+	m.replicaEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_replica_changes_total", Help: "Changes and events heard from other replicas, by kind; dropped counts own stream events not published (queue full).",
+	}, []string{"kind"})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "coordinator_jobs_leader", Help: "1 while this replica holds the jobs lock and runs the periodic jobs (ephemeral clean-up, relay liveness).",
+	})
+	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_store_errors_total", Help: "Requests that failed in the store, by reason (unavailable: the database could not be reached).",
+	}, []string{"reason"})
+	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "revocation", "online", "alive", "dropped"} {
+		m.replicaEvents.WithLabelValues(k)
+	}
+	for _, k := range []string{"unavailable", "other"} {
+		m.storeErrors.WithLabelValues(k)
+	}
 	for _, k := range []string{"full", "delta", "keepalive"} {
 		m.updates.WithLabelValues(k)
+		m.push.WithLabelValues(k)
 	}
-	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultExisting, resultError} {
+	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultRevokedKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, &stateCollector{s: s})
+	// Pre-create every labelled series so dashboards see zeros, not gaps.
+	for _, r := range []string{"malformed", "unknown_node", "expired", "invalid", "stale", "mismatch", "replay"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, e := range []string{"join", "join_refused", "heartbeat", "state_change"} {
+		m.relayEvents.WithLabelValues(e)
+	}
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, m.revocationsEvicted,
+		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
 	return m
 }
 
@@ -67,18 +106,24 @@ const (
 	resultBadKey     = "bad_key"
 	resultUsedKey    = "used_key"
 	resultExpiredKey = "expired_key"
+	resultRevokedKey = "revoked_key"
 	resultError      = "error"
 )
 
 var (
 	nodesDesc  = prometheus.NewDesc("coordinator_nodes", "Registered nodes, by state (online, offline, expired).", []string{"state"}, nil)
 	relaysDesc = prometheus.NewDesc("coordinator_relays", "Relays in the relay map, by region and state.", []string{"region", "state"}, nil)
+	revsDesc   = prometheus.NewDesc("coordinator_revocations", "Node keys revoked at relays and still in force.", nil, nil)
 )
 
 // stateCollector counts nodes and relays from the live state at scrape time.
 type stateCollector struct{ s *Server }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- nodesDesc; ch <- relaysDesc }
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- nodesDesc
+	ch <- relaysDesc
+	ch <- revsDesc
+}
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
@@ -89,7 +134,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		switch {
 		case n.expired(now):
 			expired++
-		case n.sess != nil:
+		case n.online():
 			online++
 		default:
 			offline++
@@ -99,6 +144,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(online), "online")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(offline), "offline")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(expired), "expired")
+	_, revs, _ := c.s.revs.list(now)
+	ch <- prometheus.MustNewConstMetric(revsDesc, prometheus.GaugeValue, float64(len(revs)))
 
 	counts := map[[2]string]int{}
 	for _, r := range c.s.relays.relayMap().Regions {

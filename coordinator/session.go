@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,8 @@ type session struct {
 	seq        uint64
 	sent       map[netmap.NodeID]struct{} // peers the node currently has
 	lastFilter []byte
+	// tokenRegions are the regions of the last admission token sent.
+	tokenRegions []string
 	// tokenIssued is when the last admission token was sent, in unix
 	// nanoseconds: written by the writer, read by the sweeper.
 	tokenIssued atomic.Int64
@@ -262,6 +265,7 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 			p = s.take()
 		}
 		var msg *wireMapResponse
+		pushStart := time.Now()
 		if kind == "keepalive" {
 			s.seq++
 			msg = &wireMapResponse{Seq: s.seq, KeepAlive: true}
@@ -281,6 +285,7 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 			return err
 		}
 		srv.m.updates.WithLabelValues(kind).Inc()
+		srv.m.push.WithLabelValues(kind).Observe(time.Since(pushStart).Seconds())
 		if !p.since.IsZero() {
 			srv.m.fanout.Observe(time.Since(p.since).Seconds())
 		}
@@ -353,7 +358,7 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 				s.sent[id] = struct{}{}
 				continue
 			}
-			online, seen := o.sess != nil, o.rec.LastSeen
+			online, seen := o.online(), o.rec.LastSeen
 			msg.PeersPatch = append(msg.PeersPatch, netmap.PeerChange{ID: id, Online: &online, LastSeen: &seen})
 		}
 		for id := range p.removed {
@@ -387,11 +392,24 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 		msg.DNS = &d
 		empty = false
 	}
-	if p.admission || s.admissionDue(srv.cfg.TokenLifetime, now) {
-		tok, err := admit.IssueWith(srv.signer, srv.signPub, n.nodeKey, "", now, srv.cfg.TokenLifetime)
+	due := p.admission || s.admissionDue(srv.cfg.TokenLifetime, now)
+	var regions []string
+	if due || p.relayMap {
+		regions = srv.relays.tokenRegions()
+		due = due || !slices.Equal(regions, s.tokenRegions)
+	}
+	if due {
+		// The token is valid in the regions of the relay map (the node
+		// can use no other relay) and never past the node's key expiry.
+		exp := now.Add(srv.cfg.TokenLifetime)
+		if !n.rec.KeyExpiry.IsZero() && n.rec.KeyExpiry.Before(exp) {
+			exp = n.rec.KeyExpiry
+		}
+		tok, err := admit.IssueRegions(srv.signer, srv.signPub, n.nodeKey, regions, now, exp)
 		if err == nil {
-			msg.Admission = &netmap.Admission{Token: encodeToken(tok), Expires: now.Add(srv.cfg.TokenLifetime)}
+			msg.Admission = &netmap.Admission{Token: encodeToken(tok), Expires: exp}
 			s.tokenIssued.Store(now.UnixNano())
+			s.tokenRegions = regions
 			empty = false
 		}
 	}

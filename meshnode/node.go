@@ -132,6 +132,7 @@ type Node struct {
 		coordErr   string
 		rtt        map[key.NodePublic]float64 // last disco RTT, ms
 		dirtyCache bool
+		nat        natFacts
 		// nextExpiry is when the earliest configured peer key expires
 		// (plus KeyExpiryGrace); zero: none. It may be early (the peer
 		// was since renewed or removed), which costs one scan.
@@ -228,7 +229,7 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Relays:     n.relayAddrs,
 		STUN:       n.stun,
 		Report:     func(eps []netip.AddrPort) { n.report.Endpoints(eps) },
-		HardNAT:    func(hard bool) { n.metrics.hardNAT.Set(boolFloat(hard)) },
+		NAT:        n.setNAT,
 		Paths:      n.paths,
 		Log:        n.log,
 	})
@@ -238,9 +239,24 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Relays: netcheck.PoolPinger{Pool: pool}, Home: n.relays.Home, OnHome: n.setHome,
 		Prefs:   netcheck.Prefs{PinRegion: cfg.PinRegion, ExcludeRegions: cfg.ExcludeRegions, RegionWeights: cfg.RegionWeights},
 		Metrics: netcheck.Metrics{RegionRTT: n.metrics.regionRTT, RegionLatency: n.metrics.regionLatency},
+		OnUDP:   func(blocked bool) { n.mu.Lock(); n.mu.nat.udpBlocked = blocked; n.mu.Unlock() },
 		Log:     n.log,
 	})
 	return n
+}
+
+// natFacts are what the probes say of this node's NAT, for metrics.
+type natFacts struct {
+	mapped     int  // relays that answered the last STUN round
+	hard       bool // and saw different mappings
+	udpBlocked bool // STUN fails while relay pings work
+}
+
+func (n *Node) setNAT(mapped int, hard bool) {
+	n.metrics.hardNAT.Set(boolFloat(hard))
+	n.mu.Lock()
+	n.mu.nat.mapped, n.mu.nat.hard = mapped, hard
+	n.mu.Unlock()
 }
 
 // discoTransport sends disco packets from the bind's UDP socket or

@@ -169,13 +169,10 @@ func (sf *sharedFast) datagram(d []byte) {
 }
 
 // sendShared sends one packet over the shared socket (a packet the owner
-// did not batch itself: disco's fallback, the relay router's slow path).
-// A packet too large for the relay's fast-path buffers, or a failed
-// write, reports !ok so that QUIC or TCP carries it.
+// did not batch itself: the relay router's slow path, the bind's
+// fallback). sendFast has checked the size; a failed write reports !ok so
+// that QUIC or TCP carries the packet.
 func (c *Conn) sendShared(fp *fastPath, dst key.NodePublic, payload []byte) (ok bool, err error) {
-	if relayproto.FastSendOverhead+len(payload) > relayproto.MaxFastDatagram {
-		return false, nil
-	}
 	bp := dgramPool.Get().(*[]byte)
 	d := relayproto.AppendFastSend((*bp)[:0], fp.session, dst, payload)
 	err = fp.shared.WriteFast(d, fp.route.Addr)

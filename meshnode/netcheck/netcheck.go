@@ -83,8 +83,11 @@ type Config struct {
 	OnHome  func(r relayclient.Relay, reason string)
 	Prefs   Prefs
 	Metrics Metrics
-	Log     *slog.Logger
-	Now     func() time.Time
+	// OnUDP is told after each probe round whether UDP looks blocked
+	// (STUN failed while relay pings worked). May be nil.
+	OnUDP func(blocked bool)
+	Log   *slog.Logger
+	Now   func() time.Time
 }
 
 // Checker probes regions and keeps the home relay. Create it with New.
@@ -242,6 +245,9 @@ func (c *Checker) ProbeAll(ctx context.Context) []geo.ProbeResult {
 		c.udpBlocked = false
 	} else if pingOK {
 		c.udpBlocked = true
+	}
+	if c.cfg.OnUDP != nil {
+		c.cfg.OnUDP(c.udpBlocked)
 	}
 	for _, r := range res {
 		if r.Err != nil {

@@ -54,11 +54,12 @@ type DiscoveryConfig struct {
 	STUN   STUN
 	// Report is told of each new endpoint set. It must not block.
 	Report func([]netip.AddrPort)
-	// HardNAT is told whether the mapping varies by destination. May be nil.
-	HardNAT func(bool)
-	Paths   Network
-	Log     *slog.Logger
-	Now     func() time.Time
+	// NAT is told after each STUN round how many relays answered and
+	// whether their mappings differed (a hard NAT). May be nil.
+	NAT   func(mapped int, hard bool)
+	Paths Network
+	Log   *slog.Logger
+	Now   func() time.Time
 }
 
 // Discovery finds this node's endpoints. Create it with NewDiscovery.
@@ -138,8 +139,8 @@ func (d *Discovery) discover(ctx context.Context, local []netip.Addr, moved bool
 	mapped := d.cfg.STUN.ProbeAll(sctx, relays)
 	cancel()
 	eps, hard := endpointSet(local, port, mapped)
-	if d.cfg.HardNAT != nil {
-		d.cfg.HardNAT(hard)
+	if d.cfg.NAT != nil {
+		d.cfg.NAT(len(mapped), hard)
 	}
 	d.mu.Lock()
 	same := slices.Equal(eps, d.current)

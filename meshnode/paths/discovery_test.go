@@ -48,7 +48,7 @@ func newFakeDiscovery(f *fakeNet) *Discovery {
 		Relays:     func() []string { f.mu.Lock(); defer f.mu.Unlock(); return slices.Clone(f.relays) },
 		STUN:       f,
 		Report:     func(eps []netip.AddrPort) { f.mu.Lock(); f.reports = append(f.reports, eps); f.mu.Unlock() },
-		HardNAT:    func(h bool) { f.mu.Lock(); f.hard = h; f.mu.Unlock() },
+		NAT:        func(_ int, h bool) { f.mu.Lock(); f.hard = h; f.mu.Unlock() },
 		Paths:      f,
 	})
 }

@@ -132,7 +132,7 @@ func (m *Manager) gotCallMeMaybe(k key.NodePublic, eps []netip.AddrPort) {
 	}
 	m.mu.Unlock()
 	if moved {
-		inc(m.cfg.Metrics.PathChanges, "downgrade")
+		inc(m.cfg.Metrics.PathChanges, "downgrade", ReasonPeerMoved)
 		m.cfg.Log.Info("peer moved; probing its new endpoints", "peer", k.ShortString())
 	}
 	m.attempt(k, false)
@@ -174,7 +174,7 @@ func (m *Manager) gotPong(k key.NodePublic, tx disco.TxID, src netip.AddrPort) b
 		v.WithLabelValues(path).Observe(rtt.Seconds())
 	}
 	if upgraded {
-		inc(m.cfg.Metrics.PathChanges, "upgrade")
+		inc(m.cfg.Metrics.PathChanges, "upgrade", ReasonFirstPong)
 		if h := m.cfg.Metrics.TimeToDirect; ttd > 0 && h != nil {
 			h.Observe(ttd.Seconds())
 		}
@@ -263,7 +263,7 @@ func (m *Manager) tick(now time.Time) {
 	}
 	m.mu.Unlock()
 	for _, k := range lost {
-		inc(m.cfg.Metrics.PathChanges, "downgrade")
+		inc(m.cfg.Metrics.PathChanges, "downgrade", ReasonTrustExpired)
 		m.cfg.Log.Info("direct path lost; back to the relay", "peer", k.ShortString())
 	}
 	for _, a := range acts {
@@ -319,7 +319,7 @@ func (m *Manager) NetworkChanged() {
 	}
 	m.mu.Unlock()
 	for range lost {
-		inc(m.cfg.Metrics.PathChanges, "downgrade")
+		inc(m.cfg.Metrics.PathChanges, "downgrade", ReasonNetworkChanged)
 	}
 }
 

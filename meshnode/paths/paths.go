@@ -110,18 +110,27 @@ type Transport interface {
 	SendDisco(peer key.NodePublic, pkt []byte) error
 }
 
+// Path-change reasons: the values of meshnode_path_changes_total's reason
+// label, each with the direction it goes with.
+const (
+	ReasonFirstPong      = "first_pong"      // upgrade: a pong came back over a direct candidate
+	ReasonTrustExpired   = "trust_expired"   // downgrade: no pong within the trust window
+	ReasonPeerMoved      = "peer_moved"      // downgrade: the peer's endpoints no longer include our best address
+	ReasonNetworkChanged = "network_changed" // downgrade: our own network changed, every direct path is dropped
+)
+
 // Metrics are the counters the machine feeds; any may be nil.
 type Metrics struct {
 	DiscoRx      *prometheus.CounterVec   // by kind
 	DiscoPings   *prometheus.CounterVec   // by result: sent, pong, timeout
-	PathChanges  *prometheus.CounterVec   // by direction: upgrade, downgrade
+	PathChanges  *prometheus.CounterVec   // by direction (upgrade, downgrade) and reason
 	PingRTT      *prometheus.HistogramVec // by path
 	TimeToDirect prometheus.Histogram
 }
 
-func inc(v *prometheus.CounterVec, label string) {
+func inc(v *prometheus.CounterVec, labels ...string) {
 	if v != nil {
-		v.WithLabelValues(label).Inc()
+		v.WithLabelValues(labels...).Inc()
 	}
 }
 
