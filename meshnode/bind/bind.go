@@ -4,11 +4,13 @@
 //
 // Flow:
 //
-//	wireguard-go Send(bufs, ep) ─► Endpoint.path ─┬─ direct: StdNetBind.Send (sendmmsg, UDP GSO)
-//	                                              └─ relay:  RelaySender.SendTo(peer, pkt)
+//	wireguard-go Send(bufs, ep) ─► Endpoint.route ─┬─ direct: StdNetBind.Send (sendmmsg, UDP GSO)
+//	                                               ├─ relay, fast path on our socket: FastSend batch ─► StdNetBind.Send
+//	                                               └─ relay otherwise: RelayLink.Send / RelaySender.SendTo per packet
 //
 //	relay client ─► DeliverRelay ─► relayQueue ─► relay ReceiveFunc ─► wireguard-go
 //	UDP socket ─► StdNetBind ReceiveFuncs (recvmmsg, GRO) ─► demux ─┬─ WireGuard ─► wireguard-go
+//	                                                                ├─ FastRecv from a relay ─► wireguard-go
 //	                                                                ├─ disco     ─► OnDisco
 //	                                                                └─ STUN      ─► OnSTUN
 //
