@@ -18,7 +18,9 @@
 // its batching. Disco and STUN share that one socket (a STUN answer is only
 // meaningful for the socket that asked). Direct packets are accepted only
 // from addresses a path has been confirmed to (SetDirect); anything else
-// that is not disco or STUN is dropped.
+// that is not disco or STUN is dropped. Relay connections may share the
+// socket for their fast paths (ClaimFast, WriteFast; see fast.go): their
+// relayed packets then travel in the socket's batches both ways.
 package bind
 
 import (
