@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -89,7 +90,14 @@ type Config struct {
 	PinRegion      string
 	ExcludeRegions []string
 	RegionWeights  map[string]float64
-	Log            *slog.Logger
+	// CoordinatorPin is the coordinator certificate's pin, for a first
+	// start without AuthKey (interactive login); empty trusts the system's
+	// CA roots then.
+	CoordinatorPin string
+	// LoginOut receives the "To authenticate, visit: URL" line of an
+	// interactive login (default os.Stderr).
+	LoginOut io.Writer
+	Log      *slog.Logger
 
 	// testHook, if set, is called with the node once it has started.
 	testHook func(*Node)
@@ -119,6 +127,11 @@ type Node struct {
 	down   chan struct{}
 	reg    *prometheus.Registry
 	socket string // the local API socket, once listening
+	// fatal carries an error that ends the daemon (an interactive login
+	// that expired unapproved).
+	fatal chan error
+	// login is the interactive login in progress; only controlLoop uses it.
+	login *netmap.LoginResponse
 
 	mu struct {
 		sync.Mutex
@@ -182,6 +195,8 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	case <-n.down:
 		n.log.Info("shutting down: meshnode down")
+	case err := <-n.fatal:
+		return err
 	}
 	return nil
 }
@@ -189,7 +204,7 @@ func Run(ctx context.Context, cfg Config) error {
 func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate) *Node {
 	n := &Node{
 		cfg: cfg, log: cfg.Log, state: st, priv: priv,
-		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}),
+		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}), fatal: make(chan error, 1),
 		engineReady: make(chan struct{}),
 	}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
