@@ -10,8 +10,15 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME  ?= 10s
 # Test timeout for the whole suite (CI budget is 90 min; we aim for < 30).
 TEST_TIMEOUT ?= 25m
+# make install: PREFIX is where things live at run time, DESTDIR a staging
+# root prepended to every path (for packaging).
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+BINDIR    := $(PREFIX)/bin
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+SHAREDIR  := $(PREFIX)/share/wiremesh
 
-.PHONY: all build test unit lab bench lint fuzz demo deps clean sweep
+.PHONY: all build test unit lab bench lint fuzz demo deps clean sweep install check-install dashboards
 
 all: build
 
@@ -28,9 +35,29 @@ build:
 deps:
 	@scripts/deps.sh
 
-## test: install what is missing, then run every test, lab tests included
-test: deps
+## test: install what is missing, check make install and the systemd units, then run every test, lab tests included
+test: deps check-install
 	$(GO) test -tags lab -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## install: binaries to $(DESTDIR)$(BINDIR), systemd units to $(DESTDIR)$(UNITDIR), dashboards, rules and example settings to $(DESTDIR)$(SHAREDIR)
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SHAREDIR)/dashboards $(DESTDIR)$(SHAREDIR)/examples
+	install -m 0755 $(BIN)/coordinator $(BIN)/relayd $(BIN)/meshnode $(BIN)/loadtest $(DESTDIR)$(BINDIR)/
+	@for u in dist/systemd/*.service; do \
+		echo "install $$u $(DESTDIR)$(UNITDIR)/"; \
+		sed 's#/usr/local/bin/#$(BINDIR)/#g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	install -m 0644 dashboards/*.json dashboards/wiremesh.rules.yml $(DESTDIR)$(SHAREDIR)/dashboards/
+	install -m 0644 dist/systemd/*.env.example $(DESTDIR)$(SHAREDIR)/examples/
+
+## check-install: make install into temp dirs and systemd-analyze verify the installed units
+check-install:
+	@scripts/check-install.sh
+
+## dashboards: regenerate the dashboards' JSON and README panel tables from dashboards/boards.go
+dashboards:
+	$(GO) generate ./dashboards/
 
 ## unit: tests that need no root (lab tests are excluded by their build tag)
 unit:

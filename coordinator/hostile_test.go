@@ -128,7 +128,8 @@ func TestMetricsLint(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]bool{"coordinator_nodes": false, "coordinator_map_streams": false, "coordinator_map_updates_sent_total": false,
-		"coordinator_fanout_latency_seconds": false, "coordinator_registrations_total": false, "coordinator_relays": false}
+		"coordinator_fanout_latency_seconds": false, "coordinator_registrations_total": false, "coordinator_relays": false,
+		"coordinator_push_latency_seconds": false}
 	for _, mf := range mfs {
 		if _, ok := want[mf.GetName()]; ok {
 			want[mf.GetName()] = true

@@ -13,6 +13,7 @@ type serverMetrics struct {
 	streams       prometheus.Gauge
 	updates       *prometheus.CounterVec
 	fanout        prometheus.Histogram
+	push          *prometheus.HistogramVec
 	registrations *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
 	relayEvents   *prometheus.CounterVec
@@ -39,6 +40,11 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help:    "Time from a change being applied to a stream writing the frame that carries it.",
 			Buckets: fanoutBuckets,
 		}),
+		push: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "coordinator_push_latency_seconds",
+			Help:    "Time a stream takes to push one frame: build it, write it and flush it to the node, by kind (full, delta, keepalive).",
+			Buckets: fanoutBuckets,
+		}, []string{"kind"}),
 		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "coordinator_registrations_total", Help: "Node registrations, by result.",
 		}, []string{"result"}),
@@ -69,11 +75,19 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	}
 	for _, k := range []string{"full", "delta", "keepalive"} {
 		m.updates.WithLabelValues(k)
+		m.push.WithLabelValues(k)
 	}
 	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultRevokedKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.registrations, m.authFailures, m.relayEvents, m.connsRefused,
+	// Pre-create every labelled series so dashboards see zeros, not gaps.
+	for _, r := range []string{"malformed", "unknown_node", "expired", "invalid", "stale", "mismatch", "replay"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, e := range []string{"join", "join_refused", "heartbeat", "state_change"} {
+		m.relayEvents.WithLabelValues(e)
+	}
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused,
 		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
 	return m
 }

@@ -262,6 +262,7 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 			p = s.take()
 		}
 		var msg *wireMapResponse
+		pushStart := time.Now()
 		if kind == "keepalive" {
 			s.seq++
 			msg = &wireMapResponse{Seq: s.seq, KeepAlive: true}
@@ -281,6 +282,7 @@ func (srv *Server) runStream(ctx context.Context, s *session, w http.ResponseWri
 			return err
 		}
 		srv.m.updates.WithLabelValues(kind).Inc()
+		srv.m.push.WithLabelValues(kind).Observe(time.Since(pushStart).Seconds())
 		if !p.since.IsZero() {
 			srv.m.fanout.Observe(time.Since(p.since).Seconds())
 		}

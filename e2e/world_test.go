@@ -90,11 +90,23 @@ type relayInfo struct {
 // is printed if the test fails.
 func (w *world) proc(ns *lab.Namespace, name string, args ...string) *exec.Cmd {
 	w.t.Helper()
+	return w.procWrapped(ns, nil, name, args...)
+}
+
+// procWrapped is proc with the binary started through wrap (a command and
+// its arguments, such as setpriv with options), when wrap is not empty.
+func (w *world) procWrapped(ns *lab.Namespace, wrap []string, name string, args ...string) *exec.Cmd {
+	w.t.Helper()
 	logf, err := os.CreateTemp("", "wiremesh-e2e-"+ns.Short+"-*.log")
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	c, err := ns.StartWith(context.Background(), logf, filepath.Join(w.bin, name), args...)
+	bin := filepath.Join(w.bin, name)
+	if len(wrap) > 0 {
+		args = append(append(wrap[1:len(wrap):len(wrap)], bin), args...)
+		bin = wrap[0]
+	}
+	c, err := ns.StartWith(context.Background(), logf, bin, args...)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -212,7 +224,8 @@ func newWorldWith(t testing.TB, opts worldOpts, regions ...string) *world {
 
 func (w *world) startCoordinator(relayMap string) {
 	w.t.Helper()
-	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir}
+	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir,
+		"--metrics-listen", "127.0.0.1:9100"}
 	if relayMap != "" {
 		args = append(args, "--relay-map", relayMap)
 	}

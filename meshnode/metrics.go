@@ -1,9 +1,12 @@
 package meshnode
 
 import (
+	"maps"
+	"net/netip"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/geo"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 )
 
@@ -44,7 +47,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 		discoPings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_disco_pings_total",
 			Help: "Disco pings this node sent, by result (sent, pong, timeout)."}, []string{"result"}),
 		pathChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshnode_path_changes_total",
-			Help: "Peer path changes: upgrade (relay to direct) and downgrade (direct to relay)."}, []string{"direction"}),
+			Help: "Peer path changes: upgrade (relay to direct) and downgrade (direct to relay), by reason."}, []string{"direction", "reason"}),
 		timeToDirect: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshnode_time_to_direct_seconds",
 			Help:    "From the start of an upgrade attempt to a confirmed direct path.",
 			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2, 5, 10}}),
@@ -59,8 +62,8 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 	for _, r := range []string{"sent", "pong", "timeout"} {
 		m.discoPings.WithLabelValues(r)
 	}
-	for _, d := range []string{"upgrade", "downgrade"} {
-		m.pathChanges.WithLabelValues(d)
+	for _, dr := range pathChangeReasons {
+		m.pathChanges.WithLabelValues(dr[0], dr[1])
 	}
 	for _, r := range []string{"no_rule", "malformed", "fragment"} {
 		m.filterDrops.WithLabelValues(r)
@@ -69,6 +72,41 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, m.regionRTT, m.regionLatency, &pathCollector{n: n})
 	return m
 }
+
+// Path-change reasons: the values of meshnode_path_changes_total's reason
+// label, each with the direction it goes with.
+const (
+	pathFirstPong      = "first_pong"      // upgrade: a pong came back over a direct candidate
+	pathTrustExpired   = "trust_expired"   // downgrade: no pong within the trust window
+	pathPeerMoved      = "peer_moved"      // downgrade: the peer's endpoints no longer include our best address
+	pathNetworkChanged = "network_changed" // downgrade: our own network changed, every direct path is dropped
+)
+
+var pathChangeReasons = [][2]string{{"upgrade", pathFirstPong}, {"downgrade", pathTrustExpired},
+	{"downgrade", pathPeerMoved}, {"downgrade", pathNetworkChanged}}
+
+// Health warnings: the values of meshnode_health_warnings's kind label.
+// Each series is 1 while the condition holds and 0 otherwise, so a
+// dashboard sees every kind even on a healthy node.
+const (
+	healthCoordinator = "coordinator_disconnected" // the netmap stream is not open
+	healthNoHome      = "no_home_relay"            // no home relay connection: peers cannot reach us through a relay
+	healthUDPBlocked  = "udp_blocked"              // STUN fails while relays answer: no direct paths possible
+	healthHardNAT     = "hard_nat"                 // endpoint-dependent mapping: direct paths only to easy peers
+)
+
+// NAT kinds: the values of meshnode_nat_info's kind label.
+const (
+	natUnknown    = "unknown"     // no STUN answer yet
+	natEasy       = "easy"        // every relay saw the same mapping (or only one answered)
+	natHard       = "hard"        // relays saw different mappings (endpoint-dependent)
+	natUDPBlocked = "udp_blocked" // STUN fails while relay pings work
+)
+
+// portMappingNone is meshnode_port_mapping_info's kind while no port
+// mapping (NAT-PMP, PCP, UPnP) is held; this build has no port-mapping
+// client, so it is the only kind it reports.
+const portMappingNone = "none"
 
 // pathCollector reports per-path counts and bytes from the bind and status.
 type pathCollector struct{ n *Node }
@@ -82,6 +120,10 @@ var (
 	descRegionInfo  = prometheus.NewDesc("meshnode_region_info", "Relay regions in the relay map, with their metadata (value 1).",
 		[]string{"region", "name", "latitude", "longitude"}, nil)
 	descHomeRegion = prometheus.NewDesc("meshnode_home_region_info", "The current home relay region (value 1).", []string{"region"}, nil)
+	descHealth     = prometheus.NewDesc("meshnode_health_warnings", "Health warnings, by kind: 1 while the condition holds, else 0.", []string{"kind"}, nil)
+	descNATKind    = prometheus.NewDesc("meshnode_nat_info", "This node's NAT kind as its probes see it (value 1).", []string{"kind"}, nil)
+	descPortMap    = prometheus.NewDesc("meshnode_port_mapping_info", "The port-mapping protocol holding a mapping for this node, or none (value 1).", []string{"kind"}, nil)
+	descKeyExpiry  = prometheus.NewDesc("meshnode_key_expiry_timestamp_seconds", "When this node's key expires (Unix time); absent when it never does.", nil, nil)
 )
 
 func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -92,6 +134,10 @@ func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRelayDrops
 	ch <- descRegionInfo
 	ch <- descHomeRegion
+	ch <- descHealth
+	ch <- descNATKind
+	ch <- descPortMap
+	ch <- descKeyExpiry
 }
 
 func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -117,8 +163,19 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRelayConns, prometheus.GaugeValue, float64(v), region)
 	}
 	c.n.mu.Lock()
-	nm, home := c.n.mu.nm, c.n.mu.home.Region
+	nm, home, coordUp := c.n.mu.nm, c.n.mu.home.Region, c.n.mu.coordUp
 	c.n.mu.Unlock()
+	nat := c.natKind()
+	warn := map[string]bool{healthCoordinator: !coordUp, healthNoHome: home == "",
+		healthUDPBlocked: nat == natUDPBlocked, healthHardNAT: nat == natHard}
+	for _, k := range []string{healthCoordinator, healthNoHome, healthUDPBlocked, healthHardNAT} {
+		ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, boolFloat(warn[k]), k)
+	}
+	ch <- prometheus.MustNewConstMetric(descNATKind, prometheus.GaugeValue, 1, nat)
+	ch <- prometheus.MustNewConstMetric(descPortMap, prometheus.GaugeValue, 1, portMappingNone)
+	if nm != nil && !nm.Self.KeyExpiry.IsZero() {
+		ch <- prometheus.MustNewConstMetric(descKeyExpiry, prometheus.GaugeValue, float64(nm.Self.KeyExpiry.Unix()))
+	}
 	if nm != nil {
 		for _, r := range nm.RelayMap.Regions {
 			ch <- prometheus.MustNewConstMetric(descRegionInfo, prometheus.GaugeValue, 1, r.Code, r.Name,
@@ -127,5 +184,31 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if home != "" {
 		ch <- prometheus.MustNewConstMetric(descHomeRegion, prometheus.GaugeValue, 1, home)
+	}
+}
+
+// natKind reads the NAT kind from the latest STUN mappings and probe round.
+func (c *pathCollector) natKind() string {
+	var blocked bool
+	if g := c.n.geo; g != nil {
+		g.mu.Lock()
+		blocked = g.udpBlocked
+		g.mu.Unlock()
+	}
+	var mapped map[string]netip.AddrPort
+	if e := c.n.endpoints; e != nil {
+		e.mu.Lock()
+		mapped = maps.Clone(e.mapped)
+		e.mu.Unlock()
+	}
+	switch {
+	case blocked:
+		return natUDPBlocked
+	case len(mapped) == 0:
+		return natUnknown
+	case geo.MappingVariesByDest(mapped):
+		return natHard
+	default:
+		return natEasy
 	}
 }

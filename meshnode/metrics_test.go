@@ -1,8 +1,13 @@
 package meshnode
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
@@ -36,9 +41,99 @@ func TestMetricsLint(t *testing.T) {
 		names[mf.GetName()] = true
 	}
 	for _, want := range []string{"meshnode_peers", "meshnode_tx_bytes_total", "meshnode_rx_bytes_total",
-		"meshnode_filter_drops_total", "meshnode_coordinator_connected"} {
+		"meshnode_filter_drops_total", "meshnode_coordinator_connected", "meshnode_health_warnings",
+		"meshnode_nat_info", "meshnode_port_mapping_info", "meshnode_path_changes_total"} {
 		if !names[want] {
 			t.Fatalf("metric %s missing", want)
 		}
+	}
+	if names["meshnode_key_expiry_timestamp_seconds"] {
+		t.Fatal("key expiry reported before any netmap")
+	}
+}
+
+// TestPathHealthMetrics checks the values the path-health collector derives
+// from the node's state: every warning kind is present, set only while its
+// condition holds; the NAT kind follows the STUN mappings; the key expiry
+// follows the netmap.
+func TestPathHealthMetrics(t *testing.T) {
+	n := &Node{priv: key.NewNode(), filter: filter.New(nil)}
+	n.mu.applied = map[key.NodePublic]netmap.Node{}
+	n.relays = &relays{n: n, pool: &relayclient.Pool{}, pending: map[string]*pendingQueue{}}
+	n.bind = bind.New(bind.Config{Relay: n.relays})
+	n.endpoints = &endpointState{n: n}
+	n.geo = &geoState{n: n}
+	reg := prometheus.NewRegistry()
+	n.metrics = newNodeMetrics(reg, n)
+
+	want := func(what string, expected string) {
+		t.Helper()
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), what); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want("meshnode_health_warnings", `
+# HELP meshnode_health_warnings Health warnings, by kind: 1 while the condition holds, else 0.
+# TYPE meshnode_health_warnings gauge
+meshnode_health_warnings{kind="coordinator_disconnected"} 1
+meshnode_health_warnings{kind="hard_nat"} 0
+meshnode_health_warnings{kind="no_home_relay"} 1
+meshnode_health_warnings{kind="udp_blocked"} 0
+`)
+	want("meshnode_nat_info", `
+# HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
+# TYPE meshnode_nat_info gauge
+meshnode_nat_info{kind="unknown"} 1
+`)
+	want("meshnode_port_mapping_info", `
+# HELP meshnode_port_mapping_info The port-mapping protocol holding a mapping for this node, or none (value 1).
+# TYPE meshnode_port_mapping_info gauge
+meshnode_port_mapping_info{kind="none"} 1
+`)
+
+	n.mu.coordUp = true
+	n.mu.home = relayclient.Relay{Region: "nyc"}
+	n.mu.nm = &netmap.NetworkMap{Self: netmap.Node{KeyExpiry: time.Unix(1900000000, 0)}}
+	n.endpoints.mapped = map[string]netip.AddrPort{
+		"198.18.0.1:443": netip.MustParseAddrPort("198.18.9.1:1000"),
+		"198.18.0.2:443": netip.MustParseAddrPort("198.18.9.1:1001"),
+	}
+	want("meshnode_health_warnings", `
+# HELP meshnode_health_warnings Health warnings, by kind: 1 while the condition holds, else 0.
+# TYPE meshnode_health_warnings gauge
+meshnode_health_warnings{kind="coordinator_disconnected"} 0
+meshnode_health_warnings{kind="hard_nat"} 1
+meshnode_health_warnings{kind="no_home_relay"} 0
+meshnode_health_warnings{kind="udp_blocked"} 0
+`)
+	want("meshnode_nat_info", `
+# HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
+# TYPE meshnode_nat_info gauge
+meshnode_nat_info{kind="hard"} 1
+`)
+	want("meshnode_key_expiry_timestamp_seconds", `
+# HELP meshnode_key_expiry_timestamp_seconds When this node's key expires (Unix time); absent when it never does.
+# TYPE meshnode_key_expiry_timestamp_seconds gauge
+meshnode_key_expiry_timestamp_seconds 1.9e+09
+`)
+	n.endpoints.mapped["198.18.0.2:443"] = netip.MustParseAddrPort("198.18.9.1:1000")
+	want("meshnode_nat_info", `
+# HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
+# TYPE meshnode_nat_info gauge
+meshnode_nat_info{kind="easy"} 1
+`)
+	n.geo.udpBlocked = true
+	want("meshnode_nat_info", `
+# HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
+# TYPE meshnode_nat_info gauge
+meshnode_nat_info{kind="udp_blocked"} 1
+`)
+	// With every series present (key expiry included), the names lint clean.
+	problems, err := metrics.Lint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(problems) > 0 {
+		t.Fatalf("metric naming problems:\n%s", strings.Join(problems, "\n"))
 	}
 }

@@ -245,7 +245,7 @@ func (ps *paths) gotCallMeMaybe(peer key.NodePublic, eps []netip.AddrPort) {
 	ps.mu.Unlock()
 	if moved {
 		ps.n.bind.SetDirect(peer, netip.AddrPort{})
-		ps.n.metrics.pathChanges.WithLabelValues("downgrade").Inc()
+		ps.n.metrics.pathChanges.WithLabelValues("downgrade", pathPeerMoved).Inc()
 		ps.n.log.Info("peer moved; probing its new endpoints", "peer", peer.ShortString())
 	}
 	ps.attempt(peer, false)
@@ -299,7 +299,7 @@ func (ps *paths) gotPong(peer key.NodePublic, tx disco.TxID, src bind.Source, at
 		// The first pong proves the path works now; until a second one
 		// (sent at once) confirms it, packets go both ways.
 		ps.n.bind.SetTentative(peer, src.Addr)
-		ps.n.metrics.pathChanges.WithLabelValues("upgrade").Inc()
+		ps.n.metrics.pathChanges.WithLabelValues("upgrade", pathFirstPong).Inc()
 		if ttd > 0 {
 			ps.n.metrics.timeToDirect.Observe(ttd.Seconds())
 		}
@@ -352,7 +352,7 @@ func (ps *paths) tick(now time.Time) {
 		switch {
 		case a.downgrade:
 			ps.n.bind.SetDirect(a.peer, netip.AddrPort{})
-			ps.n.metrics.pathChanges.WithLabelValues("downgrade").Inc()
+			ps.n.metrics.pathChanges.WithLabelValues("downgrade", pathTrustExpired).Inc()
 			ps.n.log.Info("direct path lost; back to the relay", "peer", a.peer.ShortString())
 		case a.retry:
 			ps.attempt(a.peer, true)
@@ -389,7 +389,7 @@ func (ps *paths) networkChanged() {
 	ps.mu.Unlock()
 	for _, k := range lost {
 		ps.n.bind.SetDirect(k, netip.AddrPort{})
-		ps.n.metrics.pathChanges.WithLabelValues("downgrade").Inc()
+		ps.n.metrics.pathChanges.WithLabelValues("downgrade", pathNetworkChanged).Inc()
 	}
 }
 

@@ -35,6 +35,7 @@ type metrics struct {
 	stunRequests   *prometheus.CounterVec // result
 	clientRTT      prometheus.Histogram
 	draining       prometheus.Gauge
+	regionInfo     *prometheus.GaugeVec // region: this relay's own, value 1
 
 	// Children used per packet, resolved once: WithLabelValues hashes its
 	// labels on every call, which showed up at 100k packets/s.
@@ -89,9 +90,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relayd_draining", Help: "1 while the relay drains before shutting down.",
 		}),
+		regionInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "relayd_region_info", Help: "This relay's region (value 1), to group other relayd_ series by region.",
+		}, []string{"region"}),
 	}
 	reg.MustRegister(m.clients, m.connects, m.rejects, m.forwardedPkts, m.forwardedBytes, m.drops,
-		m.badFrames, m.meshForwarded, m.meshPeers, m.queueDelay, m.stunRequests, m.clientRTT, m.draining)
+		m.badFrames, m.meshForwarded, m.meshPeers, m.queueDelay, m.stunRequests, m.clientRTT, m.draining, m.regionInfo)
 	// Pre-create every labelled series so dashboards see zeros, not gaps.
 	for _, t := range []string{transportQUIC, transportTCP} {
 		m.clients.WithLabelValues(t)

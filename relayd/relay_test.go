@@ -696,7 +696,8 @@ func TestMetricsLint(t *testing.T) {
 	}
 	want := []string{"relayd_clients", "relayd_connects_total", "relayd_rejects_total", "relayd_forwarded_packets_total",
 		"relayd_forwarded_bytes_total", "relayd_dropped_packets_total", "relayd_mesh_forwarded_packets_total",
-		"relayd_queue_delay_seconds", "relayd_stun_requests_total", "relayd_client_rtt_seconds", "relayd_bad_frames_total"}
+		"relayd_queue_delay_seconds", "relayd_stun_requests_total", "relayd_client_rtt_seconds", "relayd_bad_frames_total",
+		"relayd_region_info"}
 	mfs, _ := r.Registry.Gather()
 	have := map[string]bool{}
 	for _, mf := range mfs {

@@ -152,6 +152,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	}
 	s := &Server{cfg: cfg, log: log, m: newMetrics(reg), priv: priv, pub: priv.Public(), cert: cert,
 		pin: pinFromCert(cert), t0: time.Now()}
+	s.m.regionInfo.WithLabelValues(cfg.Region).Set(1)
 	s.mu.clients = map[key.NodePublic]*client{}
 	s.mu.handles = map[uint32]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}

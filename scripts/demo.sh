@@ -2,8 +2,12 @@
 # The Wiremesh demo: a coordinator with embedded SQLite, two relay regions
 # and three userspace nodes, all on loopback and without root. Node A
 # fetches a page that node C serves, over the mesh, through A's SOCKS5
-# proxy; then A's status and a disco ping are shown. Everything lives in a
-# temporary directory and stops when the script ends, however it ends.
+# proxy; then A's status and a disco ping are shown. Every daemon serves
+# /metrics on loopback; when Debian's prometheus is installed, the demo
+# starts one (its own config and storage in the temp dir) scraping them all,
+# shows a few dashboard queries, and prints where to look. Everything lives
+# in a temporary directory and stops when the script ends, however it ends
+# (with a terminal, it waits for Enter first so you can look around).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -40,21 +44,25 @@ wait_for() {
 base=$((20000 + RANDOM % 20000))
 coord_port=$base web_port=$((base + 1)) nyc_port=$((base + 2)) fra_port=$((base + 3))
 socks_a=$((base + 4)) socks_b=$((base + 5)) socks_c=$((base + 6))
+prom_port=$((base + 7))
+# Metrics: coordinator, relays and nodes on consecutive loopback ports.
+m_coord=$((base + 10)) m_nyc=$((base + 11)) m_fra=$((base + 12))
+m_a=$((base + 13)) m_b=$((base + 14)) m_c=$((base + 15))
 
 say "Starting the coordinator (SQLite in $tmp/coord)"
 "$BIN/coordinator" serve --listen "127.0.0.1:$coord_port" --state-dir "$tmp/coord" \
-	--log-level warn 2>"$tmp/coordinator.log" &
+	--metrics-listen "127.0.0.1:$m_coord" --log-level warn 2>"$tmp/coordinator.log" &
 pids+=($!)
 wait_for "$BIN/coordinator" nodes list --state-dir "$tmp/coord"
 url="https://127.0.0.1:$coord_port"
 
-for r in nyc:"New York":$nyc_port fra:Frankfurt:$fra_port; do
-	IFS=: read -r code name port <<<"$r"
+for r in nyc:"New York":$nyc_port:$m_nyc fra:Frankfurt:$fra_port:$m_fra; do
+	IFS=: read -r code name port mport <<<"$r"
 	say "Relay $code ($name) joins with a relay key"
 	jk=$("$BIN/coordinator" relaykey create --region "$code" --region-name "$name" --state-dir "$tmp/coord" | tail -n 1)
 	"$BIN/relayd" --coordinator "$url" --join-key "$jk" --region "$code" \
 		--listen "127.0.0.1:$port" --public-addr "127.0.0.1:$port" --state-dir "$tmp/relay-$code" \
-		--log-level warn 2>"$tmp/relay-$code.log" &
+		--metrics-listen "127.0.0.1:$mport" --log-level warn 2>"$tmp/relay-$code.log" &
 	pids+=($!)
 done
 relays_up() { [ "$("$BIN/coordinator" relays list --json --state-dir "$tmp/coord" | grep -o '"state":"up"' | wc -l)" -ge 2 ]; }
@@ -65,10 +73,10 @@ say "Three userspace nodes join with one reusable auth key"
 key=$("$BIN/coordinator" authkey create --reusable --state-dir "$tmp/coord" | tail -n 1)
 # A userspace node forwards only the ports it lists to its localhost: C
 # offers its web server, A and B offer nothing.
-for n in a:$socks_a: b:$socks_b: c:$socks_c:$web_port; do
-	IFS=: read -r name socks fwd <<<"$n"
+for n in a:$socks_a::$m_a b:$socks_b::$m_b c:$socks_c:$web_port:$m_c; do
+	IFS=: read -r name socks fwd mport <<<"$n"
 	"$BIN/meshnode" run --coordinator "$url" --authkey "$key" --hostname "$name" --state-dir "$tmp/node-$name" \
-		--userspace --socks5 "127.0.0.1:$socks" --forward-ports "$fwd" --port 0 --endpoint-prefixes 127.0.0.0/8 --log-level warn 2>"$tmp/node-$name.log" &
+		--metrics-listen "127.0.0.1:$mport" --userspace --socks5 "127.0.0.1:$socks" --forward-ports "$fwd" --port 0 --endpoint-prefixes 127.0.0.0/8 --log-level warn 2>"$tmp/node-$name.log" &
 	pids+=($!)
 done
 two_peers() { [ "$("$BIN/meshnode" status --json --state-dir "$tmp/node-$1" | grep -o '"name":"[abc]"' | wc -l)" -ge 3 ]; }
@@ -90,5 +98,62 @@ say "meshnode ping c (disco pings through the relay and over the direct path)"
 
 say "meshnode status on A"
 "$BIN/meshnode" status --state-dir "$tmp/node-a"
+
+prom=""
+if command -v prometheus >/dev/null; then
+	say "Prometheus scrapes every daemon (config and storage in $tmp/prometheus)"
+	mkdir -p "$tmp/prometheus"
+	cat >"$tmp/prometheus/prometheus.yml" <<YML
+global: {scrape_interval: 2s, evaluation_interval: 2s}
+rule_files: ["$PWD/dashboards/wiremesh.rules.yml"]
+scrape_configs:
+  - job_name: coordinator
+    static_configs: [{targets: ["127.0.0.1:$m_coord"], labels: {instance: coordinator}}]
+  - job_name: relayd
+    static_configs:
+      - {targets: ["127.0.0.1:$m_nyc"], labels: {instance: relay-nyc}}
+      - {targets: ["127.0.0.1:$m_fra"], labels: {instance: relay-fra}}
+  - job_name: meshnode
+    static_configs:
+      - {targets: ["127.0.0.1:$m_a"], labels: {instance: node-a}}
+      - {targets: ["127.0.0.1:$m_b"], labels: {instance: node-b}}
+      - {targets: ["127.0.0.1:$m_c"], labels: {instance: node-c}}
+YML
+	prometheus --config.file="$tmp/prometheus/prometheus.yml" --storage.tsdb.path="$tmp/prometheus/data" \
+		--web.listen-address="127.0.0.1:$prom_port" --log.level=warn 2>"$tmp/prometheus.log" &
+	pids+=($!)
+	prom="http://127.0.0.1:$prom_port"
+	wait_for curl -sf "$prom/-/ready"
+	# promq EXPR prints the instant result as "labels=value, ...".
+	promq() {
+		curl -sf "$prom/api/v1/query" --data-urlencode "query=$1" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(", ".join("%s=%s" % (",".join(s["metric"].values()) or "all", s["value"][1]) for s in r) or "(none)")'
+	}
+	all_up() { [ "$(promq 'sum(up)')" = "all=6" ]; }
+	wait_for all_up
+	# Traffic while being scraped, so rates have something to show.
+	for _ in 1 2 3; do curl -s --max-time 5 --socks5-hostname "127.0.0.1:$socks_a" "http://c:$web_port/" >/dev/null || true; sleep 1; done
+	show() { printf '  %-40s %s\n' "$1" "$(promq "$2")"; }
+	show "peers by path (Paths)" 'sum by (path) (meshnode_peers)'
+	show "bytes/s by path (Paths)" 'sum by (path) (rate(meshnode_tx_bytes_total[1m]))'
+	show "clients per region (Fleet overview)" 'sum by (region) (relayd_clients * on (instance) group_left (region) relayd_region_info)'
+	show "home region per node (Relay latency)" 'sum by (region) (meshnode_home_region_info)'
+	show "health warnings raised (Paths)" 'sum by (kind) (meshnode_health_warnings) > 0'
+else
+	say "Prometheus is not installed (apt-get install prometheus): skipping it"
+fi
+
+say "Where to look"
+echo "  metrics:     coordinator http://127.0.0.1:$m_coord/metrics; relays :$m_nyc, :$m_fra; nodes a, b, c :$m_a, :$m_b, :$m_c (and /healthz)"
+if [ -n "$prom" ]; then
+	echo "  prometheus:  $prom/graph?g0.expr=sum%20by%20(path)%20(meshnode_peers) (alerts: $prom/alerts)"
+	echo "  dashboards:  $PWD/dashboards/*.json: import into Grafana with $prom as a Prometheus data source"
+fi
+echo "  logs:        $tmp/*.log"
+if [ -t 0 ]; then
+	read -rp $'\nPress Enter to stop the demo... ' _ || true
+fi
 
 say "Done; stopping everything"

@@ -3,8 +3,10 @@
 # tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
 # client for interop tests, dbus-daemon (a private bus for the systemd-resolved
 # configurator's tests), PostgreSQL (the coordinator's shared store; tests
-# start their own server with initdb and pg_ctl), and the Go modules. Safe to
-# run repeatedly.
+# start their own server with initdb and pg_ctl), Prometheus (prometheus and
+# promtool, for the live dashboard check and the rule tests), systemd-analyze
+# (to verify the units in dist/systemd/), and the Go modules. Safe to run
+# repeatedly.
 set -euo pipefail
 
 need=()
@@ -20,6 +22,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 # Debian keeps PostgreSQL's programs out of PATH.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
@@ -45,5 +50,13 @@ if command -v pg_ctlcluster >/dev/null 2>&1; then
 		pg_ctlcluster "$(basename "$(dirname "$c")")" "$(basename "$c")" stop >/dev/null 2>&1 || true
 	done
 fi
+# Likewise prometheus's package starts its system service where an init
+# system runs; the tests start their own prometheus process with a temp
+# config and storage dir, never the service.
+if command -v systemctl >/dev/null 2>&1; then
+	systemctl stop prometheus >/dev/null 2>&1 || true
+	systemctl disable prometheus >/dev/null 2>&1 || true
+fi
+if [ -x /etc/init.d/prometheus ] && [ "$(id -u)" -eq 0 ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
 
 go mod download
