@@ -250,6 +250,8 @@ func (r *replicas) apply(ctx context.Context, c store.Change) {
 			return
 		}
 		srv.syncPolicy(text)
+	case store.ChangeDNS:
+		srv.syncDNS(ctx)
 	case store.ChangeRelay:
 		rl, err := srv.store.Relay(ctx, c.Key)
 		if err != nil {
@@ -302,6 +304,7 @@ func (r *replicas) resync(ctx context.Context) {
 		n.writeMu.Unlock()
 	}
 	srv.syncPolicy(snap.Policy)
+	srv.syncDNS(ctx)
 	for _, rg := range snap.Regions {
 		srv.relays.syncRegion(rg)
 	}

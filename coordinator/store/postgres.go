@@ -136,6 +136,13 @@ var pgMigrations = []string{
 	);
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+	// 2 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON;
+	// SQLite's migration 3.
+	`CREATE TABLE dns (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		settings TEXT NOT NULL,
+		updated BIGINT NOT NULL
+	);`,
 }
 
 var pgDialect = &dialect{

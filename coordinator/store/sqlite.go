@@ -91,6 +91,12 @@ var sqliteMigrations = []string{
 	ALTER TABLE authkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE relays ADD COLUMN state TEXT NOT NULL DEFAULT '';
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+	// 3 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON.
+	`CREATE TABLE dns (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		settings TEXT NOT NULL,
+		updated INTEGER NOT NULL
+	);`,
 }
 
 var sqliteDialect = &dialect{
