@@ -118,9 +118,6 @@ func Parse(text []byte) (netmap.DNS, error) {
 	if err := dec.Decode(&doc); err != nil {
 		return netmap.DNS{}, decodeErr(err)
 	}
-	if dec.More() {
-		return netmap.DNS{}, fieldErr("", "data after the settings object")
-	}
 	return doc.settings()
 }
 
@@ -131,6 +128,9 @@ func decodeErr(err error) error {
 		field := te.Field
 		if field == "" {
 			return fieldErr("", "want a JSON object, got %s", te.Value)
+		}
+		if field == "split" && te.Type.String() == "[]string" {
+			return fieldErr(field, "each suffix needs a list of nameserver addresses, got %s", te.Value)
 		}
 		return fieldErr(field, "want %s, got %s", jsonKind(te.Type.String()), te.Value)
 	}
