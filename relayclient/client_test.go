@@ -149,3 +149,41 @@ func TestNoGoroutineLeak(t *testing.T) {
 	}()
 	waitUntil(t, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= base+2 })
 }
+
+// TestFastPathReconfirmsAfterRebind: when the client's fast-path address
+// changes (a NAT rebinding), the relay challenges the new address and the
+// client confirms it over its session, so traffic flows again both ways.
+func TestFastPathReconfirmsAfterRebind(t *testing.T) {
+	r := relaytest.Start(t, func(c *relayd.Config) { c.ListenFast = "127.0.0.1:0" })
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	type got struct{ n atomic.Int64 }
+	var ga, gb got
+	open := func(g *got) (key.NodePrivate, *relayclient.Conn) {
+		nk := key.NewNode()
+		cfg := r.ClientConfig(nk, true)
+		cfg.Handler = func(relayclient.Packet) { g.n.Add(1) }
+		c, err := relayclient.Dial(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.EnableFastPath(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return nk, c
+	}
+	ka, a := open(&ga)
+	kb, b := open(&gb)
+	if err := relayclient.RebindFastForTest(a); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a's packets reach b after the rebind", func() bool {
+		a.Send(kb.Public(), []byte("x"))
+		return gb.n.Load() > 0
+	})
+	waitUntil(t, "b's packets reach a's new address", func() bool {
+		b.Send(ka.Public(), []byte("y"))
+		return ga.n.Load() > 0
+	})
+}

@@ -87,7 +87,7 @@ func (c *Conn) EnableFastPath(ctx context.Context) error {
 	c.mu.Unlock()
 	ok = true
 	c.wg.Add(2)
-	go func() { defer c.wg.Done(); c.readFast(udp) }()
+	go func() { defer c.wg.Done(); c.readFast(udp, offer.Session) }()
 	go func() { defer c.wg.Done(); <-c.done; udp.Close() }()
 	return nil
 }
@@ -148,21 +148,41 @@ func (c *Conn) handleFastFrame(typ relayproto.FrameType, body []byte) {
 	}
 }
 
-// readFast delivers FastRecv datagrams to the handler. The socket is
-// connected to the relay, so only the relay's packets arrive here.
-func (c *Conn) readFast(udp *net.UDPConn) {
+// reconfirmInterval bounds how often the client answers a challenge that
+// arrives after the fast path is up. The relay sends one when this
+// client's packets come from a new address (its NAT rebound the mapping);
+// confirming it over the authenticated session moves the relay's view of
+// the fast path to the new address. The challenge is bound to the address
+// it was sent to, so confirming one never moves the path anywhere else.
+const reconfirmInterval = 200 * time.Millisecond
+
+// readFast delivers FastRecv datagrams to the handler and answers
+// re-confirmation challenges. The socket is connected to the relay, so
+// only the relay's packets arrive here.
+func (c *Conn) readFast(udp *net.UDPConn, session [relayproto.SessionLen]byte) {
 	buf := make([]byte, 1<<16)
+	var lastConfirm time.Time
 	for {
 		n, err := udp.Read(buf)
 		if err != nil {
 			return
 		}
 		fd, err := relayproto.ParseFast(buf[:n])
-		if err != nil || fd.Kind != relayproto.FastRecv {
+		if err != nil {
 			continue
 		}
-		if c.cfg.Handler != nil {
-			c.cfg.Handler(Packet{Src: fd.Key, Payload: append([]byte(nil), fd.Payload...)})
+		switch fd.Kind {
+		case relayproto.FastRecv:
+			if c.cfg.Handler != nil {
+				c.cfg.Handler(Packet{Src: fd.Key, Payload: append([]byte(nil), fd.Payload...)})
+			}
+		case relayproto.FastChallenge:
+			if fd.Session != session || time.Since(lastConfirm) < reconfirmInterval {
+				continue
+			}
+			lastConfirm = time.Now()
+			c.log.Debug("fast path: address changed; re-confirming")
+			c.writeFrame(relayproto.FrameFastPathConfirm, fd.Challenge[:])
 		}
 	}
 }
@@ -172,8 +192,8 @@ func (c *Conn) sendFast(dst key.NodePublic, payload []byte) (ok bool, err error)
 	c.mu.Lock()
 	fp := c.mu.fast
 	c.mu.Unlock()
-	if fp == nil {
-		return false, nil
+	if fp == nil || relayproto.FastSendOverhead+len(payload) > relayproto.MaxFastDatagram {
+		return false, nil // too large for the relay's batch buffers: QUIC or TCP takes it
 	}
 	bp := dgramPool.Get().(*[]byte)
 	d := relayproto.AppendFastSend((*bp)[:0], fp.session, dst, payload)

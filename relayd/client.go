@@ -36,6 +36,24 @@ const senderSetMax = 256
 // packet, without unbounded growth; the set is reset when it fills.
 const notHereMax = 64
 
+// maxPeerHandles bounds the handles a relay hands one sender (see
+// client.handles). Past it the sender gets no more handles and addresses
+// further peers by key (28 bytes more per packet). It matches relayclient's
+// own bound.
+const maxPeerHandles = 4096
+
+// DefaultQueueBytes caps the payload bytes queued for one receiver across
+// its data and disco queues. 128 full-size (1280-byte) packets take 160 KiB,
+// so ordinary traffic only ever meets the packet limit; the byte cap stops
+// 64 KiB stream packets from making a non-reading client hold 128 × 64 KiB.
+const DefaultQueueBytes = 256 << 10
+
+// DefaultClientRate is the per-client send limit when none is configured:
+// 1 Gbit/s, about what the whole relay forwards on two cores, so one client
+// can use the relay alone but never more than it, and a flood from one
+// client cannot grow without bound. Config.ClientRate < 0 turns it off.
+const DefaultClientRate = 125_000_000
+
 // writeTimeout bounds one stream write. A client whose flow-control
 // window stays shut this long is not reading and is closed; its queues
 // meanwhile drop their oldest packets as usual.
@@ -57,12 +75,13 @@ type ring struct {
 	head, n int
 }
 
-// push adds p, returning true if the oldest entry was dropped to make room.
-func (r *ring) push(p packet, capacity int) (dropped bool) {
+// push adds p, returning the oldest entry if it was dropped to make room.
+func (r *ring) push(p packet, capacity int) (old packet, dropped bool) {
 	if r.buf == nil {
 		r.buf = make([]packet, capacity) // lazily: idle clients pay nothing
 	}
 	if r.n == len(r.buf) {
+		old = r.buf[r.head]
 		r.buf[r.head] = packet{}
 		r.head = (r.head + 1) % len(r.buf)
 		r.n--
@@ -70,7 +89,7 @@ func (r *ring) push(p packet, capacity int) (dropped bool) {
 	}
 	r.buf[(r.head+r.n)%len(r.buf)] = p
 	r.n++
-	return dropped
+	return old, dropped
 }
 
 func (r *ring) pop() (packet, bool) {
@@ -85,15 +104,14 @@ func (r *ring) pop() (packet, bool) {
 }
 
 type client struct {
-	s      *Server
-	c      conn
-	key    key.NodePublic
-	handle uint32
-	dgram  bool // deliver packets as datagrams when they fit
-	lim    *limiter
-	fast   atomic.Pointer[fastState] // nil until the client asks for a fast path
-	wake   chan struct{}             // cap 1: writer has work
-	done   chan struct{}             // closed by close
+	s     *Server
+	c     conn
+	key   key.NodePublic
+	dgram bool // deliver packets as datagrams when they fit
+	lim   *limiter
+	fast  atomic.Pointer[fastState] // nil until the client asks for a fast path
+	wake  chan struct{}             // cap 1: writer has work
+	done  chan struct{}             // closed by close
 
 	mu struct {
 		sync.Mutex
@@ -103,8 +121,52 @@ type client struct {
 		data    ring
 		senders map[key.NodePublic]struct{}
 		notHere map[key.NodePublic]struct{}
+		qbytes  int // payload bytes in disco and data
+	}
+	// handles are this client's own names for the peers it sends to: a
+	// handle is handed out (in PeerPresent) only for a peer the client
+	// addressed by key, and means something only in this client's
+	// SendHandle frames, so handles reveal nothing and cannot be guessed
+	// into another client's traffic. Handles are never reused within a
+	// connection; a handle names a key, so it survives the peer
+	// reconnecting.
+	handles struct {
+		sync.RWMutex
+		byHandle map[uint32]key.NodePublic
+		byKey    map[key.NodePublic]uint32
+		next     uint32
 	}
 	closeOnce sync.Once
+}
+
+// handleFor returns cl's handle for peer k, assigning one if needed; ok is
+// false once cl holds maxPeerHandles.
+func (cl *client) handleFor(k key.NodePublic) (uint32, bool) {
+	cl.handles.Lock()
+	defer cl.handles.Unlock()
+	if h, ok := cl.handles.byKey[k]; ok {
+		return h, true
+	}
+	if len(cl.handles.byKey) >= maxPeerHandles {
+		return 0, false
+	}
+	if cl.handles.byKey == nil {
+		cl.handles.byKey = map[key.NodePublic]uint32{}
+		cl.handles.byHandle = map[uint32]key.NodePublic{}
+	}
+	cl.handles.next++
+	h := cl.handles.next
+	cl.handles.byKey[k] = h
+	cl.handles.byHandle[h] = k
+	return h, true
+}
+
+// peerByHandle resolves one of cl's handles.
+func (cl *client) peerByHandle(h uint32) (key.NodePublic, bool) {
+	cl.handles.RLock()
+	defer cl.handles.RUnlock()
+	k, ok := cl.handles.byHandle[h]
+	return k, ok
 }
 
 // register creates the client after admission and makes it reachable,
@@ -117,22 +179,16 @@ func (s *Server) register(c conn, h relayproto.ClientHello) *client {
 	}
 	s.mu.Lock()
 	old := s.mu.clients[h.Node]
-	for {
-		s.mu.nextHandle++
-		if _, used := s.mu.handles[s.mu.nextHandle]; s.mu.nextHandle != 0 && !used {
-			break
-		}
-	}
-	cl.handle = s.mu.nextHandle
 	s.mu.clients[h.Node] = cl
-	s.mu.handles[cl.handle] = cl
 	delete(s.mu.remote, h.Node) // a local client wins over a mesh rumour
 	s.mu.Unlock()
 	if old != nil {
 		old.close("replaced by a newer connection")
 	}
 	s.meshAnnounce(h.Node, true)
-	sh := relayproto.ServerHello{Version: relayproto.Version, Handle: cl.handle, Region: s.cfg.Region}
+	// Handle 0: handles are per sender (client.handles), announced in
+	// PeerPresent; a client has no relay-wide handle of its own.
+	sh := relayproto.ServerHello{Version: relayproto.Version, Region: s.cfg.Region}
 	cl.c.Write(relayproto.AppendFrame(nil, relayproto.FrameServerHello, sh.Append(nil)))
 	return cl
 }
@@ -144,7 +200,6 @@ func (s *Server) unregister(cl *client) {
 	if current {
 		delete(s.mu.clients, cl.key)
 	}
-	delete(s.mu.handles, cl.handle)
 	fs := cl.fast.Load()
 	if fs != nil {
 		delete(s.mu.sessions, fs.session)
@@ -157,7 +212,7 @@ func (s *Server) unregister(cl *client) {
 	senders := cl.mu.senders
 	cl.mu.senders = nil
 	dropped := cl.mu.data.n + cl.mu.disco.n
-	cl.mu.data, cl.mu.disco = ring{}, ring{}
+	cl.mu.data, cl.mu.disco, cl.mu.qbytes = ring{}, ring{}, 0
 	cl.mu.Unlock()
 	if dropped > 0 {
 		s.m.drops.WithLabelValues(dropClosed).Add(float64(dropped))
@@ -224,7 +279,7 @@ var errUnexpected = errors.New("unexpected frame")
 func (cl *client) readStream() error {
 	r := relayproto.NewReader(cl.c, relayproto.MaxBodyLen)
 	for {
-		cl.c.setReadDeadline(time.Now().Add(IdleTimeout))
+		cl.c.setIdleDeadline(time.Now().Add(IdleTimeout))
 		typ, body, err := r.Next(nil)
 		if err != nil {
 			if errors.Is(err, relayproto.ErrTruncated) || errors.Is(err, relayproto.ErrOversized) || errors.Is(err, relayproto.ErrUnknown) {
@@ -268,20 +323,18 @@ func (cl *client) handleFrame(typ relayproto.FrameType, body []byte) error {
 		if err != nil {
 			return cl.badFrame(err)
 		}
-		cl.s.forward(cl, dst, nil, payload, typ == relayproto.FrameSendDisco)
+		cl.s.forward(cl, dst, payload, typ == relayproto.FrameSendDisco, true)
 	case relayproto.FrameSendHandle:
 		h, payload, err := relayproto.ParseHandlePacket(body)
 		if err != nil {
 			return cl.badFrame(err)
 		}
-		cl.s.mu.RLock()
-		dst := cl.s.mu.handles[h]
-		cl.s.mu.RUnlock()
-		if dst == nil {
+		dst, ok := cl.peerByHandle(h)
+		if !ok {
 			cl.s.m.drops.WithLabelValues(dropNoSuchPeer).Inc()
 			return nil
 		}
-		cl.s.forward(cl, dst.key, dst, payload, false)
+		cl.s.forward(cl, dst, payload, false, false)
 	case relayproto.FramePing:
 		if _, err := relayproto.ParsePing(body); err != nil {
 			return cl.badFrame(err)
@@ -308,26 +361,25 @@ func (cl *client) handleFrame(typ relayproto.FrameType, body []byte) error {
 	return nil
 }
 
-// forward routes one packet from src. dst is the destination client if the
-// caller already resolved it (handle addressing).
-func (s *Server) forward(src *client, dstKey key.NodePublic, dst *client, payload []byte, disco bool) {
+// forward routes one packet from src to dstKey. byKey says the sender
+// addressed it by key (not by one of its handles): only then may it learn
+// the peer's presence and a handle from a PeerPresent.
+func (s *Server) forward(src *client, dstKey key.NodePublic, payload []byte, disco, byKey bool) {
 	if src.lim != nil && !src.lim.allow(len(payload), time.Now()) {
 		s.m.drops.WithLabelValues(dropRateLimited).Inc()
 		return
 	}
 	var via key.RelayPublic
 	remote := false
+	s.mu.RLock()
+	dst := s.mu.clients[dstKey]
 	if dst == nil {
-		s.mu.RLock()
-		dst = s.mu.clients[dstKey]
-		if dst == nil {
-			via, remote = s.mu.remote[dstKey]
-		}
-		s.mu.RUnlock()
+		via, remote = s.mu.remote[dstKey]
 	}
+	s.mu.RUnlock()
 	switch {
 	case dst != nil:
-		dst.enqueue(packet{src: src.key, payload: payload, enq: s.nowNanos()}, disco, src)
+		dst.enqueue(packet{src: src.key, payload: payload, enq: s.nowNanos()}, disco, src, byKey)
 	case remote:
 		s.meshForward(via, src.key, dstKey, payload, disco)
 	default:
@@ -337,63 +389,91 @@ func (s *Server) forward(src *client, dstKey key.NodePublic, dst *client, payloa
 }
 
 // noteSender records from as a sender to cl (for PeerGone on departure)
-// and, the first time, sends it a PeerPresent with cl's handle.
+// and, the first time, sends it a PeerPresent with its handle for cl. The
+// fast path calls it; fast-path packets are always addressed by key.
 func (cl *client) noteSender(from *client) {
 	cl.mu.Lock()
-	_, ok := cl.mu.senders[from.key]
-	announce := false
-	if !ok && !cl.mu.closed {
-		if cl.mu.senders == nil {
-			cl.mu.senders = map[key.NodePublic]struct{}{}
-		}
-		if len(cl.mu.senders) < senderSetMax {
-			cl.mu.senders[from.key] = struct{}{}
-			announce = true
-		}
-	}
+	announce := !cl.mu.closed && cl.trackSenderLocked(from)
 	cl.mu.Unlock()
 	if announce {
-		from.enqueueCtrl(relayproto.FramePeerPresent, relayproto.AppendPeerPresent(nil, cl.key, cl.handle))
+		cl.announceTo(from)
+	}
+}
+
+// trackSenderLocked adds from to cl's senders and reports whether it is new.
+func (cl *client) trackSenderLocked(from *client) bool {
+	if _, ok := cl.mu.senders[from.key]; ok {
+		return false
+	}
+	if cl.mu.senders == nil {
+		cl.mu.senders = map[key.NodePublic]struct{}{}
+	}
+	if len(cl.mu.senders) >= senderSetMax {
+		return false
+	}
+	cl.mu.senders[from.key] = struct{}{}
+	return true
+}
+
+// announceTo sends from a PeerPresent for cl with from's handle for it.
+func (cl *client) announceTo(from *client) {
+	if h, ok := from.handleFor(cl.key); ok {
+		from.enqueueCtrl(relayproto.FramePeerPresent, relayproto.AppendPeerPresent(nil, cl.key, h))
 	}
 }
 
 // enqueue queues p for delivery. from is the local sender, if any: the first
-// packet from a sender makes it a tracked sender and earns it a PeerPresent
-// with this client's handle.
-func (cl *client) enqueue(p packet, disco bool, from *client) {
-	var dropped, announce bool
+// packet from a sender makes it a tracked sender, and, if it addressed cl by
+// key (byKey), earns it a PeerPresent with a handle for cl.
+//
+// The queues drop their oldest packet when full, in packets (QueueLen,
+// DiscoQueueLen) and in bytes (QueueBytes over both).
+func (cl *client) enqueue(p packet, disco bool, from *client, byKey bool) {
+	var dropped, bytesDropped int
+	announce := false
 	cl.mu.Lock()
 	if cl.mu.closed {
 		cl.mu.Unlock()
 		cl.s.m.drops.WithLabelValues(dropClosed).Inc()
 		return
 	}
+	q, capacity := &cl.mu.data, cl.s.cfg.QueueLen
 	if disco {
-		dropped = cl.mu.disco.push(p, cl.s.cfg.DiscoQueueLen)
-	} else {
-		dropped = cl.mu.data.push(p, cl.s.cfg.QueueLen)
+		q, capacity = &cl.mu.disco, cl.s.cfg.DiscoQueueLen
 	}
-	if from != nil {
-		if _, ok := cl.mu.senders[from.key]; !ok {
-			if cl.mu.senders == nil {
-				cl.mu.senders = map[key.NodePublic]struct{}{}
-			}
-			if len(cl.mu.senders) < senderSetMax {
-				cl.mu.senders[from.key] = struct{}{}
-				announce = true
+	if old, ok := q.push(p, capacity); ok {
+		cl.mu.qbytes -= len(old.payload)
+		dropped++
+	}
+	cl.mu.qbytes += len(p.payload)
+	for cl.mu.qbytes > cl.s.cfg.QueueBytes {
+		// Oldest data first; disco (small, and what sets up direct paths)
+		// only when there is no data left to shed.
+		old, ok := cl.mu.data.pop()
+		if !ok {
+			if old, ok = cl.mu.disco.pop(); !ok {
+				break
 			}
 		}
+		cl.mu.qbytes -= len(old.payload)
+		bytesDropped++
+	}
+	if from != nil {
+		announce = cl.trackSenderLocked(from) && byKey
 	}
 	cl.mu.Unlock()
-	if dropped {
+	if dropped > 0 {
 		if disco {
 			cl.s.m.dropDisco.Inc()
 		} else {
 			cl.s.m.dropQueue.Inc()
 		}
 	}
+	if bytesDropped > 0 {
+		cl.s.m.dropQueueBytes.Add(float64(bytesDropped))
+	}
 	if announce {
-		from.enqueueCtrl(relayproto.FramePeerPresent, relayproto.AppendPeerPresent(nil, cl.key, cl.handle))
+		cl.announceTo(from)
 	}
 	cl.signal()
 }
@@ -460,6 +540,7 @@ func (cl *client) write() {
 				if !ok {
 					break
 				}
+				cl.mu.qbytes -= len(p.payload)
 				batch = append(batch, p)
 			}
 			nDisco := len(batch)
@@ -468,6 +549,7 @@ func (cl *client) write() {
 				if !ok {
 					break
 				}
+				cl.mu.qbytes -= len(p.payload)
 				batch = append(batch, p)
 			}
 			cl.mu.Unlock()
@@ -485,7 +567,7 @@ func (cl *client) write() {
 				if i < nDisco {
 					t = relayproto.FrameRecvDisco
 				}
-				if t == relayproto.FrameRecvPacket {
+				if t == relayproto.FrameRecvPacket && relayproto.FastRecvOverhead+len(p.payload) <= relayproto.MaxFastDatagram {
 					if addr, ok := cl.fastAddr(); ok {
 						if err := cl.s.sendFast(cl, addr, p.src, p.payload); err == nil {
 							cl.s.m.fwdFastPkts.Inc()

@@ -29,6 +29,7 @@ type Flags struct {
 	STUNListen     string        `flag:"stun-listen" env:"STUN_LISTEN" help:"extra plain STUN UDP address, such as :3478 (default: none)"`
 	FastListen     string        `flag:"fastpath-listen" env:"FASTPATH_LISTEN" help:"UDP address for the plain-UDP fast path clients may negotiate (default: off); each client gets its own port on this IP"`
 	FastShared     bool          `flag:"fastpath-shared" env:"FASTPATH_SHARED" help:"serve every fast-path client on the --fastpath-listen port itself (one firewall port; no fairness between them)"`
+	FastNoGSO      bool          `flag:"fastpath-no-gso" env:"FASTPATH_NO_GSO" help:"do not use UDP GSO for fast-path sends (sendmmsg batching stays)"`
 	PublicAddr     string        `flag:"public-addr" env:"PUBLIC_ADDR" help:"host:port clients reach this relay at"`
 	StateDir       string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the relay key and certificate (required)"`
 	MetricsListen  string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -37,12 +38,16 @@ type Flags struct {
 	MeshWith       []string      `flag:"mesh-with" env:"MESH_WITH" help:"UDP addresses of the other relays of this region"`
 	MeshSecret     string        `flag:"mesh-secret" env:"MESH_SECRET" help:"shared secret of the regional mesh"`
 	MeshSecretFile string        `flag:"mesh-secret-file" env:"MESH_SECRET_FILE" help:"file holding the mesh secret (beats --mesh-secret)"`
-	ClientRate     float64       `flag:"client-rate" env:"CLIENT_RATE" help:"per-client send limit in bytes per second (0: unlimited)"`
+	ClientRate     float64       `flag:"client-rate" env:"CLIENT_RATE" envDefault:"125000000" help:"per-client send limit in bytes per second (default 1 Gbit/s; 0: unlimited)"`
 	ClientBurst    int           `flag:"client-burst" env:"CLIENT_BURST" help:"per-client burst in bytes (default: one second of --client-rate)"`
 	QueueLen       int           `flag:"queue-len" env:"QUEUE_LEN" envDefault:"128" help:"per-client data queue in packets (oldest dropped when full)"`
 	DiscoQueueLen  int           `flag:"disco-queue-len" env:"DISCO_QUEUE_LEN" envDefault:"16" help:"per-client disco queue in packets"`
+	QueueBytes     int           `flag:"queue-bytes" env:"QUEUE_BYTES" envDefault:"262144" help:"per-client cap on queued payload bytes, data and disco together (oldest dropped past it)"`
+	MaxPending     int           `flag:"max-pending" env:"MAX_PENDING" envDefault:"1024" help:"connections not yet admitted (handshake or hello pending), QUIC and TCP together; past it the oldest is closed"`
+	MaxPendingSrc  int           `flag:"max-pending-per-source" env:"MAX_PENDING_PER_SOURCE" envDefault:"32" help:"of those, per source address (IPv6: per /64); past it that source's oldest is closed"`
+	HelloTimeout   time.Duration `flag:"hello-timeout" env:"HELLO_TIMEOUT" envDefault:"10s" help:"time from accept to the client hello (QUIC: including the handshake)"`
 	DrainGrace     time.Duration `flag:"drain-grace" env:"DRAIN_GRACE" envDefault:"10s" help:"on SIGTERM, how long clients get to move before the relay closes"`
-	PprofListen    string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"address to serve net/http/pprof on, for profiling (default: off; never expose it)"`
+	PprofListen    string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"loopback address to serve net/http/pprof on, for profiling (default: off)"`
 	JSON           bool          `flag:"json" env:"JSON" help:"relayd pin: print JSON"`
 	cli.Logging
 }
@@ -97,13 +102,22 @@ func printPin(f Flags, out io.Writer) error {
 
 func (f Flags) config() (Config, error) {
 	cfg := Config{
-		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen, FastShared: f.FastShared,
+		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen, FastShared: f.FastShared, FastNoGSO: f.FastNoGSO,
 		PublicAddr: f.PublicAddr, StateDir: f.StateDir, MeshWith: f.MeshWith,
-		QueueLen: f.QueueLen, DiscoQueueLen: f.DiscoQueueLen,
+		QueueLen: f.QueueLen, DiscoQueueLen: f.DiscoQueueLen, QueueBytes: f.QueueBytes,
 		ClientRate: f.ClientRate, ClientBurst: f.ClientBurst, DrainGrace: f.DrainGrace,
+		MaxPending: f.MaxPending, MaxPendingPerSource: f.MaxPendingSrc, HelloTimeout: f.HelloTimeout,
+	}
+	if f.ClientRate == 0 {
+		cfg.ClientRate = -1 // the flag's 0 is "unlimited"; Config's 0 is the default
 	}
 	if f.Region == "" {
 		return cfg, errors.New("relayd: --region is required")
+	}
+	if f.PprofListen != "" {
+		if err := checkPprofAddr(f.PprofListen); err != nil {
+			return cfg, err
+		}
 	}
 	if f.StateDir == "" {
 		return cfg, errors.New("relayd: --state-dir is required")
@@ -150,6 +164,9 @@ func (f Flags) config() (Config, error) {
 	if f.ClientRate < 0 || f.ClientBurst < 0 {
 		return cfg, errors.New("relayd: --client-rate and --client-burst must not be negative")
 	}
+	if f.QueueBytes < 1 || f.MaxPending < 1 || f.MaxPendingSrc < 1 || f.HelloTimeout <= 0 {
+		return cfg, errors.New("relayd: --queue-bytes, --max-pending, --max-pending-per-source and --hello-timeout must be positive")
+	}
 	if f.Coordinator != "" {
 		if _, err := coordclient.ParseURLs(f.Coordinator); err != nil {
 			return cfg, fmt.Errorf("relayd: --coordinator: %w", err)
@@ -187,9 +204,7 @@ func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 		if err := j.join(ctx, f.JoinKey, req); err != nil {
 			return err
 		}
-		static := cfg.Trusted
 		j.apply(&cfg)
-		cfg.Trusted = append(cfg.Trusted, static...)
 	}
 	reg := metricsrv.NewRegistry()
 	s, err := New(cfg, log, reg)
@@ -199,9 +214,10 @@ func serve(ctx context.Context, f Flags, log *slog.Logger) error {
 	if j != nil {
 		j.srv = s
 		hctx, hstop := context.WithCancel(ctx)
-		hdone := make(chan struct{})
-		go func() { defer close(hdone); j.heartbeats(hctx) }()
-		defer func() { hstop(); <-hdone }()
+		hdone := make(chan struct{}, 2)
+		go func() { defer func() { hdone <- struct{}{} }(); j.heartbeats(hctx) }()
+		go func() { defer func() { hdone <- struct{}{} }(); s.FollowRevocations(hctx, j) }()
+		defer func() { hstop(); <-hdone; <-hdone }()
 	}
 	mctx, mstop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -49,6 +49,8 @@ func TestCommandErrors(t *testing.T) {
 		{"no trust", []string{"--state-dir", dir, "--region", "x"}, "trust anchor"},
 		{"bad trust key", []string{"--state-dir", dir, "--region", "x", "--trust-key", "signkey:zz"}, "--trust-key"},
 		{"mesh without secret", []string{"--state-dir", dir, "--region", "x", "--trust-key", sk, "--mesh-with", "127.0.0.1:1"}, "mesh-secret"},
+		{"pprof on all interfaces", []string{"--state-dir", dir, "--region", "x", "--trust-key", sk, "--pprof-listen", ":6060"}, "loopback"},
+		{"pprof on a public address", []string{"--state-dir", dir, "--region", "x", "--trust-key", sk, "--pprof-listen", "198.18.0.1:6060"}, "loopback"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 		{"bad flag", []string{"--nope"}, "nope"},
 	}

@@ -2,8 +2,9 @@ package relayd
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
-	"errors"
+	"crypto/sha256"
 	"net"
 	"net/netip"
 	"sync"
@@ -19,18 +20,85 @@ import (
 // the source address, write to the destination's validated address — the
 // same work as a plain UDP forwarder, plus a map lookup. Destinations
 // without a fast path get the packet through their normal queue.
+//
+// Authentication. The session id is not a secret: it travels in cleartext
+// in every Bind and FastSend datagram. So:
+//
+//   - the challenge the relay sends to a Bind's source is
+//     HMAC-SHA256(relay secret, session ‖ source address)[:8], and a
+//     Confirm validates only the candidate address whose challenge it
+//     echoes. Someone who saw the session id and races a Bind from its own
+//     address receives the challenge for its own address, which it cannot
+//     confirm (that takes the client's TLS session); the victim's Confirm
+//     still validates the victim's address.
+//   - data is accepted only from the validated address. A datagram with a
+//     valid session from another address is dropped and answered, at most
+//     fastChallengeRate times a second per session, with a challenge for
+//     that address: if the client's NAT moved it, the client sees the
+//     challenge on its socket and confirms it over TLS (re-confirmation on
+//     address change); anyone else cannot.
+//
+// Per-packet MACs (a per-session key and a truncated tag) would also stop
+// a spoofer who can forge the validated source address exactly, but that
+// attacker gains nothing from it: WireGuard authenticates every payload end
+// to end, so forged packets die at the peer. The address check costs one
+// comparison per packet; BenchmarkFastPathAuth measures what a MAC would
+// add (BENCHMARKS.md).
 
-// fastState is one client's fast path. session and challenge never change;
-// candidate and addr are written by the fast-path loop and the client's
-// reader, read per packet.
+// Fast-path limits.
+const (
+	// fastCandidates bounds the Bind sources remembered per session while
+	// waiting for a Confirm: the client's own plus a few racing ones.
+	fastCandidates = 4
+	// fastChallengeRate and fastChallengeBurst bound challenges sent per
+	// session, per second: a Bind is 9 bytes and a challenge 17, so this
+	// caps what a spoofed Bind flood can reflect at 170 B/s per session.
+	fastChallengeRate  = 10
+	fastChallengeBurst = 10
+)
+
+// fastState is one client's fast path. session never changes; the
+// candidates are guarded by mu; addr is read per packet.
 type fastState struct {
-	session   [relayproto.SessionLen]byte
-	challenge [relayproto.ChallengeLen]byte
+	session [relayproto.SessionLen]byte
 	// conn is the client's own fast-path socket (see startFastPath), or
 	// nil when it shares the relay's --fastpath-listen socket.
-	conn      *net.UDPConn
-	candidate atomic.Pointer[netip.AddrPort] // last Bind source, not yet proven
-	addr      atomic.Pointer[netip.AddrPort] // validated: data goes here
+	conn *net.UDPConn
+	bc   batchConn                      // batches on conn (or on the shared socket)
+	addr atomic.Pointer[netip.AddrPort] // validated: data goes here
+	lim  *limiter                       // challenges sent (count, not bytes)
+
+	mu struct {
+		sync.Mutex
+		cands [fastCandidates]netip.AddrPort // recent Bind sources, not yet proven
+		next  int
+	}
+}
+
+// addCandidate remembers a, replacing the oldest candidate when full.
+func (fs *fastState) addCandidate(a netip.AddrPort) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for _, c := range fs.mu.cands {
+		if c == a {
+			return
+		}
+	}
+	fs.mu.cands[fs.mu.next] = a
+	fs.mu.next = (fs.mu.next + 1) % fastCandidates
+}
+
+// fastChallenge is the challenge for session at addr.
+func (s *Server) fastChallenge(session [relayproto.SessionLen]byte, addr netip.AddrPort) [relayproto.ChallengeLen]byte {
+	h := hmac.New(sha256.New, s.fastKey[:])
+	h.Write([]byte("wiremesh fastpath challenge v1"))
+	h.Write(session[:])
+	ip := addr.Addr().As16()
+	h.Write(ip[:])
+	h.Write([]byte{byte(addr.Port() >> 8), byte(addr.Port())})
+	var out [relayproto.ChallengeLen]byte
+	copy(out[:], h.Sum(nil))
+	return out
 }
 
 // fastAddr reports whether cl has a validated fast path, and where.
@@ -64,9 +132,8 @@ func (cl *client) startFastPath() {
 	}
 	fs := cl.fast.Load()
 	if fs == nil {
-		fs = &fastState{}
+		fs = &fastState{lim: newLimiter(fastChallengeRate, fastChallengeBurst, time.Now()), bc: s.fastBC}
 		rand.Read(fs.session[:])
-		rand.Read(fs.challenge[:])
 		if !s.cfg.FastShared {
 			ip := s.fast.LocalAddr().(*net.UDPAddr).IP
 			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
@@ -77,14 +144,16 @@ func (cl *client) startFastPath() {
 			}
 			c.SetReadBuffer(fastClientBuffer)
 			c.SetWriteBuffer(fastClientBuffer)
-			fs.conn = c
+			fs.conn, fs.bc = c, newBatchConn(c)
 		}
+		// cl.fast first: handleFast looks the session up and then
+		// dereferences cl.fast.
+		cl.fast.Store(fs)
 		s.mu.Lock()
 		s.mu.sessions[fs.session] = cl
 		s.mu.Unlock()
-		cl.fast.Store(fs)
 		if fs.conn != nil {
-			s.spawn(func() { s.serveFastConn(fs.conn, cl.done) })
+			s.spawn(func() { s.serveFastConn(fs.conn, fs.bc, cl.done) })
 		}
 	}
 	port := s.fast.LocalAddr().(*net.UDPAddr).Port
@@ -103,26 +172,59 @@ func (cl *client) startFastPath() {
 // net.core.rmem_max.
 const fastClientBuffer = 2 << 20
 
-// confirmFastPath validates the candidate address with the echoed challenge.
+// confirmFastPath validates the candidate address whose challenge the
+// client echoed.
 func (cl *client) confirmFastPath(body []byte) error {
 	ch, err := relayproto.ParseChallenge(body)
 	if err != nil {
 		return cl.badFrame(err)
 	}
 	fs := cl.fast.Load()
-	if fs == nil || ch != fs.challenge {
-		return nil // stale or wrong: the client will time out and stay on QUIC
-	}
-	cand := fs.candidate.Load()
-	if cand == nil {
+	if fs == nil {
+		cl.s.m.fastConfirms.WithLabelValues("mismatch").Inc()
 		return nil
 	}
-	fs.addr.Store(cand)
+	fs.mu.Lock()
+	var found *netip.AddrPort
+	for _, c := range fs.mu.cands {
+		if want := cl.s.fastChallenge(fs.session, c); c.IsValid() && hmac.Equal(want[:], ch[:]) {
+			found = &c
+			fs.mu.cands = [fastCandidates]netip.AddrPort{}
+			break
+		}
+	}
+	fs.mu.Unlock()
+	if found == nil {
+		// Stale, or for an address that is no longer a candidate: the
+		// client times out (or rebinds) and stays on QUIC meanwhile.
+		cl.s.m.fastConfirms.WithLabelValues("mismatch").Inc()
+		return nil
+	}
+	fs.addr.Store(found)
+	cl.s.m.fastConfirms.WithLabelValues("ok").Inc()
 	cl.enqueueCtrl(relayproto.FrameFastPathReady, nil)
 	return nil
 }
 
-// fastBufPool holds scratch buffers for fast-path writes.
+// sendChallenge makes from a candidate of fs and sends it its challenge,
+// within the session's challenge rate.
+func (s *Server) sendChallenge(conn *net.UDPConn, fs *fastState, from netip.AddrPort) {
+	if !fs.lim.allow(1, time.Now()) {
+		s.m.fastChallenges.WithLabelValues("rate_limited").Inc()
+		return
+	}
+	fs.addCandidate(from)
+	var ch [1 + relayproto.SessionLen + relayproto.ChallengeLen]byte
+	ch[0] = relayproto.FastChallenge
+	copy(ch[1:], fs.session[:])
+	c := s.fastChallenge(fs.session, from)
+	copy(ch[1+relayproto.SessionLen:], c[:])
+	conn.WriteToUDPAddrPort(ch[:], from)
+	s.m.fastChallenges.WithLabelValues("sent").Inc()
+}
+
+// fastBufPool holds scratch buffers for single fast-path writes (packets
+// from QUIC or TCP senders to a fast-path client).
 var fastBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // sendFast writes a FastRecv datagram to dst's validated address, from the
@@ -144,12 +246,12 @@ func (s *Server) sendFast(dst *client, addr netip.AddrPort, src key.NodePublic, 
 func (s *Server) serveFast(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { s.fast.Close() })
 	defer stop()
-	s.fastLoop(s.fast, nil)
+	s.fastLoop(s.fast, s.fastBC)
 }
 
 // serveFastConn serves one client's own fast-path socket until the client
 // goes away (done) or the socket fails.
-func (s *Server) serveFastConn(conn *net.UDPConn, done <-chan struct{}) {
+func (s *Server) serveFastConn(conn *net.UDPConn, bc batchConn, done <-chan struct{}) {
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -159,26 +261,13 @@ func (s *Server) serveFastConn(conn *net.UDPConn, done <-chan struct{}) {
 		}
 		conn.Close()
 	}()
-	s.fastLoop(conn, nil)
+	s.fastLoop(conn, bc)
 }
 
-// fastLoop reads fast-path datagrams from conn until it is closed.
-func (s *Server) fastLoop(conn *net.UDPConn, _ *client) {
-	buf := make([]byte, 1<<16)
-	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		s.handleFast(conn, buf[:n], from)
-	}
-}
-
-// handleFast acts on one fast-path datagram that arrived on conn.
-func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort) {
+// handleFast acts on one fast-path datagram that arrived on conn; packets
+// it forwards over the fast path join b, written when the batch is done.
+// d is rewritten in place.
+func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort, b *fastBatch) {
 	fd, err := relayproto.ParseFast(d)
 	if err != nil {
 		s.m.badFrames.WithLabelValues(relayproto.BadFrameReason(err)).Inc()
@@ -198,26 +287,28 @@ func (s *Server) handleFast(conn *net.UDPConn, d []byte, from netip.AddrPort) {
 	}
 	switch fd.Kind {
 	case relayproto.FastBind:
-		fs.candidate.Store(&from)
-		var ch [1 + relayproto.SessionLen + relayproto.ChallengeLen]byte
-		ch[0] = relayproto.FastChallenge
-		copy(ch[1:], fs.session[:])
-		copy(ch[1+relayproto.SessionLen:], fs.challenge[:])
-		conn.WriteToUDPAddrPort(ch[:], from)
+		s.sendChallenge(conn, fs, from)
 	case relayproto.FastSend:
 		if a := fs.addr.Load(); a == nil || *a != from {
 			s.m.dropFastUnvalidated.Inc()
+			if a != nil {
+				// Maybe the client's NAT moved it: let it re-confirm.
+				s.sendChallenge(conn, fs, from)
+			}
 			return
 		}
-		s.forwardFast(cl, fd.Key, fd.Payload)
+		s.forwardFast(cl, fd.Key, d, fd.Payload, b)
 	default:
 		s.m.badFrames.WithLabelValues("unexpected").Inc()
 	}
 }
 
-// forwardFast routes a packet that arrived on the fast path. payload is
-// only valid during the call.
-func (s *Server) forwardFast(src *client, dstKey key.NodePublic, payload []byte) {
+// forwardFast routes a packet that arrived on the fast path as the
+// FastSend datagram d (payload aliases it). A destination with a fast path
+// gets it, rewritten in place into a FastRecv, in the batch b; anything
+// else takes the normal path with a copy. d is only valid until b is
+// flushed.
+func (s *Server) forwardFast(src *client, dstKey key.NodePublic, d, payload []byte, b *fastBatch) {
 	s.mu.RLock()
 	dst := s.mu.clients[dstKey]
 	s.mu.RUnlock()
@@ -228,15 +319,14 @@ func (s *Server) forwardFast(src *client, dstKey key.NodePublic, payload []byte)
 				return
 			}
 			dst.noteSender(src)
-			if err := s.sendFast(dst, addr, src.key, payload); err != nil {
-				s.m.drops.WithLabelValues(dropWriteError).Inc()
-				return
+			conn, bc := s.fast, s.fastBC
+			if fs := dst.fast.Load(); fs.conn != nil {
+				conn, bc = fs.conn, fs.bc
 			}
-			s.m.fwdFastPkts.Inc()
-			s.m.fwdFastBytes.Add(float64(len(payload)))
+			b.add(conn, bc, addr, relayproto.FastRecvInPlace(d, src.key))
 			return
 		}
 	}
 	// Everything else takes the normal path, which keeps the payload.
-	s.forward(src, dstKey, dst, append([]byte(nil), payload...), false)
+	s.forward(src, dstKey, append([]byte(nil), payload...), false, true)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
 
@@ -21,7 +23,7 @@ func TestRingDropsOldest(t *testing.T) {
 	var r ring
 	drops := 0
 	for i := range 10 {
-		if r.push(packet{enq: int64(i)}, 4) {
+		if _, dropped := r.push(packet{enq: int64(i)}, 4); dropped {
 			drops++
 		}
 	}
@@ -101,7 +103,9 @@ func TestWriteCorpus(t *testing.T) {
 			stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.NewSoftware("x")).Raw,
 			{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42},
 		},
-		"FuzzHello": {h.Append(nil), make([]byte, 106)},
+		"FuzzHello":         {h.Append(nil), make([]byte, 106)},
+		"FuzzServerFrames":  fuzzFrameSeeds(),
+		"FuzzFastDatagrams": fuzzFastSeeds(),
 	}
 	for name, list := range seeds {
 		dir := filepath.Join("testdata", "fuzz", name)
@@ -157,4 +161,80 @@ func FuzzHello(f *testing.F) {
 			t.Fatal("rejection without a label")
 		}
 	})
+}
+
+// TestJoinMergesStaticConfig: the coordinator's answer adds to the static
+// trust keys and mesh peers, it never replaces them.
+func TestJoinMergesStaticConfig(t *testing.T) {
+	static, coordKey := key.NewSigning().Public(), key.NewSigning().Public()
+	j := &joiner{self: "198.18.0.1:443", priv: key.NewRelay()}
+	cfg := Config{Trusted: []key.SigningPublic{static}, MeshWith: []string{"198.18.0.9:443"}, MeshSecret: []byte("s3")}
+	j.state = &joinState{Response: netmap.RelayJoinResponse{AdmitKeys: []key.SigningPublic{coordKey}}}
+	j.apply(&cfg)
+	resp := netmap.RelayJoinResponse{AdmitKeys: []key.SigningPublic{coordKey}, MeshSecret: "coord",
+		Region: netmap.Region{Relays: []netmap.Relay{{Addr: "198.18.0.2:443"}, {Addr: "198.18.0.1:443"}}}}
+	trusted, peers, secret := j.merged(resp)
+	if len(trusted) != 2 || trusted[0] != coordKey || trusted[1] != static {
+		t.Fatalf("trusted %v", trusted)
+	}
+	if fmt.Sprint(peers) != "[198.18.0.2:443 198.18.0.9:443]" || string(secret) != "coord" {
+		t.Fatalf("peers %v secret %q", peers, secret)
+	}
+	resp.MeshSecret = ""
+	if _, _, secret := j.merged(resp); string(secret) != "s3" {
+		t.Fatalf("static secret lost: %q", secret)
+	}
+}
+
+// TestSTUNAnswerNoLargerThanNeeded: no SOFTWARE attribute, and a
+// FINGERPRINT only when asked with one; the IPv4 answers are 32 and 40
+// bytes. Before the fix every answer carried both (3× the request).
+func TestSTUNAnswerNoLargerThanNeeded(t *testing.T) {
+	from := &net.UDPAddr{IP: net.IPv4(198, 18, 0, 7), Port: 41641}
+	bare := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	withFP := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	for _, tc := range []struct {
+		req  *stun.Message
+		want int
+	}{{bare, 32}, {withFP, 40}} {
+		resp, ok := stunResponse(tc.req.Raw, from)
+		if !ok {
+			t.Fatal("not answered")
+		}
+		if len(resp) != tc.want {
+			t.Fatalf("answer to a %d-byte request is %d bytes, want %d", len(tc.req.Raw), len(resp), tc.want)
+		}
+		m := &stun.Message{Raw: resp}
+		if err := m.Decode(); err != nil || m.Contains(stun.AttrSoftware) {
+			t.Fatalf("decode %v, software %v", err, m.Contains(stun.AttrSoftware))
+		}
+	}
+}
+
+// TestSTUNLimiter: per source, then globally, with an injected clock.
+func TestSTUNLimiter(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := newSTUNLimiter(t0)
+	a, b := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	n := 0
+	for range 1000 {
+		if l.allow(a, t0) {
+			n++
+		}
+	}
+	if n != stunSourceBurst {
+		t.Fatalf("source answered %d times at once, want the burst %d", n, stunSourceBurst)
+	}
+	if !l.allow(b, t0) {
+		t.Fatal("another source was limited by the first")
+	}
+	if !l.allow(a, t0.Add(time.Second)) {
+		t.Fatal("source not refilled")
+	}
+	for i := range stunMaxSources + 10 { // the table stays bounded
+		l.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), t0)
+	}
+	if len(l.sources) > stunMaxSources {
+		t.Fatalf("%d sources tracked", len(l.sources))
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/wiremesh/wiremesh/coordclient"
@@ -23,6 +25,7 @@ import (
 //	  └──────────────────────────── heartbeat every interval ◄─────────────┘
 //	                                (refreshes trust and mesh; SIGTERM sends
 //	                                 a final "draining" heartbeat)
+//	  └──────────────────────────── revocation long poll (revoke.go) ◄─────┘
 //
 // The join key is needed once: afterwards the relay authenticates with its
 // relay key, and the coordinator's URL and pin are kept in join.json.
@@ -66,10 +69,45 @@ type joiner struct {
 	self   string // this relay's public address, excluded from mesh peers
 	priv   key.RelayPrivate
 	log    *slog.Logger
+	rcMu   sync.Mutex // guards rc: heartbeats and revocation polls share it
 	rc     *coordclient.RelayClient
 	state  *joinState
 	srv    *Server
 	region string
+	// static is what the flags configured (--trust-key, --mesh-with,
+	// --mesh-secret): merged with every coordinator answer, at start-up
+	// and on each heartbeat, never replaced by one.
+	static staticConfig
+}
+
+// staticConfig is the operator's own trust and mesh configuration.
+type staticConfig struct {
+	trusted  []key.SigningPublic
+	meshWith []string
+	secret   []byte
+}
+
+// merged combines the coordinator's answer with the static configuration:
+// trusted keys and mesh peers are the union (in that order, without
+// duplicates); the coordinator's mesh secret wins when it sends one.
+func (j *joiner) merged(r netmap.RelayJoinResponse) (trusted []key.SigningPublic, peers []string, secret []byte) {
+	trusted = append([]key.SigningPublic(nil), r.AdmitKeys...)
+	for _, k := range j.static.trusted {
+		if !slices.Contains(trusted, k) {
+			trusted = append(trusted, k)
+		}
+	}
+	peers = j.meshPeers(r.Region)
+	for _, p := range j.static.meshWith {
+		if !slices.Contains(peers, p) {
+			peers = append(peers, p)
+		}
+	}
+	secret = []byte(r.MeshSecret)
+	if len(secret) == 0 {
+		secret = slices.Clone(j.static.secret)
+	}
+	return trusted, peers, secret
 }
 
 // join joins with joinKey, or reuses a previous join from the state
@@ -103,20 +141,17 @@ func (j *joiner) join(ctx context.Context, joinKey string, req netmap.RelayJoinR
 		return errors.New("relayd: not joined yet: give --coordinator and --join-key")
 	}
 	j.state = prev
-	if rc, err := coordclient.NewRelayClient(jctx, prev.URL, prev.Pin, j.priv); err == nil {
-		j.rc = rc
-	} else {
+	if _, err := j.client(jctx); err != nil {
 		j.log.Warn("coordinator unreachable; serving from the last join", "err", err)
 	}
 	return nil
 }
 
-// apply configures cfg from the join response.
+// apply configures cfg from the join response merged with cfg's own
+// static settings, which it remembers for every later heartbeat.
 func (j *joiner) apply(cfg *Config) {
-	r := j.state.Response
-	cfg.Trusted = append([]key.SigningPublic(nil), r.AdmitKeys...)
-	cfg.MeshSecret = []byte(r.MeshSecret)
-	cfg.MeshWith = j.meshPeers(r.Region)
+	j.static = staticConfig{trusted: slices.Clone(cfg.Trusted), meshWith: slices.Clone(cfg.MeshWith), secret: slices.Clone(cfg.MeshSecret)}
+	cfg.Trusted, cfg.MeshWith, cfg.MeshSecret = j.merged(j.state.Response)
 }
 
 func (j *joiner) meshPeers(reg netmap.Region) []string {
@@ -149,24 +184,49 @@ func (j *joiner) heartbeats(ctx context.Context) {
 	}
 }
 
-func (j *joiner) beat(ctx context.Context, draining bool) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
+// client returns the coordinator client, connecting first if the relay
+// started while the coordinator was unreachable.
+func (j *joiner) client(ctx context.Context) (*coordclient.RelayClient, error) {
+	j.rcMu.Lock()
+	defer j.rcMu.Unlock()
 	if j.rc == nil {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		rc, err := coordclient.NewRelayClient(ctx, j.state.URL, j.state.Pin, j.priv)
 		if err != nil {
-			j.log.Debug("coordinator unreachable", "err", err)
-			return
+			return nil, fmt.Errorf("coordinator unreachable: %w", err)
 		}
 		j.rc = rc
 	}
-	resp, err := j.rc.Heartbeat(ctx, netmap.RelayHeartbeat{Clients: j.srv.Clients(), Draining: draining || j.srv.Healthy() != nil})
+	return j.rc, nil
+}
+
+// Revocations makes the joiner a RevocationSource for
+// Server.FollowRevocations, connecting lazily like the heartbeat.
+func (j *joiner) Revocations(ctx context.Context, after uint64) (*netmap.RelayRevocations, error) {
+	rc, err := j.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return rc.Revocations(ctx, after)
+}
+
+func (j *joiner) beat(ctx context.Context, draining bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rc, err := j.client(ctx)
+	if err != nil {
+		j.log.Debug("coordinator unreachable", "err", err)
+		return
+	}
+	resp, err := rc.Heartbeat(ctx, netmap.RelayHeartbeat{Clients: j.srv.Clients(), Draining: draining || j.srv.Healthy() != nil})
 	if err != nil {
 		j.log.Debug("heartbeat failed", "err", err)
 		return
 	}
-	j.srv.SetTrusted(resp.AdmitKeys)
-	j.srv.SetMesh(j.meshPeers(resp.Region), []byte(resp.MeshSecret))
+	trusted, peers, secret := j.merged(*resp)
+	j.srv.SetTrusted(trusted)
+	j.srv.SetMesh(peers, secret)
 	j.state.Response = *resp
 	if err := saveJoin(j.dir, j.state); err != nil {
 		j.log.Warn("saving join state failed", "err", err)

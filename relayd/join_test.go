@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wiremesh/wiremesh/admit"
+	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayclient"
@@ -111,4 +112,75 @@ func TestJoin(t *testing.T) {
 	stop, done = start()
 	defer func() { stop(); <-done }()
 	waitFor("restarted relay admits nodes", func() bool { return dial() == nil })
+}
+
+// TestStaticTrustSurvivesHeartbeat: a joined relay started with its own
+// --trust-key keeps honouring that key's tokens after heartbeats; before
+// the fix the first heartbeat replaced the trusted keys with the
+// coordinator's.
+func TestStaticTrustSurvivesHeartbeat(t *testing.T) {
+	coord := coordtest.Start(t, func(c *coordinator.Config) { c.HeartbeatInterval = 50 * time.Millisecond })
+	joinKey, err := coord.CreateJoinKey(context.Background(), "nyc", "New York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	static := key.NewSigning()
+	dir := t.TempDir()
+	addr := freeUDP(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- relayd.Command(ctx, []string{"--region", "nyc", "--listen", addr, "--public-addr", addr, "--state-dir", dir,
+			"--drain-grace", "100ms", "--coordinator", coord.URL(), "--join-key", joinKey, "--trust-key", static.Public().String()}, io.Discard, io.Discard)
+	}()
+	defer func() { cancel(); <-done }()
+	var info coordinator.RelayInfo
+	waitUntil(t, "relay in the map", func() bool {
+		for _, r := range coord.Relays() {
+			if r.Addr == addr && r.State == "up" {
+				info = r
+				return true
+			}
+		}
+		return false
+	})
+	relayKey, _ := key.ParseRelayPublic(info.Key)
+	dial := func() (*relayclient.Conn, error) {
+		node := key.NewNode()
+		tok, _ := admit.Issue(static, node.Public(), "", time.Now(), time.Hour)
+		dctx, dcancel := context.WithTimeout(context.Background(), testWait)
+		defer dcancel()
+		return relayclient.Dial(dctx, relayclient.Config{
+			Relay: relayclient.Relay{Addr: addr, Pin: info.Pin, Key: relayKey, Region: "nyc"}, NodeKey: node,
+			Token: func() []byte { return tok },
+		})
+	}
+	first, err := dial()
+	if err != nil {
+		t.Fatalf("static-key token refused at start: %v", err)
+	}
+	defer first.Close()
+	// A heartbeat reporting the client proves the relay has heard back
+	// from the coordinator since.
+	waitUntil(t, "a heartbeat after the first client", func() bool {
+		for _, r := range coord.Relays() {
+			if r.Addr == addr && r.Clients == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	waitUntil(t, "another heartbeat", func() bool {
+		for _, r := range coord.Relays() {
+			if r.Addr == addr && r.LastHeartbeat.After(info.LastHeartbeat.Add(100*time.Millisecond)) {
+				return true
+			}
+		}
+		return false
+	})
+	second, err := dial()
+	if err != nil {
+		t.Fatalf("static-key token refused after heartbeats: %v", err)
+	}
+	second.Close()
 }

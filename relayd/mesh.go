@@ -187,7 +187,7 @@ func (s *Server) meshLink(ctx context.Context, addr string, secret []byte) (self
 	if err != nil {
 		return false, fmt.Errorf("resolve: %w", err)
 	}
-	hctx, cancel := context.WithTimeout(ctx, helloTimeout)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
 	defer cancel()
 	qc, err := s.tr.Dial(hctx, ua, &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -195,7 +195,7 @@ func (s *Server) meshLink(ctx context.Context, addr string, secret []byte) (self
 		// the exporter authenticate both ends instead of a certificate.
 		InsecureSkipVerify: true,
 		NextProtos:         []string{relayproto.MeshALPN},
-	}, quicConfig())
+	}, quicConfig(s.cfg.HelloTimeout))
 	if err != nil {
 		return false, fmt.Errorf("dial: %w", err)
 	}
@@ -213,7 +213,7 @@ func (s *Server) meshLink(ctx context.Context, addr string, secret []byte) (self
 	if _, err := st.Write(relayproto.AppendFrame(nil, relayproto.FrameMeshHello, hello.Append(nil))); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
-	st.SetReadDeadline(time.Now().Add(helloTimeout))
+	st.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	typ, body, err := relayproto.NewReader(st, relayproto.MaxHelloLen).Next(nil)
 	if err != nil {
 		return false, fmt.Errorf("read hello: %w", err)
@@ -309,7 +309,7 @@ func (mo *meshOut) enqueueCtrl(t relayproto.FrameType, body []byte) {
 
 func (mo *meshOut) enqueueData(frame []byte, enq int64) {
 	mo.mu.Lock()
-	dropped := mo.mu.data.push(packet{payload: frame, enq: enq}, meshQueueLen)
+	_, dropped := mo.mu.data.push(packet{payload: frame, enq: enq}, meshQueueLen)
 	mo.mu.Unlock()
 	if dropped {
 		mo.s.m.drops.WithLabelValues(dropMeshQueueFull).Inc()
@@ -395,21 +395,22 @@ func (s *Server) meshForward(via key.RelayPublic, src, dst key.NodePublic, paylo
 	mo.enqueueData(frame, s.nowNanos())
 }
 
-// serveMeshIn serves an inbound link from a mesh peer.
-func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn) {
+// serveMeshIn serves an inbound link from a mesh peer. Until it proves the
+// mesh secret by deadline it holds the pending slot pc, like a client.
+func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn, pc *pendingConn, deadline time.Time) {
 	defer qc.CloseWithError(0, "mesh link closed")
 	_, secret := s.mesh.get()
 	if len(secret) == 0 {
 		s.m.rejects.WithLabelValues(relayproto.ReasonOther.String()).Inc()
 		return
 	}
-	hctx, cancel := context.WithTimeout(ctx, helloTimeout)
+	hctx, cancel := context.WithDeadline(ctx, deadline)
 	st, err := qc.AcceptStream(hctx)
 	cancel()
 	if err != nil {
 		return
 	}
-	st.SetReadDeadline(time.Now().Add(helloTimeout))
+	st.SetReadDeadline(deadline)
 	r := relayproto.NewReader(st, relayproto.MaxHelloLen)
 	typ, body, err := r.Next(nil)
 	if err != nil || typ != relayproto.FrameMeshHello {
@@ -439,6 +440,7 @@ func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn) {
 	if h.Relay == s.pub {
 		return // we dialed ourselves
 	}
+	s.pending.release(pc)
 	s.mesh.mu.Lock()
 	old := s.mesh.inbound[h.Relay]
 	s.mesh.inbound[h.Relay] = qc
@@ -485,7 +487,7 @@ func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn) {
 			}
 			s.mu.Lock()
 			if typ == relayproto.FrameMeshPresent {
-				if _, local := s.mu.clients[k]; !local {
+				if _, local := s.mu.clients[k]; !local && !s.revoked(k, s.cfg.Now()) {
 					s.mu.remote[k] = h.Relay
 				}
 			} else if s.mu.remote[k] == h.Relay {
@@ -506,7 +508,7 @@ func (s *Server) serveMeshIn(ctx context.Context, qc *quic.Conn) {
 				s.m.drops.WithLabelValues(dropNoSuchPeer).Inc()
 				continue
 			}
-			c.enqueue(packet{src: src, payload: payload, enq: s.nowNanos()}, fl&relayproto.MeshFlagDisco != 0, nil)
+			c.enqueue(packet{src: src, payload: payload, enq: s.nowNanos()}, fl&relayproto.MeshFlagDisco != 0, nil, false)
 		case relayproto.FrameKeepAlive:
 		default:
 			s.m.badFrames.WithLabelValues("unexpected").Inc()

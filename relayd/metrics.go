@@ -15,33 +15,44 @@ const (
 	dropWriteError     = "write_error"          // the destination connection failed mid-write
 	dropMeshQueueFull  = "mesh_queue_full"      // queue to a mesh peer full
 	dropClosed         = "closed"               // destination went away with packets queued
+	dropQueueBytes     = "queue_bytes_full"     // per-client byte cap reached; oldest packets dropped
 	dropFastUnvalid    = "fastpath_unvalidated" // fast-path packet with an unknown session or unproven source
 )
 
-var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, dropNoSuchPeer, dropWriteError, dropMeshQueueFull, dropClosed, dropFastUnvalid}
+var dropReasons = []string{dropQueueFull, dropDiscoQueueFull, dropRateLimited, dropNoSuchPeer, dropWriteError, dropMeshQueueFull, dropClosed, dropFastUnvalid, dropQueueBytes}
 
 // metrics holds every relayd_ series. No label carries a per-client value.
 type metrics struct {
-	clients        *prometheus.GaugeVec   // transport
-	connects       *prometheus.CounterVec // transport
-	rejects        *prometheus.CounterVec // reason
-	forwardedPkts  *prometheus.CounterVec // mode: datagram|stream
-	forwardedBytes *prometheus.CounterVec // mode
-	drops          *prometheus.CounterVec // reason
-	badFrames      *prometheus.CounterVec // reason
-	meshForwarded  *prometheus.CounterVec // direction: out|in
-	meshPeers      prometheus.Gauge
-	queueDelay     prometheus.Histogram
-	stunRequests   *prometheus.CounterVec // result
-	clientRTT      prometheus.Histogram
-	draining       prometheus.Gauge
-	regionInfo     *prometheus.GaugeVec // region: this relay's own, value 1
+	regionInfo      *prometheus.GaugeVec   // region: this relay's own, value 1
+	clients         *prometheus.GaugeVec   // transport
+	connects        *prometheus.CounterVec // transport
+	rejects         *prometheus.CounterVec // reason
+	forwardedPkts   *prometheus.CounterVec // mode: datagram|stream
+	forwardedBytes  *prometheus.CounterVec // mode
+	drops           *prometheus.CounterVec // reason
+	badFrames       *prometheus.CounterVec // reason
+	meshForwarded   *prometheus.CounterVec // direction: out|in
+	meshPeers       prometheus.Gauge
+	queueDelay      prometheus.Histogram
+	stunRequests    *prometheus.CounterVec // result
+	clientRTT       prometheus.Histogram
+	draining        prometheus.Gauge
+	pending         prometheus.Gauge
+	pendingDropped  *prometheus.CounterVec // reason
+	quicRetries     prometheus.Counter
+	revoked         prometheus.Gauge
+	revokedClosed   prometheus.Counter
+	revocationPolls *prometheus.CounterVec // result: ok|error|not_supported
+	fastBatch       prometheus.Histogram
+	fastConfirms    *prometheus.CounterVec // result: ok|mismatch
+	fastChallenges  *prometheus.CounterVec // result: sent|rate_limited
 
 	// Children used per packet, resolved once: WithLabelValues hashes its
 	// labels on every call, which showed up at 100k packets/s.
 	fwdDgramPkts, fwdDgramBytes   prometheus.Counter
 	fwdStreamPkts, fwdStreamBytes prometheus.Counter
 	dropQueue, dropDisco          prometheus.Counter
+	dropQueueBytes                prometheus.Counter
 	meshOutPkts, meshInPkts       prometheus.Counter
 	fwdFastPkts, fwdFastBytes     prometheus.Counter
 	dropFastUnvalidated           prometheus.Counter
@@ -81,7 +92,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(10e-6, 4, 10), // 10 µs .. 2.6 s
 		}),
 		stunRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relayd_stun_requests_total", Help: "STUN packets received, by result (ok or invalid).",
+			Name: "relayd_stun_requests_total", Help: "STUN packets received, by result (ok, invalid, or rate_limited: over the per-source or global answer rate).",
 		}, []string{"result"}),
 		clientRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "relayd_client_rtt_seconds", Help: "Round trip of relay-to-client pings.",
@@ -93,6 +104,48 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		regionInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relayd_region_info", Help: "This relay's region (value 1), to group other relayd_ series by region.",
 		}, []string{"region"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relayd_pending_connections", Help: "Connections (QUIC and TCP) accepted but not admitted yet: handshake or hello pending.",
+		}),
+		pendingDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relayd_pending_dropped_total", Help: "Not-yet-admitted connections closed or refused by the pending budget, by reason.",
+		}, []string{"reason"}),
+		quicRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relayd_quic_retries_total", Help: "QUIC connection attempts answered with a Retry (address validation under load).",
+		}),
+	}
+	m.fastConfirms = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relayd_fastpath_confirms_total", Help: "Fast-path confirmations, by result (ok, or mismatch: the challenge matched no candidate address).",
+	}, []string{"result"})
+	m.fastChallenges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relayd_fastpath_challenges_total", Help: "Fast-path address challenges, by result (sent, or rate_limited: over the per-session challenge rate).",
+	}, []string{"result"})
+	m.revoked = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "relayd_revoked_nodes", Help: "Node keys revoked by the coordinator and refused until their tokens expire.",
+	})
+	m.revokedClosed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "relayd_revoked_sessions_closed_total", Help: "Client sessions closed because their node key was revoked.",
+	})
+	m.revocationPolls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relayd_revocation_polls_total", Help: "Revocation long polls to the coordinator, by result (ok, error, not_supported: a coordinator without them).",
+	}, []string{"result"})
+	for _, r := range []string{"ok", "error", "not_supported"} {
+		m.revocationPolls.WithLabelValues(r)
+	}
+	m.fastBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "relayd_fastpath_read_batch_datagrams", Help: "Datagrams per fast-path read (recvmmsg batch).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32},
+	})
+	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch)
+	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
+	for _, r := range []string{"ok", "mismatch"} {
+		m.fastConfirms.WithLabelValues(r)
+	}
+	for _, r := range []string{"sent", "rate_limited"} {
+		m.fastChallenges.WithLabelValues(r)
+	}
+	for _, r := range pendingDropReasons {
+		m.pendingDropped.WithLabelValues(r)
 	}
 	reg.MustRegister(m.clients, m.connects, m.rejects, m.forwardedPkts, m.forwardedBytes, m.drops,
 		m.badFrames, m.meshForwarded, m.meshPeers, m.queueDelay, m.stunRequests, m.clientRTT, m.draining, m.regionInfo)
@@ -119,8 +172,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dropQueue, m.dropDisco = m.drops.WithLabelValues(dropQueueFull), m.drops.WithLabelValues(dropDiscoQueueFull)
 	m.fwdFastPkts, m.fwdFastBytes = m.forwardedPkts.WithLabelValues("fastpath"), m.forwardedBytes.WithLabelValues("fastpath")
 	m.dropFastUnvalidated = m.drops.WithLabelValues(dropFastUnvalid)
+	m.dropQueueBytes = m.drops.WithLabelValues(dropQueueBytes)
 	m.meshOutPkts, m.meshInPkts = m.meshForwarded.WithLabelValues("out"), m.meshForwarded.WithLabelValues("in")
 	m.stunRequests.WithLabelValues("ok")
 	m.stunRequests.WithLabelValues("invalid")
+	m.stunRequests.WithLabelValues("rate_limited")
 	return m
 }

@@ -19,6 +19,7 @@ package relayd
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -42,15 +43,19 @@ import (
 // usual 30 s UDP NAT timeout); a connection silent for IdleTimeout (three
 // keep-alives) is dead.
 const (
-	KeepAlive    = 25 * time.Second
-	IdleTimeout  = 3 * KeepAlive
-	helloTimeout = 10 * time.Second // whole handshake, TLS plus hello
+	KeepAlive   = 25 * time.Second
+	IdleTimeout = 3 * KeepAlive
+	// DefaultHelloTimeout bounds the time from a connection's accept to its
+	// hello (QUIC: also the handshake itself). A real client needs two or
+	// three round trips; 10 s covers the slowest mobile links while an idle
+	// connection holds its pending slot no longer than that.
+	DefaultHelloTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout bounds a TLS-over-TCP handshake, the first
+	// stage of DefaultHelloTimeout.
+	DefaultHandshakeTimeout = 5 * time.Second
 	// pingInterval is how often the relay pings each client to measure
 	// its RTT (relayd_client_rtt_seconds). It also keeps TCP alive.
 	pingInterval = 20 * time.Second
-	// maxPendingTCP bounds TLS-over-TCP handshakes in flight, so a flood of
-	// half-open connections cannot grow memory without limit.
-	maxPendingTCP = 256
 )
 
 // Default queue sizes. DefaultQueueLen is 4× derper's 32 so a burst the size
@@ -79,6 +84,9 @@ type Config struct {
 	// instead of a socket of its own (for firewalls that open one port);
 	// fairness between fast-path clients is then lost (docs/relayd.md).
 	FastShared bool
+	// FastNoGSO turns UDP GSO off on the fast path's sends (sendmmsg
+	// batching stays); for measuring, or kernels that misbehave with it.
+	FastNoGSO  bool
 	PublicAddr string // host:port clients use; only put in the certificate
 	StateDir   string // relay key and certificate live here
 
@@ -88,9 +96,20 @@ type Config struct {
 
 	QueueLen      int     // per-client data queue; 0 means DefaultQueueLen
 	DiscoQueueLen int     // per-client disco queue; 0 means DefaultDiscoQueueLen
-	ClientRate    float64 // bytes/s per client; 0 means unlimited
+	QueueBytes    int     // payload bytes queued per client, both queues; 0 means DefaultQueueBytes
+	ClientRate    float64 // bytes/s per client; 0 means DefaultClientRate, negative unlimited
 	ClientBurst   int     // token bucket depth in bytes; 0 means one second of ClientRate
 	DrainGrace    time.Duration
+
+	// Admission limits (see pending.go). Zero values take the defaults.
+	HelloTimeout        time.Duration // accept to hello; DefaultHelloTimeout
+	HandshakeTimeout    time.Duration // TCP accept to TLS handshake done; DefaultHandshakeTimeout
+	MaxPending          int           // connections not yet admitted, QUIC and TCP together; DefaultMaxPending
+	MaxPendingPerSource int           // of those, per source address (IPv6: per /64); DefaultMaxPendingPerSource
+	// RetryAbove makes QUIC send Retry (address validation) while at least
+	// this many connections are pending or handshaking; 0 means
+	// MaxPending/4, negative means always.
+	RetryAbove int
 
 	// Now returns the time for token checks; nil means time.Now.
 	Now func() time.Time
@@ -106,6 +125,9 @@ type Server struct {
 	cert tls.Certificate
 	pin  string
 	t0   time.Time // base for queue timestamps (monotonic)
+	// fastKey keys the fast-path challenges (fastChallenge); it never
+	// leaves the process, and a restart invalidates every fast path anyway.
+	fastKey [32]byte
 
 	udp  *net.UDPConn
 	tr   *quic.Transport
@@ -113,20 +135,27 @@ type Server struct {
 	tcp  net.Listener
 	stun *net.UDPConn
 	fast *net.UDPConn
+	// fastBC batches reads and writes on fast; fastNoGSO is set once a
+	// send shows the path cannot do UDP GSO (or Config.FastNoGSO).
+	fastBC    batchConn
+	fastNoGSO atomic.Bool
 
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
+
+	revokedKeys    revokedSet // see revoke.go
+	stunLim        *stunLimiter
+	pending        *pendingSet  // connections not yet admitted
+	quicHandshakes atomic.Int64 // QUIC connections between ConnContext and Accept
 
 	wg sync.WaitGroup // every goroutine the server starts
 
 	mu struct {
 		sync.RWMutex
-		clients    map[key.NodePublic]*client
-		handles    map[uint32]*client
-		nextHandle uint32
-		remote     map[key.NodePublic]key.RelayPublic // client → mesh peer it is on
-		sessions   map[[relayproto.SessionLen]byte]*client
-		meshOut    map[key.RelayPublic]*meshOut // authenticated outbound mesh links
+		clients  map[key.NodePublic]*client
+		remote   map[key.NodePublic]key.RelayPublic // client → mesh peer it is on
+		sessions map[[relayproto.SessionLen]byte]*client
+		meshOut  map[key.RelayPublic]*meshOut // authenticated outbound mesh links
 	}
 	mesh meshState
 }
@@ -143,6 +172,27 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.MaxPendingPerSource <= 0 {
+		cfg.MaxPendingPerSource = DefaultMaxPendingPerSource
+	}
+	if cfg.RetryAbove == 0 {
+		cfg.RetryAbove = max(1, cfg.MaxPending/4)
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultQueueBytes
+	}
+	if cfg.ClientRate == 0 {
+		cfg.ClientRate = DefaultClientRate
+	}
 	if cfg.ClientRate > 0 && cfg.ClientBurst <= 0 {
 		cfg.ClientBurst = int(cfg.ClientRate)
 	}
@@ -153,8 +203,13 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	s := &Server{cfg: cfg, log: log, m: newMetrics(reg), priv: priv, pub: priv.Public(), cert: cert,
 		pin: pinFromCert(cert), t0: time.Now()}
 	s.m.regionInfo.WithLabelValues(cfg.Region).Set(1)
+	rand.Read(s.fastKey[:])
+	if err := s.loadRevoked(); err != nil {
+		return nil, err
+	}
+	s.stunLim = newSTUNLimiter(time.Now())
+	s.pending = newPendingSet(cfg.MaxPending, cfg.MaxPendingPerSource, s.m)
 	s.mu.clients = map[key.NodePublic]*client{}
-	s.mu.handles = map[uint32]*client{}
 	s.mu.remote = map[key.NodePublic]key.RelayPublic{}
 	s.mu.sessions = map[[relayproto.SessionLen]byte]*client{}
 	s.mu.meshOut = map[key.RelayPublic]*meshOut{}
@@ -175,7 +230,7 @@ func (s *Server) bind() error {
 	if s.udp, err = net.ListenUDP("udp", ua); err != nil {
 		return fmt.Errorf("relayd: listen udp: %w", err)
 	}
-	s.tr = &quic.Transport{Conn: s.udp}
+	s.tr = &quic.Transport{Conn: s.udp, ConnContext: s.quicConnContext, VerifySourceAddress: s.quicVerifySource}
 	tconf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{s.cert},
@@ -183,7 +238,7 @@ func (s *Server) bind() error {
 		// Clients never resume: a ticket per connection is wasted work and memory.
 		SessionTicketsDisabled: true,
 	}
-	if s.ql, err = s.tr.Listen(tconf, quicConfig()); err != nil {
+	if s.ql, err = s.tr.Listen(tconf, quicConfig(s.cfg.HelloTimeout)); err != nil {
 		return fmt.Errorf("relayd: quic listen: %w", err)
 	}
 	// quic-go discards non-QUIC packets until the first ReadNonQUICPacket
@@ -224,12 +279,14 @@ func (s *Server) bind() error {
 		// other queue in front of it.
 		s.fast.SetReadBuffer(7 << 20)
 		s.fast.SetWriteBuffer(7 << 20)
+		s.fastBC = newBatchConn(s.fast)
+		s.fastNoGSO.Store(s.cfg.FastNoGSO)
 	}
 	return nil
 }
 
 // quicConfig is shared by the listener and the mesh dialer.
-func quicConfig() *quic.Config {
+func quicConfig(helloTimeout time.Duration) *quic.Config {
 	return &quic.Config{
 		EnableDatagrams:       true,
 		MaxIdleTimeout:        IdleTimeout,

@@ -87,3 +87,31 @@ func TestSTUNInteropCoturn(t *testing.T) {
 		t.Fatalf("stun ok = %v, want ≥ 1\n%s", got, out)
 	}
 }
+
+// TestSTUNRateLimitedPerSource: a flood of Binding requests from one
+// source is answered only up to its burst; the rest are counted.
+func TestSTUNRateLimitedPerSource(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	// quic-go queues few non-QUIC packets, so send in small bursts.
+	sent := 0
+	waitUntil(t, "flood rate-limited", func() bool {
+		for range 10 {
+			c.WriteTo(req.Raw, r.Server.Addr())
+			sent++
+		}
+		return counter(t, r.Registry, "relayd_stun_requests_total", "result", "rate_limited") >= 50
+	})
+	ok := counter(t, r.Registry, "relayd_stun_requests_total", "result", "ok")
+	limited := counter(t, r.Registry, "relayd_stun_requests_total", "result", "rate_limited")
+	if ok >= limited {
+		t.Fatalf("%v of %d flooded requests answered, %v limited", ok, sent, limited)
+	}
+	// Another source is unaffected.
+	stunQuery(t, r.Server.Addr().String())
+}

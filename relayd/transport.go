@@ -26,8 +26,14 @@ type conn interface {
 	receiveDatagram(ctx context.Context) ([]byte, error)
 	// exporter returns the TLS exporter value binding the hello proof.
 	exporter(label string) ([]byte, error)
-	// setReadDeadline bounds the next stream read (TCP idle detection).
+	// setReadDeadline bounds stream reads on every transport: the hello
+	// must arrive by t (the zero time clears it).
 	setReadDeadline(t time.Time)
+	// setIdleDeadline bounds the next stream read after admission: TCP's
+	// idle detection. QUIC has its own idle timeout and keep-alives, and a
+	// QUIC client's control stream may rightly stay quiet, so it is a no-op
+	// there.
+	setIdleDeadline(t time.Time)
 	// setWriteDeadline bounds stream writes, so a client that stops
 	// reading cannot park its writer forever.
 	setWriteDeadline(t time.Time)
@@ -49,7 +55,8 @@ func (q *quicConn) exporter(label string) ([]byte, error) {
 	cs := q.c.ConnectionState().TLS
 	return cs.ExportKeyingMaterial(label, nil, 32)
 }
-func (q *quicConn) setReadDeadline(time.Time)    {} // QUIC has its own idle timeout
+func (q *quicConn) setReadDeadline(t time.Time)  { q.Stream.SetReadDeadline(t) }
+func (q *quicConn) setIdleDeadline(time.Time)    {} // QUIC has its own idle timeout
 func (q *quicConn) setWriteDeadline(t time.Time) { q.Stream.SetWriteDeadline(t) }
 func (q *quicConn) close(msg string)             { q.c.CloseWithError(0, msg) }
 func (q *quicConn) transport() string            { return transportQUIC }
@@ -66,6 +73,7 @@ func (t *tcpConn) exporter(label string) ([]byte, error) {
 	return cs.ExportKeyingMaterial(label, nil, 32)
 }
 func (t *tcpConn) setReadDeadline(d time.Time)  { t.SetReadDeadline(d) }
+func (t *tcpConn) setIdleDeadline(d time.Time)  { t.SetReadDeadline(d) }
 func (t *tcpConn) setWriteDeadline(d time.Time) { t.SetWriteDeadline(d) }
 func (t *tcpConn) close(string)                 { t.Close() }
 func (t *tcpConn) transport() string            { return transportTCP }

@@ -46,7 +46,7 @@ func ParseClientHello(body []byte) (ClientHello, error) {
 // ServerHello is the relay's answer to an accepted hello.
 type ServerHello struct {
 	Version byte
-	Handle  uint32 // the client's own short handle
+	Handle  uint32 // unused since handles are per sender (PeerPresent); relays send 0
 	Region  string
 }
 

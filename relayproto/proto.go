@@ -45,6 +45,11 @@
 //	MeshGone      nodeKey(32)
 //	MeshForward   src(32) dst(32) flags(1) payload
 //
+// Handles are per sender: the relay gives a client a handle for a peer in
+// PeerPresent only after the client addressed that peer by key, and a
+// handle means something only in that client's own SendHandle frames.
+// ServerHello's handle is 0.
+//
 // The proof in ClientHello is a NaCl box (key.SharedKey.Seal) from the
 // node key to the relay key over the session's TLS exporter value
 // (ExporterLabel, ExporterLen bytes), so it cannot be replayed on another

@@ -21,6 +21,7 @@ const (
 	ReasonVersion           Reason = 12 // unsupported protocol version
 	ReasonDraining          Reason = 13 // the relay is shutting down
 	ReasonTimeout           Reason = 14 // no hello in time
+	ReasonRevoked           Reason = 15 // the coordinator revoked this node key (deleted or expired)
 )
 
 var reasonLabels = [...]string{
@@ -39,6 +40,7 @@ var reasonLabels = [...]string{
 	ReasonVersion:           "version",
 	ReasonDraining:          "draining",
 	ReasonTimeout:           "timeout",
+	ReasonRevoked:           "revoked",
 }
 
 // String returns the stable label, which equals admit.Reason for token

@@ -6,9 +6,12 @@ package relaytest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,8 +57,20 @@ func Start(t testing.TB, mod func(*relayd.Config)) *Relay {
 // StartWith starts a relay with exactly cfg; signer mints its tokens.
 func StartWith(t testing.TB, cfg relayd.Config, signer key.SigningPrivate) *Relay {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	s, err := relayd.New(cfg, Logger(), reg)
+	var (
+		reg *prometheus.Registry
+		s   *relayd.Server
+		err error
+	)
+	// With an ephemeral UDP port the TCP fallback takes the same port
+	// number, which another process may hold: pick again a few times.
+	for range 5 {
+		reg = prometheus.NewRegistry()
+		s, err = relayd.New(cfg, Logger(), reg)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || !strings.HasSuffix(cfg.Listen, ":0") {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("relaytest: start relay: %v", err)
 	}
