@@ -5,14 +5,18 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	nodedns "github.com/wiremesh/wiremesh/meshnode/dns"
 )
 
 // FuzzParse: any input is either refused with a one-line FieldError
 // wrapping ErrInvalid, or accepted as settings that Check leaves as they
-// are and that survive Format and Parse unchanged, within every limit.
+// are, that survive Format and Parse unchanged, within every limit, and
+// that the node's resolver (meshnode/dns) accepts as they are.
 // Seeds are in testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(contractExample))
+	node := nodedns.New(nodedns.Config{})
 	f.Fuzz(func(t *testing.T, text []byte) {
 		d, err := Parse(text)
 		if err != nil {
@@ -32,6 +36,9 @@ func FuzzParse(f *testing.F) {
 		c, err := Check(d)
 		if err != nil || !reflect.DeepEqual(c, d) {
 			t.Fatalf("Check of parsed settings: %+v, %v\nwant %+v", c, err, d)
+		}
+		if err := node.SetSettings(nodedns.SettingsFromNetmap(d)); err != nil {
+			t.Fatalf("accepted settings the node's resolver refuses: %v\n%+v", err, d)
 		}
 		again, err := Parse(Format(d))
 		if err != nil || !reflect.DeepEqual(again, d) {
