@@ -167,3 +167,37 @@ func FuzzParseURLs(f *testing.F) {
 		}
 	})
 }
+
+// TestRelayClientMovesBetweenReplicas: a relay joins through a list whose
+// first replica is down, and its heartbeats move to the other replica when
+// the one in use stops.
+func TestRelayClientMovesBetweenReplicas(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	a := coordtest.Start(t, func(c *coordinator.Config) { c.DB = url })
+	b := coordtest.Start(t, func(c *coordinator.Config) { c.DB = url })
+	ctx := context.Background()
+	jk, err := a.CreateJoinKey(ctx, "nyc", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := "sha256/" + strings.Repeat("A", 43)
+	rc, _, err := coordclient.JoinRelay(ctx, deadURL(t)+","+a.URL()+","+b.URL(), jk, key.NewRelay(),
+		netmap.RelayJoinRequest{Region: "nyc", PublicAddr: "198.18.2.1:443", Pin: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.Heartbeat(ctx, netmap.RelayHeartbeat{}); err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	if _, err := rc.Heartbeat(ctx, netmap.RelayHeartbeat{Clients: 1}); err != nil {
+		t.Fatalf("heartbeat after the replica in use stopped: %v", err)
+	}
+	for _, r := range b.Relays() {
+		if r.Region == "nyc" && r.Clients == 1 {
+			return
+		}
+	}
+	t.Fatalf("b did not get the heartbeat: %+v", b.Relays())
+}

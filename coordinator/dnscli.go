@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -9,45 +8,37 @@ import (
 	"github.com/wiremesh/wiremesh/coordinator/dnsconf"
 )
 
-// runDNSAdmin runs `coordinator dns get` and `coordinator dns set FILE`.
-func runDNSAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
-	name := "coordinator " + cmd
-	var f struct{ AdminFlags }
-	if cmd == "dns get" {
-		if err := parseAdmin(name, "--state-dir DIR", &f, args, stdout, 0); err != nil {
+// dnsGetCommand is `coordinator dns get`: the settings in force, as JSON.
+func dnsGetCommand() adminCommand {
+	return &admin[plainFlags, []byte]{
+		cmd: "dns get", usage: "--state-dir DIR",
+		request: func(*plainFlags, []string) (string, string, any, error) { return "GET", AdminPathDNS, nil, nil },
+		print: func(w io.Writer, _ *plainFlags, _ []string, text *[]byte) error {
+			_, err := w.Write(*text)
 			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
+		},
+	}
+}
+
+// dnsSetCommand is `coordinator dns set FILE`: replace the settings with a
+// HuJSON file; a bad one is refused and the old settings stay in force.
+func dnsSetCommand() adminCommand {
+	return &admin[plainFlags, noBody]{
+		cmd: "dns set", usage: "FILE --state-dir DIR", args: 1,
+		argsErr: "dns set needs exactly one FILE (HuJSON; `coordinator dns get` prints the current settings)",
+		request: func(_ *plainFlags, pos []string) (string, string, any, error) {
+			text, err := readLimited(pos[0], dnsconf.MaxFileSize)
+			if err != nil {
+				return "", "", nil, fmt.Errorf("dns set: %w", err)
+			}
+			return "PUT", AdminPathDNS, text, nil
+		},
+		wrap: func(err error) error { return fmt.Errorf("dns settings rejected, the old ones stay in force: %w", err) },
+		print: func(w io.Writer, _ *plainFlags, _ []string, _ *noBody) error {
+			_, err := fmt.Fprintln(w, "dns settings set")
 			return err
-		}
-		var text []byte
-		if err := adminCall(ctx, hc, "GET", AdminPathDNS, nil, &text); err != nil {
-			return err
-		}
-		_, err = stdout.Write(text)
-		return err
+		},
 	}
-	pos, err := parseAdminPos(name, "FILE --state-dir DIR", &f, args, stdout)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usageErr("dns set needs exactly one FILE (HuJSON; `coordinator dns get` prints the current settings)")
-	}
-	text, err := readLimited(pos[0], dnsconf.MaxFileSize)
-	if err != nil {
-		return fmt.Errorf("dns set: %w", err)
-	}
-	hc, err := adminClient(f.StateDir)
-	if err != nil {
-		return err
-	}
-	if err := adminCall(ctx, hc, "PUT", AdminPathDNS, text, nil); err != nil {
-		return fmt.Errorf("dns settings rejected, the old ones stay in force: %w", err)
-	}
-	fmt.Fprintln(stdout, "dns settings set")
-	return nil
 }
 
 // readLimited reads a file of at most max bytes.

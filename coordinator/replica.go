@@ -74,6 +74,9 @@ type replicas struct {
 	alive    map[string]time.Time
 	resynced time.Time // last resync; remote online marks older than it are stale
 	leader   bool
+	// lost is set while the listener is disconnected: other replicas'
+	// silence then says nothing about them.
+	lost bool
 }
 
 func newReplicas(srv *Server) *replicas {
@@ -177,6 +180,10 @@ func (r *replicas) publishStreaming(ctx context.Context) {
 func (r *replicas) expireDead() {
 	now := time.Now()
 	r.mu.Lock()
+	if r.lost {
+		r.mu.Unlock()
+		return
+	}
 	dead := map[string]bool{}
 	for origin, at := range r.alive {
 		if now.Sub(at) > replicaDeadAfter {
@@ -226,6 +233,10 @@ func (r *replicas) apply(ctx context.Context, c store.Change) {
 		r.mu.Unlock()
 	}
 	switch c.Kind {
+	case store.ChangeLost:
+		r.mu.Lock()
+		r.lost = true
+		r.mu.Unlock()
 	case store.ChangeResync:
 		r.resync(ctx)
 	case store.ChangeNodes:
@@ -268,6 +279,18 @@ func (r *replicas) apply(ctx context.Context, c store.Change) {
 		srv.relays.syncRegion(rg)
 	case store.ChangeOnline:
 		srv.remoteOnline(c.Origin, c.IDs, c.Online)
+	case store.ChangeRevocation:
+		// Stored by the replica that made it: only this replica's list and
+		// the relays polling it need to hear.
+		if nk, err := key.ParseNodePublic(c.Key); err == nil {
+			var until time.Time
+			if c.Until != 0 {
+				until = time.UnixMilli(c.Until)
+			}
+			if _, changed, _ := srv.revs.set(nk, until); changed {
+				srv.revs.publish()
+			}
+		}
 	case store.ChangeAlive:
 		if c.Key == "hello" {
 			r.publishStreaming(ctx)
@@ -305,6 +328,17 @@ func (r *replicas) resync(ctx context.Context) {
 	}
 	srv.syncPolicy(snap.Policy)
 	srv.syncDNS(ctx)
+	changed := false
+	for _, rv := range snap.Revocations {
+		if nk, err := key.ParseNodePublic(rv.NodeKey); err == nil {
+			if _, c, _ := srv.revs.set(nk, rv.Until); c {
+				changed = true
+			}
+		}
+	}
+	if changed {
+		srv.revs.publish()
+	}
 	for _, rg := range snap.Regions {
 		srv.relays.syncRegion(rg)
 	}
@@ -313,6 +347,13 @@ func (r *replicas) resync(ctx context.Context) {
 	}
 	r.mu.Lock()
 	r.resynced = time.Now()
+	if r.lost {
+		// Judge the others afresh from now: they could not be heard.
+		r.lost = false
+		for origin := range r.alive {
+			r.alive[origin] = r.resynced
+		}
+	}
 	r.mu.Unlock()
 	r.readyOnce.Do(func() { close(r.ready) })
 	if err := srv.shared.Publish(ctx, store.Change{Kind: store.ChangeAlive, Key: "hello"}); err != nil {

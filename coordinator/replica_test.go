@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
 	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
+	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -105,6 +107,18 @@ func TestReplicasShareOneDatabase(t *testing.T) {
 	w2.waitFor("alice gone from two's stream", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 0 })
 	if err := wAlice.waitEnd(); err == nil {
 		t.Fatal("deleted node's stream did not fail")
+	}
+	// So does deleting a user with --force through b: its node leaves a's
+	// streams, and the user's key no longer registers on a.
+	aliceKey := a.AuthKey(t, coordinator.AuthKeyRequest{User: "alice@example.com", Reusable: true})
+	a.Register(t, aliceKey, "alice-desk")
+	w2.waitFor("alice's second node on two's stream", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 1 })
+	if n, err := b.DeleteUser(ctx, "alice@example.com", true); err != nil || n != 1 {
+		t.Fatalf("forced user delete on b: %d, %v", n, err)
+	}
+	w2.waitFor("alice's node gone from two's stream", func(nm *netmap.NetworkMap) bool { return len(nm.Peers) == 0 })
+	if _, err := a.NewClient().Client.Register(ctx, aliceKey, a.NewClient().Disco.Public(), "late", "linux"); err == nil {
+		t.Fatal("a deleted user's key registered a node on the other replica")
 	}
 
 	// Expiring through a closes the stream held by b.
@@ -314,4 +328,37 @@ func TestReplicasDNS(t *testing.T) {
 	if d := c.DNS(); d.Domain != "corp.mesh" {
 		t.Fatalf("settings on a replica started later: %+v", d)
 	}
+}
+
+// TestRevocationReachesRelaysOfEveryReplica: a node deleted through one
+// replica is in the revocation list a relay polls on the other.
+func TestRevocationReachesRelaysOfEveryReplica(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := startReplicas(t, pg.NewDatabase(t), 2)
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	jk, err := b.CreateJoinKey(ctx, "nyc", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := coordclient.JoinRelay(ctx, b.URL(), jk, key.NewRelay(),
+		netmap.RelayJoinRequest{Region: "nyc", PublicAddr: "198.18.2.1:443", Pin: "sha256/" + strings.Repeat("A", 43)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := a.Register(t, a.AuthKey(t, coordinator.AuthKeyRequest{}), "doomed")
+	if err := a.DeleteNode(ctx, "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	// b's list was empty (sequence 0): the long poll returns once b hears.
+	revs, err := rc.Revocations(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range revs.Revoked {
+		if r.Key == n.Key.Public() {
+			return
+		}
+	}
+	t.Fatalf("relay on b was not told of the node deleted through a: %+v", revs)
 }

@@ -5,6 +5,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -168,4 +171,81 @@ func TestLabReplicas(t *testing.T) {
 	for _, n := range []*node{a, b, d} {
 		n.waitStatus("e as a peer", peers(3))
 	}
+}
+
+// TestLabUserPolicy: nodes owned by users, and a policy written in users:
+// alice's node reaches the server, bob's does not, and deleting alice with
+// --force takes her node off the mesh.
+func TestLabUserPolicy(t *testing.T) {
+	w := newWorld(t, "nyc")
+	sd := []string{"--state-dir", w.coordDir}
+	for _, u := range []string{"alice@example.com", "bob@example.com"} {
+		if _, err := w.run("coordinator", append([]string{"users", "create", u}, sd...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyFor := func(args ...string) string {
+		out, err := w.run("coordinator", append(append([]string{"authkey", "create"}, args...), sd...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		return lines[len(lines)-1]
+	}
+	policy := `{
+		"tagOwners": {"tag:srv": []},
+		"acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:srv:7000"]}],
+		"tests": [{"src": "alice@example.com", "accept": ["tag:srv:7000"]}, {"src": "bob@example.com", "deny": ["tag:srv:7000"]}],
+	}`
+	pf := filepath.Join(t.TempDir(), "policy.hujson")
+	os.WriteFile(pf, []byte(policy), 0o600)
+	if _, err := w.run("coordinator", append([]string{"policy", "set", pf}, sd...)...); err != nil {
+		t.Fatal(err)
+	}
+	start := func(name, key string) *node {
+		h, err := w.l.AddHost(name, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := &node{w: w, name: name, host: h, dir: t.TempDir()}
+		n.args = []string{"run", "--coordinator", w.coordURL, "--authkey", key, "--hostname", name,
+			"--state-dir", n.dir, "--log-level", "debug"}
+		n.start()
+		return n
+	}
+	srv := start("srv", keyFor("--tags", "tag:srv"))
+	alice := start("alice", keyFor("--user", "alice@example.com"))
+	bob := start("bob", keyFor("--user", "bob@example.com"))
+	srv.waitStatus("alice as its only peer", func(st localapi.Status) bool {
+		_, ok := peerOf(st, "alice")
+		return ok && len(st.Peers) == 1
+	})
+	bob.waitStatus("no peers", func(st localapi.Status) bool { return st.Coordinator.Connected && len(st.Peers) == 0 })
+	srvIP := srv.ip()
+	ln, err := srv.host.Listen(netip.AddrPortFrom(srvIP, 7000).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go greet(ln, "")
+	deadline := time.Now().Add(20 * time.Second)
+	for !canConnect(alice, netip.AddrPortFrom(srvIP, 7000), 2*time.Second) {
+		if time.Now().After(deadline) {
+			t.Fatal("alice cannot reach srv although the policy allows her")
+		}
+	}
+	if canConnect(bob, netip.AddrPortFrom(srvIP, 7000), 3*time.Second) {
+		t.Fatal("bob reached srv although the policy names only alice")
+	}
+	out, _ := w.run("coordinator", append([]string{"nodes", "list"}, sd...)...)
+	if !strings.Contains(out, "alice@example.com") || !strings.Contains(out, "bob@example.com") {
+		t.Errorf("nodes list does not show the users:\n%s", out)
+	}
+	if _, err := w.run("coordinator", append([]string{"users", "delete", "alice@example.com"}, sd...)...); err == nil {
+		t.Fatal("deleted a user who owns a node without --force")
+	}
+	if _, err := w.run("coordinator", append([]string{"users", "delete", "alice@example.com", "--force"}, sd...)...); err != nil {
+		t.Fatal(err)
+	}
+	srv.waitStatus("alice gone", func(st localapi.Status) bool { return len(st.Peers) == 0 })
 }

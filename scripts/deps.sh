@@ -2,10 +2,11 @@
 # Installs what the test suite needs when it is missing: the lab's kernel
 # tools (iproute2, nftables), traffic tools (iperf3, socat), coturn's STUN
 # client for interop tests, dbus-daemon (a private bus for the systemd-resolved
-# configurator's tests), PostgreSQL (the coordinator's shared store; tests
-# start their own server with initdb and pg_ctl), Prometheus (prometheus and
-# promtool, for the live dashboard check and the rule tests), systemd-analyze
-# (to verify the units in dist/systemd/), and the Go modules. Safe to run
+# configurator's tests), Prometheus (prometheus and promtool, for the live
+# dashboard check and the rule tests), systemd-analyze (to verify the units
+# in dist/systemd/), PostgreSQL (the coordinator's shared store; tests start
+# their own server with initdb and pg_ctl), Debian 13's miniupnpd (unpacked
+# into a cache folder, not installed) and the Go modules. Safe to run
 # repeatedly.
 set -euo pipefail
 
@@ -20,11 +21,11 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
-# Debian keeps PostgreSQL's programs out of PATH.
-ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Debian keeps PostgreSQL's programs out of PATH.
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
@@ -58,5 +59,12 @@ if command -v systemctl >/dev/null 2>&1; then
 	systemctl disable prometheus >/dev/null 2>&1 || true
 fi
 if [ -x /etc/init.d/prometheus ] && [ "$(id -u)" -eq 0 ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
+
+# Debian 13's miniupnpd for the port-mapping lab tests, unpacked into a cache
+# folder with a private apt configuration (see scripts/miniupnpd.sh).
+if ! "$(dirname "$0")/miniupnpd.sh" >/dev/null; then
+	echo "deps: could not fetch miniupnpd; the port-mapping lab tests will fail" >&2
+	if [ "${CI:-}" = "true" ]; then exit 1; fi
+fi
 
 go mod download

@@ -15,6 +15,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
 	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/netmap"
 )
 
 func adminFails(t *testing.T, bin string, want string, args ...string) {
@@ -216,4 +217,61 @@ func TestReplicaKill9MidRegistrations(t *testing.T) {
 		t.Errorf("restarted replica has %d nodes, survivor %d", len(again), len(nodes))
 	}
 	t.Logf("%d acknowledged (%d before the kill), %d nodes on the survivor", len(acked), killedAt, len(nodes))
+}
+
+// TestReplicaDeathShowsItsNodesOffline: a node streaming from a replica
+// that is killed (and cannot move: its list has only that replica) is
+// shown offline to its peers on the other replica once the dead one has
+// been silent long enough.
+func TestReplicaDeathShowsItsNodesOffline(t *testing.T) {
+	bin := buildBinary(t)
+	pg := pgtest.Start(t)
+	db := pg.NewDatabase(t)
+	dirs := []string{t.TempDir(), t.TempDir()}
+	addrs := []string{freeAddr(t), freeAddr(t)}
+	d0 := startServe(t, bin, dirs[0], addrs[0], "--db", db)
+	startServe(t, bin, dirs[1], addrs[1], "--db", db)
+	authKey := lastLine(admin(t, bin, "authkey", "create", "--reusable", "--state-dir", dirs[0]))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dial := func(url, host string) *coordclient.Client {
+		c, err := coordclient.DialWithAuthKey(ctx, url, authKey, key.NewNode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Register(ctx, authKey, key.NewDisco().Public(), host, "linux"); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	x := dial("https://"+addrs[0], "x")
+	y := dial("https://"+addrs[1], "y")
+	go x.Watch(ctx, netmap.MapRequest{}, func(*netmap.NetworkMap, *netmap.MapResponse) error { return nil })
+	online := make(chan bool, 64)
+	go y.Watch(ctx, netmap.MapRequest{}, func(nm *netmap.NetworkMap, _ *netmap.MapResponse) error {
+		if p, ok := nm.PeerByName("x"); ok {
+			online <- p.Online
+		}
+		return nil
+	})
+	wait := func(want bool, within time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		deadline := time.After(within)
+		for {
+			select {
+			case on := <-online:
+				if on == want {
+					return time.Since(start)
+				}
+			case <-deadline:
+				t.Fatalf("x never shown online=%v", want)
+			}
+		}
+	}
+	wait(true, 20*time.Second)
+	d0.cmd.Process.Signal(syscall.SIGKILL)
+	d0.cmd.Wait()
+	took := wait(false, 40*time.Second)
+	t.Logf("x shown offline %v after its replica was killed", took.Round(100*time.Millisecond))
 }

@@ -38,8 +38,9 @@ type Postgres struct {
 	cfg *pgx.ConnConfig
 	log *slog.Logger
 
-	leadMu   sync.Mutex // guards leadConn
-	leadConn *pgx.Conn  // holds the jobs lock; nil when not leading
+	leadMu   sync.Mutex // guards leadConn and leading
+	leadConn *pgx.Conn  // holds the jobs lock when leading
+	leading  bool
 }
 
 // Advisory lock keys: arbitrary 64-bit constants, fixed forever, that name
@@ -62,6 +63,15 @@ const (
 	// say (connect_timeout=N): a database that is down fails requests in
 	// seconds rather than hanging them.
 	pgConnectTimeout = 5 * time.Second
+	// pgKeepAlive is the TCP keep-alive of every connection: idle this
+	// long, then probes this often, pgKeepAliveProbes of them. A database
+	// host that vanishes (no reset) is noticed in about 20 s, which matters
+	// most to the listening connection, which otherwise only reads.
+	pgKeepAlive       = 5 * time.Second
+	pgKeepAliveProbes = 3
+	// leadTimeout bounds one jobs-lock check, so a hung database does not
+	// hang the sweeper.
+	leadTimeout = 5 * time.Second
 	// listenMaxBackoff bounds the pause between reconnections of the
 	// listening connection.
 	listenMaxBackoff = 5 * time.Second
@@ -71,7 +81,7 @@ const (
 // that replicas starting together do not race. Never edit one that has
 // shipped: add another.
 var pgMigrations = []string{
-	// 1 (2026-12-02): initial schema, matching SQLite's migrations 1-2.
+	// 1 (2026-12-02): initial schema, matching SQLite's migrations 1-3.
 	`CREATE TABLE users (name TEXT PRIMARY KEY, created BIGINT NOT NULL);
 	INSERT INTO users (name, created) VALUES ('admin@', 0);
 	CREATE TABLE nodes (
@@ -117,7 +127,13 @@ var pgMigrations = []string{
 		id BIGSERIAL PRIMARY KEY,
 		hash TEXT NOT NULL UNIQUE,
 		region TEXT NOT NULL REFERENCES regions(code),
-		created BIGINT NOT NULL
+		created BIGINT NOT NULL,
+		expires BIGINT NOT NULL DEFAULT 0,
+		revoked BOOLEAN NOT NULL DEFAULT FALSE
+	);
+	CREATE TABLE revocations (
+		node_key TEXT PRIMARY KEY,
+		until BIGINT NOT NULL
 	);
 	CREATE TABLE relays (
 		key TEXT PRIMARY KEY,
@@ -137,7 +153,7 @@ var pgMigrations = []string{
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
 	// 2 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON;
-	// SQLite's migration 3.
+	// SQLite's migration 4.
 	`CREATE TABLE dns (
 		id INTEGER PRIMARY KEY CHECK (id = 1),
 		settings TEXT NOT NULL,
@@ -149,6 +165,7 @@ var pgDialect = &dialect{
 	name:       "postgres",
 	migrations: pgMigrations,
 	dollar:     true,
+	greatest:   "GREATEST",
 	forUpdate:  " FOR UPDATE",
 	lockMigrations: func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockKey)
@@ -217,6 +234,8 @@ func OpenPostgres(ctx context.Context, url string, log *slog.Logger) (*Postgres,
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = pgConnectTimeout
 	}
+	dialer := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: pgKeepAlive, Interval: pgKeepAlive, Count: pgKeepAliveProbes}}
+	cfg.DialFunc = dialer.DialContext
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(pgMaxConns)
 	db.SetMaxIdleConns(pgMaxConns)
@@ -250,6 +269,7 @@ func (p *Postgres) Listen(ctx context.Context, fn func(Change)) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		fn(Change{Kind: ChangeLost})
 		p.log.Warn("database change listener lost; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)
 		select {
@@ -286,33 +306,34 @@ func (p *Postgres) listenOnce(ctx context.Context, fn func(Change), connected fu
 	}
 }
 
-// TryLead implements Shared.
+// TryLead implements Shared. One connection of its own is kept open,
+// leading or not: the lock lives on it, and a replica that waits tries
+// again on it rather than connecting every time.
 func (p *Postgres) TryLead(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, leadTimeout)
+	defer cancel()
 	p.leadMu.Lock()
 	defer p.leadMu.Unlock()
-	if p.leadConn != nil {
-		// Still leading while the connection holding the lock is alive.
-		if err := p.leadConn.Ping(ctx); err == nil {
-			return true, nil
+	if p.leadConn == nil {
+		conn, err := pgx.ConnectConfig(ctx, p.cfg.Copy())
+		if err != nil {
+			return false, p.wrap("jobs lock", err)
 		}
-		p.leadConn.Close(context.Background())
-		p.leadConn = nil
+		p.leadConn, p.leading = conn, false
 	}
-	conn, err := pgx.ConnectConfig(ctx, p.cfg.Copy())
+	var err error
+	if p.leading {
+		// Still leading while the connection holding the lock is alive.
+		err = p.leadConn.Ping(ctx)
+	} else {
+		err = p.leadConn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, jobsLockKey).Scan(&p.leading)
+	}
 	if err != nil {
+		p.leadConn.Close(context.Background())
+		p.leadConn, p.leading = nil, false
 		return false, p.wrap("jobs lock", err)
 	}
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, jobsLockKey).Scan(&got); err != nil {
-		conn.Close(context.Background())
-		return false, p.wrap("jobs lock", err)
-	}
-	if !got {
-		conn.Close(context.Background())
-		return false, nil
-	}
-	p.leadConn = conn
-	return true, nil
+	return p.leading, nil
 }
 
 // Close releases the jobs lock and closes the store.
@@ -320,7 +341,7 @@ func (p *Postgres) Close() error {
 	p.leadMu.Lock()
 	if p.leadConn != nil {
 		p.leadConn.Close(context.Background())
-		p.leadConn = nil
+		p.leadConn, p.leading = nil, false
 	}
 	p.leadMu.Unlock()
 	return p.sqlStore.Close()

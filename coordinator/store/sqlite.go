@@ -79,7 +79,14 @@ var sqliteMigrations = []string{
 		updated INTEGER NOT NULL
 	);
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);`,
-	// 2 (2026-12-02): users own nodes and keys; keys can be revoked; relay
+	// 2 (2026-12-02): revoked node keys, and join key expiry and revocation.
+	`CREATE TABLE revocations (
+		node_key TEXT PRIMARY KEY,
+		until INTEGER NOT NULL
+	);
+	ALTER TABLE joinkeys ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE joinkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;`,
+	// 3 (2026-12-02): users own nodes and keys; keys can be revoked; relay
 	// states are stored; secrets (used by shared engines only).
 	`CREATE TABLE users (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
 	INSERT INTO users (name, created) VALUES ('admin@', 0);
@@ -91,7 +98,7 @@ var sqliteMigrations = []string{
 	ALTER TABLE authkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE relays ADD COLUMN state TEXT NOT NULL DEFAULT '';
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
-	// 3 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON.
+	// 4 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON.
 	`CREATE TABLE dns (
 		id INTEGER PRIMARY KEY CHECK (id = 1),
 		settings TEXT NOT NULL,
@@ -102,6 +109,7 @@ var sqliteMigrations = []string{
 var sqliteDialect = &dialect{
 	name:       "sqlite",
 	migrations: sqliteMigrations,
+	greatest:   "MAX",
 	isUnique: func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 	},

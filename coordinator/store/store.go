@@ -18,6 +18,14 @@
 //     lock elects the one replica that runs the periodic jobs.
 //
 // conformance_test.go runs one suite against both engines.
+//
+// Adding to the store: write the SQL once, in sql.go, with ? placeholders
+// (s.q rewrites them for PostgreSQL) and RETURNING for new IDs; add the
+// schema change as a new migration to both sqliteMigrations and
+// pgMigrations; announce a change other replicas must apply with
+// notifyOne or notifyIDs inside the write's transaction (a new ChangeKind,
+// handled in the coordinator's replica.go); and add a case to the
+// conformance suite.
 package store
 
 import (
@@ -108,12 +116,15 @@ type AuthKey struct {
 	Revoked time.Time // zero: not revoked
 }
 
-// JoinKey is a relay join key for one region.
+// JoinKey is a relay join key for one region. Only the hash of its secret
+// is stored.
 type JoinKey struct {
 	ID      int64
 	Hash    string
 	Region  string
 	Created time.Time
+	Expires time.Time // zero: never
+	Revoked bool
 }
 
 // Region is a relay region and its mesh secret.
@@ -138,6 +149,12 @@ type Relay struct {
 	State string
 }
 
+// Revocation is a node key relays must refuse until Until.
+type Revocation struct {
+	NodeKey string // nodekey:<hex>
+	Until   time.Time
+}
+
 // Snapshot is everything the coordinator loads at start.
 type Snapshot struct {
 	Nodes   []Node
@@ -148,6 +165,10 @@ type Snapshot struct {
 	// the coordinator's start-up flags apply.
 	DNS      string
 	IPCursor netip.Addr
+	// Revocations are those still in force at Load; RevocationSeq is the
+	// sequence number of the newest change to them.
+	Revocations   []Revocation
+	RevocationSeq uint64
 }
 
 // Store is the coordinator's durable state. Every method is safe for
@@ -205,8 +226,17 @@ type Store interface {
 	CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error
 	// JoinKeyByHash returns the join key with that hash, or ErrNotFound.
 	JoinKeyByHash(ctx context.Context, hash string) (JoinKey, error)
+	// JoinKeys lists every join key, oldest first.
+	JoinKeys(ctx context.Context) ([]JoinKey, error)
+	// RevokeJoinKey marks join key id revoked, or returns ErrNotFound.
+	RevokeJoinKey(ctx context.Context, id int64) error
 	// PutRelay inserts or replaces the relay with r.Key.
 	PutRelay(ctx context.Context, r Relay) error
+
+	// SetRevocation records r (or, with a zero Until, lifts the
+	// revocation of r.NodeKey), stores seq as the revocation sequence, and
+	// forgets revocations whose Until is before now: one transaction.
+	SetRevocation(ctx context.Context, r Revocation, seq uint64, now time.Time) error
 
 	// SetPolicy replaces the policy text.
 	SetPolicy(ctx context.Context, text string, now time.Time) error
@@ -233,7 +263,8 @@ type Shared interface {
 	// Listen calls fn, from one goroutine, for every change committed by
 	// another replica and every event it published, until ctx ends. After
 	// each (re)connection it first calls fn with a Resync change: changes
-	// may have been missed, so the caller reloads. It returns ctx's error.
+	// may have been missed, so the caller reloads; when the connection
+	// breaks it calls fn with a Lost change. It returns ctx's error.
 	Listen(ctx context.Context, fn func(Change)) error
 	// Publish announces an event that is not stored (a stream opened or
 	// closed, a replica alive) to the other replicas.
@@ -250,13 +281,19 @@ type ChangeKind string
 // Change kinds. Stored changes carry IDs or a Key to read back; events
 // carry their data.
 const (
-	ChangeResync      ChangeKind = "resync"       // reload everything
+	ChangeResync ChangeKind = "resync" // reload everything
+	// ChangeLost: the listening connection broke; nothing is heard until
+	// the next ChangeResync.
+	ChangeLost        ChangeKind = "lost"
 	ChangeNodes       ChangeKind = "nodes"        // IDs were inserted or updated
 	ChangeNodeDeleted ChangeKind = "node_deleted" // IDs were deleted
 	ChangeRelay       ChangeKind = "relay"        // Key (a relay key) changed
 	ChangeRegion      ChangeKind = "region"       // Key (a region code) changed
 	ChangePolicy      ChangeKind = "policy"       // the policy changed
 	ChangeDNS         ChangeKind = "dns"          // the DNS settings changed
+	// ChangeRevocation: node key Key is revoked at relays until Until
+	// (unix ms; 0: the revocation was lifted).
+	ChangeRevocation ChangeKind = "revocation"
 	// ChangeOnline (event): nodes IDs opened (Online) or closed their
 	// streams on replica Origin.
 	ChangeOnline ChangeKind = "online"
@@ -273,4 +310,5 @@ type Change struct {
 	IDs    []int64    `json:"ids,omitempty"`
 	Key    string     `json:"key,omitempty"`
 	Online bool       `json:"on,omitempty"`
+	Until  int64      `json:"until,omitempty"`
 }
