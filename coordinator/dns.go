@@ -98,6 +98,7 @@ func (srv *Server) SetDNS(ctx context.Context, d netmap.DNS) error {
 		return err
 	}
 	srv.installDNS(d)
+	srv.audit(ctx, "dns set", "domain "+d.Domain)
 	return nil
 }
 

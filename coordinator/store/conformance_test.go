@@ -68,6 +68,8 @@ func TestConformance(t *testing.T) {
 		{"Readers", testReaders},
 		{"Secret", testSecret},
 		{"DNS", testDNS},
+		{"Web", testWeb},
+		{"Rename", testRename},
 		{"RevocationsAndJoinKeys", testRevocationsAndJoinKeys},
 		{"KillDuringRegistrations", testKillDuringRegistrations},
 	}
