@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wiremesh/wiremesh/coordinator/dnsconf"
 	"github.com/wiremesh/wiremesh/coordinator/policy"
 	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -45,6 +46,9 @@ const (
 	AdminPathUserDelete = "/admin/v1/users/delete"
 	// AdminPathWebLogin makes a console sign-in link (POST WebLoginRequest).
 	AdminPathWebLogin = "/admin/v1/web/login"
+	// AdminPathDNS reads the DNS settings (GET, JSON as dnsconf.Format
+	// writes it) or replaces them (PUT, a HuJSON document).
+	AdminPathDNS = "/admin/v1/dns"
 )
 
 // WebLoginRequest asks for a one-time console sign-in link; an empty User
@@ -58,7 +62,8 @@ type WebLoginResponse struct {
 	URL string `json:"url"`
 }
 
-// maxAdminBody bounds admin requests; a policy is the largest.
+// maxAdminBody bounds admin requests; a policy is the largest (DNS
+// settings are bounded by dnsconf.MaxFileSize, well under it).
 const maxAdminBody = policy.MaxSize + 4<<10
 
 func listenAdmin(path string) (net.Listener, error) {
@@ -384,6 +389,18 @@ func (srv *Server) adminHandler() http.Handler {
 			return
 		}
 		adminReply(w, struct{}{}, srv.SetPolicy(r.Context(), body))
+	})
+	mux.HandleFunc("GET "+AdminPathDNS, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(dnsconf.Format(srv.DNS()))
+	})
+	mux.HandleFunc("PUT "+AdminPathDNS, func(w http.ResponseWriter, r *http.Request) {
+		body, err := readBody(w, r, maxAdminBody)
+		if err != nil {
+			srv.fail(w, r, err)
+			return
+		}
+		adminReply(w, struct{}{}, srv.SetDNSText(r.Context(), body))
 	})
 	mux.HandleFunc("GET "+AdminPathAuthKeys, func(w http.ResponseWriter, r *http.Request) {
 		keys, err := srv.AuthKeys(r.Context())

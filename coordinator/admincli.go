@@ -353,6 +353,8 @@ var adminCommands = []adminCommand{
 			return err
 		},
 	},
+	dnsGetCommand(),
+	dnsSetCommand(),
 }
 
 // runAdmin runs the admin command cmd ("group verb").

@@ -177,7 +177,7 @@ func FuzzStateFiles(f *testing.F) {
 				t.Fatalf("%s: multi-line error %q", name, err)
 			}
 			if after, _ := os.ReadFile(path); !bytes.Equal(after, b) {
-				t.Fatalf("%s: refused, but the file was rewritten", name)
+				t.Fatalf("%s: refused (%v), but the file was rewritten", name, err)
 			}
 			return
 		}

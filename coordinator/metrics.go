@@ -93,7 +93,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "coordinator_store_errors_total", Help: "Requests that failed in the store, by reason (unavailable: the database could not be reached).",
 	}, []string{"reason"})
-	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "revocation", "online", "alive", "dropped"} {
+	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "dns", "revocation", "online", "alive", "dropped"} {
 		m.replicaEvents.WithLabelValues(k)
 	}
 	for _, k := range []string{"unavailable", "other"} {

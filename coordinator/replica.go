@@ -261,6 +261,8 @@ func (r *replicas) apply(ctx context.Context, c store.Change) {
 			return
 		}
 		srv.syncPolicy(text)
+	case store.ChangeDNS:
+		srv.syncDNS(ctx)
 	case store.ChangeRelay:
 		rl, err := srv.store.Relay(ctx, c.Key)
 		if err != nil {
@@ -325,6 +327,7 @@ func (r *replicas) resync(ctx context.Context) {
 		n.writeMu.Unlock()
 	}
 	srv.syncPolicy(snap.Policy)
+	srv.syncDNS(ctx)
 	changed := false
 	for _, rv := range snap.Revocations {
 		if nk, err := key.ParseNodePublic(rv.NodeKey); err == nil {

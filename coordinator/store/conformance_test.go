@@ -67,6 +67,7 @@ func TestConformance(t *testing.T) {
 		{"AuthKeyLifecycle", testAuthKeyLifecycle},
 		{"Readers", testReaders},
 		{"Secret", testSecret},
+		{"DNS", testDNS},
 		{"Web", testWeb},
 		{"Rename", testRename},
 		{"RevocationsAndJoinKeys", testRevocationsAndJoinKeys},
@@ -414,6 +415,40 @@ func testReaders(t *testing.T, e engine) {
 	}
 	if p, err := s.Policy(ctx); err != nil || p != "{}" {
 		t.Fatalf("policy: %q, %v", p, err)
+	}
+}
+
+// testDNS: none stored at first (in Load and DNS), then the last written
+// settings, and they survive a reopen.
+func testDNS(t *testing.T, e engine) {
+	ctx := context.Background()
+	loc := e.fresh(t)
+	s := mustOpen(t, e, loc)
+	if d, err := s.DNS(ctx); err != nil || d != "" {
+		t.Fatalf("dns of a new store: %q, %v", d, err)
+	}
+	if snap, err := s.Load(ctx); err != nil || snap.DNS != "" {
+		t.Fatalf("load of a new store: dns %q, %v", snap.DNS, err)
+	}
+	now := time.Now()
+	first, second := `{"domain":"a.test","magic_dns":true}`, `{"domain":"b.test","magic_dns":false}`
+	if err := s.SetDNS(ctx, first, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDNS(ctx, second, now.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.DNS(ctx); err != nil || d != second {
+		t.Fatalf("dns: %q, %v", d, err)
+	}
+	s.Close()
+	s = mustOpen(t, e, loc)
+	defer s.Close()
+	if snap, err := s.Load(ctx); err != nil || snap.DNS != second {
+		t.Fatalf("load after reopen: dns %q, %v", snap.DNS, err)
+	}
+	if d, err := s.DNS(ctx); err != nil || d != second {
+		t.Fatalf("dns after reopen: %q, %v", d, err)
 	}
 }
 

@@ -417,6 +417,10 @@ func (s *sqlStore) Load(ctx context.Context) (*Snapshot, error) {
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("policy: %w", err)
 		}
+		err = tx.QueryRowContext(ctx, `SELECT settings FROM dns WHERE id = 1`).Scan(&snap.DNS)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("dns: %w", err)
+		}
 		var cur string
 		err = tx.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'ip_cursor'`).Scan(&cur)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -507,6 +511,16 @@ func (s *sqlStore) Policy(ctx context.Context) (string, error) {
 		return "", nil
 	}
 	return text, s.wrap("read policy", err)
+}
+
+// DNS implements Store.
+func (s *sqlStore) DNS(ctx context.Context) (string, error) {
+	var settings string
+	err := s.db.QueryRowContext(ctx, `SELECT settings FROM dns WHERE id = 1`).Scan(&settings)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return settings, s.wrap("read dns settings", err)
 }
 
 // CreateUser implements Store.
@@ -904,6 +918,19 @@ func (s *sqlStore) SetPolicy(ctx context.Context, text string, now time.Time) er
 		return s.notifyOne(ctx, tx, Change{Kind: ChangePolicy})
 	})
 	return s.wrap("set policy", err)
+}
+
+// SetDNS implements Store.
+func (s *sqlStore) SetDNS(ctx context.Context, settings string, now time.Time) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO dns (id, settings, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET settings = excluded.settings, updated = excluded.updated`),
+			settings, ms(now))
+		if err != nil {
+			return err
+		}
+		return s.notifyOne(ctx, tx, Change{Kind: ChangeDNS})
+	})
+	return s.wrap("set dns settings", err)
 }
 
 // Secret implements Store.
