@@ -146,6 +146,10 @@ var pgMigrations = []string{
 	);
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+	// 2 (2026-12-02): subnet routes and exit nodes, advertised and approved
+	// (SQLite's migration 3).
+	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
 
 var pgDialect = &dialect{

@@ -91,6 +91,9 @@ var sqliteMigrations = []string{
 	ALTER TABLE authkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE relays ADD COLUMN state TEXT NOT NULL DEFAULT '';
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+	// 3 (2026-12-02): subnet routes and exit nodes, advertised and approved.
+	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
 
 var sqliteDialect = &dialect{
