@@ -40,6 +40,12 @@ const (
 	AdminPathUsers = "/admin/v1/users"
 	// AdminPathUserDelete deletes a user (POST UserRequest).
 	AdminPathUserDelete = "/admin/v1/users/delete"
+	// AdminPathRoutes lists routes (GET).
+	AdminPathRoutes = "/admin/v1/routes"
+	// AdminPathRouteApprove and AdminPathRouteUnapprove take a
+	// RouteRequest (POST).
+	AdminPathRouteApprove   = "/admin/v1/routes/approve"
+	AdminPathRouteUnapprove = "/admin/v1/routes/unapprove"
 )
 
 // maxAdminBody bounds admin requests; a policy is the largest.
@@ -334,6 +340,18 @@ func (srv *Server) adminHandler() http.Handler {
 			NodesDeleted int `json:"nodes_deleted"`
 		}{n}, err)
 	})
+	mux.HandleFunc("GET "+AdminPathRoutes, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, srv.Routes())
+	})
+	for path, approve := range map[string]bool{AdminPathRouteApprove: true, AdminPathRouteUnapprove: false} {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			var req RouteRequest
+			if !adminDecode(w, r, &req) {
+				return
+			}
+			adminReply(w, struct{}{}, srv.ApproveRoute(r.Context(), req.Node, req.Prefix, approve))
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -43,6 +43,9 @@ usage:
   coordinator relays list [--json] --state-dir DIR
   coordinator policy get --state-dir DIR
   coordinator policy set FILE --state-dir DIR
+  coordinator routes list [--json] --state-dir DIR
+  coordinator routes approve NODE CIDR --state-dir DIR
+  coordinator routes unapprove NODE CIDR --state-dir DIR
   coordinator version
 
 Each command takes --help. Admin commands talk to the running server through
@@ -119,7 +122,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
-	case "authkey", "relaykey", "nodes", "relays", "policy", "users":
+	case "authkey", "relaykey", "nodes", "relays", "policy", "users", "routes":
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
 			fmt.Fprint(stdout, usageTop)
 			if len(rest) == 0 {
@@ -566,6 +569,9 @@ func runAdmin(ctx context.Context, cmd string, args []string, stdout io.Writer) 
 		}
 		fmt.Fprintln(stdout, "policy set")
 		return nil
+	}
+	if strings.HasPrefix(cmd, "routes ") {
+		return runRoutes(ctx, cmd, args, stdout)
 	}
 	return usageErr("unknown command %q", cmd)
 }

@@ -421,6 +421,7 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 		old.Hostname != rec.Hostname || old.OS != rec.OS || !old.KeyExpiry.Equal(rec.KeyExpiry) ||
 		!slices.Equal(old.Tags, rec.Tags) || old.User != rec.User || old.Ephemeral != rec.Ephemeral
 	reindex := !slices.Equal(old.Tags, rec.Tags) || old.User != rec.User
+	routesMoved := !slices.Equal(old.AdvertisedRoutes, rec.AdvertisedRoutes) || !slices.Equal(old.ApprovedRoutes, rec.ApprovedRoutes)
 	if old.LastSeen.After(rec.LastSeen) {
 		rec.LastSeen = old.LastSeen
 	}
@@ -428,10 +429,15 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 	if dk, err := key.ParseDiscoPublic(rec.DiscoKey); err == nil {
 		n.discoKey = dk
 	}
+	if routesMoved && !n.expired(now) && !n.expiredSent {
+		// Reindexes and tells old and new viewers, and n itself.
+		st.routesChangedLocked(n, now)
+		return
+	}
 	if !visible {
 		return
 	}
-	if reindex {
+	if reindex || routesMoved {
 		st.unindexLocked(n)
 		st.indexLocked(n)
 	}
