@@ -1,9 +1,12 @@
 package coordinator_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -317,4 +320,51 @@ func TestRoutesAcrossReplicas(t *testing.T) {
 		p, _ := nm.PeerByName("router")
 		return len(p.Routes) == 0
 	})
+}
+
+// TestRoutesCommands drives `coordinator routes` through the admin socket:
+// list (table and JSON), approve, unapprove, and their errors.
+func TestRoutesCommands(t *testing.T) {
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.NoAdminSocket = false })
+	router := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "router")
+	watch(t, router, netmap.MapRequest{}).waitFor("router online", func(*netmap.NetworkMap) bool { return true })
+	advertise(t, router, []netip.Prefix{lan}, &trueVal)
+	run := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := coordinator.Main(context.Background(), append(args, "--state-dir", s.Dir), &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	if code, out, errOut := run("routes", "approve", "router", "198.19.50.0/24"); code != 0 || out != "router 198.19.50.0/24: approved\n" {
+		t.Fatalf("approve: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, _ := run("routes", "list")
+	if code != 0 || !strings.Contains(out, "NODE") || !regexp.MustCompile(`router\s+198.19.50.0/24\s+true\s+true\s+true`).MatchString(out) ||
+		!regexp.MustCompile(`router\s+0.0.0.0/0\s+true\s+false\s+false`).MatchString(out) {
+		t.Fatalf("list: exit %d:\n%s", code, out)
+	}
+	code, out, _ = run("routes", "list", "--json")
+	var rows []coordinator.RouteInfo
+	if err := json.Unmarshal([]byte(out), &rows); code != 0 || err != nil || len(rows) != 2 {
+		t.Fatalf("list --json: exit %d, %v: %s", code, err, out)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"routes", "approve", "router"}, 2, "needs a node NAME and a CIDR"},
+		{[]string{"routes", "approve", "router", "198.19.50.1/24"}, 1, "did you mean 198.19.50.0/24?"},
+		{[]string{"routes", "approve", "router", "100.64.0.0/16"}, 1, "overlaps the mesh range"},
+		{[]string{"routes", "approve", "nosuch", "198.19.50.0/24"}, 1, "not found"},
+		{[]string{"routes", "unapprove", "router", "198.19.60.0/24"}, 1, "no approval for 198.19.60.0/24"},
+		{[]string{"routes", "frobnicate"}, 2, "unknown command"},
+	} {
+		code, _, errOut := run(c.args...)
+		if code != c.code || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, errOut, c.code, c.want)
+		}
+	}
+	if code, out, errOut := run("routes", "unapprove", "router", "198.19.50.0/24"); code != 0 || out != "router 198.19.50.0/24: unapproved\n" {
+		t.Fatalf("unapprove: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
 }
