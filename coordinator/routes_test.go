@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
 	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
@@ -87,6 +88,11 @@ func TestRoutesApproveReachesPeer(t *testing.T) {
 	if r, _ := routeRow(s, "router", lan.String()); !r.Approved || !r.Primary || r.AutoApproved {
 		t.Fatalf("approved route: %+v", r)
 	}
+	// Under allow-all, "*:*" covers the routed network: the router's
+	// filter accepts traffic to it.
+	wr.waitFor("router's filter covers its route", func(nm *netmap.NetworkMap) bool {
+		return netmapAllows(nm.Filter, client.Self.Addresses[0].Addr(), netip.MustParseAddr("198.19.50.7"), 22)
+	})
 
 	if err := s.ApproveRoute(ctx, "router", "0.0.0.0/0", true); err != nil {
 		t.Fatal(err)
@@ -95,6 +101,12 @@ func TestRoutesApproveReachesPeer(t *testing.T) {
 		p, _ := nm.PeerByName("router")
 		return p.ExitNodeOption && slices.Equal(p.Routes, []netip.Prefix{lan})
 	})
+	rnm := wr.waitFor("exit node's filter covers the internet", func(nm *netmap.NetworkMap) bool {
+		return netmapAllows(nm.Filter, client.Self.Addresses[0].Addr(), netip.MustParseAddr("8.8.8.8"), 443)
+	})
+	if netmapAllows(rnm.Filter, client.Self.Addresses[0].Addr(), netip.MustParseAddr("100.100.0.1"), 443) {
+		t.Fatal("the exit node's filter accepts a mesh address it does not own")
+	}
 	// Withdrawing the exit offer takes the option away; the approval stays.
 	advertise(t, router, []netip.Prefix{lan}, &falseVal)
 	wc.waitFor("exit option withdrawn", func(nm *netmap.NetworkMap) bool {
@@ -367,4 +379,31 @@ func TestRoutesCommands(t *testing.T) {
 	if code, out, errOut := run("routes", "unapprove", "router", "198.19.50.0/24"); code != 0 || out != "router 198.19.50.0/24: unapproved\n" {
 		t.Fatalf("unapprove: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
+}
+
+// TestRoutesSurviveRestart: advertisements and approvals are stored; after
+// a restart the route is in effect again for a peer's first map.
+func TestRoutesSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.StateDir = dir })
+	k := s.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
+	router := s.Register(t, k, "router")
+	client := s.Register(t, k, "client")
+	advertise(t, router, []netip.Prefix{lan}, &trueVal)
+	if err := s.ApproveRoute(context.Background(), "router", lan.String(), true); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Routes()
+	s.Stop()
+
+	s2 := coordtest.Start(t, func(c *coordinator.Config) { c.StateDir = dir })
+	if after := s2.Routes(); !reflect.DeepEqual(after, before) {
+		t.Fatalf("routes after restart:\n%+v\nwant\n%+v", after, before)
+	}
+	c := *client
+	c.Client = coordclient.New(s2.URL(), s2.HTTP, s2.Info, client.Key)
+	watch(t, &c, netmap.MapRequest{}).waitFor("route in the first map after restart", func(nm *netmap.NetworkMap) bool {
+		p, _ := nm.PeerByName("router")
+		return slices.Equal(p.Routes, []netip.Prefix{lan}) && !p.ExitNodeOption
+	})
 }
