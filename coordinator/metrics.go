@@ -107,19 +107,29 @@ const (
 var (
 	nodesDesc  = prometheus.NewDesc("coordinator_nodes", "Registered nodes, by state (online, offline, expired).", []string{"state"}, nil)
 	relaysDesc = prometheus.NewDesc("coordinator_relays", "Relays in the relay map, by region and state.", []string{"region", "state"}, nil)
+	routesDesc = prometheus.NewDesc("coordinator_routes", "Routes nodes advertise (advertised) and of those the ones approved and in effect (approved); an exit node counts as one route.", []string{"state"}, nil)
 )
 
 // stateCollector counts nodes and relays from the live state at scrape time.
 type stateCollector struct{ s *Server }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- nodesDesc; ch <- relaysDesc }
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- nodesDesc
+	ch <- relaysDesc
+	ch <- routesDesc
+}
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	st := c.s.st
 	st.mu.RLock()
-	var online, offline, expired int
+	var online, offline, expired, advertised, approved int
 	for _, n := range st.nodes {
+		advertised += len(n.rec.AdvertisedRoutes)
+		approved += len(n.subnets)
+		if n.exit {
+			approved++
+		}
 		switch {
 		case n.expired(now):
 			expired++
@@ -133,6 +143,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(online), "online")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(offline), "offline")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(expired), "expired")
+	ch <- prometheus.MustNewConstMetric(routesDesc, prometheus.GaugeValue, float64(advertised), "advertised")
+	ch <- prometheus.MustNewConstMetric(routesDesc, prometheus.GaugeValue, float64(approved), "approved")
 
 	counts := map[[2]string]int{}
 	for _, r := range c.s.relays.relayMap().Regions {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
@@ -406,4 +407,28 @@ func TestRoutesSurviveRestart(t *testing.T) {
 		p, _ := nm.PeerByName("router")
 		return slices.Equal(p.Routes, []netip.Prefix{lan}) && !p.ExitNodeOption
 	})
+}
+
+// TestRoutesMetric: coordinator_routes counts advertised and approved
+// routes and passes the Prometheus linter.
+func TestRoutesMetric(t *testing.T) {
+	s := coordtest.Start(t)
+	router := s.Register(t, s.AuthKey(t, coordinator.AuthKeyRequest{}), "router")
+	advertise(t, router, []netip.Prefix{lan, lan2}, &trueVal)
+	if err := s.ApproveRoute(context.Background(), "router", lan.String(), true); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP coordinator_routes Routes nodes advertise (advertised) and of those the ones approved and in effect (approved); an exit node counts as one route.
+# TYPE coordinator_routes gauge
+coordinator_routes{state="advertised"} 3
+coordinator_routes{state="approved"} 1
+`
+	if err := testutil.GatherAndCompare(s.Registry, strings.NewReader(want), "coordinator_routes"); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.GatherAndLint(s.Registry, "coordinator_routes")
+	if err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %+v", err, problems)
+	}
 }
