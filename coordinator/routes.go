@@ -299,6 +299,7 @@ func (srv *Server) ApproveRoute(ctx context.Context, node, prefix string, approv
 	defer st.mu.Unlock()
 	if approve {
 		n.rec.ApprovedRoutes = append(slices.Clone(appr), p)
+		store.SortPrefixes(n.rec.ApprovedRoutes) // as stored
 	} else {
 		n.rec.ApprovedRoutes = slices.DeleteFunc(slices.Clone(appr), func(q netip.Prefix) bool { return q == p })
 	}

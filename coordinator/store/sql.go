@@ -773,12 +773,7 @@ func (s *sqlStore) ApproveRoute(ctx context.Context, id int64, route netip.Prefi
 		switch {
 		case approve && !has:
 			approved = append(approved, route)
-			slices.SortFunc(approved, func(a, b netip.Prefix) int {
-				if c := a.Addr().Compare(b.Addr()); c != 0 {
-					return c
-				}
-				return a.Bits() - b.Bits()
-			})
+			SortPrefixes(approved)
 		case !approve && has:
 			approved = slices.DeleteFunc(approved, func(p netip.Prefix) bool { return p == route })
 		default:
@@ -797,6 +792,17 @@ func (s *sqlStore) ApproveRoute(ctx context.Context, id int64, route netip.Prefi
 		return false, err
 	}
 	return changed, s.wrap("approve route", err)
+}
+
+// SortPrefixes sorts by address, then prefix length: the order approved
+// routes are stored in.
+func SortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
 }
 
 // DeleteNode implements Store.
