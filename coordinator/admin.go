@@ -27,11 +27,14 @@ import (
 const (
 	AdminPathAuthKey  = "/admin/v1/authkey"
 	AdminPathRelayKey = "/admin/v1/relaykey"
-	AdminPathNodes    = "/admin/v1/nodes"
-	AdminPathDelete   = "/admin/v1/nodes/delete"
-	AdminPathExpire   = "/admin/v1/nodes/expire"
-	AdminPathRelays   = "/admin/v1/relays"
-	AdminPathPolicy   = "/admin/v1/policy"
+	// AdminPathRelayKeys lists join keys; AdminPathRelayKeyRevoke revokes one.
+	AdminPathRelayKeys      = "/admin/v1/relaykeys"
+	AdminPathRelayKeyRevoke = "/admin/v1/relaykey/revoke"
+	AdminPathNodes          = "/admin/v1/nodes"
+	AdminPathDelete         = "/admin/v1/nodes/delete"
+	AdminPathExpire         = "/admin/v1/nodes/expire"
+	AdminPathRelays         = "/admin/v1/relays"
+	AdminPathPolicy         = "/admin/v1/policy"
 	// AdminPathAuthKeys lists auth keys (GET).
 	AdminPathAuthKeys = "/admin/v1/authkeys"
 	// AdminPathRevoke revokes an auth key (POST IDRequest).
@@ -137,6 +140,30 @@ type KeyResponse struct {
 type RelayKeyRequest struct {
 	Region     string `json:"region"`
 	RegionName string `json:"region_name,omitempty"`
+	// Expiry is a Go duration; empty takes DefaultJoinKeyExpiry, "0"
+	// means never.
+	Expiry string `json:"expiry,omitempty"`
+}
+
+// DefaultJoinKeyExpiry is how long a join key works when made without
+// --expiry: 30 days. A relay needs its join key only to join the first
+// time (it then authenticates with its relay key, restarts included), so
+// a key that outlives a provisioning round is only a liability.
+const DefaultJoinKeyExpiry = 30 * 24 * time.Hour
+
+// JoinKeyInfo is one row of `relaykey list`: never the secret.
+type JoinKeyInfo struct {
+	ID      int64     `json:"id"`
+	Region  string    `json:"region"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"`
+	Expired bool      `json:"expired"`
+	Revoked bool      `json:"revoked"`
+}
+
+// IDRequest names one key by ID.
+type IDRequest struct {
+	ID int64 `json:"id"`
 }
 
 // NameRequest names one node.
@@ -254,6 +281,10 @@ func (srv *Server) ExpireNode(ctx context.Context, name string) error {
 	return srv.expireNode(ctx, name)
 }
 
+// AdminHandler returns the admin socket's handler, for tests that drive it
+// without a socket.
+func (srv *Server) AdminHandler() http.Handler { return srv.adminHandler() }
+
 func (srv *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+AdminPathAuthKey, func(w http.ResponseWriter, r *http.Request) {
@@ -269,8 +300,19 @@ func (srv *Server) adminHandler() http.Handler {
 		if !adminDecode(w, r, &req) {
 			return
 		}
-		k, err := srv.CreateJoinKey(r.Context(), req.Region, req.RegionName)
-		adminReply(w, KeyResponse{Key: k}, err)
+		resp, err := srv.CreateRelayKey(r.Context(), req)
+		adminReply(w, resp, err)
+	})
+	mux.HandleFunc("GET "+AdminPathRelayKeys, func(w http.ResponseWriter, r *http.Request) {
+		keys, err := srv.JoinKeys(r.Context())
+		adminReply(w, keys, err)
+	})
+	mux.HandleFunc("POST "+AdminPathRelayKeyRevoke, func(w http.ResponseWriter, r *http.Request) {
+		var req IDRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.RevokeJoinKey(r.Context(), req.ID))
 	})
 	mux.HandleFunc("GET "+AdminPathNodes, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, srv.Nodes())

@@ -27,6 +27,7 @@ const (
 	PathUpdate    = "/coord/v1/update"
 	PathRelayJoin = "/coord/v1/relay/join"
 	PathRelayBeat = "/coord/v1/relay/heartbeat"
+	PathRelayRevs = "/coord/v1/relay/revocations"
 )
 
 // Handler returns the API handler (TLS is the listener's business).
@@ -38,6 +39,7 @@ func (srv *Server) Handler() http.Handler {
 	route(mux, "POST", PathUpdate, srv.handleUpdate)
 	route(mux, "POST", PathRelayJoin, srv.handleRelayJoin)
 	route(mux, "POST", PathRelayBeat, srv.handleRelayHeartbeat)
+	route(mux, "POST", PathRelayRevs, srv.handleRelayRevocations)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -57,16 +59,30 @@ func route(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
 	})
 }
 
-// apiError is an error with the HTTP status it maps to.
+// apiError is an error with the HTTP status it maps to and, for errors
+// clients branch on, a stable netmap.ErrorCode.
 type apiError struct {
-	code int
-	msg  string
+	code   int
+	reason netmap.ErrorCode
+	msg    string
 }
 
 func (e *apiError) Error() string { return e.msg }
 
 func errorf(code int, format string, args ...any) error {
 	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// Errors for a node key the coordinator no longer accepts. Clients match
+// them by code (coordclient.ErrNodeUnknown, ErrNodeExpired) and back off.
+func errNodeUnknown(nk key.NodePublic) error {
+	return &apiError{code: http.StatusUnauthorized, reason: netmap.CodeNodeUnknown,
+		msg: fmt.Sprintf("node key %s is not registered (deleted?); register again with an auth key", nk.ShortString())}
+}
+
+func errNodeExpired() error {
+	return &apiError{code: http.StatusUnauthorized, reason: netmap.CodeNodeExpired,
+		msg: "node key expired; register again with an auth key"}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -84,7 +100,7 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		writeError(w, ae.code, ae.msg)
+		writeJSON(w, ae.code, netmap.ErrorResponse{Error: ae.msg, Code: ae.reason})
 		return
 	}
 	if errors.Is(err, store.ErrUnavailable) {
@@ -165,14 +181,14 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 	}
 	if n == nil {
 		srv.m.authFailures.WithLabelValues("unknown_node").Inc()
-		return nil, errorf(http.StatusUnauthorized, "node key %s is not registered", nk.ShortString())
+		return nil, errNodeUnknown(nk)
 	}
 	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
 		return nil, err
 	}
 	if expired {
 		srv.m.authFailures.WithLabelValues("expired").Inc()
-		return nil, errorf(http.StatusUnauthorized, "node key expired; register again with an auth key")
+		return nil, errNodeExpired()
 	}
 	return n, nil
 }
@@ -316,8 +332,8 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	s := newSession(n, cancel)
-	if !srv.openSession(s) {
-		srv.fail(w, r, errorf(http.StatusUnauthorized, "node was deleted or expired"))
+	if err := srv.openSession(s); err != nil {
+		srv.fail(w, r, err)
 		return
 	}
 	defer srv.closeSession(s)
@@ -330,14 +346,18 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 
 // openSession attaches s to its node, unless the node was deleted or
 // expired since the request was authenticated.
-func (srv *Server) openSession(s *session) bool {
+func (srv *Server) openSession(s *session) error {
 	now := srv.now()
 	st := srv.st
 	st.mu.Lock()
 	n := s.node
-	if st.nodes[n.id] != n || n.expired(now) {
+	if st.nodes[n.id] != n {
 		st.mu.Unlock()
-		return false
+		return errNodeUnknown(n.nodeKey)
+	}
+	if n.expired(now) {
+		st.mu.Unlock()
+		return errNodeExpired()
 	}
 	old := n.sess
 	wasOnline := n.online()
@@ -350,7 +370,7 @@ func (srv *Server) openSession(s *session) bool {
 	st.mu.Unlock()
 	srv.m.streams.Inc()
 	srv.rep.streamChanged(n.id, true)
-	return true
+	return nil
 }
 
 func (srv *Server) closeSession(s *session) {

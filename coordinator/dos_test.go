@@ -61,8 +61,8 @@ func postProven(t testing.TB, hc *http.Client, s *coordtest.Server, path string,
 func TestBogusFloodDoesNotLockOut(t *testing.T) {
 	const cacheSize = 32
 	const flood = 4 * cacheSize
-	s := coordtest.Start(t, func(c *coordinator.Config) { c.ReplayCacheSize = cacheSize })
-	hc := fromAddr(t, s, "127.0.0.9")
+	s := coordtest.Start(t, func(c *coordinator.Config) { c.ReplayCacheSize, c.ReplayPerSource = cacheSize, cacheSize })
+	hc := s.HTTP // the same source address as the legitimate clients below
 	disco := key.NewDisco().Public()
 	for i := range flood {
 		nk := key.NewNode()

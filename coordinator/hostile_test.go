@@ -66,6 +66,8 @@ func TestHostileInput(t *testing.T) {
 		{"map not json", coordinator.PathMap, []byte(`[`), &shared, a.Key.Public().String(), 400},
 		{"relay join no key", coordinator.PathRelayJoin, []byte(`{}`), &shared, a.Key.Public().String(), 401},
 		{"relay heartbeat by node", coordinator.PathRelayBeat, []byte(`{}`), &shared, a.Key.Public().String(), 401},
+		{"relay revocations by node", coordinator.PathRelayRevs, []byte(`{"after":0}`), &shared, a.Key.Public().String(), 401},
+		{"relay revocations no proof", coordinator.PathRelayRevs, []byte(`{"after":0}`), nil, "", 401},
 		{"unknown path", "/coord/v1/nope", []byte(`{}`), nil, "", 404},
 	}
 	before := s.Nodes()

@@ -21,6 +21,9 @@ type serverMetrics struct {
 	leader        prometheus.Gauge
 	storeErrors   *prometheus.CounterVec
 	connsRefused  prometheus.Counter
+	// revocationsEvicted counts revocations dropped because the list was
+	// full (maxRevocations).
+	revocationsEvicted prometheus.Counter
 }
 
 // fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
@@ -54,6 +57,9 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		relayEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "coordinator_relay_events_total", Help: "Relay joins, heartbeats and state changes, by event.",
 		}, []string{"event"}),
+		revocationsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coordinator_revocations_evicted_total", Help: "Node revocations dropped before their expiry because the list was full.",
+		}),
 		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "coordinator_connections_refused_total", Help: "API connections closed on accept because their source address held its limit.",
 		}),
@@ -67,7 +73,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "coordinator_store_errors_total", Help: "Requests that failed in the store, by reason (unavailable: the database could not be reached).",
 	}, []string{"reason"})
-	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "online", "alive", "dropped"} {
+	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "revocation", "online", "alive", "dropped"} {
 		m.replicaEvents.WithLabelValues(k)
 	}
 	for _, k := range []string{"unavailable", "other"} {
@@ -87,7 +93,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	for _, e := range []string{"join", "join_refused", "heartbeat", "state_change"} {
 		m.relayEvents.WithLabelValues(e)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused,
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, m.revocationsEvicted,
 		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
 	return m
 }
@@ -108,6 +114,7 @@ var (
 	nodesDesc  = prometheus.NewDesc("coordinator_nodes", "Registered nodes, by state (online, offline, expired).", []string{"state"}, nil)
 	relaysDesc = prometheus.NewDesc("coordinator_relays", "Relays in the relay map, by region and state.", []string{"region", "state"}, nil)
 	routesDesc = prometheus.NewDesc("coordinator_routes", "Routes nodes advertise (advertised) and of those the ones approved and in effect (approved); an exit node counts as one route.", []string{"state"}, nil)
+	revsDesc   = prometheus.NewDesc("coordinator_revocations", "Node keys revoked at relays and still in force.", nil, nil)
 )
 
 // stateCollector counts nodes and relays from the live state at scrape time.
@@ -117,6 +124,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nodesDesc
 	ch <- relaysDesc
 	ch <- routesDesc
+	ch <- revsDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -145,6 +153,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(expired), "expired")
 	ch <- prometheus.MustNewConstMetric(routesDesc, prometheus.GaugeValue, float64(advertised), "advertised")
 	ch <- prometheus.MustNewConstMetric(routesDesc, prometheus.GaugeValue, float64(approved), "approved")
+	_, revs, _ := c.s.revs.list(now)
+	ch <- prometheus.MustNewConstMetric(revsDesc, prometheus.GaugeValue, float64(len(revs)))
 
 	counts := map[[2]string]int{}
 	for _, r := range c.s.relays.relayMap().Regions {

@@ -206,6 +206,9 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 			return nil, resultError, err
 		}
 	}
+	// Registered again (an expired node re-authenticating, or a deleted
+	// node's key registered anew): relays may serve it again.
+	srv.unrevoke(r.Context(), req.NodeKey)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if existing != nil {
@@ -399,7 +402,7 @@ func (srv *Server) applyReport(ctx context.Context, n *nodeState, disco *key.Dis
 	}
 	if err := srv.store.UpdateNode(ctx, &rec); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, "node was deleted")
+			return errNodeUnknown(n.nodeKey)
 		}
 		return err
 	}
@@ -439,13 +442,16 @@ func (srv *Server) deleteNode(ctx context.Context, name string, onlyIfOffline bo
 	}
 	now := srv.now()
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	if !n.expiredSent {
 		st.removedLocked(n, now)
 	}
 	st.removeLocked(n)
 	if n.sess != nil {
 		n.sess.cancel()
+	}
+	st.mu.Unlock()
+	if err := srv.revoke(ctx, n.nodeKey, "deleted"); err != nil {
+		return fmt.Errorf("node %s deleted, but storing its revocation failed (relays have it until the coordinator restarts): %w", name, err)
 	}
 	return nil
 }
@@ -471,7 +477,6 @@ func (srv *Server) expireNode(ctx context.Context, name string) error {
 		return err
 	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	if !n.expiredSent {
 		st.removedLocked(n, now)
 	}
@@ -480,6 +485,10 @@ func (srv *Server) expireNode(ctx context.Context, name string) error {
 	n.wire.Store(nil)
 	if n.sess != nil {
 		n.sess.cancel()
+	}
+	st.mu.Unlock()
+	if err := srv.revoke(ctx, n.nodeKey, "expired"); err != nil {
+		return fmt.Errorf("node %s expired, but storing its revocation failed (relays have it until the coordinator restarts): %w", name, err)
 	}
 	return nil
 }

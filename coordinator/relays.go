@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -48,7 +49,8 @@ type relayFleet struct {
 	relays  map[key.RelayPublic]*relayState
 	static  netmap.RelayMap
 
-	cached atomic.Pointer[netmap.RelayMap] // nil: rebuild
+	cached        atomic.Pointer[netmap.RelayMap] // nil: rebuild
+	warnedRegions atomic.Bool
 }
 
 func newRelayFleet(srv *Server, snap *store.Snapshot) (*relayFleet, error) {
@@ -250,6 +252,25 @@ func (rs *relayState) toNetmap() netmap.Relay {
 		State: rs.state, Healthy: rs.state == netmap.RelayUp || rs.state == netmap.RelayStatic}
 }
 
+// tokenRegions returns the region codes admission tokens are scoped to:
+// every region of the relay map, sorted. With more than admit.MaxRegions
+// regions, tokens are valid in any region (nil), and a warning is logged
+// once.
+func (f *relayFleet) tokenRegions() []string {
+	m := f.relayMap()
+	if len(m.Regions) > admit.MaxRegions {
+		if f.warnedRegions.CompareAndSwap(false, true) {
+			f.srv.log.Warn("more regions than an admission token can list; tokens are valid in every region", "regions", len(m.Regions), "max", admit.MaxRegions)
+		}
+		return nil
+	}
+	out := make([]string, 0, len(m.Regions))
+	for _, r := range m.Regions {
+		out = append(out, r.Code)
+	}
+	return out // relayMap sorts regions by code
+}
+
 // changedLocked drops the cached map; the caller broadcasts after unlocking.
 func (f *relayFleet) changedLocked() { f.cached.Store(nil) }
 
@@ -266,15 +287,30 @@ func (srv *Server) broadcastRelayMap() {
 	}
 }
 
-// CreateJoinKey makes a relay join key for region, creating the region
-// (with a fresh mesh secret) if it is new.
+// CreateJoinKey makes a relay join key for region, valid for
+// DefaultJoinKeyExpiry, creating the region (with a fresh mesh secret) if
+// it is new.
 func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (string, error) {
+	resp, err := srv.CreateRelayKey(ctx, RelayKeyRequest{Region: region, RegionName: name})
+	return resp.Key, err
+}
+
+// CreateRelayKey makes a relay join key as req says.
+func (srv *Server) CreateRelayKey(ctx context.Context, req RelayKeyRequest) (KeyResponse, error) {
+	region, name := req.Region, req.RegionName
 	if !validLabel(region) || len(region) > maxRegionLen {
-		return "", fmt.Errorf("--region %q: want a short DNS label such as nyc or eu-west", region)
+		return KeyResponse{}, fmt.Errorf("--region %q: want a short DNS label such as nyc or eu-west", region)
+	}
+	expiry := DefaultJoinKeyExpiry
+	if req.Expiry != "" {
+		d, err := time.ParseDuration(req.Expiry)
+		if err != nil || d < 0 {
+			return KeyResponse{}, fmt.Errorf("--expiry %q: want a Go duration such as 720h (0: never)", req.Expiry)
+		}
+		expiry = d
 	}
 	f := srv.relays
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	r, ok := f.regions[region]
 	if !ok {
 		var s [32]byte
@@ -285,13 +321,53 @@ func (srv *Server) CreateJoinKey(ctx context.Context, region, name string) (stri
 		r.Name = name
 	}
 	sec := netmap.NewSecret()
-	jk := &store.JoinKey{Hash: sec.Hash(), Region: region, Created: srv.now()}
+	now := srv.now()
+	jk := &store.JoinKey{Hash: sec.Hash(), Region: region, Created: now}
+	if expiry > 0 {
+		jk.Expires = now.Add(expiry)
+	}
 	if err := srv.store.CreateJoinKey(ctx, jk, r); err != nil {
-		return "", err
+		f.mu.Unlock()
+		return KeyResponse{}, err
 	}
 	f.regions[region] = r
 	f.changedLocked()
-	return netmap.FormatJoinKey(sec, srv.pin), nil
+	f.mu.Unlock()
+	if !ok {
+		// A new region is in every node's relay map, and in the region
+		// list of its next admission token.
+		srv.broadcastRelayMap()
+	}
+	return KeyResponse{Key: netmap.FormatJoinKey(sec, srv.pin), Expires: jk.Expires}, nil
+}
+
+// JoinKeys lists every relay join key (never their secrets).
+func (srv *Server) JoinKeys(ctx context.Context) ([]JoinKeyInfo, error) {
+	keys, err := srv.store.JoinKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := srv.now()
+	out := make([]JoinKeyInfo, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, JoinKeyInfo{ID: k.ID, Region: k.Region, Created: k.Created, Expires: k.Expires,
+			Expired: !k.Expires.IsZero() && !now.Before(k.Expires), Revoked: k.Revoked})
+	}
+	return out, nil
+}
+
+// RevokeJoinKey revokes join key id: relays can no longer join with it.
+// Relays that joined with it stay (they authenticate with their relay
+// keys).
+func (srv *Server) RevokeJoinKey(ctx context.Context, id int64) error {
+	if err := srv.store.RevokeJoinKey(ctx, id); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("join key %d: %w", id, err)
+		}
+		return err
+	}
+	srv.log.Info("join key revoked", "id", id)
+	return nil
 }
 
 func (srv *Server) handleRelayJoin(w http.ResponseWriter, r *http.Request) {
@@ -359,6 +435,12 @@ func (srv *Server) relayJoin(r *http.Request, body []byte) (*netmap.RelayJoinRes
 	}
 	if err != nil {
 		return nil, err
+	}
+	if jk.Revoked {
+		return nil, errorf(http.StatusUnauthorized, "join key revoked")
+	}
+	if !jk.Expires.IsZero() && !now.Before(jk.Expires) {
+		return nil, errorf(http.StatusUnauthorized, "join key expired")
 	}
 	if req.Region != jk.Region {
 		return nil, errorf(http.StatusForbidden, "join key is for region %q, relay asked for %q", jk.Region, req.Region)
@@ -431,29 +513,11 @@ func (srv *Server) handleRelayHeartbeat(w http.ResponseWriter, r *http.Request) 
 }
 
 func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJoinResponse, error) {
-	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
+	rs, err := srv.authRelay(r, body)
 	if err != nil {
-		return nil, errorf(http.StatusUnauthorized, "%v", err)
-	}
-	rk, err := key.ParseRelayPublic(pubText)
-	if err != nil {
-		return nil, errorf(http.StatusUnauthorized, "proof of possession: %v", err)
-	}
-	f := srv.relays
-	f.mu.Lock()
-	rs, ok := f.relays[rk]
-	var shared key.SharedKey
-	if ok {
-		shared = rs.shared
-	}
-	f.mu.Unlock()
-	if !ok {
-		return nil, errorf(http.StatusUnauthorized, "relay key %s has not joined; join with a join key first", rk.ShortString())
-	}
-	now := srv.now()
-	if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
 		return nil, err
 	}
+	now := srv.now()
 	var hb netmap.RelayHeartbeat
 	if err := decodeJSON(body, &hb); err != nil {
 		return nil, err
@@ -465,7 +529,11 @@ func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJo
 	case hb.Overloaded:
 		state = netmap.RelayOverloaded
 	}
+	f := srv.relays
 	f.mu.Lock()
+	if err != nil {
+		return nil, errorf(http.StatusUnauthorized, "%v", err)
+	}
 	rs.rec.LastHeartbeat = now
 	rs.rec.State = state
 	rs.clients = hb.Clients
@@ -486,6 +554,34 @@ func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJo
 		srv.broadcastRelayMap()
 	}
 	return resp, nil
+}
+
+// authRelay checks a request's proof against a joined relay and returns
+// it. The body must already be read.
+func (srv *Server) authRelay(r *http.Request, body []byte) (*relayState, error) {
+	pubText, sealed, err := netmap.ParseProof(r.Header.Get(netmap.ProofHeader))
+	if err != nil {
+		return nil, errorf(http.StatusUnauthorized, "%v", err)
+	}
+	rk, err := key.ParseRelayPublic(pubText)
+	if err != nil {
+		return nil, errorf(http.StatusUnauthorized, "proof of possession: %v", err)
+	}
+	f := srv.relays
+	f.mu.Lock()
+	rs, ok := f.relays[rk]
+	var shared key.SharedKey
+	if ok {
+		shared = rs.shared
+	}
+	f.mu.Unlock()
+	if !ok {
+		return nil, errorf(http.StatusUnauthorized, "relay key %s has not joined; join with a join key first", rk.ShortString())
+	}
+	if err := srv.checkProof(&shared, sealed, r, body, srv.now()); err != nil {
+		return nil, err
+	}
+	return rs, nil
 }
 
 // sweep marks silent relays down and stores that, so other replicas

@@ -277,6 +277,18 @@ func (r *replicas) apply(ctx context.Context, c store.Change) {
 		srv.relays.syncRegion(rg)
 	case store.ChangeOnline:
 		srv.remoteOnline(c.Origin, c.IDs, c.Online)
+	case store.ChangeRevocation:
+		// Stored by the replica that made it: only this replica's list and
+		// the relays polling it need to hear.
+		if nk, err := key.ParseNodePublic(c.Key); err == nil {
+			var until time.Time
+			if c.Until != 0 {
+				until = time.UnixMilli(c.Until)
+			}
+			if _, changed, _ := srv.revs.set(nk, until); changed {
+				srv.revs.publish()
+			}
+		}
 	case store.ChangeAlive:
 		if c.Key == "hello" {
 			r.publishStreaming(ctx)
@@ -313,6 +325,17 @@ func (r *replicas) resync(ctx context.Context) {
 		n.writeMu.Unlock()
 	}
 	srv.syncPolicy(snap.Policy)
+	changed := false
+	for _, rv := range snap.Revocations {
+		if nk, err := key.ParseNodePublic(rv.NodeKey); err == nil {
+			if _, c, _ := srv.revs.set(nk, rv.Until); c {
+				changed = true
+			}
+		}
+	}
+	if changed {
+		srv.revs.publish()
+	}
 	for _, rg := range snap.Regions {
 		srv.relays.syncRegion(rg)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
 	"github.com/wiremesh/wiremesh/coordinator/store/pgtest"
+	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -295,4 +297,37 @@ func TestConcurrentRegistrationsOnTwoReplicas(t *testing.T) {
 		}
 		seen[ips[i]] = true
 	}
+}
+
+// TestRevocationReachesRelaysOfEveryReplica: a node deleted through one
+// replica is in the revocation list a relay polls on the other.
+func TestRevocationReachesRelaysOfEveryReplica(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := startReplicas(t, pg.NewDatabase(t), 2)
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	jk, err := b.CreateJoinKey(ctx, "nyc", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := coordclient.JoinRelay(ctx, b.URL(), jk, key.NewRelay(),
+		netmap.RelayJoinRequest{Region: "nyc", PublicAddr: "198.18.2.1:443", Pin: "sha256/" + strings.Repeat("A", 43)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := a.Register(t, a.AuthKey(t, coordinator.AuthKeyRequest{}), "doomed")
+	if err := a.DeleteNode(ctx, "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	// b's list was empty (sequence 0): the long poll returns once b hears.
+	revs, err := rc.Revocations(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range revs.Revoked {
+		if r.Key == n.Key.Public() {
+			return
+		}
+	}
+	t.Fatalf("relay on b was not told of the node deleted through a: %+v", revs)
 }

@@ -1,68 +1,46 @@
 package coordinator
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
 )
 
-// runRoutes runs `coordinator routes list|approve|unapprove`.
-func runRoutes(ctx context.Context, cmd string, args []string, stdout io.Writer) error {
-	name := "coordinator " + cmd
-	switch cmd {
-	case "routes list":
-		var f struct {
-			AdminFlags
-			JSON bool `flag:"json" env:"JSON" help:"print JSON"`
-		}
-		if err := parseAdmin(name, "[--json] --state-dir DIR", &f, args, stdout, 0); err != nil {
-			return err
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		var rs []RouteInfo
-		if err := adminCall(ctx, hc, "GET", AdminPathRoutes, nil, &rs); err != nil {
-			return err
-		}
-		if f.JSON {
-			return json.NewEncoder(stdout).Encode(rs)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NODE\tPREFIX\tADVERTISED\tAPPROVED\tPRIMARY")
-		for _, r := range rs {
-			appr := fmt.Sprint(r.Approved)
-			if r.AutoApproved {
-				appr += " (policy)"
+// The `coordinator routes` admin commands (entries of adminCommands).
+
+func routesListCommand() adminCommand {
+	return &admin[jsonFlags, []RouteInfo]{
+		cmd: "routes list", usage: "[--json] --state-dir DIR",
+		request: func(*jsonFlags, []string) (string, string, any, error) { return "GET", AdminPathRoutes, nil, nil },
+		print: func(w io.Writer, f *jsonFlags, _ []string, rs *[]RouteInfo) error {
+			if f.JSON {
+				return printJSON(w, *rs)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%v\n", r.Node, r.Prefix, r.Advertised, appr, r.Primary)
-		}
-		return tw.Flush()
-	case "routes approve", "routes unapprove":
-		var f struct{ AdminFlags }
-		pos, err := parseAdminPos(name, "NODE CIDR --state-dir DIR", &f, args, stdout)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 2 {
-			return usageErr("%s needs a node NAME and a CIDR (0.0.0.0/0 for an exit node)", cmd)
-		}
-		hc, err := adminClient(f.StateDir)
-		if err != nil {
-			return err
-		}
-		path := AdminPathRouteApprove
-		if cmd == "routes unapprove" {
-			path = AdminPathRouteUnapprove
-		}
-		if err := adminCall(ctx, hc, "POST", path, RouteRequest{Node: pos[0], Prefix: pos[1]}, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s %s: %sd\n", pos[0], pos[1], cmd[len("routes "):])
-		return nil
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tPREFIX\tADVERTISED\tAPPROVED\tPRIMARY")
+			for _, r := range *rs {
+				appr := fmt.Sprint(r.Approved)
+				if r.AutoApproved {
+					appr += " (policy)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%v\n", r.Node, r.Prefix, r.Advertised, appr, r.Primary)
+			}
+			return tw.Flush()
+		},
 	}
-	return usageErr("unknown command %q", cmd)
+}
+
+// routeApproveCommand is `routes approve` or `routes unapprove`.
+func routeApproveCommand(verb, path string) adminCommand {
+	return &admin[plainFlags, noBody]{
+		cmd: "routes " + verb, usage: "NODE CIDR --state-dir DIR", args: 2,
+		argsErr: "routes " + verb + " needs a node NAME and a CIDR (0.0.0.0/0 for an exit node)",
+		request: func(_ *plainFlags, pos []string) (string, string, any, error) {
+			return "POST", path, RouteRequest{Node: pos[0], Prefix: pos[1]}, nil
+		},
+		print: func(w io.Writer, _ *plainFlags, pos []string, _ *noBody) error {
+			_, err := fmt.Fprintf(w, "%s %s: %sd\n", pos[0], pos[1], verb)
+			return err
+		},
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/coordinator/policy"
 	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/key"
@@ -50,8 +51,10 @@ const (
 	// marked down after netmap.RelayDownAfter missed ones (30 s).
 	DefaultHeartbeatInterval = 10 * time.Second
 	// DefaultSweepInterval is how often expiries, relay silence and token
-	// refreshes are checked: a small fraction of the deadlines it enforces.
-	DefaultSweepInterval = 2 * time.Second
+	// refreshes are checked. One second keeps a node whose key expiry
+	// passes within the 2 s revocation goal (peers drop it, relays are
+	// told), and a sweep is one read-locked pass over the nodes.
+	DefaultSweepInterval = time.Second
 	// DefaultDNSDomain is the suffix of MagicDNS names.
 	DefaultDNSDomain = "mesh.internal"
 	// MaxRequestBody bounds every node and relay request body. The largest,
@@ -108,6 +111,9 @@ type Config struct {
 	// conns.go). Zero takes DefaultBodyTimeout, DefaultMaxConnsPerSource.
 	BodyTimeout       time.Duration
 	MaxConnsPerSource int
+	// RevocationPollTimeout is how long a relay's revocation poll is held
+	// with nothing new; zero takes netmap.RevocationPollTimeout.
+	RevocationPollTimeout time.Duration
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -133,6 +139,7 @@ type Server struct {
 	pin       string
 
 	relays *relayFleet
+	revs   *revocations
 	replay *replayCache
 	// shared is the store as replicas share it; nil with SQLite, whose
 	// coordinator is the only one.
@@ -143,6 +150,8 @@ type Server struct {
 
 	ln      net.Listener
 	adminLn net.Listener
+	// started is when New ran (see revokeUntil).
+	started time.Time
 }
 
 // New opens the state directory and the store, loads the working set, and
@@ -171,7 +180,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	def(&cfg.KeyExpiry, DefaultKeyExpiry)
 	def(&cfg.EphemeralTimeout, DefaultEphemeralTimeout)
 	def(&cfg.HeartbeatInterval, DefaultHeartbeatInterval)
-	def(&cfg.TokenLifetime, 12*time.Hour)
+	def(&cfg.TokenLifetime, admit.DefaultLifetime)
+	def(&cfg.RevocationPollTimeout, netmap.RevocationPollTimeout)
 	def(&cfg.SweepInterval, DefaultSweepInterval)
 	def(&cfg.BodyTimeout, DefaultBodyTimeout)
 	if cfg.MaxConnsPerSource <= 0 {
@@ -205,7 +215,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ReplayPerSource <= 0 {
 		cfg.ReplayPerSource = maxReplayPerSource
 	}
-	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(),
+	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), started: cfg.Now(),
 		replay: newReplayCache(netmap.ProofWindow, cfg.ReplayCacheSize, cfg.ReplayPerSource)}
 	srv.rep = newReplicas(srv)
 	var err error
@@ -248,6 +258,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if srv.relays, err = newRelayFleet(srv, snap); err != nil {
 		return fail(err)
 	}
+	if srv.revs, err = newRevocations(snap); err != nil {
+		return fail(err)
+	}
 	if cfg.PolicyFile != "" {
 		text, err := os.ReadFile(cfg.PolicyFile)
 		if err != nil {
@@ -263,6 +276,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return fail(fmt.Errorf("listen %s: %w", cfg.Listen, err))
 	}
 	return srv, nil
+}
+
+// Close releases what New opened (listeners, admin socket, store), for a
+// server that will not Run.
+func (srv *Server) Close() error {
+	srv.closeAll()
+	return nil
 }
 
 func (srv *Server) closeAll() {
@@ -393,7 +413,13 @@ func (srv *Server) loadSnapshot(snap *store.Snapshot) error {
 		if err != nil {
 			return fmt.Errorf("stored node %s: %w", rec.Name, err)
 		}
-		n.expiredSent = n.expired(srv.now())
+		// A key that expired recently (while the coordinator was down, say)
+		// is left for the sweep, which revokes it at the relays; older
+		// ones have no token left that a relay would take.
+		// (A token outlives the key expiry by at most the longest token
+		// lifetime, legacy 12-hour tokens included.)
+		recent := srv.now().Before(rec.KeyExpiry.Add(max(srv.cfg.TokenLifetime, legacyTokenLifetime) + admit.ClockSkew))
+		n.expiredSent = n.expired(srv.now()) && !recent
 		st.addLocked(n)
 	}
 	st.ipCursor = snap.IPCursor
@@ -558,6 +584,7 @@ func (srv *Server) sweep(ctx context.Context) {
 	}
 	st.mu.RUnlock()
 	if len(expired) > 0 {
+		var revoke []key.NodePublic
 		st.mu.Lock()
 		for _, n := range expired {
 			if _, live := st.nodes[n.id]; live && !n.expiredSent {
@@ -566,9 +593,15 @@ func (srv *Server) sweep(ctx context.Context) {
 				if n.sess != nil {
 					n.sess.cancel()
 				}
+				revoke = append(revoke, n.nodeKey)
 			}
 		}
 		st.mu.Unlock()
+		for _, k := range revoke {
+			if err := srv.revoke(ctx, k, "key expiry passed"); err != nil {
+				srv.log.Warn("store revocation", "key", k.ShortString(), "err", err)
+			}
+		}
 	}
 	for _, n := range ephemeral {
 		if err := srv.deleteNode(ctx, n.rec.Name, true); err != nil && !errors.Is(err, store.ErrNotFound) {

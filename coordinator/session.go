@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,8 @@ type session struct {
 	seq        uint64
 	sent       map[netmap.NodeID]struct{} // peers the node currently has
 	lastFilter []byte
+	// tokenRegions are the regions of the last admission token sent.
+	tokenRegions []string
 	// tokenIssued is when the last admission token was sent, in unix
 	// nanoseconds: written by the writer, read by the sweeper.
 	tokenIssued atomic.Int64
@@ -391,11 +394,24 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 		msg.DNS = &d
 		empty = false
 	}
-	if p.admission || s.admissionDue(srv.cfg.TokenLifetime, now) {
-		tok, err := admit.IssueWith(srv.signer, srv.signPub, n.nodeKey, "", now, srv.cfg.TokenLifetime)
+	due := p.admission || s.admissionDue(srv.cfg.TokenLifetime, now)
+	var regions []string
+	if due || p.relayMap {
+		regions = srv.relays.tokenRegions()
+		due = due || !slices.Equal(regions, s.tokenRegions)
+	}
+	if due {
+		// The token is valid in the regions of the relay map (the node
+		// can use no other relay) and never past the node's key expiry.
+		exp := now.Add(srv.cfg.TokenLifetime)
+		if !n.rec.KeyExpiry.IsZero() && n.rec.KeyExpiry.Before(exp) {
+			exp = n.rec.KeyExpiry
+		}
+		tok, err := admit.IssueRegions(srv.signer, srv.signPub, n.nodeKey, regions, now, exp)
 		if err == nil {
-			msg.Admission = &netmap.Admission{Token: encodeToken(tok), Expires: now.Add(srv.cfg.TokenLifetime)}
+			msg.Admission = &netmap.Admission{Token: encodeToken(tok), Expires: exp}
 			s.tokenIssued.Store(now.UnixNano())
+			s.tokenRegions = regions
 			empty = false
 		}
 	}

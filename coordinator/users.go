@@ -47,11 +47,6 @@ type UserRequest struct {
 	Force bool   `json:"force,omitempty"`
 }
 
-// IDRequest names an auth key.
-type IDRequest struct {
-	ID int64 `json:"id"`
-}
-
 // ErrBuiltInUser refuses deleting admin@.
 var ErrBuiltInUser = errors.New("admin@ is built in and cannot be deleted")
 

@@ -100,3 +100,55 @@ func FuzzKeysAndProof(f *testing.F) {
 		}
 	})
 }
+
+// FuzzApply folds a fuzzed sequence of frames (the stream framing, as a
+// node reads it) into a NetworkMap: Apply must never panic, must refuse a
+// delta before the first full map without changing anything, and must keep
+// the map consistent: every peer stored under its own ID, and a frame's
+// removed peers gone after it.
+func FuzzApply(f *testing.F) {
+	var buf bytes.Buffer
+	WriteFrame(&buf, sampleMap())
+	WriteFrame(&buf, &MapResponse{Seq: 2, PeersChanged: []Node{{ID: 7, Name: "n7"}}, PeersRemoved: []NodeID{2}})
+	on := true
+	WriteFrame(&buf, &MapResponse{Seq: 3, PeersChangedPatch: []PeerChange{{ID: 7, Online: &on}}, PeersRemoved: []NodeID{7}})
+	WriteFrame(&buf, &MapResponse{Seq: 4, KeepAlive: true})
+	f.Add(buf.Bytes())
+	buf.Reset()
+	WriteFrame(&buf, &MapResponse{Seq: 1, PeersChanged: []Node{{ID: 1}}})
+	f.Add(buf.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr := NewFrameReader(bytes.NewReader(b))
+		var nm NetworkMap
+		for range 32 {
+			m, err := fr.ReadMapResponse()
+			if err != nil {
+				return
+			}
+			before := nm.Seq
+			err = nm.Apply(m)
+			if nm.Peers == nil {
+				if !m.Full && !m.KeepAlive && err != ErrNoFullMap {
+					t.Fatalf("delta before a full map: %v", err)
+				}
+				if nm.Seq != before {
+					t.Fatal("refused delta changed the map")
+				}
+				continue
+			}
+			for id, p := range nm.Peers {
+				if p.ID != id {
+					t.Fatalf("peer %d stored under %d", p.ID, id)
+				}
+			}
+			if m.KeepAlive {
+				continue
+			}
+			for _, id := range m.PeersRemoved {
+				if _, ok := nm.Peers[id]; ok {
+					t.Fatalf("peer %d still there after its removal", id)
+				}
+			}
+		}
+	})
+}

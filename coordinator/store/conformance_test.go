@@ -68,6 +68,7 @@ func TestConformance(t *testing.T) {
 		{"Readers", testReaders},
 		{"Secret", testSecret},
 		{"Routes", testRoutes},
+		{"RevocationsAndJoinKeys", testRevocationsAndJoinKeys},
 		{"KillDuringRegistrations", testKillDuringRegistrations},
 	}
 	for _, e := range engines(t) {
@@ -609,5 +610,45 @@ func testRoutes(t *testing.T, e engine) {
 	}
 	if r, _ := s.Node(ctx, n.ID); len(r.AdvertisedRoutes) != 0 || len(r.ApprovedRoutes) != 1 {
 		t.Fatalf("withdrawn: advertised %v approved %v (approval is kept)", r.AdvertisedRoutes, r.ApprovedRoutes)
+	}
+}
+
+// testRevocationsAndJoinKeys: revocations survive a reopen with
+// their sequence, a lifted one is gone, expired ones are forgotten; join
+// keys keep their expiry and can be revoked.
+func testRevocationsAndJoinKeys(t *testing.T, e engine) {
+	ctx := context.Background()
+	path := e.fresh(t)
+	s := mustOpen(t, e, path)
+	now := time.Now()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.SetRevocation(ctx, Revocation{NodeKey: "nodekey:a", Until: now.Add(time.Hour)}, 1, now))
+	must(s.SetRevocation(ctx, Revocation{NodeKey: "nodekey:b", Until: now.Add(time.Hour)}, 2, now))
+	must(s.SetRevocation(ctx, Revocation{NodeKey: "nodekey:old", Until: now.Add(time.Second)}, 3, now))
+	must(s.SetRevocation(ctx, Revocation{NodeKey: "nodekey:b"}, 4, now.Add(2*time.Second))) // lifts b, forgets old
+	exp := now.Add(24 * time.Hour).Truncate(time.Millisecond)
+	k := &JoinKey{Hash: "h1", Region: "nyc", Created: now, Expires: exp}
+	must(s.CreateJoinKey(ctx, k, Region{Code: "nyc", MeshSecret: "x"}))
+	must(s.RevokeJoinKey(ctx, k.ID))
+	if err := s.RevokeJoinKey(ctx, 99); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("revoke unknown join key: %v", err)
+	}
+	s.Close()
+	s = mustOpen(t, e, path)
+	defer s.Close()
+	snap, err := s.Load(ctx)
+	must(err)
+	if snap.RevocationSeq != 4 || len(snap.Revocations) != 1 || snap.Revocations[0].NodeKey != "nodekey:a" {
+		t.Fatalf("revocations after reopen: seq %d %+v", snap.RevocationSeq, snap.Revocations)
+	}
+	keys, err := s.JoinKeys(ctx)
+	must(err)
+	if len(keys) != 1 || !keys[0].Revoked || !keys[0].Expires.Equal(exp) || keys[0].Region != "nyc" {
+		t.Fatalf("join keys: %+v", keys)
 	}
 }

@@ -81,7 +81,7 @@ const (
 // that replicas starting together do not race. Never edit one that has
 // shipped: add another.
 var pgMigrations = []string{
-	// 1 (2026-12-02): initial schema, matching SQLite's migrations 1-2.
+	// 1 (2026-12-02): initial schema, matching SQLite's migrations 1-3.
 	`CREATE TABLE users (name TEXT PRIMARY KEY, created BIGINT NOT NULL);
 	INSERT INTO users (name, created) VALUES ('admin@', 0);
 	CREATE TABLE nodes (
@@ -127,7 +127,13 @@ var pgMigrations = []string{
 		id BIGSERIAL PRIMARY KEY,
 		hash TEXT NOT NULL UNIQUE,
 		region TEXT NOT NULL REFERENCES regions(code),
-		created BIGINT NOT NULL
+		created BIGINT NOT NULL,
+		expires BIGINT NOT NULL DEFAULT 0,
+		revoked BOOLEAN NOT NULL DEFAULT FALSE
+	);
+	CREATE TABLE revocations (
+		node_key TEXT PRIMARY KEY,
+		until BIGINT NOT NULL
 	);
 	CREATE TABLE relays (
 		key TEXT PRIMARY KEY,
@@ -147,7 +153,7 @@ var pgMigrations = []string{
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
 	// 2 (2026-12-02): subnet routes and exit nodes, advertised and approved
-	// (SQLite's migration 3).
+	// (SQLite's migration 4).
 	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
 	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
@@ -156,6 +162,7 @@ var pgDialect = &dialect{
 	name:       "postgres",
 	migrations: pgMigrations,
 	dollar:     true,
+	greatest:   "GREATEST",
 	forUpdate:  " FOR UPDATE",
 	lockMigrations: func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockKey)

@@ -43,6 +43,8 @@ type dialect struct {
 	// forUpdate is appended to the auth-key read inside a registration, so
 	// concurrent registrations on other replicas wait for it.
 	forUpdate string
+	// greatest is the SQL function of the larger of two values.
+	greatest string
 	// conflictColumn names the column of a unique violation.
 	conflictColumn func(error) string
 	// lockMigrations serialises migrations across processes (inside tx).
@@ -425,6 +427,34 @@ func (s *sqlStore) Load(ctx context.Context) (*Snapshot, error) {
 		}
 		if cur != "" {
 			snap.IPCursor, _ = netip.ParseAddr(cur)
+		}
+		rows, err = tx.QueryContext(ctx, s.q(`SELECT node_key, until FROM revocations WHERE until >= ? ORDER BY node_key`), ms(time.Now()))
+		if err != nil {
+			return fmt.Errorf("revocations: %w", err)
+		}
+		for rows.Next() {
+			var r Revocation
+			var until int64
+			if err := rows.Scan(&r.NodeKey, &until); err != nil {
+				rows.Close()
+				return fmt.Errorf("revocations: %w", err)
+			}
+			r.Until = fromMS(until)
+			snap.Revocations = append(snap.Revocations, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("revocations: %w", err)
+		}
+		var seq string
+		err = tx.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'revocation_seq'`).Scan(&seq)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("meta: %w", err)
+		}
+		if seq != "" {
+			if snap.RevocationSeq, err = strconv.ParseUint(seq, 10, 64); err != nil {
+				return fmt.Errorf("meta: revocation_seq %q: %w", seq, err)
+			}
 		}
 		return nil
 	})
@@ -832,7 +862,8 @@ func (s *sqlStore) CreateJoinKey(ctx context.Context, k *JoinKey, r Region) erro
 		if err != nil {
 			return fmt.Errorf("region %s: %w", r.Code, err)
 		}
-		if err := tx.QueryRowContext(ctx, s.q(`INSERT INTO joinkeys (hash, region, created) VALUES (?, ?, ?) RETURNING id`), k.Hash, k.Region, ms(k.Created)).Scan(&k.ID); err != nil {
+		if err := tx.QueryRowContext(ctx, s.q(`INSERT INTO joinkeys (hash, region, created, expires) VALUES (?, ?, ?, ?) RETURNING id`),
+			k.Hash, k.Region, ms(k.Created), ms(k.Expires)).Scan(&k.ID); err != nil {
 			return err
 		}
 		return s.notifyOne(ctx, tx, Change{Kind: ChangeRegion, Key: r.Code})
@@ -840,19 +871,78 @@ func (s *sqlStore) CreateJoinKey(ctx context.Context, k *JoinKey, r Region) erro
 	return s.wrap("create join key", err)
 }
 
+const joinKeyCols = `id, hash, region, created, expires, revoked`
+
+func scanJoinKey(row scanner) (JoinKey, error) {
+	var k JoinKey
+	var created, expires int64
+	err := row.Scan(&k.ID, &k.Hash, &k.Region, &created, &expires, &k.Revoked)
+	k.Created, k.Expires = fromMS(created), fromMS(expires)
+	return k, err
+}
+
 // JoinKeyByHash implements Store.
 func (s *sqlStore) JoinKeyByHash(ctx context.Context, hash string) (JoinKey, error) {
-	var k JoinKey
-	var created int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, hash, region, created FROM joinkeys WHERE hash = ?`), hash).Scan(&k.ID, &k.Hash, &k.Region, &created)
+	k, err := scanJoinKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+joinKeyCols+` FROM joinkeys WHERE hash = ?`), hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return k, ErrNotFound
 	}
+	return k, s.wrap("look up join key", err)
+}
+
+// JoinKeys implements Store.
+func (s *sqlStore) JoinKeys(ctx context.Context) ([]JoinKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+joinKeyCols+` FROM joinkeys ORDER BY id`)
 	if err != nil {
-		return k, s.wrap("look up join key", err)
+		return nil, s.wrap("list join keys", err)
 	}
-	k.Created = fromMS(created)
-	return k, nil
+	defer rows.Close()
+	var out []JoinKey
+	for rows.Next() {
+		k, err := scanJoinKey(rows)
+		if err != nil {
+			return nil, s.wrap("list join keys", err)
+		}
+		out = append(out, k)
+	}
+	return out, s.wrap("list join keys", rows.Err())
+}
+
+// RevokeJoinKey implements Store.
+func (s *sqlStore) RevokeJoinKey(ctx context.Context, id int64) error {
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE joinkeys SET revoked = ? WHERE id = ?`), true, id)
+	if err != nil {
+		return s.wrap(fmt.Sprintf("revoke join key %d", id), err)
+	}
+	if c, _ := res.RowsAffected(); c == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// SetRevocation implements Store.
+func (s *sqlStore) SetRevocation(ctx context.Context, r Revocation, seq uint64, now time.Time) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if r.Until.IsZero() {
+			_, err = tx.ExecContext(ctx, s.q(`DELETE FROM revocations WHERE node_key = ?`), r.NodeKey)
+		} else {
+			_, err = tx.ExecContext(ctx, s.q(`INSERT INTO revocations (node_key, until) VALUES (?, ?)
+				ON CONFLICT(node_key) DO UPDATE SET until = `+s.d.greatest+`(revocations.until, excluded.until)`), r.NodeKey, ms(r.Until))
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM revocations WHERE until < ?`), ms(now)); err != nil {
+			return err
+		}
+		if _, err = tx.ExecContext(ctx, s.q(`INSERT INTO meta (k, v) VALUES ('revocation_seq', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`),
+			strconv.FormatUint(seq, 10)); err != nil {
+			return err
+		}
+		return s.notifyOne(ctx, tx, Change{Kind: ChangeRevocation, Key: r.NodeKey, Until: ms(r.Until)})
+	})
+	return s.wrap("store revocation of "+r.NodeKey, err)
 }
 
 // PutRelay implements Store.

@@ -79,7 +79,14 @@ var sqliteMigrations = []string{
 		updated INTEGER NOT NULL
 	);
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);`,
-	// 2 (2026-12-02): users own nodes and keys; keys can be revoked; relay
+	// 2 (2026-12-02): revoked node keys, and join key expiry and revocation.
+	`CREATE TABLE revocations (
+		node_key TEXT PRIMARY KEY,
+		until INTEGER NOT NULL
+	);
+	ALTER TABLE joinkeys ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE joinkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;`,
+	// 3 (2026-12-02): users own nodes and keys; keys can be revoked; relay
 	// states are stored; secrets (used by shared engines only).
 	`CREATE TABLE users (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
 	INSERT INTO users (name, created) VALUES ('admin@', 0);
@@ -91,7 +98,7 @@ var sqliteMigrations = []string{
 	ALTER TABLE authkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE relays ADD COLUMN state TEXT NOT NULL DEFAULT '';
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
-	// 3 (2026-12-02): subnet routes and exit nodes, advertised and approved.
+	// 4 (2026-12-02): subnet routes and exit nodes, advertised and approved.
 	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
 	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
@@ -99,6 +106,7 @@ var sqliteMigrations = []string{
 var sqliteDialect = &dialect{
 	name:       "sqlite",
 	migrations: sqliteMigrations,
+	greatest:   "MAX",
 	isUnique: func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 	},
@@ -136,7 +144,10 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	// In a file: URI, '?' and '#' end the path and '%' escapes: a path
+	// holding them (a test's temp dir "seed#2") would open another file.
+	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	db, err := sql.Open("sqlite", "file:"+esc+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

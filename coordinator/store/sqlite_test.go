@@ -98,3 +98,24 @@ func TestSQLiteFilesPrivate(t *testing.T) {
 	}
 	check("reopened")
 }
+
+// TestSQLitePathWithURIChars: a path holding '#', '?' or '%' opens that
+// file, not the one its URI prefix names.
+func TestSQLitePathWithURIChars(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "seed#2?x=%41")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c.db")
+	s, err := OpenSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("database not at %s: %v", path, err)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(dir), "seed")); err == nil {
+		t.Fatal("database opened at the path cut at '#'")
+	}
+}

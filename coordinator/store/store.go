@@ -123,12 +123,15 @@ type AuthKey struct {
 	Revoked time.Time // zero: not revoked
 }
 
-// JoinKey is a relay join key for one region.
+// JoinKey is a relay join key for one region. Only the hash of its secret
+// is stored.
 type JoinKey struct {
 	ID      int64
 	Hash    string
 	Region  string
 	Created time.Time
+	Expires time.Time // zero: never
+	Revoked bool
 }
 
 // Region is a relay region and its mesh secret.
@@ -153,6 +156,12 @@ type Relay struct {
 	State string
 }
 
+// Revocation is a node key relays must refuse until Until.
+type Revocation struct {
+	NodeKey string // nodekey:<hex>
+	Until   time.Time
+}
+
 // Snapshot is everything the coordinator loads at start.
 type Snapshot struct {
 	Nodes    []Node
@@ -160,6 +169,10 @@ type Snapshot struct {
 	Relays   []Relay
 	Policy   string // empty: none
 	IPCursor netip.Addr
+	// Revocations are those still in force at Load; RevocationSeq is the
+	// sequence number of the newest change to them.
+	Revocations   []Revocation
+	RevocationSeq uint64
 }
 
 // Store is the coordinator's durable state. Every method is safe for
@@ -221,8 +234,17 @@ type Store interface {
 	CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error
 	// JoinKeyByHash returns the join key with that hash, or ErrNotFound.
 	JoinKeyByHash(ctx context.Context, hash string) (JoinKey, error)
+	// JoinKeys lists every join key, oldest first.
+	JoinKeys(ctx context.Context) ([]JoinKey, error)
+	// RevokeJoinKey marks join key id revoked, or returns ErrNotFound.
+	RevokeJoinKey(ctx context.Context, id int64) error
 	// PutRelay inserts or replaces the relay with r.Key.
 	PutRelay(ctx context.Context, r Relay) error
+
+	// SetRevocation records r (or, with a zero Until, lifts the
+	// revocation of r.NodeKey), stores seq as the revocation sequence, and
+	// forgets revocations whose Until is before now: one transaction.
+	SetRevocation(ctx context.Context, r Revocation, seq uint64, now time.Time) error
 
 	// SetPolicy replaces the policy text.
 	SetPolicy(ctx context.Context, text string, now time.Time) error
@@ -274,6 +296,9 @@ const (
 	ChangeRelay       ChangeKind = "relay"        // Key (a relay key) changed
 	ChangeRegion      ChangeKind = "region"       // Key (a region code) changed
 	ChangePolicy      ChangeKind = "policy"       // the policy changed
+	// ChangeRevocation: node key Key is revoked at relays until Until
+	// (unix ms; 0: the revocation was lifted).
+	ChangeRevocation ChangeKind = "revocation"
 	// ChangeOnline (event): nodes IDs opened (Online) or closed their
 	// streams on replica Origin.
 	ChangeOnline ChangeKind = "online"
@@ -290,4 +315,5 @@ type Change struct {
 	IDs    []int64    `json:"ids,omitempty"`
 	Key    string     `json:"key,omitempty"`
 	Online bool       `json:"on,omitempty"`
+	Until  int64      `json:"until,omitempty"`
 }
