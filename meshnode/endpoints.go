@@ -186,7 +186,11 @@ func localAddrs(only []netip.Prefix) []netip.Addr {
 // run discovers endpoints until ctx ends, reporting changes to the
 // coordinator and telling the path manager when the network changed.
 func (e *endpointState) run(ctx context.Context) {
-	<-e.n.engineReady
+	select { // a daemon stopped before its first netmap never gets one
+	case <-e.n.engineReady:
+	case <-ctx.Done():
+		return
+	}
 	t := time.NewTicker(netCheckEvery)
 	defer t.Stop()
 	var lastSTUN time.Time

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -77,7 +78,14 @@ type Config struct {
 	PinRegion      string
 	ExcludeRegions []string
 	RegionWeights  map[string]float64
-	Log            *slog.Logger
+	// CoordinatorPin is the coordinator certificate's pin, for a first
+	// start without AuthKey (interactive login); empty trusts the system's
+	// CA roots then.
+	CoordinatorPin string
+	// LoginOut receives the "To authenticate, visit: URL" line of an
+	// interactive login (default os.Stderr).
+	LoginOut io.Writer
+	Log      *slog.Logger
 }
 
 // Node is a running daemon.
@@ -98,6 +106,11 @@ type Node struct {
 	ctx  context.Context // the daemon's lifetime
 	wg   sync.WaitGroup
 	down chan struct{}
+	// fatal carries an error that ends the daemon (an interactive login
+	// that expired unapproved).
+	fatal chan error
+	// login is the interactive login in progress; only controlLoop uses it.
+	login *netmap.LoginResponse
 
 	mu struct {
 		sync.Mutex
@@ -139,7 +152,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	n := &Node{
 		cfg: cfg, log: cfg.Log, state: st, priv: priv,
-		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}),
+		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}), fatal: make(chan error, 1),
 		engineReady: make(chan struct{}),
 	}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
@@ -200,10 +213,12 @@ func Run(ctx context.Context, cfg Config) error {
 	n.goAsync(n.endpoints.run)
 	n.goAsync(n.geo.run)
 
+	var fatal error
 	select {
 	case <-ctx.Done():
 	case <-n.down:
 		n.log.Info("shutting down: meshnode down")
+	case fatal = <-n.fatal:
 	}
 	cancel()
 	n.wg.Wait()
@@ -215,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 		eng.close()
 	}
 	os.Remove(st.path(localapi.SocketName))
-	return nil
+	return fatal
 }
 
 // maxGone bounds the peer-gone table (entries are dropped when the netmap
