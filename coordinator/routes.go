@@ -257,16 +257,28 @@ func parseApproval(text string) (netip.Prefix, error) {
 // name. A route must be advertised to be approved; unapproving works on
 // any approved route, advertised or not.
 func (srv *Server) ApproveRoute(ctx context.Context, node, prefix string, approve bool) error {
+	changed, err := srv.approveRoute(ctx, node, prefix, approve)
+	if err == nil && changed {
+		action := "routes approve"
+		if !approve {
+			action = "routes unapprove"
+		}
+		srv.audit(ctx, action, node+" "+prefix)
+	}
+	return err
+}
+
+func (srv *Server) approveRoute(ctx context.Context, node, prefix string, approve bool) (bool, error) {
 	p, err := parseApproval(prefix)
 	if err != nil {
-		return err
+		return false, err
 	}
 	st := srv.st
 	st.mu.RLock()
 	n := st.byName[node]
 	st.mu.RUnlock()
 	if n == nil {
-		return fmt.Errorf("node %q: %w", node, store.ErrNotFound)
+		return false, fmt.Errorf("node %q: %w", node, store.ErrNotFound)
 	}
 	n.writeMu.Lock()
 	defer n.writeMu.Unlock()
@@ -276,23 +288,20 @@ func (srv *Server) ApproveRoute(ctx context.Context, node, prefix string, approv
 	if approve && !slices.Contains(adv, p) {
 		for _, a := range adv {
 			if a != routes.ExitPrefix && p != routes.ExitPrefix && a.Overlaps(p) {
-				return fmt.Errorf("%s overlaps %s, which %s advertises: approve exactly what is advertised", p, a, node)
+				return false, fmt.Errorf("%s overlaps %s, which %s advertises: approve exactly what is advertised", p, a, node)
 			}
 		}
 		if p == routes.ExitPrefix {
-			return fmt.Errorf("%s does not offer itself as an exit node (meshnode run --advertise-exit-node)", node)
+			return false, fmt.Errorf("%s does not offer itself as an exit node (meshnode run --advertise-exit-node)", node)
 		}
-		return fmt.Errorf("%s does not advertise %s (advertised: %s)", node, p, listOrNone(adv))
+		return false, fmt.Errorf("%s does not advertise %s (advertised: %s)", node, p, listOrNone(adv))
 	}
 	if !approve && !slices.Contains(appr, p) {
-		return fmt.Errorf("%s has no approval for %s to remove (approved: %s)", node, p, listOrNone(appr))
+		return false, fmt.Errorf("%s has no approval for %s to remove (approved: %s)", node, p, listOrNone(appr))
 	}
 	changed, err := srv.store.ApproveRoute(ctx, n.rec.ID, p, approve)
-	if err != nil {
-		return err
-	}
-	if !changed {
-		return nil
+	if err != nil || !changed {
+		return false, err
 	}
 	now := srv.now()
 	st.mu.Lock()
@@ -306,7 +315,7 @@ func (srv *Server) ApproveRoute(ctx context.Context, node, prefix string, approv
 	if _, live := st.nodes[n.id]; live && !n.expired(now) {
 		st.routesChangedLocked(n, now)
 	}
-	return nil
+	return true, nil
 }
 
 func listOrNone(ps []netip.Prefix) string {

@@ -380,6 +380,11 @@ func TestRoutesCommands(t *testing.T) {
 	if code, out, errOut := run("routes", "unapprove", "router", "198.19.50.0/24"); code != 0 || out != "router 198.19.50.0/24: unapproved\n" {
 		t.Fatalf("unapprove: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
+	log, err := s.AuditLog(context.Background())
+	if err != nil || len(log) < 2 || log[0].Action != "routes unapprove" || log[1].Action != "routes approve" ||
+		log[0].Target != "router 198.19.50.0/24" || log[0].Actor != "cli" {
+		t.Fatalf("audit log: %+v, %v", log, err)
+	}
 }
 
 // TestRoutesSurviveRestart: advertisements and approvals are stored; after
