@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -120,5 +121,21 @@ func TestUnsupportedType(t *testing.T) {
 	}
 	if _, err := Parse("t", "T_", "", &cfg, nil, &bytes.Buffer{}); err == nil {
 		t.Fatal("unsupported type accepted")
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, 0}, {ErrHelp, 0}, {Usagef("no command"), 2}, {fmt.Errorf("run: %w", Usagef("x")), 2}, {errors.New("boom"), 1},
+	} {
+		if got := ExitCode(tc.err); got != tc.want {
+			t.Errorf("ExitCode(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+	if got := OneLine("a\n  b\tc"); got != "a b c" {
+		t.Errorf("OneLine: %q", got)
 	}
 }

@@ -3,7 +3,10 @@ package coordinator_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
+	"fmt"
+	"github.com/wiremesh/wiremesh/cli"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,7 +24,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 var volatile = regexp.MustCompile(`(wmauth|wmjoin)\.[0-9a-f]+\.[A-Za-z0-9_-]+|(nodekey|relaykey):[0-9a-f]{64}|sha256/[A-Za-z0-9+/=_-]+|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`)
 
 // TestAdminCommandsGolden runs every admin command, with its flags, its
-// help and its usage errors, through coordinator.Main against a running
+// help and its usage errors, through coordinator.Command (printed as cli.Main does) against a running
 // server's admin socket and compares stdout, stderr and exit codes with
 // testdata/admin_cli.golden (recorded before the admin commands became a
 // table; `go test -run TestAdminCommandsGolden -update` rewrites it).
@@ -91,7 +94,11 @@ func TestAdminCommandsGolden(t *testing.T) {
 	var out strings.Builder
 	for _, args := range cmds {
 		var stdout, stderr bytes.Buffer
-		code := coordinator.Main(context.Background(), args, &stdout, &stderr)
+		err := coordinator.Command(context.Background(), args, &stdout, &stderr)
+		code := cli.ExitCode(err)
+		if err != nil && !errors.Is(err, cli.ErrHelp) {
+			fmt.Fprintf(&stderr, "coordinator: %s\n", cli.OneLine(err.Error())) // as cli.Main prints it
+		}
 		shown := strings.ReplaceAll(strings.Join(args, " "), dir, "DIR")
 		out.WriteString("$ coordinator " + shown + "\n")
 		out.WriteString("exit " + string(rune('0'+code)) + "\n")

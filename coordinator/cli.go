@@ -86,23 +86,13 @@ type AdminFlags struct {
 	StateDir string `flag:"state-dir" env:"STATE_DIR" help:"the server's --state-dir (its admin.sock is used)"`
 }
 
-// Main runs the coordinator command line and returns the exit code.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	err := run(ctx, args, stdout, stderr)
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, cli.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "coordinator: %v\n", err)
-		return 2
-	}
-	fmt.Fprintf(stderr, "coordinator: %s\n", oneLine(err.Error()))
-	return 1
+// Command runs the coordinator command line (the cli.Command shape that
+// every binary has).
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return run(ctx, args, stdout, stderr)
 }
 
-var errUsage = errors.New("usage")
+var errUsage = cli.ErrUsage
 
 func usageErr(format string, a ...any) error {
 	return fmt.Errorf("%w: %s (see coordinator --help)", errUsage, fmt.Sprintf(format, a...))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/wiremesh/wiremesh/cli"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,9 +36,13 @@ func TestServeBadPolicy(t *testing.T) {
 				t.Fatal(err)
 			}
 			var stdout, stderr bytes.Buffer
-			code := coordinator.Main(context.Background(), []string{"serve", "--listen", "127.0.0.1:0",
+			err := coordinator.Command(context.Background(), []string{"serve", "--listen", "127.0.0.1:0",
 				"--state-dir", filepath.Join(dir, "state"), "--policy", file}, &stdout, &stderr)
-			msg := stderr.String()
+			code := cli.ExitCode(err)
+			msg := "coordinator: <nil>\n"
+			if err != nil {
+				msg = "coordinator: " + cli.OneLine(err.Error()) + "\n" // as cli.Main prints it
+			}
 			if code != 1 || strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "--policy "+file) {
 				t.Fatalf("exit %d, stderr %q: want 1 and one line naming --policy %s", code, msg, file)
 			}

@@ -447,9 +447,8 @@ func (st *state) jumpCursorLocked() {
 // takenElsewhereID marks in usedIPs an address another replica took.
 const takenElsewhereID netmap.NodeID = -1
 
-// meshPrefix is the CGNAT range mesh addresses come from (RFC 6598), as
-// CONTRACT.md says.
-var meshPrefix = netip.MustParsePrefix("100.64.0.0/10")
+// meshPrefix is the range mesh addresses come from (netmap.MeshPrefix).
+var meshPrefix = netmap.MeshPrefix
 
 // reservedIP is kept free for a future in-mesh DNS resolver, as Tailscale
 // keeps 100.100.100.100.

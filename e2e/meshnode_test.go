@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"io"
 	"net"
 	"net/netip"
@@ -215,20 +216,21 @@ func TestLabUserspaceAndRestart(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		var dialErr error
+		if !poll.Wait(20*time.Second, func() bool {
 			cc, err := d.Dial("tcp", "a:8080")
-			if err == nil {
-				b, _ := io.ReadAll(cc)
-				cc.Close()
-				got = string(b)
-				return nil
+			if err != nil {
+				dialErr = err
+				return false
 			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("socks5 dial a:8080: %w", err)
-			}
-			time.Sleep(200 * time.Millisecond)
+			b, _ := io.ReadAll(cc)
+			cc.Close()
+			got = string(b)
+			return true
+		}) {
+			return fmt.Errorf("socks5 dial a:8080: %w", dialErr)
 		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func TestLabMigration(t *testing.T) {
 	for _, n := range []*node{a, b} {
 		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
 	}
-	time.Sleep(300 * time.Millisecond)
+	w.waitEndpoints("a", "b")
 	bIP := b.ip()
 	a.ping(bIP, 3)
 	a.waitStatus("direct path", func(st localapi.Status) bool { p, _ := peerOf(st, "b"); return p.Path == "direct" })

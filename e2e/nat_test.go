@@ -100,7 +100,7 @@ func TestLabNATMatrix(t *testing.T) {
 			}
 			// Wait until both have reported endpoints (STUN done) so the
 			// first packet can trigger the upgrade at once.
-			time.Sleep(300 * time.Millisecond)
+			w.waitEndpoints("a", "b")
 			bIP := b.ip()
 			if err := a.ping(bIP, 3); err != nil {
 				t.Fatal(err)

@@ -214,7 +214,7 @@ func BenchmarkLabDirectIperf3(b *testing.B) {
 	for _, n := range []*node{a, bn} {
 		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
 	}
-	time.Sleep(300 * time.Millisecond)
+	w.waitEndpoints("a", "b")
 	bIP := bn.ip()
 	a.ping(bIP, 3)
 	a.waitStatus("direct path", func(st localapi.Status) bool { p, _ := peerOf(st, "b"); return p.Path == "direct" })

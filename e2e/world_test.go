@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -111,6 +112,12 @@ func (w *world) procWrapped(ns *lab.Namespace, wrap []string, name string, args 
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() {
+		// Stop the process before the test's temporary directories go
+		// (their cleanups were registered earlier, so they run later): a
+		// daemon still writing its state directory would make their
+		// removal fail. The lab's own cleanup kills it only after those.
+		c.Process.Kill()
+		c.Wait()
 		logf.Close()
 		if w.t.Failed() || os.Getenv("WIREMESH_TEST_LOG") == "1" {
 			b, _ := os.ReadFile(logf.Name())
@@ -247,15 +254,11 @@ func (w *world) startCoordinator(relayMap string) {
 func (w *world) startReplica(r *replica) {
 	w.t.Helper()
 	r.cmd = w.proc(r.host.Namespace, "coordinator", r.args...)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if _, err := w.run("coordinator", "nodes", "list", "--state-dir", r.dir); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			w.t.Fatal("coordinator did not come up")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		_, err := w.run("coordinator", "nodes", "list", "--state-dir", r.dir)
+		return err == nil
+	}) {
+		w.t.Fatal("coordinator did not come up")
 	}
 }
 
@@ -318,17 +321,46 @@ func (n *node) status() (localapi.Status, error) {
 
 func (n *node) waitStatus(what string, cond func(localapi.Status) bool) localapi.Status {
 	n.w.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := n.status()
-		if err == nil && cond(st) {
-			return st
+	var st localapi.Status
+	var err error
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		st, err = n.status()
+		return err == nil && cond(st)
+	}) {
+		b, _ := json.Marshal(st)
+		n.w.t.Fatalf("%s: %s never happened: %s %v", n.name, what, b, err)
+	}
+	return st
+}
+
+// waitEndpoints waits until the coordinator has endpoints for every named
+// node (their STUN round is done and reported), so that the first packet
+// between them can start an upgrade at once.
+func (w *world) waitEndpoints(names ...string) {
+	w.t.Helper()
+	var last string
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		out, err := w.run("coordinator", "nodes", "list", "--json", "--state-dir", w.coordDir)
+		last = out
+		var nodes []struct {
+			Name      string   `json:"name"`
+			Endpoints []string `json:"endpoints"`
 		}
-		if time.Now().After(deadline) {
-			b, _ := json.Marshal(st)
-			n.w.t.Fatalf("%s: %s never happened: %s %v", n.name, what, b, err)
+		if err != nil || json.Unmarshal([]byte(out), &nodes) != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		have := map[string]bool{}
+		for _, n := range nodes {
+			have[n.Name] = len(n.Endpoints) > 0
+		}
+		for _, n := range names {
+			if !have[n] {
+				return false
+			}
+		}
+		return true
+	}) {
+		w.t.Fatalf("endpoints of %v never reached the coordinator: %s", names, last)
 	}
 }
 

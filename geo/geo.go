@@ -36,7 +36,8 @@ const (
 	DefaultSwitchMinRatio = 0.33
 )
 
-// History defaults. The window is a few minutes, as DESIGN.md asks; the
+// History defaults. The window is a few minutes (long enough to ride out a
+// burst of jitter, short enough to follow a real route change); the
 // estimate is the median of the last medianOf samples in it, so one lost or
 // delayed probe does not move it, while a lasting change (a route gets 50 ms
 // worse) shows after medianOf/2+1 probes.

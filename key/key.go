@@ -23,8 +23,9 @@ import (
 	"golang.org/x/crypto/curve25519"
 )
 
-// Text prefixes. They are part of the external contract (CONTRACT.md): changing
-// one breaks every stored state directory and every script that greps them.
+// Text prefixes. They are part of the external interface (key files, CLI
+// and JSON output): changing one breaks every stored state
+// directory and every script that greps them.
 const (
 	NodePublicPrefix   = "nodekey:"
 	NodePrivatePrefix  = "privkey:"

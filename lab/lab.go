@@ -25,7 +25,8 @@
 // do, or Bare, a Linux NAT box with no input rule. On a Bare router an early
 // hole-punch probe from outside creates a conntrack entry to the router
 // itself, and masquerade then gives the inside host's own flow a different
-// port (see DESIGN.md). A router can also drop all UDP it forwards.
+// port (the case hard-NAT traversal must survive). A router can also drop all
+// UDP it forwards.
 //
 // Namespace names carry the creating process's PID and a random tag, so
 // parallel test binaries never collide, and Sweep removes what a killed run

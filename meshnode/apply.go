@@ -3,20 +3,81 @@ package meshnode
 import (
 	"fmt"
 	"net/netip"
-	"slices"
+	"reflect"
 	"strings"
 	"time"
 
 	"github.com/wiremesh/wiremesh/admit"
-	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
-// applyNetmap makes the node match nm: it builds the engine on the first
-// map, then applies peer changes as UAPI deltas, the packet filter, the
-// admission token, disco keys and the home relay. fromCoordinator marks a
-// live map (which is then cached) rather than the cache itself.
+// KeyExpiryGrace is how long past a peer's key expiry the node still
+// talks to it: clock skew between this node and the coordinator, as
+// Tailscale allows. After it the peer is dropped, whether or not the
+// coordinator is reachable to say so.
+const KeyExpiryGrace = 10 * time.Second
+
+// frame is what one netmap frame changed, for applyChanges.
+type frame struct {
+	full bool // every peer may have changed
+	// ids are the peers that may have changed (when !full), and old their
+	// entries before the frame.
+	ids                       []netmap.NodeID
+	old                       map[netmap.NodeID]netmap.Node
+	relayMap, filter, cache   bool
+	admission                 string
+	fromCoordinator, firstMap bool
+}
+
+// applyFrame folds one frame from the coordinator's stream into the
+// node's map and applies what it changed: a delta touching one peer costs
+// one peer's work in every part (UAPI, paths, relays, bind).
+func (n *Node) applyFrame(m *netmap.MapResponse) error {
+	n.mu.Lock()
+	nm := n.mu.nm
+	if m.Full || nm == nil {
+		n.mu.Unlock()
+		if !m.Full {
+			return netmap.ErrNoFullMap
+		}
+		fresh := &netmap.NetworkMap{}
+		if err := fresh.Apply(m); err != nil {
+			return err
+		}
+		return n.applyNetmap(fresh, true)
+	}
+	f := frame{old: map[netmap.NodeID]netmap.Node{}, fromCoordinator: true, cache: true,
+		relayMap: m.RelayMap != nil, filter: m.PacketFilter != nil}
+	note := func(id netmap.NodeID) {
+		if _, seen := f.old[id]; !seen {
+			f.old[id] = nm.Peers[id]
+			f.ids = append(f.ids, id)
+		}
+	}
+	for _, p := range m.PeersChanged {
+		note(p.ID)
+	}
+	for _, pc := range m.PeersChangedPatch {
+		note(pc.ID)
+	}
+	for _, id := range m.PeersRemoved {
+		note(id)
+	}
+	if err := nm.Apply(m); err != nil {
+		n.mu.Unlock()
+		return err
+	}
+	if m.Admission != nil {
+		f.admission = nm.Admission.Token
+	}
+	n.mu.Unlock()
+	return n.applyChanges(nm, f)
+}
+
+// applyNetmap makes the node match a whole map: the cache at start-up,
+// or a full frame. It builds the engine on the first map.
 func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	self, ok := selfAddr(nm.Self)
 	if !ok {
@@ -27,8 +88,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	n.mu.Unlock()
 	if eng == nil {
 		var err error
-		eng, err = n.newEngine(self)
-		if err != nil {
+		if eng, err = n.newEngine(self); err != nil {
 			return err
 		}
 		n.mu.Lock()
@@ -37,68 +97,92 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 		close(n.engineReady)
 		n.log.Info("mesh address", "ip", self, "name", nm.Self.Name)
 	}
-
 	n.mu.Lock()
-	old := n.mu.applied
+	oldNM := n.mu.nm
+	first := len(n.mu.applied) == 0
 	n.mu.nm = nm
-	if tok := nm.Admission.Token; tok != "" {
-		if _, raw, err := admit.ParseText(tok); err == nil {
+	n.mu.Unlock()
+	return n.applyChanges(nm, frame{full: true, cache: fromCoordinator, fromCoordinator: fromCoordinator,
+		firstMap: fromCoordinator && first, admission: nm.Admission.Token, filter: true,
+		relayMap: oldNM == nil || !reflect.DeepEqual(oldNM.RelayMap, nm.RelayMap)})
+}
+
+// applyChanges applies frame f of map nm (already folded in) to every
+// part of the node.
+func (n *Node) applyChanges(nm *netmap.NetworkMap, f frame) error {
+	now := n.now()
+	var uapi strings.Builder
+	n.mu.Lock()
+	if f.admission != "" {
+		if _, raw, err := admit.ParseText(f.admission); err == nil {
 			n.mu.token = raw
 		} else {
 			n.log.Warn("netmap carries a malformed admission token", "err", err)
 		}
 	}
-	if fromCoordinator {
+	if f.cache {
 		n.mu.dirtyCache = true
 	}
-	next := make(map[key.NodePublic]netmap.Node, len(nm.Peers))
-	for _, p := range nm.Peers {
-		if p.NodeKey.IsZero() || p.NodeKey == n.priv.Public() {
-			continue
-		}
-		if !p.KeyExpiry.IsZero() && !p.KeyExpiry.After(time.Now()) {
-			continue // expired keys are not configured
-		}
-		next[p.NodeKey] = p
+	var rm netmap.RelayMap
+	var rules []filter.Rule
+	if f.relayMap {
+		rm = nm.RelayMap
 	}
-	n.mu.applied = next
-	for k, region := range n.mu.goneFrom {
-		if p, ok := next[k]; !ok || p.HomeRelay != region {
-			delete(n.mu.goneFrom, k) // the map now says where it went
+	if f.filter {
+		rules = filterRules(nm.Filter)
+	}
+	var changes []peerChange
+	if f.full {
+		changes = n.fullDiffLocked(nm, now)
+	} else {
+		for _, id := range f.ids {
+			changes = append(changes, n.peerDiffLocked(f.old[id], nm.Peers[id], now)...)
 		}
 	}
-	home := n.mu.home
+	for _, c := range changes {
+		c.record(n, &uapi)
+	}
+	eng, peers := n.mu.engine, len(n.mu.applied)
 	n.mu.Unlock()
 
-	if uapi := peerDelta(old, next); uapi != "" {
-		if err := eng.dev.IpcSet(uapi); err != nil {
+	if f.relayMap {
+		n.relays.SetRelayMap(rm)
+		n.check.SetRelayMap(rm)
+	}
+	if s := uapi.String(); s != "" && eng != nil {
+		if err := eng.dev.IpcSet(s); err != nil {
 			return fmt.Errorf("apply peers: %w", err)
 		}
 	}
-	for k := range old {
-		if _, ok := next[k]; !ok {
-			n.bind.RemovePeer(k)
-		}
+	for _, c := range changes {
+		c.apply(n)
 	}
-	n.filter.SetRules(filterRules(nm.Filter))
-	n.disco.setPeers(next)
-	n.paths.setPeers(next)
-
-	// Home relay: the first region of the map until geo chooses by latency;
-	// kept while it is still in the map.
-	if _, still := relayOf(nm.RelayMap, home.Region); home.Addr == "" || !still {
-		for _, reg := range nm.RelayMap.Regions {
-			if r, ok := relayOf(nm.RelayMap, reg.Code); ok {
-				n.setHome(r, "initial")
-				break
-			}
-		}
+	if f.filter {
+		n.filter.SetRules(rules)
 	}
-	n.metrics.peers.Set(float64(len(next)))
-	if fromCoordinator && len(old) == 0 {
+	if f.relayMap {
+		n.chooseInitialHome(rm)
+	}
+	n.metrics.peers.Set(float64(peers))
+	if f.firstMap {
 		n.saveCache() // the first map is worth keeping at once
 	}
 	return nil
+}
+
+// chooseInitialHome makes the first region of the map home until netcheck
+// chooses by latency; a home still in the map is kept.
+func (n *Node) chooseInitialHome(rm netmap.RelayMap) {
+	home := n.relays.Home()
+	if _, still := relays.Pick(rm, home.Region); home.Addr != "" && still {
+		return
+	}
+	for _, reg := range rm.Regions {
+		if r, ok := relays.Pick(rm, reg.Code); ok {
+			n.setHome(r, "initial")
+			return
+		}
+	}
 }
 
 func selfAddr(self netmap.Node) (netip.Addr, bool) {
@@ -108,46 +192,6 @@ func selfAddr(self netmap.Node) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
-}
-
-// peerDelta returns the UAPI commands that turn peer set old into next:
-// removals, additions, and changed allowed IPs. Unchanged peers produce
-// nothing, so a delta touching one peer costs one peer's worth of work.
-func peerDelta(old, next map[key.NodePublic]netmap.Node) string {
-	var b strings.Builder
-	for k := range old {
-		if _, ok := next[k]; !ok {
-			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.UAPI())
-		}
-	}
-	for k, p := range next {
-		o, existed := old[k]
-		if existed && o.DiscoKey != p.DiscoKey {
-			// A new disco key means the peer restarted: its WireGuard
-			// sessions with us are gone. Re-creating the peer drops ours,
-			// so the next packet starts a handshake at once instead of
-			// after WireGuard's 15 s "stopped hearing back" timeout.
-			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.UAPI())
-			existed = false
-		}
-		if existed && slices.Equal(o.AllowedIPs, p.AllowedIPs) && slices.Equal(o.Addresses, p.Addresses) {
-			continue
-		}
-		fmt.Fprintf(&b, "public_key=%s\n", k.UAPI())
-		if !existed {
-			// The endpoint is the peer itself; the bind picks the path.
-			fmt.Fprintf(&b, "endpoint=%s\n", k)
-		}
-		b.WriteString("replace_allowed_ips=true\n")
-		ips := p.AllowedIPs
-		if len(ips) == 0 {
-			ips = p.Addresses
-		}
-		for _, ip := range ips {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", ip)
-		}
-	}
-	return b.String()
 }
 
 // filterRules converts the coordinator's rules to the filter's.

@@ -9,6 +9,22 @@ import (
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
+// peerDelta is the UAPI for turning peer set old into next, as a full map
+// applies it.
+func peerDelta(old, next map[key.NodePublic]netmap.Node) string {
+	var b strings.Builder
+	for k, o := range old {
+		if _, ok := next[k]; !ok {
+			writeUAPI(&b, peerChange{key: k, old: o, had: true})
+		}
+	}
+	for k, p := range next {
+		o, had := old[k]
+		writeUAPI(&b, peerChange{key: k, old: o, had: had, next: p, has: true})
+	}
+	return b.String()
+}
+
 func TestPeerDelta(t *testing.T) {
 	kb, kc, kd := key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public()
 	pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }
@@ -40,27 +56,5 @@ func TestPeerDelta(t *testing.T) {
 	got = peerDelta(map[key.NodePublic]netmap.Node{kc: c}, map[key.NodePublic]netmap.Node{kc: c3})
 	if strings.Contains(got, "remove=true") || strings.Contains(got, "endpoint=") || !strings.Contains(got, "allowed_ip=198.18.9.0/24") {
 		t.Fatalf("allowed-ip delta: %q", got)
-	}
-}
-
-// TestRelayForPeerGone: a peer-gone notice from the peer's home relay sends
-// its packets through our home relay until the netmap names its new home.
-func TestRelayForPeerGone(t *testing.T) {
-	n := &Node{}
-	n.mu.goneFrom = map[key.NodePublic]string{}
-	pk := key.NewNode().Public()
-	rm := netmap.RelayMap{Regions: []netmap.Region{
-		{Code: "fra", Relays: []netmap.Relay{{Addr: "198.18.1.2:443", Healthy: true}}},
-		{Code: "nyc", Relays: []netmap.Relay{{Addr: "198.18.2.2:443", Healthy: true}}},
-	}}
-	n.mu.nm = &netmap.NetworkMap{RelayMap: rm}
-	n.mu.applied = map[key.NodePublic]netmap.Node{pk: {NodeKey: pk, HomeRelay: "fra"}}
-	n.mu.home, _ = relayOf(rm, "nyc")
-	if r, _ := n.relayFor(pk); r.Region != "fra" {
-		t.Fatalf("before: via %s, want the peer's home fra", r.Region)
-	}
-	n.mu.goneFrom[pk] = "fra"
-	if r, _ := n.relayFor(pk); r.Region != "nyc" {
-		t.Fatalf("after peer-gone: via %s, want our home nyc", r.Region)
 	}
 }

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"runtime"
 	"time"
 
+	"github.com/wiremesh/wiremesh/backoff"
 	"github.com/wiremesh/wiremesh/coordclient"
+	"github.com/wiremesh/wiremesh/meshnode/reporter"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -28,7 +29,7 @@ var ErrNeedAuthKey = errors.New("this node is not registered yet: pass --authkey
 // ctx ends. The mesh keeps working from the last map while the coordinator
 // is unreachable.
 func (n *Node) controlLoop(ctx context.Context) {
-	backoff := coordBackoffMin
+	bo := backoff.Backoff{Min: coordBackoffMin, Max: coordBackoffMax}
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := n.controlOnce(ctx)
@@ -47,41 +48,66 @@ func (n *Node) controlLoop(ctx context.Context) {
 			n.fatal <- fmt.Errorf("interactive login: %w", err)
 			return
 		}
-		if errors.Is(err, ErrNeedAuthKey) || coordclient.IsUnauthorized(err) {
-			n.log.Error("coordinator refused this node", "err", err)
-		} else {
-			n.log.Warn("coordinator stream ended", "err", err)
-		}
 		if time.Since(start) > time.Minute {
-			backoff = coordBackoffMin // it had been working
+			bo.Reset() // it had been working
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, coordBackoffMax)
-		select {
-		case <-ctx.Done():
+		wait, why := controlRetry(err, &bo)
+		if why != "" {
+			n.log.Error(why, "err", err, "retry_in", wait)
+		} else {
+			n.log.Warn("coordinator stream ended", "err", err, "retry_in", wait)
+		}
+		if !backoff.Sleep(ctx, wait) {
 			return
-		case <-time.After(wait):
 		}
 	}
 }
 
+// controlRetry says how long to wait after the control connection ended
+// with err, and why in words when the coordinator refused this node: a
+// deleted or expired node is asked about again only every few minutes (it
+// cannot come back on its own), a refused one at the usual backoff.
+func controlRetry(err error, bo *backoff.Backoff) (time.Duration, string) {
+	switch {
+	case errors.Is(err, coordclient.ErrNodeUnknown):
+		return reporter.GoneBackoff, "the coordinator does not know this node (deleted?); register it again with a new --authkey"
+	case errors.Is(err, coordclient.ErrNodeExpired):
+		return reporter.GoneBackoff, "this node's key has expired; re-authenticate it on the coordinator"
+	case errors.Is(err, ErrNeedAuthKey), coordclient.IsUnauthorized(err):
+		return bo.Next(), "coordinator refused this node"
+	}
+	return bo.Next(), ""
+}
+
+// controlOnce connects (registering on the first run) and follows one
+// netmap stream until it ends.
 func (n *Node) controlOnce(ctx context.Context) error {
-	ctl, err := n.state.loadControl()
+	c, err := n.connect(ctx)
 	if err != nil {
 		return err
+	}
+	return n.follow(ctx, c)
+}
+
+// connect dials the coordinator and registers this node if it never has;
+// the client it returns is also the one reports ride.
+func (n *Node) connect(ctx context.Context) (*coordclient.Client, error) {
+	ctl, err := n.state.loadControl()
+	if err != nil {
+		return nil, err
 	}
 	url := n.cfg.Coordinator
 	if url == "" {
 		url = ctl.URL
 	}
 	if url == "" {
-		return errors.New("no --coordinator URL given and none remembered")
+		return nil, errors.New("no --coordinator URL given and none remembered")
 	}
 	pin := ctl.Pin
 	if n.cfg.AuthKey != "" {
 		_, p, err := netmap.ParseAuthKey(n.cfg.AuthKey)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if pin == "" || !ctl.Registered {
 			pin = p
@@ -91,59 +117,108 @@ func (n *Node) controlOnce(ctx context.Context) error {
 		// Interactive login: the operator's pin, or none (system CA roots).
 		pin = n.cfg.CoordinatorPin
 	} else if pin == "" {
-		return ErrNeedAuthKey
+		return nil, ErrNeedAuthKey
 	}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	c, err := coordclient.Dial(dctx, url, pin, n.priv)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("reach coordinator: %w", err)
+		return nil, fmt.Errorf("reach coordinator: %w", err)
 	}
+	n.mu.Lock()
+	n.mu.coord = c // reports ride this client too
+	n.mu.Unlock()
 	if !ctl.Registered {
 		authKey := n.cfg.AuthKey
 		if authKey == "" {
 			if authKey, err = n.interactiveLogin(ctx, c); err != nil {
-				return err
+				return nil, err
 			}
 			if _, p, err := netmap.ParseAuthKey(authKey); err == nil {
 				pin = p // the coordinator's own pin, from now on
 			}
 		}
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		resp, err := c.Register(rctx, authKey, n.disco.pub, n.cfg.Hostname, runtime.GOOS)
+		resp, err := c.Register(rctx, authKey, n.paths.DiscoKey(), n.cfg.Hostname, runtime.GOOS)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("register: %w", err)
+			return nil, fmt.Errorf("register: %w", err)
 		}
 		n.log.Info("registered", "name", resp.Node.Name, "addresses", resp.Node.Addresses)
 		ctl = control{URL: url, Pin: pin, Registered: true}
 		if err := n.state.saveControl(ctl); err != nil {
-			return err
+			return nil, err
 		}
 	} else if ctl.URL != url {
 		ctl.URL = url
 		n.state.saveControl(ctl)
 	}
-	n.mu.Lock()
-	home := n.mu.home.Region
-	n.mu.Unlock()
-	mr := netmap.MapRequest{DiscoKey: n.disco.pub, HomeRelay: home}
-	first := true
-	return c.Watch(ctx, mr, func(nm *netmap.NetworkMap, m *netmap.MapResponse) error {
+	return c, nil
+}
+
+// follow reads one netmap stream and applies its frames until it ends.
+func (n *Node) follow(ctx context.Context, c *coordclient.Client) error {
+	home := n.relays.Home().Region
+	mr := netmap.MapRequest{DiscoKey: n.paths.DiscoKey(), HomeRelay: home}
+	stream, err := c.OpenStream(ctx, mr)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for first := true; ; {
+		m, err := stream.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
 		if m.KeepAlive {
-			return nil
+			continue
 		}
 		if first {
+			// Every stream starts with a full map; the node's map (maybe
+			// the cache) is replaced by it, then follows its deltas.
+			if !m.Full {
+				return fmt.Errorf("map stream: %w", netmap.ErrNoFullMap)
+			}
 			first = false
 			n.mu.Lock()
 			n.mu.coordUp, n.mu.coordErr = true, ""
 			n.mu.Unlock()
 			n.metrics.coordConnected.Set(1)
-			n.log.Info("coordinator connected", "peers", len(nm.Peers))
+			n.log.Info("coordinator connected", "peers", len(m.Peers))
 		}
-		// Apply a copy: the map keeps changing under Watch.
-		return n.applyNetmap(cloneNetmap(nm), true)
-	})
+		if err := n.applyFrame(m); err != nil {
+			return err
+		}
+	}
+}
+
+// coordClient returns the node's long-lived coordinator client, dialing
+// one if the control loop has none yet. Reports ride it.
+func (n *Node) coordClient(ctx context.Context) (reporter.Updater, error) {
+	n.mu.Lock()
+	c := n.mu.coord
+	n.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	ctl, err := n.state.loadControl()
+	if err != nil || !ctl.Registered {
+		return nil, errors.New("not registered")
+	}
+	c, err = coordclient.Dial(ctx, ctl.URL, ctl.Pin, n.priv)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	if n.mu.coord == nil {
+		n.mu.coord = c
+	}
+	c = n.mu.coord
+	n.mu.Unlock()
+	return c, nil
 }
 
 // interactiveLogin gets a login URL (reusing the one in progress while it
@@ -173,45 +248,4 @@ func (n *Node) interactiveLogin(ctx context.Context, c *coordclient.Client) (str
 	n.log.Info("login approved", "user", user)
 	n.login = nil
 	return authKey, nil
-}
-
-// reportHome tells the coordinator our home region, retrying while the
-// control connection is down.
-func (n *Node) reportHome(ctx context.Context, region string) {
-	for try := 0; try < 10 && ctx.Err() == nil; try++ {
-		err := n.update(ctx, netmap.UpdateRequest{HomeRelay: &region})
-		if err == nil {
-			return
-		}
-		n.log.Debug("reporting home relay failed", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Duration(try+1) * time.Second):
-		}
-	}
-}
-
-// update sends an UpdateRequest on a fresh client.
-func (n *Node) update(ctx context.Context, u netmap.UpdateRequest) error {
-	ctl, err := n.state.loadControl()
-	if err != nil || !ctl.Registered {
-		return errors.New("not registered")
-	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := coordclient.Dial(cctx, ctl.URL, ctl.Pin, n.priv)
-	if err != nil {
-		return err
-	}
-	return c.Update(cctx, u)
-}
-
-func cloneNetmap(nm *netmap.NetworkMap) *netmap.NetworkMap {
-	c := *nm
-	c.Peers = make(map[netmap.NodeID]netmap.Node, len(nm.Peers))
-	for id, p := range nm.Peers {
-		c.Peers[id] = p
-	}
-	return &c
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +15,7 @@ import (
 	"golang.org/x/net/proxy"
 )
 
-func allPorts(t *testing.T) netstack.PortSet {
+func allPorts(t testing.TB) netstack.PortSet {
 	ps, err := netstack.ParsePorts([]string{"1-65535"})
 	if err != nil {
 		t.Fatal(err)
@@ -188,33 +187,5 @@ func TestUserspaceLocalhostNotExposed(t *testing.T) {
 	// a's proxy does not loop back into a's own node.
 	if got, err := read(d, "a:"+strconv.Itoa(private)); err == nil {
 		t.Errorf("a's proxy dialled a itself: %q", got)
-	}
-}
-
-// TestRunRefusesBadUserspaceFlags: a bad --forward-ports (or its variable)
-// and a non-loopback --socks5 without --socks5-allow-remote stop `meshnode
-// run` at once with one line naming the flag.
-func TestRunRefusesBadUserspaceFlags(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		args []string
-		env  string
-		want string
-	}{
-		{"port 0", []string{"--forward-ports", "0"}, "", "--forward-ports"},
-		{"reversed range", []string{"--forward-ports", "90-80"}, "", "--forward-ports"},
-		{"variable", nil, "22,x", "--forward-ports"},
-		{"remote socks5", []string{"--socks5", "0.0.0.0:1080"}, "", "--socks5"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.env != "" {
-				t.Setenv("MESHNODE_FORWARD_PORTS", tc.env)
-			}
-			args := append([]string{"run", "--state-dir", t.TempDir(), "--userspace"}, tc.args...)
-			code, err := Command(context.Background(), args, io.Discard, io.Discard)
-			if code != 2 || err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
-				t.Fatalf("exit %d, err %v", code, err)
-			}
-		})
 	}
 }

@@ -1,13 +1,11 @@
 package meshnode
 
 import (
-	"maps"
-	"net/netip"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/wiremesh/wiremesh/geo"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
 )
 
 // nodeMetrics are the meshnode_ metrics. None carries a per-peer label.
@@ -73,17 +71,16 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 	return m
 }
 
-// Path-change reasons: the values of meshnode_path_changes_total's reason
-// label, each with the direction it goes with.
-const (
-	pathFirstPong      = "first_pong"      // upgrade: a pong came back over a direct candidate
-	pathTrustExpired   = "trust_expired"   // downgrade: no pong within the trust window
-	pathPeerMoved      = "peer_moved"      // downgrade: the peer's endpoints no longer include our best address
-	pathNetworkChanged = "network_changed" // downgrade: our own network changed, every direct path is dropped
-)
+// paths returns the counters the path machine feeds.
+func (m *nodeMetrics) paths() paths.Metrics {
+	return paths.Metrics{DiscoRx: m.discoRx, DiscoPings: m.discoPings, PathChanges: m.pathChanges,
+		PingRTT: m.pingRTT, TimeToDirect: m.timeToDirect}
+}
 
-var pathChangeReasons = [][2]string{{"upgrade", pathFirstPong}, {"downgrade", pathTrustExpired},
-	{"downgrade", pathPeerMoved}, {"downgrade", pathNetworkChanged}}
+// pathChangeReasons are meshnode_path_changes_total's (direction, reason)
+// pairs, created at start so dashboards see every series.
+var pathChangeReasons = [][2]string{{"upgrade", paths.ReasonFirstPong}, {"downgrade", paths.ReasonTrustExpired},
+	{"downgrade", paths.ReasonPeerMoved}, {"downgrade", paths.ReasonNetworkChanged}}
 
 // Health warnings: the values of meshnode_health_warnings's kind label.
 // Each series is 1 while the condition holds and 0 otherwise, so a
@@ -156,15 +153,16 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	byRegion := map[string]int{}
 	regionOf := c.n.relayRegions()
-	for _, addr := range c.n.relays.pool.Open() {
+	for _, addr := range c.n.pool.Open() {
 		byRegion[regionOf[addr]]++
 	}
 	for region, v := range byRegion {
 		ch <- prometheus.MustNewConstMetric(descRelayConns, prometheus.GaugeValue, float64(v), region)
 	}
 	c.n.mu.Lock()
-	nm, home, coordUp := c.n.mu.nm, c.n.mu.home.Region, c.n.mu.coordUp
+	nm, coordUp := c.n.mu.nm, c.n.mu.coordUp
 	c.n.mu.Unlock()
+	home := c.n.relays.Home().Region
 	nat := c.natKind()
 	warn := map[string]bool{healthCoordinator: !coordUp, healthNoHome: home == "",
 		healthUDPBlocked: nat == natUDPBlocked, healthHardNAT: nat == natHard}
@@ -189,24 +187,15 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 
 // natKind reads the NAT kind from the latest STUN mappings and probe round.
 func (c *pathCollector) natKind() string {
-	var blocked bool
-	if g := c.n.geo; g != nil {
-		g.mu.Lock()
-		blocked = g.udpBlocked
-		g.mu.Unlock()
-	}
-	var mapped map[string]netip.AddrPort
-	if e := c.n.endpoints; e != nil {
-		e.mu.Lock()
-		mapped = maps.Clone(e.mapped)
-		e.mu.Unlock()
-	}
+	c.n.mu.Lock()
+	f := c.n.mu.nat
+	c.n.mu.Unlock()
 	switch {
-	case blocked:
+	case f.udpBlocked:
 		return natUDPBlocked
-	case len(mapped) == 0:
+	case f.mapped == 0:
 		return natUnknown
-	case geo.MappingVariesByDest(mapped):
+	case f.hard:
 		return natHard
 	default:
 		return natEasy

@@ -1,7 +1,6 @@
 package meshnode
 
 import (
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayclient"
@@ -21,8 +21,9 @@ func TestMetricsLint(t *testing.T) {
 	n := &Node{priv: key.NewNode(), filter: filter.New(nil)}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
-	n.relays = &relays{n: n, pool: &relayclient.Pool{}, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays})
+	n.pool = &relayclient.Pool{}
+	n.bind = bind.New(bind.Config{})
+	n.relays = relays.New(relays.Config{Pool: n.pool, Bind: n.bind})
 	reg := metrics.NewRegistry()
 	n.metrics = newNodeMetrics(reg, n)
 	n.metrics.homeChanges.WithLabelValues("initial").Inc()
@@ -59,10 +60,9 @@ func TestMetricsLint(t *testing.T) {
 func TestPathHealthMetrics(t *testing.T) {
 	n := &Node{priv: key.NewNode(), filter: filter.New(nil)}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
-	n.relays = &relays{n: n, pool: &relayclient.Pool{}, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays})
-	n.endpoints = &endpointState{n: n}
-	n.geo = &geoState{n: n}
+	n.pool = &relayclient.Pool{}
+	n.bind = bind.New(bind.Config{})
+	n.relays = relays.New(relays.Config{Pool: n.pool, Bind: n.bind})
 	reg := prometheus.NewRegistry()
 	n.metrics = newNodeMetrics(reg, n)
 
@@ -92,12 +92,9 @@ meshnode_port_mapping_info{kind="none"} 1
 `)
 
 	n.mu.coordUp = true
-	n.mu.home = relayclient.Relay{Region: "nyc"}
+	n.relays.SetHome(relayclient.Relay{Region: "nyc", Addr: "198.18.0.1:443"})
 	n.mu.nm = &netmap.NetworkMap{Self: netmap.Node{KeyExpiry: time.Unix(1900000000, 0)}}
-	n.endpoints.mapped = map[string]netip.AddrPort{
-		"198.18.0.1:443": netip.MustParseAddrPort("198.18.9.1:1000"),
-		"198.18.0.2:443": netip.MustParseAddrPort("198.18.9.1:1001"),
-	}
+	n.setNAT(2, true) // two relays saw different ports
 	want("meshnode_health_warnings", `
 # HELP meshnode_health_warnings Health warnings, by kind: 1 while the condition holds, else 0.
 # TYPE meshnode_health_warnings gauge
@@ -116,13 +113,13 @@ meshnode_nat_info{kind="hard"} 1
 # TYPE meshnode_key_expiry_timestamp_seconds gauge
 meshnode_key_expiry_timestamp_seconds 1.9e+09
 `)
-	n.endpoints.mapped["198.18.0.2:443"] = netip.MustParseAddrPort("198.18.9.1:1000")
+	n.setNAT(2, false)
 	want("meshnode_nat_info", `
 # HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
 # TYPE meshnode_nat_info gauge
 meshnode_nat_info{kind="easy"} 1
 `)
-	n.geo.udpBlocked = true
+	n.mu.nat.udpBlocked = true
 	want("meshnode_nat_info", `
 # HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
 # TYPE meshnode_nat_info gauge

@@ -20,6 +20,7 @@ package meshnode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,11 +30,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/netcheck"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/meshnode/relays"
+	"github.com/wiremesh/wiremesh/meshnode/reporter"
+	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/relayclient"
@@ -86,6 +94,11 @@ type Config struct {
 	// interactive login (default os.Stderr).
 	LoginOut io.Writer
 	Log      *slog.Logger
+
+	// testHook, if set, is called with the node once it has started.
+	testHook func(*Node)
+	// testNow, if set, is the clock for peer key expiry.
+	testNow func() time.Time
 }
 
 // Node is a running daemon.
@@ -97,15 +110,19 @@ type Node struct {
 	metrics   *nodeMetrics
 	filter    *filter.Filter
 	bind      *bind.Bind
-	relays    *relays
-	disco     *discoState
-	paths     *paths
-	endpoints *endpointState
-	geo       *geoState
+	pool      *relayclient.Pool
+	relays    *relays.Router
+	paths     *paths.Manager
+	discovery *paths.Discovery
+	stun      *stunprobe.Prober
+	check     *netcheck.Checker
+	report    *reporter.Reporter
 
-	ctx  context.Context // the daemon's lifetime
-	wg   sync.WaitGroup
-	down chan struct{}
+	ctx    context.Context // the daemon's lifetime
+	wg     sync.WaitGroup
+	down   chan struct{}
+	reg    *prometheus.Registry
+	socket string // the local API socket, once listening
 	// fatal carries an error that ends the daemon (an interactive login
 	// that expired unapproved).
 	fatal chan error
@@ -114,25 +131,30 @@ type Node struct {
 
 	mu struct {
 		sync.Mutex
-		engine    *engine // nil until the first netmap
-		nm        *netmap.NetworkMap
-		applied   map[key.NodePublic]netmap.Node // peers configured in the device
-		token     []byte
-		home      relayclient.Relay
-		homeSince time.Time
-		coordUp   bool
-		coordErr  string
-		rtt       map[key.NodePublic]float64 // last disco RTT, ms
-		// goneFrom records peers a relay said left it (peer-gone notice),
-		// by the region of that relay: until the netmap names the peer's
-		// new home, packets to it go through our own home relay.
-		goneFrom   map[key.NodePublic]string
+		engine     *engine // nil until the first netmap
+		nm         *netmap.NetworkMap
+		applied    map[key.NodePublic]netmap.Node // peers configured in the device
+		token      []byte
+		homeSince  time.Time
+		coord      *coordclient.Client // the long-lived coordinator client
+		coordUp    bool
+		coordErr   string
+		rtt        map[key.NodePublic]float64 // last disco RTT, ms
 		dirtyCache bool
+		nat        natFacts
+		// nextExpiry is when the earliest configured peer key expires
+		// (plus KeyExpiryGrace); zero: none. It may be early (the peer
+		// was since renewed or removed), which costs one scan.
+		nextExpiry time.Time
 	}
 	engineReady chan struct{}
 }
 
-// Run runs a node until ctx ends or `meshnode down` is called.
+// Run runs a node until ctx ends or `meshnode down` is called. It returns
+// only after every goroutine it started has exited, on every path: a
+// start-up error, a stop before the first netmap, or a normal stop. The
+// state directory is locked for the daemon's lifetime, so a second daemon
+// on it refuses to start instead of taking the socket over.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -140,16 +162,42 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.ForwardHost == "" {
 		cfg.ForwardHost = "127.0.0.1"
 	}
+	if cfg.AuthKey != "" {
+		// A malformed key can never work: say so once, at start-up.
+		if _, _, err := netmap.ParseAuthKey(cfg.AuthKey); err != nil {
+			return fmt.Errorf("--authkey: %w", err)
+		}
+	}
 	st := stateDir(cfg.StateDir)
 	if err := st.init(); err != nil {
 		return err
 	}
+	unlock, err := st.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	priv, err := st.nodeKey()
 	if err != nil {
 		return fmt.Errorf("node key: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	n := newNode(ctx, cfg, st, priv)
+	defer n.stop(cancel)
+	if err := n.start(); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-n.down:
+		n.log.Info("shutting down: meshnode down")
+	case err := <-n.fatal:
+		return err
+	}
+	return nil
+}
+
+func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate) *Node {
 	n := &Node{
 		cfg: cfg, log: cfg.Log, state: st, priv: priv,
 		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}), fatal: make(chan error, 1),
@@ -157,15 +205,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
-	n.mu.goneFrom = map[key.NodePublic]string{}
-	reg := metrics.NewRegistry()
-	n.metrics = newNodeMetrics(reg, n)
-	n.disco = newDiscoState(n)
-	n.paths = newPaths(n)
-	n.endpoints = newEndpointState(n)
-	n.geo = newGeoState(n)
-	n.log.Info("starting", "node_key", priv.Public(), "state_dir", cfg.StateDir)
-
+	n.reg = metrics.NewRegistry()
+	n.metrics = newNodeMetrics(n.reg, n)
 	pool := &relayclient.Pool{Template: relayclient.Config{
 		NodeKey:   priv,
 		Token:     n.currentToken,
@@ -176,31 +217,117 @@ func Run(ctx context.Context, cfg Config) error {
 		Log:       n.log.With("component", "relay"),
 		Prefs:     &relayclient.Prefs{},
 	}}
-	n.relays = &relays{n: n, pool: pool, pending: map[string]*pendingQueue{}}
-	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly, OnDisco: n.disco.handle,
-		OnSTUN: n.endpoints.onSTUN, OnRelaySend: n.paths.onRelaySend})
+	n.pool = pool
+	n.relays = relays.New(relays.Config{Pool: pool, Bind: bindRef{n}, PendingDrops: n.metrics.relayPendingDrops,
+		Log: n.log.With("component", "relays")})
+	n.bind = bind.New(bind.Config{Relay: n.relays, Direct: !cfg.RelayOnly,
+		OnDisco:     func(src bind.Source, pkt []byte) { n.paths.HandleDisco(paths.Source(src), pkt) },
+		OnSTUN:      func(src netip.AddrPort, pkt []byte) { n.stun.Handle(src, pkt) },
+		OnRelaySend: func(peer key.NodePublic) { n.paths.RelaySent(peer) }})
+	n.stun = stunprobe.New(n.bind, nil)
+	n.paths = paths.New(paths.Config{Bind: n.bind, Transport: discoTransport{n.bind, n.relays},
+		Self: priv.Public(), Disco: key.NewDisco(), Metrics: n.metrics.paths(),
+		Endpoints: func() []netip.AddrPort { return n.discovery.Endpoints() },
+		Log:       n.log.With("component", "paths")})
+	n.discovery = paths.NewDiscovery(paths.DiscoveryConfig{
+		LocalAddrs: func() []netip.Addr { return paths.LocalAddrs(cfg.EndpointPrefixes, meshPrefix) },
+		Port:       n.bind.Port,
+		Relays:     n.relayAddrs,
+		STUN:       n.stun,
+		Report:     func(eps []netip.AddrPort) { n.report.Endpoints(eps) },
+		NAT:        n.setNAT,
+		Paths:      n.paths,
+		Log:        n.log,
+	})
+	n.report = reporter.New(n.coordClient, n.log.With("component", "reporter"))
+	n.check = netcheck.New(netcheck.Config{
+		STUN: n.stun, UDP: func() bool { return n.bind.Port() != 0 },
+		Relays: netcheck.PoolPinger{Pool: pool}, Home: n.relays.Home, OnHome: n.setHome,
+		Prefs:   netcheck.Prefs{PinRegion: cfg.PinRegion, ExcludeRegions: cfg.ExcludeRegions, RegionWeights: cfg.RegionWeights},
+		Metrics: netcheck.Metrics{RegionRTT: n.metrics.regionRTT, RegionLatency: n.metrics.regionLatency},
+		OnUDP:   func(blocked bool) { n.mu.Lock(); n.mu.nat.udpBlocked = blocked; n.mu.Unlock() },
+		Log:     n.log,
+	})
+	return n
+}
 
+// natFacts are what the probes say of this node's NAT, for metrics.
+type natFacts struct {
+	mapped     int  // relays that answered the last STUN round
+	hard       bool // and saw different mappings
+	udpBlocked bool // STUN fails while relay pings work
+}
+
+func (n *Node) setNAT(mapped int, hard bool) {
+	n.metrics.hardNAT.Set(boolFloat(hard))
+	n.mu.Lock()
+	n.mu.nat.mapped, n.mu.nat.hard = mapped, hard
+	n.mu.Unlock()
+}
+
+// discoTransport sends disco packets from the bind's UDP socket or
+// through the relays.
+type discoTransport struct {
+	*bind.Bind
+	*relays.Router
+}
+
+// bindRef hands the bind to the relay router, which is built first.
+type bindRef struct{ n *Node }
+
+func (b bindRef) SetRelay(peer key.NodePublic, link bind.RelayLink) { b.n.bind.SetRelay(peer, link) }
+
+// relayAddrs lists every relay address in the current map.
+func (n *Node) relayAddrs() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mu.nm == nil {
+		return nil
+	}
+	var out []string
+	for _, reg := range n.mu.nm.RelayMap.Regions {
+		for _, r := range reg.Relays {
+			out = append(out, r.Addr)
+		}
+	}
+	return out
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// start brings up the local API, metrics and relay pool, applies the
+// cached netmap and starts the control loop and the background parts.
+func (n *Node) start() error {
+	n.log.Info("starting", "node_key", n.priv.Public(), "state_dir", n.cfg.StateDir)
 	// The local API comes up first so `meshnode status` works while the
 	// node waits for the coordinator.
-	ln, err := localapi.Listen(st.path(localapi.SocketName))
+	sock := n.state.path(localapi.SocketName)
+	ln, err := localapi.Listen(sock)
 	if err != nil {
 		return err
 	}
+	n.socket = sock
 	n.goAsync(func(ctx context.Context) {
 		if err := localapi.NewServer(n, n.log).Serve(ctx, ln); err != nil {
 			n.log.Error("local api failed", "err", err)
 		}
 	})
-	if cfg.Metrics != "" {
-		ms, err := metrics.Listen(cfg.Metrics, reg, n.health)
+	if n.cfg.Metrics != "" {
+		ms, err := metrics.Listen(n.cfg.Metrics, n.reg, n.health)
 		if err != nil {
 			return err
 		}
 		n.goAsync(func(ctx context.Context) { ms.Run(ctx, n.log) })
 	}
-	n.goAsync(func(ctx context.Context) { pool.Run(ctx) })
+	n.goAsync(func(ctx context.Context) { n.pool.Run(ctx) })
+	n.goAsync(n.relays.Run)
 
-	if cached, err := st.loadNetmap(); err != nil {
+	if cached, err := n.state.loadNetmap(); err != nil {
 		n.log.Warn("ignoring unreadable netmap cache", "err", err)
 	} else if cached != nil {
 		n.log.Info("starting from cached netmap", "peers", len(cached.Peers))
@@ -210,16 +337,26 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
-	n.goAsync(n.endpoints.run)
-	n.goAsync(n.geo.run)
-
-	var fatal error
-	select {
-	case <-ctx.Done():
-	case <-n.down:
-		n.log.Info("shutting down: meshnode down")
-	case fatal = <-n.fatal:
+	n.goAsync(n.paths.Run)
+	n.goAsync(func(ctx context.Context) {
+		select {
+		case <-n.engineReady:
+			n.discovery.Run(ctx)
+		case <-ctx.Done():
+		}
+	})
+	n.goAsync(n.check.Run)
+	n.goAsync(n.report.Run)
+	if n.cfg.testHook != nil {
+		n.cfg.testHook(n)
 	}
+	return nil
+}
+
+// stop ends the node's lifetime (cancel), waits for every goroutine, saves
+// the netmap cache, closes the engine and removes the socket. Run defers
+// it, so it runs on every return path.
+func (n *Node) stop(cancel context.CancelFunc) {
 	cancel()
 	n.wg.Wait()
 	n.saveCache()
@@ -229,13 +366,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if eng != nil {
 		eng.close()
 	}
-	os.Remove(st.path(localapi.SocketName))
-	return fatal
+	if n.socket != "" {
+		os.Remove(n.socket)
+	}
 }
-
-// maxGone bounds the peer-gone table (entries are dropped when the netmap
-// changes the peer's home, or the peer shows up again).
-const maxGone = 4096
 
 // goAsync starts f as a goroutine owned by the node: Run waits for it.
 func (n *Node) goAsync(f func(ctx context.Context)) {
@@ -244,6 +378,14 @@ func (n *Node) goAsync(f func(ctx context.Context)) {
 		defer n.wg.Done()
 		f(n.ctx)
 	}()
+}
+
+// now is the node's clock for key expiry.
+func (n *Node) now() time.Time {
+	if n.cfg.testNow != nil {
+		return n.cfg.testNow()
+	}
+	return time.Now()
 }
 
 func (n *Node) currentToken() []byte {
@@ -261,25 +403,9 @@ func (n *Node) health() error {
 	return nil
 }
 
-// relayFor returns the relay to reach peer through: its home relay if the
-// map knows it, else our own home.
-func (n *Node) relayFor(peer key.NodePublic) (relayclient.Relay, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if p, ok := n.mu.applied[peer]; ok && p.HomeRelay != "" && n.mu.nm != nil && n.mu.goneFrom[peer] != p.HomeRelay {
-		if r, ok := relayOf(n.mu.nm.RelayMap, p.HomeRelay); ok {
-			return r, true
-		}
-	}
-	if n.mu.home.Addr != "" {
-		return n.mu.home, true
-	}
-	return relayclient.Relay{}, false
-}
-
 func (n *Node) onRelayPacket(p relayclient.Packet) {
 	if p.Disco {
-		n.disco.handle(bind.Source{Peer: p.Src}, p.Payload)
+		n.paths.HandleDisco(paths.Source{Peer: p.Src}, p.Payload)
 		return
 	}
 	n.bind.DeliverRelay(p.Src, p.Payload)
@@ -289,18 +415,12 @@ func (n *Node) onRelayNotice(no relayclient.Notice) {
 	switch no.Kind {
 	case relayclient.NoticeRestarting:
 		n.log.Info("relay restarting", "region", no.Relay.Region, "relay", no.Relay.Addr)
-		n.geo.relayDraining(no.Relay.Region)
+		n.check.RelayDraining(no.Relay.Region)
 	case relayclient.NoticePeerGone:
 		n.log.Debug("peer gone from relay", "peer", no.Peer.ShortString(), "region", no.Relay.Region, "reason", no.Gone)
-		n.mu.Lock()
-		if len(n.mu.goneFrom) < maxGone {
-			n.mu.goneFrom[no.Peer] = no.Relay.Region
-		}
-		n.mu.Unlock()
+		n.relays.PeerGone(no.Peer, no.Relay.Region)
 	case relayclient.NoticePeerPresent:
-		n.mu.Lock()
-		delete(n.mu.goneFrom, no.Peer)
-		n.mu.Unlock()
+		n.relays.PeerPresent(no.Peer)
 	}
 }
 
@@ -315,7 +435,7 @@ func (n *Node) housekeeping(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n.paths.tick(time.Now())
+		n.expirePeers()
 		n.saveCache()
 		n.filter.Expire()
 	}
@@ -328,32 +448,39 @@ func (n *Node) saveCache() {
 	n.mu.Lock()
 	dirty, nm := n.mu.dirtyCache, n.mu.nm
 	n.mu.dirtyCache = false
+	var b []byte
+	var err error
+	if dirty && nm != nil {
+		b, err = json.Marshal(nm) // under the lock: frames change nm in place
+	}
 	n.mu.Unlock()
 	if !dirty || nm == nil {
 		return
 	}
-	if err := n.state.saveNetmap(nm); err != nil {
+	if err == nil {
+		err = n.state.writeFile(netmapFile, b)
+	}
+	if err != nil {
 		n.log.Warn("saving netmap cache failed", "err", err)
 		return
 	}
-	n.log.Debug("saved netmap cache", "peers", len(nm.Peers))
+	n.log.Debug("saved netmap cache", "bytes", len(b))
 }
 
 // setHome makes r the home relay and tells the coordinator.
 func (n *Node) setHome(r relayclient.Relay, reason string) {
-	n.mu.Lock()
-	if n.mu.home.Addr == r.Addr {
-		n.mu.Unlock()
+	if n.relays.Home().Addr == r.Addr {
 		return
 	}
-	n.mu.home = r
+	n.relays.SetHome(r)
+	n.mu.Lock()
 	n.mu.homeSince = time.Now()
 	n.mu.Unlock()
 	n.metrics.homeChanges.WithLabelValues(reason).Inc()
-	if _, err := n.relays.pool.SetHome(r); err != nil {
+	if _, err := n.pool.SetHome(r); err != nil {
 		n.log.Warn("connecting home relay failed", "relay", r.Addr, "err", err)
 	}
-	n.goAsync(func(ctx context.Context) { n.reportHome(ctx, r.Region) })
+	n.report.Home(r.Region)
 }
 
 // peerByNameOrIP finds a peer for the CLI.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"io"
 	"log/slog"
 	"net"
@@ -32,7 +33,13 @@ type mesh struct {
 	authKey string
 }
 
-func newMesh(t *testing.T, regions ...string) *mesh {
+func newMesh(t testing.TB, regions ...string) *mesh {
+	t.Helper()
+	return newMeshWith(t, nil, regions...)
+}
+
+// newMeshWith is newMesh with mod applied to each relay's config.
+func newMeshWith(t testing.TB, mod func(*relayd.Config), regions ...string) *mesh {
 	t.Helper()
 	signer := key.NewSigning()
 	dir := t.TempDir()
@@ -42,10 +49,14 @@ func newMesh(t *testing.T, regions ...string) *mesh {
 	m := &mesh{relays: map[string]*relaytest.Relay{}}
 	var regs []string
 	for _, code := range regions {
-		r := relaytest.StartWith(t, relayd.Config{
+		rc := relayd.Config{
 			Region: code, Listen: "127.0.0.1:0", StateDir: t.TempDir(),
 			Trusted: []key.SigningPublic{signer.Public()}, DrainGrace: 100 * time.Millisecond,
-		}, signer)
+		}
+		if mod != nil {
+			mod(&rc)
+		}
+		r := relaytest.StartWith(t, rc, signer)
 		m.relays[code] = r
 		in := r.Info()
 		regs = append(regs, fmt.Sprintf(`{"code":%q,"name":%q,"relays":[{"name":"%s-1","addr":%q,"pin":%q,"key":%q}]}`,
@@ -67,7 +78,7 @@ type testNode struct {
 	stop  context.CancelFunc
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -76,19 +87,19 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("WIREMESH_TEST_LOG") == "1" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-func (m *mesh) startNode(t *testing.T, name string, dir string) *testNode {
+func (m *mesh) startNode(t testing.TB, name string, dir string) *testNode {
 	t.Helper()
 	return m.startNodeWith(t, name, dir, nil)
 }
 
-func (m *mesh) startNodeWith(t *testing.T, name string, dir string, mod func(*Config)) *testNode {
+func (m *mesh) startNodeWith(t testing.TB, name string, dir string, mod func(*Config)) *testNode {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -113,7 +124,7 @@ func (m *mesh) startNodeWith(t *testing.T, name string, dir string, mod func(*Co
 	return n
 }
 
-func (n *testNode) shutdown(t *testing.T) {
+func (n *testNode) shutdown(t testing.TB) {
 	n.stop()
 	select {
 	case err := <-n.done:
@@ -129,20 +140,18 @@ func (n *testNode) shutdown(t *testing.T) {
 }
 
 // waitStatus polls status until cond holds.
-func (n *testNode) waitStatus(t *testing.T, what string, cond func(localapi.Status) bool) localapi.Status {
+func (n *testNode) waitStatus(t testing.TB, what string, cond func(localapi.Status) bool) localapi.Status {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st, err := n.api.Status(context.Background())
-		if err == nil && cond(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			b, _ := json.Marshal(st)
-			t.Fatalf("%s: %s never happened (last status %s, err %v)", n.name, what, b, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var st localapi.Status
+	var err error
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		st, err = n.api.Status(context.Background())
+		return err == nil && cond(st)
+	}) {
+		b, _ := json.Marshal(st)
+		t.Fatalf("%s: %s never happened (last status %s, err %v)", n.name, what, b, err)
 	}
+	return st
 }
 
 func peerNamed(st localapi.Status, name string) (localapi.PeerStatus, bool) {
@@ -235,16 +244,10 @@ func TestRestartFromCacheWhileCoordinatorDown(t *testing.T) {
 		n.waitStatus(t, "one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
 	}
 	// Let the cache be written, then stop a and the coordinator.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(a.dir, netmapFile)); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("netmap cache never written")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, "netmap cache written", func() bool {
+		_, err := os.Stat(filepath.Join(a.dir, netmapFile))
+		return err == nil
+	})
 	a.shutdown(t)
 	m.coord.Stop()
 	a2 := m.startNode(t, "a", a.dir)
@@ -262,7 +265,7 @@ func TestRestartFromCacheWhileCoordinatorDown(t *testing.T) {
 
 // fetch gets a page from peer through n's SOCKS5 proxy; the peer forwards
 // the connection to a server on localhost that says hello.
-func fetch(t *testing.T, n *testNode, peer string) string {
+func fetch(t testing.TB, n *testNode, peer string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

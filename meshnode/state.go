@@ -10,6 +10,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/netmap"
+	"golang.org/x/sys/unix"
 )
 
 // Files in --state-dir. The node key is the node's identity: losing it
@@ -18,6 +19,7 @@ const (
 	nodeKeyFile  = "node.key"
 	controlFile  = "control.json"
 	netmapFile   = "netmap.json"
+	lockFile     = "meshnode.lock"
 	maxStateFile = 64 << 20 // a netmap of ~100k peers; anything larger is corrupt
 )
 
@@ -31,6 +33,27 @@ func (d stateDir) init() error {
 		return fmt.Errorf("state dir: %w", err)
 	}
 	return nil
+}
+
+// ErrStateDirLocked is returned by Run when another daemon holds the state
+// directory.
+var ErrStateDirLocked = errors.New("another meshnode is already running on this state directory")
+
+// lock takes the state directory's lock file (an advisory flock, released
+// by the kernel if the process dies) for the daemon's lifetime.
+func (d stateDir) lock() (unlock func(), err error) {
+	f, err := os.OpenFile(d.path(lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w (%s)", ErrStateDirLocked, d)
+		}
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 func (d stateDir) nodeKey() (key.NodePrivate, error) {
@@ -72,8 +95,6 @@ func (d stateDir) loadNetmap() (*netmap.NetworkMap, error) {
 	return &nm, nil
 }
 
-func (d stateDir) saveNetmap(nm *netmap.NetworkMap) error { return d.writeJSON(netmapFile, nm) }
-
 func (d stateDir) readJSON(name string, v any) error {
 	f, err := os.Open(d.path(name))
 	if err != nil {
@@ -94,5 +115,10 @@ func (d stateDir) writeJSON(name string, v any) error {
 	if err != nil {
 		return err
 	}
+	return d.writeFile(name, b)
+}
+
+// writeFile replaces a state file atomically, readable by the owner only.
+func (d stateDir) writeFile(name string, b []byte) error {
 	return key.WriteFileAtomic(d.path(name), b, 0o600)
 }

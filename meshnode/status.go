@@ -3,7 +3,9 @@ package meshnode
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,6 +14,8 @@ import (
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/netmap"
 )
 
 var _ localapi.Backend = (*Node)(nil)
@@ -29,8 +33,8 @@ func (n *Node) Down() {
 func (n *Node) Status() localapi.Status {
 	n.mu.Lock()
 	var st localapi.Status
+	st.Self.HomeRelay = n.relays.Home().Region
 	st.Self.NodeKey = n.priv.Public().String()
-	st.Self.HomeRelay = n.mu.home.Region
 	st.Self.IPs = []string{}
 	if n.mu.nm != nil {
 		st.Self.Name = n.mu.nm.Self.Name
@@ -42,7 +46,7 @@ func (n *Node) Status() localapi.Status {
 	if !n.mu.coordUp {
 		st.Coordinator.LastError = n.mu.coordErr
 	}
-	peers := n.mu.applied
+	peers := maps.Clone(n.mu.applied) // frames change it in place
 	rtts := make(map[key.NodePublic]float64, len(n.mu.rtt))
 	for k, v := range n.mu.rtt {
 		rtts[k] = v
@@ -67,12 +71,12 @@ func (n *Node) Status() localapi.Status {
 			if d, ok := ep.Direct(); ok {
 				ps.Endpoint = d.String()
 			}
-			if _, rtt, ok := n.paths.direct(k); ok && rtt > 0 {
+			if _, rtt, ok := n.paths.Direct(k); ok && rtt > 0 {
 				ps.RTTMs = float64(rtt.Microseconds()) / 1000
 			}
 		case bind.PathRelay:
 			ps.Path = "relay"
-			if r, ok := n.relayFor(k); ok {
+			if r, ok := n.relays.RelayFor(k); ok {
 				ps.Relay = r.Region
 			}
 		default:
@@ -165,8 +169,8 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 	}
 	got := 0
 	for i := 0; i < req.Count && ctx.Err() == nil; i++ {
-		ch := make(chan pongResult, maxCandidates+1)
-		sent := n.paths.cliPing(ctx, p.NodeKey, ch)
+		ch := make(chan paths.Pong, paths.MaxCandidates+1)
+		sent := n.paths.Probe(p.NodeKey, ch)
 		timer := time.NewTimer(req.Timeout)
 		direct := false
 	round:
@@ -175,11 +179,11 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 			case r := <-ch:
 				answered++
 				got++
-				ms := float64(r.rtt.Microseconds()) / 1000
+				ms := float64(r.RTT.Microseconds()) / 1000
 				res := localapi.PingResult{Peer: p.Name, IP: ip, Path: "relay", RTTMs: ms}
-				if r.src.Addr.IsValid() {
-					res.Path, res.Via, direct = "direct", r.src.Addr.String(), true
-				} else if rl, ok := n.relayFor(p.NodeKey); ok {
+				if r.Src.IsValid() {
+					res.Path, res.Via, direct = "direct", r.Src.String(), true
+				} else if rl, ok := n.relays.RelayFor(p.NodeKey); ok {
 					res.Via = rl.Region
 				}
 				n.mu.Lock()
@@ -210,4 +214,20 @@ func (n *Node) Ping(ctx context.Context, req localapi.PingRequest, emit func(loc
 		return fmt.Errorf("no pong from %s", p.Name)
 	}
 	return nil
+}
+
+// Netcheck implements localapi.Backend: a fresh probe of every region,
+// also reported to the coordinator.
+func (n *Node) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
+	select {
+	case <-n.engineReady:
+	default:
+		return localapi.Netcheck{}, errors.New("waiting for the first netmap")
+	}
+	r := n.check.Check(ctx)
+	report := netmap.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
+		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}
+	n.report.Netcheck(report)
+	return localapi.Netcheck{UDP: r.UDP, PublicAddr: r.PublicAddr, MappingVariesByDest: r.MappingVariesByDest,
+		PreferredRelay: r.PreferredRelay, RelayLatencyMS: r.RelayLatencyMS}, nil
 }

@@ -6,11 +6,12 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/wiremesh/wiremesh/netmap"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
 // meshPrefix is routed into the TUN device: every mesh address.
-var meshPrefix = netip.MustParsePrefix("100.64.0.0/10")
+var meshPrefix = netmap.MeshPrefix
 
 // createTUN makes the kernel TUN device, gives it the node's address and
 // routes the mesh prefix into it.

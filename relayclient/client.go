@@ -3,10 +3,11 @@ package relayclient
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/wiremesh/wiremesh/backoff"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
@@ -31,6 +32,11 @@ const fastPathSetup = time.Second
 type Client struct {
 	cfg    Config
 	redial chan struct{} // Redial: skip the current backoff wait
+	// conn mirrors mu.cur for the send path, which loads it with no lock.
+	conn atomic.Pointer[Conn]
+	// used is set by each Send and cleared by the Pool's idle check, so
+	// the send path marks use without reading the clock.
+	used atomic.Bool
 
 	mu struct {
 		sync.Mutex
@@ -66,11 +72,11 @@ func NewClient(cfg Config) *Client {
 // Run connects and reconnects until ctx ends, then closes the connection.
 // It returns ctx's error.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := backoffMin
+	bo := backoff.Backoff{Min: backoffMin, Max: backoffMax}
 	for {
 		conn, err := Dial(ctx, c.cfg)
 		if err == nil {
-			backoff = backoffMin
+			bo.Reset()
 			if c.cfg.FastPath {
 				fctx, cancel := context.WithTimeout(ctx, fastPathSetup)
 				if ferr := conn.EnableFastPath(fctx); ferr != nil && !errors.Is(ferr, ErrNoFastPath) {
@@ -95,18 +101,17 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		c.mu.Lock()
 		c.mu.lastErr = err
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := bo.Next()
 		if c.mu.restart > 0 {
-			wait = c.mu.restart + rand.N(c.mu.restart/2+1)
+			wait = backoff.Jitter(c.mu.restart)
 			c.mu.restart = 0
 		}
 		c.mu.Unlock()
-		backoff = min(backoff*2, backoffMax)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-c.redial:
-			backoff = backoffMin
+			bo.Reset()
 		case <-time.After(wait):
 		}
 	}
@@ -117,9 +122,11 @@ func (c *Client) setConn(conn *Conn) {
 	defer c.mu.Unlock()
 	if conn != nil {
 		c.mu.cur = conn
+		c.conn.Store(conn)
 		close(c.mu.connected)
 		return
 	}
+	c.conn.Store(nil)
 	if c.mu.cur != nil {
 		c.mu.cur = nil
 		c.mu.connected = make(chan struct{})
@@ -158,12 +165,13 @@ func (c *Client) WaitConnected(ctx context.Context) (*Conn, error) {
 }
 
 // Send relays payload to dst over the current connection, or returns
-// ErrNotConnected.
+// ErrNotConnected. It takes no lock and reads no clock: it is the relay
+// send path of every packet.
 func (c *Client) Send(dst key.NodePublic, payload []byte) error {
-	c.mu.Lock()
-	cur := c.mu.cur
-	c.mu.lastUsed = time.Now()
-	c.mu.Unlock()
+	if !c.used.Load() {
+		c.used.Store(true)
+	}
+	cur := c.conn.Load()
 	if cur == nil {
 		return ErrNotConnected
 	}

@@ -2,6 +2,7 @@ package relayclient_test
 
 import (
 	"context"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -19,13 +20,7 @@ const testWait = 10 * time.Second
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.UntilWithin(t, testWait, what, cond)
 }
 
 func TestClientReconnectsAfterRelayRestart(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -39,8 +40,8 @@ type Relay struct {
 
 // Transport names reported by Conn.Transport.
 const (
-	TransportQUIC = "quic"
-	TransportTCP  = "tcp"
+	TransportQUIC = relayproto.TransportQUIC
+	TransportTCP  = relayproto.TransportTCP
 )
 
 // Packet is one packet received through a relay.
@@ -110,7 +111,7 @@ var (
 const (
 	tcpHeadStart  = 250 * time.Millisecond
 	dialTimeout   = 10 * time.Second
-	keepAlive     = 25 * time.Second // matches relayd.KeepAlive
+	keepAlive     = relayproto.KeepAlive
 	idleTimeout   = 3 * keepAlive
 	maxPendingPng = 16 // outstanding Ping calls per connection
 	// maxHandles bounds the peer handles remembered per connection; a
@@ -139,8 +140,10 @@ type Conn struct {
 		pings   map[[relayproto.PingLen]byte]chan struct{}
 		err     error
 		fastCh  chan fastMsg // fast-path control frames, while negotiating
-		fast    *fastPath    // nil until EnableFastPath succeeds
 	}
+	// fast is the fast path, nil until EnableFastPath succeeds; the send
+	// path loads it with no lock.
+	fast     atomic.Pointer[fastPath]
 	done     chan struct{}
 	doneOnce sync.Once
 	wg       sync.WaitGroup

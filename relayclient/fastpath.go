@@ -82,9 +82,7 @@ func (c *Conn) EnableFastPath(ctx context.Context) error {
 		return err
 	}
 	fp := &fastPath{udp: udp, session: offer.Session}
-	c.mu.Lock()
-	c.mu.fast = fp
-	c.mu.Unlock()
+	c.fast.Store(fp)
 	ok = true
 	c.wg.Add(2)
 	go func() { defer c.wg.Done(); c.readFast(udp, offer.Session) }()
@@ -189,9 +187,7 @@ func (c *Conn) readFast(udp *net.UDPConn, session [relayproto.SessionLen]byte) {
 
 // sendFast sends over the fast path if there is one; ok is false if not.
 func (c *Conn) sendFast(dst key.NodePublic, payload []byte) (ok bool, err error) {
-	c.mu.Lock()
-	fp := c.mu.fast
-	c.mu.Unlock()
+	fp := c.fast.Load()
 	if fp == nil || relayproto.FastSendOverhead+len(payload) > relayproto.MaxFastDatagram {
 		return false, nil // too large for the relay's batch buffers: QUIC or TCP takes it
 	}
@@ -205,7 +201,5 @@ func (c *Conn) sendFast(dst key.NodePublic, payload []byte) (ok bool, err error)
 
 // FastPath reports whether the fast path is up.
 func (c *Conn) FastPath() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.mu.fast != nil
+	return c.fast.Load() != nil
 }

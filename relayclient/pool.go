@@ -83,6 +83,9 @@ func (p *Pool) closeIdle(now time.Time, idle time.Duration) {
 			continue
 		}
 		e.c.mu.Lock()
+		if e.c.used.Swap(false) {
+			e.c.mu.lastUsed = now // sent on since the last check
+		}
 		last := e.c.mu.lastUsed
 		e.c.mu.Unlock()
 		if now.Sub(last) >= idle {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"net"
 	"sync"
 	"testing"
@@ -597,13 +598,7 @@ func sendUntil(t *testing.T, s *sink, send func(), cond func() bool) {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.UntilWithin(t, testWait, what, cond)
 }
 
 func TestDrainAndReconnect(t *testing.T) {

@@ -43,7 +43,7 @@ import (
 // usual 30 s UDP NAT timeout); a connection silent for IdleTimeout (three
 // keep-alives) is dead.
 const (
-	KeepAlive   = 25 * time.Second
+	KeepAlive   = relayproto.KeepAlive
 	IdleTimeout = 3 * KeepAlive
 	// DefaultHelloTimeout bounds the time from a connection's accept to its
 	// hello (QUIC: also the handshake itself). A real client needs two or
@@ -69,8 +69,8 @@ const (
 
 // Transport names, the values of the transport label.
 const (
-	transportQUIC = "quic"
-	transportTCP  = "tcp"
+	transportQUIC = relayproto.TransportQUIC
+	transportTCP  = relayproto.TransportTCP
 )
 
 // Config configures a Server.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"net"
 	"os"
 	"os/exec"
@@ -59,19 +60,20 @@ func startServe(t *testing.T, bin, dir, addr string, extra ...string) *daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, coordinator.AdminSocket)); err == nil {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				return d
-			}
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		if _, err := os.Stat(filepath.Join(dir, coordinator.AdminSocket)); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("coordinator did not start:\n%s", d.logs)
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
+		c.Close()
+		return true
+	}) {
+		t.Fatalf("coordinator did not start:\n%s", d.logs)
 	}
+	return d
 }
 
 func admin(t *testing.T, bin string, args ...string) string {

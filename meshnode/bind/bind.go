@@ -20,16 +20,12 @@
 package bind
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"github.com/wiremesh/wiremesh/disco"
 	"github.com/wiremesh/wiremesh/key"
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -71,6 +67,12 @@ type RelaySender interface {
 	SendTo(peer key.NodePublic, pkt []byte) error
 }
 
+// RelayLink is one relay connection's send path (a relayclient.Client). It
+// must not retain pkt, and should take no lock.
+type RelayLink interface {
+	Send(peer key.NodePublic, pkt []byte) error
+}
+
 // Source says where a disco packet came from: a relay (Peer set, Addr
 // invalid) or the UDP socket (Addr set).
 type Source struct {
@@ -90,14 +92,16 @@ type Config struct {
 	// OnSTUN receives STUN packets from the UDP socket. May be nil.
 	OnSTUN func(src netip.AddrPort, pkt []byte)
 	// OnRelaySend, if set, is told that packets to a peer went through the
-	// relay (at most once per relaySendNotify per peer), so the path
-	// manager can try to upgrade. It must not block.
+	// relay (the first batch, then one in 1024), so the path manager can
+	// try to upgrade. It must not block.
 	OnRelaySend func(peer key.NodePublic)
 }
 
-// relaySendNotify limits OnRelaySend calls per peer, keeping the relay
-// send path to one atomic load per batch.
-const relaySendNotify = time.Second
+// relayNotifyMask limits OnRelaySend calls to the first relayed batch
+// and one in every 1024 after it, per peer: the send path pays one atomic
+// add per batch and no clock. The path machine rate-limits upgrade
+// attempts itself, and retries active peers on its own timer.
+const relayNotifyMask = 1023
 
 // Stats are cumulative counters, by path.
 type Stats struct {
@@ -112,7 +116,10 @@ type Stats struct {
 type Bind struct {
 	cfg Config
 
-	mu      sync.RWMutex // guards the fields below; read-locked per packet batch
+	// udp mirrors std for the send path, which loads it with no lock.
+	udp atomic.Pointer[udpSocket]
+
+	mu      sync.RWMutex // guards the fields below; read-locked per received batch
 	std     conn.Bind
 	open    bool
 	relayIn chan relayPacket
@@ -127,6 +134,8 @@ type Bind struct {
 	unknownDrops         atomic.Uint64
 	directErrs           atomic.Uint64
 }
+
+type udpSocket struct{ conn.Bind }
 
 type relayPacket struct {
 	from *Endpoint
@@ -171,6 +180,7 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			return nil, 0, fmt.Errorf("bind: open udp port %d: %w", port, err)
 		}
 		actual = p
+		b.udp.Store(&udpSocket{b.std})
 		for _, f := range sfns {
 			fns = append(fns, b.wrapDirect(f))
 		}
@@ -191,6 +201,7 @@ func (b *Bind) Close() error {
 	close(b.closing)
 	var err error
 	if b.std != nil {
+		b.udp.Store(nil)
 		err = b.std.Close()
 		b.std = nil
 	}
@@ -236,291 +247,11 @@ func (b *Bind) Peer(k key.NodePublic) *Endpoint {
 	ep, ok := b.peers[k]
 	if !ok {
 		ep = &Endpoint{key: k, bind: b}
+		ep.route.Store(&route{})
 		b.peers[k] = ep
 	}
 	return ep
 }
-
-// RemovePeer forgets a peer and its direct address.
-func (b *Bind) RemovePeer(k key.NodePublic) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ep, ok := b.peers[k]
-	if !ok {
-		return
-	}
-	if d := ep.direct.Load(); d != nil {
-		delete(b.byAddr, *d)
-	}
-	ep.direct.Store(nil)
-	delete(b.peers, k)
-}
-
-// Send implements conn.Bind.
-func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
-	ep, ok := cep.(*Endpoint)
-	if !ok {
-		return ErrNotPeer
-	}
-	var n uint64
-	for _, p := range bufs {
-		n += uint64(len(p))
-	}
-	if d := ep.direct.Load(); d != nil {
-		b.mu.RLock()
-		std := b.std
-		b.mu.RUnlock()
-		if std != nil {
-			err := std.Send(bufs, &conn.StdNetEndpoint{AddrPort: *d})
-			switch {
-			case err != nil:
-				// The direct path failed (network gone, address
-				// changed): this batch goes through the relay, and the
-				// path state machine will notice the missing pongs.
-				b.directErrs.Add(1)
-			case ep.both.Load():
-				// Unconfirmed direct path: the relay carries a copy.
-				b.txBytes[PathDirect].Add(n)
-				b.txPackets[PathDirect].Add(uint64(len(bufs)))
-			default:
-				b.txBytes[PathDirect].Add(n)
-				b.txPackets[PathDirect].Add(uint64(len(bufs)))
-				ep.txBytes.Add(n)
-				return nil
-			}
-		}
-	}
-	if b.cfg.Relay == nil {
-		return errors.New("bind: no relay configured")
-	}
-	if b.cfg.OnRelaySend != nil {
-		now := time.Now().UnixNano()
-		if last := ep.relayNotified.Load(); now-last >= int64(relaySendNotify) && ep.relayNotified.CompareAndSwap(last, now) {
-			b.cfg.OnRelaySend(ep.key)
-		}
-	}
-	var firstErr error
-	for _, p := range bufs {
-		if err := b.cfg.Relay.SendTo(ep.key, p); err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	b.txBytes[PathRelay].Add(n)
-	b.txPackets[PathRelay].Add(uint64(len(bufs)))
-	ep.txBytes.Add(n)
-	return firstErr
-}
-
-// DeliverRelay hands wireguard-go a packet a relay delivered from peer.
-// Disco packets go to OnDisco instead. pkt is copied. If wireguard-go is
-// behind by relayQueueLen packets, the packet is dropped and counted.
-func (b *Bind) DeliverRelay(from key.NodePublic, pkt []byte) {
-	if len(pkt) == 0 || len(pkt) > maxPacket {
-		return
-	}
-	if disco.LooksLikeDisco(pkt) {
-		if b.cfg.OnDisco != nil {
-			b.cfg.OnDisco(Source{Peer: from}, pkt)
-		}
-		return
-	}
-	b.mu.Lock()
-	ep, known := b.peers[from]
-	in, open := b.relayIn, b.open
-	b.mu.Unlock()
-	if !known || !open {
-		b.unknownDrops.Add(1)
-		return
-	}
-	buf := bufPool.Get().(*[]byte)
-	n := copy(*buf, pkt)
-	select {
-	case in <- relayPacket{from: ep, buf: buf, n: n}:
-	default:
-		bufPool.Put(buf)
-		b.relayDrops.Add(1)
-	}
-}
-
-func (b *Bind) makeReceiveRelay(in chan relayPacket, closing chan struct{}) conn.ReceiveFunc {
-	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		var p relayPacket
-		select {
-		case p = <-in:
-		case <-closing:
-			return 0, net.ErrClosed
-		}
-		n := 0
-		for {
-			sizes[n] = copy(packets[n], (*p.buf)[:p.n])
-			eps[n] = p.from
-			b.rxBytes[PathRelay].Add(uint64(sizes[n]))
-			p.from.rxBytes.Add(uint64(sizes[n]))
-			bufPool.Put(p.buf)
-			n++
-			if n == len(packets) {
-				break
-			}
-			select {
-			case p = <-in:
-				continue
-			default:
-			}
-			break
-		}
-		b.rxPackets[PathRelay].Add(uint64(n))
-		return n, nil
-	}
-}
-
-// wrapDirect filters a StdNetBind ReceiveFunc: WireGuard packets from
-// confirmed addresses pass with their peer's endpoint; disco and STUN go to
-// their handlers; the rest is dropped.
-func (b *Bind) wrapDirect(recv conn.ReceiveFunc) conn.ReceiveFunc {
-	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		for {
-			n, err := recv(packets, sizes, eps)
-			if err != nil {
-				return 0, err
-			}
-			kept := 0
-			// One read lock per batch, and the previous packet's sender
-			// reused: a batch is usually one peer's packets.
-			b.mu.RLock()
-			var lastSrc netip.AddrPort
-			var lastEP *Endpoint
-			for i := 0; i < n; i++ {
-				pkt := packets[i][:sizes[i]]
-				se, _ := eps[i].(*conn.StdNetEndpoint)
-				if se == nil {
-					continue
-				}
-				src := netip.AddrPortFrom(se.AddrPort.Addr().Unmap(), se.AddrPort.Port())
-				switch classify(pkt) {
-				case kindDisco:
-					if b.cfg.OnDisco != nil {
-						b.mu.RUnlock()
-						b.cfg.OnDisco(Source{Addr: src}, pkt)
-						b.mu.RLock()
-					}
-					continue
-				case kindSTUN:
-					if b.cfg.OnSTUN != nil {
-						b.mu.RUnlock()
-						b.cfg.OnSTUN(src, pkt)
-						b.mu.RLock()
-					}
-					continue
-				}
-				ep := lastEP
-				if src != lastSrc || ep == nil {
-					ep = b.byAddr[src]
-					lastSrc, lastEP = src, ep
-				}
-				if ep == nil {
-					b.unknownDrops.Add(1)
-					continue
-				}
-				if kept != i {
-					// Compact by copying, not by swapping slices:
-					// wireguard-go reads its own buffer arrays back, not
-					// the slice headers it passed in. Only a batch that
-					// also held disco, STUN or dropped packets pays this.
-					copy(packets[kept], pkt)
-				}
-				sizes[kept] = len(pkt)
-				eps[kept] = ep
-				b.rxBytes[PathDirect].Add(uint64(len(pkt)))
-				ep.rxBytes.Add(uint64(len(pkt)))
-				kept++
-			}
-			b.mu.RUnlock()
-			if kept > 0 {
-				b.rxPackets[PathDirect].Add(uint64(kept))
-				return kept, nil
-			}
-			// Nothing for wireguard-go in this batch; read again rather
-			// than return 0, which wireguard-go treats as a spin.
-		}
-	}
-}
-
-type packetKind int
-
-const (
-	kindWireGuard packetKind = iota
-	kindDisco
-	kindSTUN
-)
-
-// stunMagicCookie is RFC 5389's fixed value at bytes 4-8 of every message.
-const stunMagicCookie = 0x2112A442
-
-func classify(p []byte) packetKind {
-	switch {
-	case disco.LooksLikeDisco(p):
-		return kindDisco
-	case len(p) >= 20 && p[0]&0xc0 == 0 && binary.BigEndian.Uint32(p[4:8]) == stunMagicCookie:
-		return kindSTUN
-	}
-	return kindWireGuard
-}
-
-// WriteTo sends a raw packet (disco, STUN) from the UDP socket.
-func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
-	b.mu.RLock()
-	std := b.std
-	b.mu.RUnlock()
-	if std == nil {
-		return errors.New("bind: direct path is off")
-	}
-	return std.Send([][]byte{pkt}, &conn.StdNetEndpoint{AddrPort: dst})
-}
-
-// SetDirect makes addr the peer's direct path (or, with an invalid addr,
-// clears it so that packets go through the relay). A failed direct send
-// falls back to the relay.
-func (b *Bind) SetDirect(k key.NodePublic, addr netip.AddrPort) {
-	b.setDirect(k, addr, false)
-}
-
-// SetTentative makes addr the peer's direct path while it is unconfirmed:
-// packets go both to addr and through the relay, so none is lost if the
-// path turns out not to work. SetDirect with the same address confirms it.
-func (b *Bind) SetTentative(k key.NodePublic, addr netip.AddrPort) {
-	b.setDirect(k, addr, true)
-}
-
-func (b *Bind) setDirect(k key.NodePublic, addr netip.AddrPort, both bool) {
-	ep := b.Peer(k)
-	ep.both.Store(both && addr.IsValid())
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if old := ep.direct.Load(); old != nil {
-		delete(b.byAddr, *old)
-	}
-	if !addr.IsValid() {
-		ep.direct.Store(nil)
-		return
-	}
-	a := addr
-	ep.direct.Store(&a)
-	b.byAddr[addr] = ep
-}
-
-// AcceptFrom lets WireGuard packets from addr count as peer k's without
-// making addr the send path: used while a path is being confirmed.
-func (b *Bind) AcceptFrom(k key.NodePublic, addr netip.AddrPort) {
-	ep := b.Peer(k)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.byAddr) < maxAcceptedAddrs {
-		b.byAddr[addr] = ep
-	}
-}
-
-// maxAcceptedAddrs bounds the address table: a few candidates per peer.
-const maxAcceptedAddrs = 1 << 16
 
 // Stats returns the counters.
 func (b *Bind) Stats() Stats {
@@ -536,67 +267,3 @@ func (b *Bind) Stats() Stats {
 	s.DirectSendErrors = b.directErrs.Load()
 	return s
 }
-
-// Endpoint is a peer, as wireguard-go sees it.
-type Endpoint struct {
-	key              key.NodePublic
-	bind             *Bind
-	direct           atomic.Pointer[netip.AddrPort]
-	txBytes, rxBytes atomic.Uint64
-	relayNotified    atomic.Int64 // unix nanoseconds of the last OnRelaySend
-	both             atomic.Bool  // direct path unconfirmed: relay as well
-}
-
-// Key returns the peer's node key.
-func (e *Endpoint) Key() key.NodePublic { return e.key }
-
-// Path returns the peer's current path. A tentative direct path reports
-// as relay until it is confirmed.
-func (e *Endpoint) Path() Path {
-	if e.direct.Load() != nil && !e.both.Load() {
-		return PathDirect
-	}
-	if e.bind.cfg.Relay != nil {
-		return PathRelay
-	}
-	return PathNone
-}
-
-// Direct returns the peer's direct address, if any.
-func (e *Endpoint) Direct() (netip.AddrPort, bool) {
-	if d := e.direct.Load(); d != nil {
-		return *d, true
-	}
-	return netip.AddrPort{}, false
-}
-
-// Bytes returns bytes sent to and received from the peer over any path.
-func (e *Endpoint) Bytes() (tx, rx uint64) { return e.txBytes.Load(), e.rxBytes.Load() }
-
-// ClearSrc implements conn.Endpoint.
-func (e *Endpoint) ClearSrc() {}
-
-// SrcToString implements conn.Endpoint.
-func (e *Endpoint) SrcToString() string { return "" }
-
-// DstToString implements conn.Endpoint: the node key, which ParseEndpoint
-// accepts back.
-func (e *Endpoint) DstToString() string { return e.key.String() }
-
-// DstToBytes implements conn.Endpoint. wireguard-go mixes it into cookie
-// MACs; the node key identifies the peer on every path.
-func (e *Endpoint) DstToBytes() []byte {
-	r := e.key.Raw()
-	return r[:]
-}
-
-// DstIP implements conn.Endpoint: the direct address's IP, if any.
-func (e *Endpoint) DstIP() netip.Addr {
-	if d := e.direct.Load(); d != nil {
-		return d.Addr()
-	}
-	return netip.Addr{}
-}
-
-// SrcIP implements conn.Endpoint.
-func (e *Endpoint) SrcIP() netip.Addr { return netip.Addr{} }

@@ -321,3 +321,46 @@ func TestDirectBatchCompaction(t *testing.T) {
 	t.Cleanup(func() { close(stop); <-done })
 	transfer(t, a, b, 4<<20)
 }
+
+// TestAddressTablePruned: removing peers frees every address accepted for
+// them, so the table never fills up for good; one peer cannot fill it.
+func TestAddressTablePruned(t *testing.T) {
+	b := New(Config{})
+	addr := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(i>>16+1))
+	}
+	var peers []key.NodePublic
+	for i := 0; len(b.byAddr) < maxAcceptedAddrs; i++ {
+		k := key.NewNode().Public()
+		peers = append(peers, k)
+		for j := range maxAddrsPerPeer + 10 {
+			b.AcceptFrom(k, addr(i*maxAddrsPerPeer+j))
+		}
+		if n := len(b.Peer(k).addrs); n > maxAddrsPerPeer {
+			t.Fatalf("peer holds %d addresses, more than %d", n, maxAddrsPerPeer)
+		}
+	}
+	late := key.NewNode().Public()
+	b.AcceptFrom(late, netip.MustParseAddrPort("198.19.0.1:1"))
+	if b.byAddr[netip.MustParseAddrPort("198.19.0.1:1")] != nil {
+		t.Fatal("full table accepted another address")
+	}
+	for _, k := range peers {
+		b.RemovePeer(k)
+	}
+	if len(b.byAddr) != 0 {
+		t.Fatalf("%d addresses left after removing every peer", len(b.byAddr))
+	}
+	b.AcceptFrom(late, netip.MustParseAddrPort("198.19.0.1:1"))
+	if b.byAddr[netip.MustParseAddrPort("198.19.0.1:1")] == nil {
+		t.Fatal("address refused after the table was pruned")
+	}
+	// ForgetAddr drops an accepted address but never the direct path.
+	d := netip.MustParseAddrPort("198.19.0.2:1")
+	b.SetDirect(late, d)
+	b.ForgetAddr(late, d)
+	b.ForgetAddr(late, netip.MustParseAddrPort("198.19.0.1:1"))
+	if b.byAddr[d] == nil || b.byAddr[netip.MustParseAddrPort("198.19.0.1:1")] != nil {
+		t.Fatalf("after ForgetAddr: %v", b.byAddr)
+	}
+}

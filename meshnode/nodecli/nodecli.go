@@ -1,4 +1,7 @@
-package meshnode
+// Package nodecli is the meshnode command line: `meshnode run` starts the
+// daemon (package meshnode), and the local commands (status, ping,
+// netcheck, ip, whois, down) talk to a running one over its local API.
+package nodecli
 
 import (
 	"context"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/cli"
 	"github.com/wiremesh/wiremesh/coordclient"
+	"github.com/wiremesh/wiremesh/meshnode"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
 	"github.com/wiremesh/wiremesh/meshnode/socks5"
@@ -70,50 +74,52 @@ const usage = `meshnode run --coordinator URL [--authkey KEY | --coordinator-pin
        meshnode version
 Local commands take --state-dir DIR or --socket PATH.`
 
-// Command runs the meshnode CLI with args (without the program name) and
-// returns the exit code.
-func Command(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+// Command runs the meshnode command line (the cli.Command shape that every
+// binary has).
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "usage: "+usage)
-		return 2, nil
+		return cli.Usagef("no command given")
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
 	case "-h", "--help", "help":
 		fmt.Fprintln(stdout, "usage: "+usage)
-		return 0, nil
+		return nil
 	case "version":
 		fmt.Fprintln(stdout, cli.Version())
-		return 0, nil
+		return nil
 	case "run":
 		return runCommand(ctx, rest, stdout, stderr)
-	case "status", "ping", "ip", "whois", "down", "netcheck":
-		return clientCommand(ctx, sub, rest, stdout)
+	default:
+		if _, ok := locals[sub]; ok {
+			return clientCommand(ctx, sub, rest, stdout)
+		}
 	}
-	return 2, fmt.Errorf("unknown command %q (see meshnode --help)", sub)
+	return cli.Usagef("unknown command %q (see meshnode --help)", sub)
 }
 
-func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f RunFlags
 	if _, err := cli.Parse("meshnode run", "MESHNODE_", usage, &f, args, stdout); err != nil {
-		return 2, err
+		return fmt.Errorf("%w: %w", cli.ErrUsage, err)
 	}
 	log, err := f.Logger(stderr)
 	if err != nil {
-		return 2, err
+		return fmt.Errorf("%w: %w", cli.ErrUsage, err)
 	}
 	if f.StateDir == "" {
-		return 2, errors.New("--state-dir is required")
+		return cli.Usagef("--state-dir is required")
 	}
 	if f.Hostname == "" {
 		f.Hostname, _ = os.Hostname()
 	}
 	if f.Coordinator != "" {
 		if _, err := coordclient.ParseURLs(f.Coordinator); err != nil {
-			return 2, fmt.Errorf("--coordinator: %w", err)
+			return usageWrap("--coordinator: %w", err)
 		}
 	}
-	cfg := Config{
+	cfg := meshnode.Config{
 		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
 		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
 		CoordinatorPin: f.CoordinatorPin, LoginOut: stderr,
@@ -122,11 +128,11 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
 		if cfg.Socks5 != "" {
 			if err := socks5.CheckListenAddr(cfg.Socks5, cfg.Socks5AllowRemote); err != nil {
-				return 2, fmt.Errorf("--socks5: %w (or add --socks5-allow-remote)", err)
+				return usageWrap("--socks5: %w (or add --socks5-allow-remote)", err)
 			}
 		}
 		if cfg.ForwardPorts, err = netstack.ParsePorts(f.ForwardPorts); err != nil {
-			return 2, fmt.Errorf("--forward-ports: %w", err)
+			return usageWrap("--forward-ports: %w", err)
 		}
 	}
 	cfg.PinRegion, cfg.ExcludeRegions = f.PinRegion, f.ExcludeRegions
@@ -134,7 +140,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 		code, w, ok := strings.Cut(kv, "=")
 		wf, err := strconv.ParseFloat(w, 64)
 		if !ok || err != nil || wf <= 0 {
-			return 2, fmt.Errorf("--region-weights: %q is not region=weight with a positive weight", kv)
+			return cli.Usagef("--region-weights: %q is not region=weight with a positive weight", kv)
 		}
 		if cfg.RegionWeights == nil {
 			cfg.RegionWeights = map[string]float64{}
@@ -144,118 +150,137 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (i
 	for _, p := range f.EndpointPrefixes {
 		pfx, err := netip.ParsePrefix(p)
 		if err != nil {
-			return 2, fmt.Errorf("--endpoint-prefixes: %w", err)
+			return usageWrap("--endpoint-prefixes: %w", err)
 		}
 		cfg.EndpointPrefixes = append(cfg.EndpointPrefixes, pfx)
 	}
-	if err := Run(ctx, cfg); err != nil {
-		return 1, err
-	}
-	return 0, nil
+	return meshnode.Run(ctx, cfg)
 }
 
-func clientCommand(ctx context.Context, sub string, args []string, stdout io.Writer) (int, error) {
+// local is one local command: it talks to the daemon through c.
+type local func(ctx context.Context, c *localapi.Client, f ClientFlags, pos []string, stdout io.Writer) error
+
+// locals are the local commands, by name.
+var locals = map[string]local{
+	"status":   statusCmd,
+	"ping":     pingCmd,
+	"ip":       ipCmd,
+	"whois":    whoisCmd,
+	"netcheck": netcheckCmd,
+	"down": func(ctx context.Context, c *localapi.Client, _ ClientFlags, _ []string, _ io.Writer) error {
+		return c.Down(ctx)
+	},
+}
+
+func clientCommand(ctx context.Context, sub string, args []string, stdout io.Writer) error {
+	run, ok := locals[sub]
+	if !ok {
+		return cli.Usagef("unknown command %q", sub)
+	}
 	var f ClientFlags
 	pos, err := cli.Parse("meshnode "+sub, "MESHNODE_", usage, &f, args, stdout)
 	if err != nil {
-		return 2, err
+		return fmt.Errorf("%w: %w", cli.ErrUsage, err)
 	}
 	sock := f.Socket
 	if sock == "" {
 		if f.StateDir == "" {
-			return 2, errors.New("--state-dir or --socket is required")
+			return cli.Usagef("--state-dir or --socket is required")
 		}
 		sock = filepath.Join(f.StateDir, localapi.SocketName)
 	}
-	c := localapi.NewClient(sock)
+	// A bound on everything but a long ping run: the daemon answers at once.
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	switch sub {
-	case "status":
-		st, err := c.Status(ctx)
-		if err != nil {
-			return 1, err
-		}
-		if f.JSON {
-			return 0, writeJSON(stdout, st)
-		}
-		printStatus(stdout, st)
-		return 0, nil
-	case "ping":
-		if len(pos) != 1 {
-			return 2, errors.New("usage: meshnode ping [--json] [-c N] [--timeout D] PEER")
-		}
-		got := 0
-		err := c.Ping(ctx, localapi.PingRequest{Peer: pos[0], Count: f.Count, Timeout: f.Timeout}, func(r localapi.PingResult) {
-			got++
-			if f.JSON {
-				writeJSON(stdout, r)
-				return
-			}
-			fmt.Fprintf(stdout, "pong from %s (%s) via %s %s in %.2fms\n", r.Peer, r.IP, r.Path, r.Via, r.RTTMs)
-		})
-		if err != nil {
-			return 1, err
-		}
-		if got == 0 {
-			return 1, errors.New("no pong")
-		}
-		return 0, nil
-	case "ip":
-		st, err := c.Status(ctx)
-		if err != nil {
-			return 1, err
-		}
-		ips := st.Self.IPs
-		if len(pos) == 1 {
-			p, ok := findPeer(st, pos[0])
-			if !ok {
-				return 1, fmt.Errorf("no peer %q", pos[0])
-			}
-			ips = p.IPs
-		}
-		for _, ip := range ips {
-			fmt.Fprintln(stdout, ip)
-		}
-		return 0, nil
-	case "whois":
-		if len(pos) != 1 {
-			return 2, errors.New("usage: meshnode whois IP")
-		}
-		ip, err := netip.ParseAddr(pos[0])
-		if err != nil {
-			return 2, fmt.Errorf("whois: %q is not an IP address", pos[0])
-		}
-		st, err := c.Status(ctx)
-		if err != nil {
-			return 1, err
-		}
-		p, ok := findPeer(st, ip.String())
-		if !ok {
-			return 1, fmt.Errorf("no peer has address %s", ip)
-		}
-		if f.JSON {
-			return 0, writeJSON(stdout, p)
-		}
-		fmt.Fprintf(stdout, "%s\t%s\t%s\n", p.Name, strings.Join(p.IPs, ","), p.NodeKey)
-		return 0, nil
-	case "netcheck":
-		nc, err := c.Netcheck(ctx)
-		if err != nil {
-			return 1, err
-		}
-		if f.JSON {
-			return 0, writeJSON(stdout, nc)
-		}
-		printNetcheck(stdout, nc)
-		return 0, nil
-	case "down":
-		if err := c.Down(ctx); err != nil {
-			return 1, err
-		}
-		return 0, nil
+	return run(ctx, localapi.NewClient(sock), f, pos, stdout)
+}
+
+func statusCmd(ctx context.Context, c *localapi.Client, f ClientFlags, _ []string, stdout io.Writer) error {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
 	}
-	return 2, fmt.Errorf("unknown command %q", sub)
+	if f.JSON {
+		return writeJSON(stdout, st)
+	}
+	printStatus(stdout, st)
+	return nil
+}
+
+func pingCmd(ctx context.Context, c *localapi.Client, f ClientFlags, pos []string, stdout io.Writer) error {
+	if len(pos) != 1 {
+		return cli.Usagef("meshnode ping [--json] [-c N] [--timeout D] PEER")
+	}
+	got := 0
+	err := c.Ping(ctx, localapi.PingRequest{Peer: pos[0], Count: f.Count, Timeout: f.Timeout}, func(r localapi.PingResult) {
+		got++
+		if f.JSON {
+			writeJSON(stdout, r)
+			return
+		}
+		fmt.Fprintf(stdout, "pong from %s (%s) via %s %s in %.2fms\n", r.Peer, r.IP, r.Path, r.Via, r.RTTMs)
+	})
+	if err != nil {
+		return err
+	}
+	if got == 0 {
+		return errors.New("no pong")
+	}
+	return nil
+}
+
+func ipCmd(ctx context.Context, c *localapi.Client, _ ClientFlags, pos []string, stdout io.Writer) error {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
+	ips := st.Self.IPs
+	if len(pos) == 1 {
+		p, ok := findPeer(st, pos[0])
+		if !ok {
+			return fmt.Errorf("no peer %q", pos[0])
+		}
+		ips = p.IPs
+	}
+	for _, ip := range ips {
+		fmt.Fprintln(stdout, ip)
+	}
+	return nil
+}
+
+func whoisCmd(ctx context.Context, c *localapi.Client, f ClientFlags, pos []string, stdout io.Writer) error {
+	if len(pos) != 1 {
+		return cli.Usagef("meshnode whois IP")
+	}
+	ip, err := netip.ParseAddr(pos[0])
+	if err != nil {
+		return cli.Usagef("whois: %q is not an IP address", pos[0])
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
+	p, ok := findPeer(st, ip.String())
+	if !ok {
+		return fmt.Errorf("no peer has address %s", ip)
+	}
+	if f.JSON {
+		return writeJSON(stdout, p)
+	}
+	fmt.Fprintf(stdout, "%s\t%s\t%s\n", p.Name, strings.Join(p.IPs, ","), p.NodeKey)
+	return nil
+}
+
+func netcheckCmd(ctx context.Context, c *localapi.Client, f ClientFlags, _ []string, stdout io.Writer) error {
+	nc, err := c.Netcheck(ctx)
+	if err != nil {
+		return err
+	}
+	if f.JSON {
+		return writeJSON(stdout, nc)
+	}
+	printNetcheck(stdout, nc)
+	return nil
 }
 
 func findPeer(st localapi.Status, nameOrIP string) (localapi.PeerStatus, bool) {
@@ -333,4 +358,9 @@ func printNetcheck(w io.Writer, nc localapi.Netcheck) {
 		fmt.Fprintf(tw, "%s\t%.1fms\n", r, nc.RelayLatencyMS[r])
 	}
 	tw.Flush()
+}
+
+// usageWrap is cli.Usagef for a message that wraps an error with %w.
+func usageWrap(format string, a ...any) error {
+	return fmt.Errorf("%w: %w", cli.ErrUsage, fmt.Errorf(format, a...))
 }
