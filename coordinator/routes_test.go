@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"regexp"
@@ -12,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/wiremesh/wiremesh/cli"
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
@@ -344,8 +347,11 @@ func TestRoutesCommands(t *testing.T) {
 	advertise(t, router, []netip.Prefix{lan}, &trueVal)
 	run := func(args ...string) (int, string, string) {
 		var stdout, stderr bytes.Buffer
-		code := coordinator.Main(context.Background(), append(args, "--state-dir", s.Dir), &stdout, &stderr)
-		return code, stdout.String(), stderr.String()
+		err := coordinator.Command(context.Background(), append(args, "--state-dir", s.Dir), &stdout, &stderr)
+		if err != nil && !errors.Is(err, cli.ErrHelp) {
+			fmt.Fprintf(&stderr, "coordinator: %s\n", cli.OneLine(err.Error())) // as cli.Main prints it
+		}
+		return cli.ExitCode(err), stdout.String(), stderr.String()
 	}
 	if code, out, errOut := run("routes", "approve", "router", "198.19.50.0/24"); code != 0 || out != "router 198.19.50.0/24: approved\n" {
 		t.Fatalf("approve: exit %d, stdout %q, stderr %q", code, out, errOut)
