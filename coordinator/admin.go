@@ -49,6 +49,12 @@ const (
 	// AdminPathDNS reads the DNS settings (GET, JSON as dnsconf.Format
 	// writes it) or replaces them (PUT, a HuJSON document).
 	AdminPathDNS = "/admin/v1/dns"
+	// AdminPathRoutes lists routes (GET).
+	AdminPathRoutes = "/admin/v1/routes"
+	// AdminPathRouteApprove and AdminPathRouteUnapprove take a
+	// RouteRequest (POST).
+	AdminPathRouteApprove   = "/admin/v1/routes/approve"
+	AdminPathRouteUnapprove = "/admin/v1/routes/unapprove"
 )
 
 // WebLoginRequest asks for a one-time console sign-in link; an empty User
@@ -442,6 +448,18 @@ func (srv *Server) adminHandler() http.Handler {
 		u, err := srv.WebSignIn(r.Context(), req.User)
 		adminReply(w, WebLoginResponse{URL: u}, err)
 	})
+	mux.HandleFunc("GET "+AdminPathRoutes, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, srv.Routes())
+	})
+	for path, approve := range map[string]bool{AdminPathRouteApprove: true, AdminPathRouteUnapprove: false} {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			var req RouteRequest
+			if !adminDecode(w, r, &req) {
+				return
+			}
+			adminReply(w, struct{}{}, srv.ApproveRoute(r.Context(), req.Node, req.Prefix, approve))
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -355,6 +355,9 @@ var adminCommands = []adminCommand{
 	},
 	dnsGetCommand(),
 	dnsSetCommand(),
+	routesListCommand(),
+	routeApproveCommand("approve", AdminPathRouteApprove),
+	routeApproveCommand("unapprove", AdminPathRouteUnapprove),
 }
 
 // runAdmin runs the admin command cmd ("group verb").

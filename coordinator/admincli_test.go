@@ -94,6 +94,13 @@ func TestAdminCommandsGolden(t *testing.T) {
 		append([]string{"dns", "get"}, sd...),
 		append([]string{"policy", "get"}, sd...),
 		{"policy", "get", "--help"},
+		{"routes", "approve", "--help"},
+		append([]string{"routes", "approve", "alpha"}, sd...),
+		append([]string{"routes", "approve", "alpha", "198.19.50.1/24"}, sd...),
+		append([]string{"routes", "approve", "alpha", "198.19.50.0/24"}, sd...),
+		append([]string{"routes", "unapprove", "nope", "198.19.50.0/24"}, sd...),
+		append([]string{"routes", "list"}, sd...),
+		append([]string{"routes", "list", "--json"}, sd...),
 	}
 	var out strings.Builder
 	for _, args := range cmds {

@@ -458,6 +458,7 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 			}
 		}
 	}
+	routesMoved := !slices.Equal(old.AdvertisedRoutes, rec.AdvertisedRoutes) || !slices.Equal(old.ApprovedRoutes, rec.ApprovedRoutes)
 	if old.LastSeen.After(rec.LastSeen) {
 		rec.LastSeen = old.LastSeen
 	}
@@ -465,10 +466,15 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 	if dk, err := key.ParseDiscoPublic(rec.DiscoKey); err == nil {
 		n.discoKey = dk
 	}
+	if routesMoved && !n.expired(now) && !n.expiredSent {
+		// Reindexes and tells old and new viewers, and n itself.
+		st.routesChangedLocked(n, now)
+		return
+	}
 	if !visible {
 		return
 	}
-	if reindex {
+	if reindex || routesMoved {
 		st.unindexLocked(n)
 		st.indexLocked(n)
 	}

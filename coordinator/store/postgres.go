@@ -171,6 +171,10 @@ var pgMigrations = []string{
 		settings TEXT NOT NULL,
 		updated BIGINT NOT NULL
 	);`,
+	// 4 (2026-12-02): subnet routes and exit nodes, advertised and approved
+	// (SQLite's migration 6).
+	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
 
 var pgDialect = &dialect{

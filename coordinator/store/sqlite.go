@@ -116,6 +116,9 @@ var sqliteMigrations = []string{
 		settings TEXT NOT NULL,
 		updated INTEGER NOT NULL
 	);`,
+	// 6 (2026-12-02): subnet routes and exit nodes, advertised and approved.
+	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
 
 var sqliteDialect = &dialect{

@@ -98,6 +98,13 @@ type Node struct {
 	// User owns the node; empty for a node owned by its tags (registered
 	// with a tagged key made without --user).
 	User string
+	// AdvertisedRoutes are the routes the node last offered to route;
+	// 0.0.0.0/0 stands for an exit-node offer.
+	AdvertisedRoutes []netip.Prefix
+	// ApprovedRoutes are the routes an admin approved for the node, kept
+	// while the node stops advertising them. A route is in effect while it
+	// is both advertised and approved (here or by the policy).
+	ApprovedRoutes []netip.Prefix
 }
 
 // AuthKey is a pre-auth key. Only the hash of its secret is stored.
@@ -220,6 +227,12 @@ type Store interface {
 	RegisterNode(ctx context.Context, keyHash string, now time.Time, n *Node) (AuthKey, error)
 	// UpdateNode rewrites the mutable fields of node n.ID.
 	UpdateNode(ctx context.Context, n *Node) error
+	// SetAdvertisedRoutes replaces the routes node id advertises.
+	SetAdvertisedRoutes(ctx context.Context, id int64, routes []netip.Prefix) error
+	// ApproveRoute adds route to node id's approved routes (approve) or
+	// removes it, atomically against other replicas' approvals. It
+	// reports whether the set changed.
+	ApproveRoute(ctx context.Context, id int64, route netip.Prefix, approve bool) (bool, error)
 	// DeleteNode removes node id.
 	DeleteNode(ctx context.Context, id int64) error
 	// RenameNode gives node id a new name, or returns ErrConflict (taken)
