@@ -82,6 +82,7 @@ type Lab struct {
 	ncore   int // links made on the core, for interface names
 	procs   []*exec.Cmd
 	delays  []*Delay
+	dirs    []string // temporary folders (miniupnpd configs), removed on Close
 }
 
 // Open makes a new Lab with its internet core. Callers must Close it; tests
@@ -193,9 +194,14 @@ func (l *Lab) Close() error {
 		return nil
 	}
 	l.closed = true
-	procs, delays, nss := l.procs, l.delays, l.nss
-	l.procs, l.delays, l.nss = nil, nil, nil
+	procs, delays, nss, dirs := l.procs, l.delays, l.nss, l.dirs
+	l.procs, l.delays, l.nss, l.dirs = nil, nil, nil, nil
 	l.mu.Unlock()
+	defer func() {
+		for _, d := range dirs {
+			os.RemoveAll(d)
+		}
+	}()
 
 	for _, d := range delays {
 		d.Close()

@@ -3,15 +3,18 @@ package lab
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
 
 // Sweep deletes namespaces left by lab runs whose process no longer exists
-// (a test binary killed by a timeout or a signal cannot run its cleanups).
-// Namespaces of live processes, including this one, are left alone. It
-// returns the names it deleted.
+// (a test binary killed by a timeout or a signal cannot run its cleanups),
+// and their temporary folders (miniupnpd configurations). Namespaces of live
+// processes, including this one, are left alone. It returns the namespace
+// names it deleted.
 func Sweep() ([]string, error) {
+	sweepDirs()
 	ents, err := os.ReadDir("/run/netns")
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -50,6 +53,20 @@ func Sweep() ([]string, error) {
 		fmt.Fprintf(&b, "netns del %s\n", ns)
 	}
 	return stale, run(strings.NewReader(b.String()), "ip", "-force", "-batch", "-")
+}
+
+// sweepDirs removes the lab's temporary folders whose owner is gone.
+func sweepDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), namePrefix+"*"))
+	for _, d := range dirs {
+		pid, ok := ownerPID(filepath.Base(d))
+		if !ok || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // ownerPID extracts the PID from a lab namespace name, "wm-<pid>-<tag>-<name>".

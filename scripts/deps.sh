@@ -4,7 +4,8 @@
 # client for interop tests, dbus-daemon (a private bus for the systemd-resolved
 # configurator's tests), Prometheus (prometheus and promtool, for the live
 # dashboard check and the rule tests), systemd-analyze (to verify the units
-# in dist/systemd/), and the Go modules. Safe to run repeatedly.
+# in dist/systemd/), Debian 13's miniupnpd (unpacked into a cache folder, not
+# installed) and the Go modules. Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -44,5 +45,12 @@ if command -v systemctl >/dev/null 2>&1; then
 	systemctl disable prometheus >/dev/null 2>&1 || true
 fi
 if [ -x /etc/init.d/prometheus ] && [ "$(id -u)" -eq 0 ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
+
+# Debian 13's miniupnpd for the port-mapping lab tests, unpacked into a cache
+# folder with a private apt configuration (see scripts/miniupnpd.sh).
+if ! "$(dirname "$0")/miniupnpd.sh" >/dev/null; then
+	echo "deps: could not fetch miniupnpd; the port-mapping lab tests will fail" >&2
+	if [ "${CI:-}" = "true" ]; then exit 1; fi
+fi
 
 go mod download
