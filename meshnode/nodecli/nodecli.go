@@ -39,6 +39,7 @@ type RunFlags struct {
 	PinRegion        string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
 	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
 	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
+	AcceptDNS        bool     `flag:"accept-dns" env:"ACCEPT_DNS" envDefault:"true" help:"run MagicDNS: answer DNS at 100.100.100.100 and (kernel TUN mode) point the OS at it; false leaves the OS and the resolver off"`
 	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
 	UserspaceFlags
 	cli.Logging
@@ -62,8 +63,9 @@ type ClientFlags struct {
 
 const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
-             [--forward-ports PORTS] [--socks5-allow-remote]
-       meshnode status [--json]            peers, paths and traffic
+             [--forward-ports PORTS] [--socks5-allow-remote] [--accept-dns=false]
+       meshnode status [--json]            peers, paths, traffic and DNS
+       meshnode dns query [--json] NAME [TYPE]   ask the node's resolver (TYPE: A, AAAA, PTR, ...)
        meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
        meshnode ping [--json] [-c N] [--timeout D] PEER
        meshnode ip [PEER]                  this node's (or PEER's) mesh address
@@ -115,6 +117,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg := meshnode.Config{
 		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
 		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
+		AcceptDNS: f.AcceptDNS,
 	}
 	if f.Userspace {
 		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
@@ -159,6 +162,7 @@ var locals = map[string]local{
 	"ip":       ipCmd,
 	"whois":    whoisCmd,
 	"netcheck": netcheckCmd,
+	"dns":      dnsCmd,
 	"down": func(ctx context.Context, c *localapi.Client, _ ClientFlags, _ []string, _ io.Writer) error {
 		return c.Down(ctx)
 	},
@@ -263,6 +267,29 @@ func whoisCmd(ctx context.Context, c *localapi.Client, f ClientFlags, pos []stri
 	return nil
 }
 
+// dnsCmd is `meshnode dns query NAME [TYPE]`.
+func dnsCmd(ctx context.Context, c *localapi.Client, f ClientFlags, pos []string, stdout io.Writer) error {
+	if len(pos) < 2 || len(pos) > 3 || pos[0] != "query" {
+		return cli.Usagef("meshnode dns query [--json] NAME [TYPE]")
+	}
+	qtype := "A"
+	if len(pos) == 3 {
+		qtype = strings.ToUpper(pos[2])
+	}
+	a, err := c.DNSQuery(ctx, pos[1], qtype)
+	if err != nil {
+		return err
+	}
+	if f.JSON {
+		return writeJSON(stdout, a)
+	}
+	fmt.Fprintf(stdout, "%s %s: %s from %s\n", a.Name, a.Type, a.Rcode, a.Source)
+	for _, rr := range a.Answers {
+		fmt.Fprintln(stdout, rr)
+	}
+	return nil
+}
+
 func netcheckCmd(ctx context.Context, c *localapi.Client, f ClientFlags, _ []string, stdout io.Writer) error {
 	nc, err := c.Netcheck(ctx)
 	if err != nil {
@@ -303,6 +330,13 @@ func printStatus(w io.Writer, st localapi.Status) {
 		}
 	}
 	fmt.Fprintf(w, "%s %s  home relay %s  coordinator %s\n", st.Self.Name, strings.Join(st.Self.IPs, ","), orDash(st.Self.HomeRelay), coord)
+	if st.DNS != nil {
+		fmt.Fprintf(w, "dns %s  domain %s", st.DNS.Mode, orDash(st.DNS.Domain))
+		if st.DNS.Health != "" {
+			fmt.Fprintf(w, "  warning: %s", st.DNS.Health)
+		}
+		fmt.Fprintln(w)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tIP\tONLINE\tPATH\tVIA\tRTT\tRX\tTX\tHANDSHAKE")
 	for _, p := range st.Peers {
