@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +72,10 @@ type world struct {
 	signer   key.SigningPrivate
 	relays   []relayInfo
 	authKey  string
+	// coordArgs are more `coordinator serve` arguments (set before a
+	// restart with startCoordinator).
+	coordArgs []string
+	relayMap  string
 }
 
 type relayInfo struct {
@@ -173,6 +178,7 @@ func newWorld(t testing.TB, regions ...string) *world {
 	rm := filepath.Join(t.TempDir(), "relays.json")
 	os.WriteFile(rm, []byte(`{"regions":[`+strings.Join(regs, ",")+`]}`), 0o600)
 	w.coordURL = "https://" + netip.AddrPortFrom(w.coord.Addr, 8443).String()
+	w.relayMap = rm
 	w.startCoordinator(rm)
 	out, err := w.run("coordinator", "authkey", "create", "--reusable", "--state-dir", w.coordDir)
 	if err != nil {
@@ -187,6 +193,7 @@ func (w *world) startCoordinator(relayMap string) {
 	w.t.Helper()
 	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir,
 		"--metrics-listen", "127.0.0.1:9100"}
+	args = append(args, w.coordArgs...)
 	if relayMap != "" {
 		args = append(args, "--relay-map", relayMap)
 	}
@@ -220,6 +227,12 @@ func (w *world) startNode(name string, h *lab.Host, extra ...string) *node {
 	n := &node{w: w, name: name, host: h, dir: w.t.TempDir()}
 	n.args = append([]string{"run", "--coordinator", w.coordURL, "--authkey", w.authKey, "--hostname", name,
 		"--state-dir", n.dir, "--log-level", "debug", "--metrics-listen", "127.0.0.1:9100"}, extra...)
+	if !slices.Contains(extra, "--userspace") && !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--accept-dns") }) {
+		// A kernel-mode node in a namespace without /etc/netns/NS/resolv.conf
+		// would rewrite the host's /etc/resolv.conf: MagicDNS is opt-in here
+		// (dns_test.go gives its namespaces their own file).
+		n.args = append(n.args, "--accept-dns=false")
+	}
 	n.start()
 	return n
 }
