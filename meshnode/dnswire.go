@@ -39,7 +39,7 @@ type magicDNS struct {
 	osMetrics *dns.OSMetrics
 
 	mu     sync.Mutex
-	osSet  bool        // os.Set succeeded at least once: Restore at stop
+	osSet  bool         // os.Set succeeded at least once: Restore at stop
 	last   dns.OSConfig // what the OS was last given
 	osErr  error        // the last Set error, for status
 	domain string
