@@ -107,6 +107,16 @@ func waitGetent(t *testing.T, h *lab.Host, name, want string, within time.Durati
 	return time.Since(start)
 }
 
+// curlSocks fetches url with curl through the SOCKS5 proxy on
+// 127.0.0.1:1080 in h's namespace, the proxy resolving the name
+// (--socks5-hostname). The servers answer with a bare greeting (HTTP/0.9).
+func curlSocks(h *lab.Host, url string) []byte {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := h.Command(ctx, "curl", "-s", "--http0.9", "--max-time", "8", "--socks5-hostname", "127.0.0.1:1080", url).Output()
+	return out
+}
+
 func readFile(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -228,9 +238,7 @@ func TestLabMagicDNS(t *testing.T) {
 	for _, url := range []string{"http://b.mesh.test:8080/", "http://b:8080/"} {
 		var out []byte
 		if !poll.Wait(20*time.Second, func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			out, _ = uh.Command(ctx, "curl", "-s", "--http0.9", "--max-time", "8", "--socks5-hostname", "127.0.0.1:1080", url).Output()
+			out = curlSocks(uh, url)
 			return string(out) == "hello from b"
 		}) {
 			t.Fatalf("curl --socks5-hostname %s from u: %q", url, out)
