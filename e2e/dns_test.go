@@ -134,7 +134,8 @@ func readFile(t *testing.T, path string) string {
 // DNS server in another namespace), and, after the coordinator's settings
 // change, the global nameserver on b's mesh address (a Pi-hole on a
 // peer, reached through the tunnel). A new peer resolves within 10 s and
-// a deleted one stops. Stopping a restores the file; so does a start and
+// a deleted one stops. Another program fighting over the file raises the
+// DNS health warning. Stopping a restores the file; so does a start and
 // stop after SIGKILL. u's SOCKS5 proxy resolves mesh names through the
 // resolver (curl --socks5-hostname). The host's /etc/resolv.conf never
 // changes.
@@ -254,6 +255,36 @@ func TestLabMagicDNS(t *testing.T) {
 	waitGetent(t, ah, "ads.example.test", "198.18.99.9 ads.example.test", poll.DefaultTimeout)
 	if got := getent(ah, "www.example.test"); got != "" {
 		t.Errorf("the old global nameserver still answers: %q", got)
+	}
+
+	// Another program keeps rewriting the file: the node re-applies it a
+	// bounded number of times, then gives up and raises the DNS health
+	// warning (status and meshnode_health_warnings{kind="dns"}).
+	const foreign = "# written by another program\nnameserver 198.18.66.6\n"
+	fought := false
+	for i := 0; i < 12 && !fought; i++ {
+		if err := os.WriteFile(file, []byte(foreign), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		poll.Wait(10*time.Second, func() bool {
+			if st, err := a.status(); err == nil && st.DNS != nil && st.DNS.Health != "" {
+				fought = true
+				return true
+			}
+			return strings.Contains(readFile(t, file), "100.100.100.100")
+		})
+	}
+	if !fought {
+		t.Fatal("no DNS health warning after 12 rewrites by another program")
+	}
+	if out, err := w.run("meshnode", "status", "--state-dir", a.dir); err != nil || !strings.Contains(out, "dns file  domain mesh.test  warning: ") {
+		t.Errorf("meshnode status does not show the DNS warning: %v\n%s", err, out)
+	}
+	if m := metricsOf(a.host.Namespace, "http://127.0.0.1:9100/metrics", `meshnode_health_warnings{kind="dns"}`); !strings.Contains(m, "} 1") {
+		t.Errorf("metric: %q", m)
+	}
+	if got := readFile(t, file); got != foreign {
+		t.Errorf("the node kept fighting for the file:\n%s", got)
 	}
 
 	// Stop: the original file comes back.
