@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"log/slog"
+
 	"github.com/godbus/dbus/v5"
 	mdns "github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
@@ -38,11 +40,14 @@ type magicDNS struct {
 	bus       *dbus.Conn
 	osMetrics *dns.OSMetrics
 
-	mu     sync.Mutex
-	osSet  bool         // os.Set succeeded at least once: Restore at stop
-	last   dns.OSConfig // what the OS was last given
-	osErr  error        // the last Set error, for status
-	domain string
+	mu    sync.Mutex
+	osSet bool         // os.Set succeeded at least once: Restore at stop
+	last  dns.OSConfig // what the OS was last given
+	osErr error        // the last Set error, for status
+	// serveErr is why the resolver could not start (port 53 taken): the
+	// node runs on without MagicDNS and the OS is left alone.
+	serveErr error
+	domain   string
 }
 
 // dnsBackupPath is the resolv.conf backup in the state directory.
@@ -114,6 +119,18 @@ func (n *Node) newMagicDNS() *magicDNS {
 		d.res.SetOSResolvers(prev)
 	}
 	return d
+}
+
+// serveFailed records a resolver that could not start. The mesh still
+// works; the DNS health warning says why names do not.
+func (d *magicDNS) serveFailed(log *slog.Logger, err error) {
+	if err == nil {
+		return
+	}
+	log.Error("dns: the resolver could not start; MagicDNS is off and the OS is left alone", "err", err)
+	d.mu.Lock()
+	d.serveErr = err
+	d.mu.Unlock()
 }
 
 // stackDialer dials through the userspace netstack once the engine exists.
@@ -257,7 +274,7 @@ func (n *Node) applyOSDNS() {
 		MatchDomains: suffixes, All: all}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.osSet && d.osErr == nil && osConfigEqual(d.last, cfg) {
+	if d.serveErr != nil || d.osSet && d.osErr == nil && osConfigEqual(d.last, cfg) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, osDNSTimeout)
@@ -304,15 +321,22 @@ func (n *Node) stopDNS() {
 // dnsHealth is the DNS health warning, or nil.
 func (n *Node) dnsHealth() error {
 	d := n.dns
-	if d == nil || d.os == nil {
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	serveErr, osErr := d.serveErr, d.osErr
+	d.mu.Unlock()
+	if serveErr != nil {
+		return serveErr
+	}
+	if d.os == nil {
 		return nil
 	}
 	if err := d.os.Health(); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.osErr
+	return osErr
 }
 
 // dnsStatus is status's dns object.

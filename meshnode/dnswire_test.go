@@ -2,6 +2,7 @@ package meshnode
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -144,3 +145,33 @@ func TestSOCKS5ResolvesThroughMagicDNS(t *testing.T) {
 		t.Fatal("an unknown mesh name resolved")
 	}
 }
+
+// TestDNSServeFailureIsAHealthWarning: a resolver that cannot start (port
+// 53 taken) does not stop the node: status carries the reason as the DNS
+// health warning, and the OS is not pointed at a resolver that is not
+// there.
+func TestDNSServeFailureIsAHealthWarning(t *testing.T) {
+	n := newTestNodeWith(t, Config{AcceptDNS: true})
+	fos := &countingOS{}
+	n.dns.os = fos
+	n.dns.serveFailed(n.log, errors.New("listen udp 100.100.100.100:53: address already in use"))
+	self := selfNode()
+	self.NodeKey = n.priv.Public()
+	if err := n.applyFrame(&netmap.MapResponse{Full: true, Self: &self, DNS: &netmap.DNS{MagicDNS: true, Domain: "mesh.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := n.Status().DNS; st == nil || !strings.Contains(st.Health, "address already in use") {
+		t.Fatalf("status dns %+v", st)
+	}
+	if fos.sets != 0 {
+		t.Fatalf("the OS was pointed at a resolver that is not serving (%d Set calls)", fos.sets)
+	}
+}
+
+// countingOS is an OS configurator that counts Set calls.
+type countingOS struct{ sets int }
+
+func (c *countingOS) Set(context.Context, dns.OSConfig) error { c.sets++; return nil }
+func (c *countingOS) Restore(context.Context) error           { return nil }
+func (c *countingOS) Health() error                           { return nil }
+func (c *countingOS) Mode() string                            { return dns.ModeFile }

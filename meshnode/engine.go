@@ -39,10 +39,7 @@ func (n *Node) newEngine(self netip.Addr) (*engine, error) {
 		e.tun = t
 		if n.dns != nil {
 			name, _ := t.Name()
-			if err := n.serveDNSKernel(name); err != nil {
-				t.Close()
-				return nil, err
-			}
+			n.dns.serveFailed(n.log, n.serveDNSKernel(name))
 		}
 	}
 	wrapped := filter.Wrap(e.tun, n.filter, func(v filter.Verdict) {
@@ -60,10 +57,7 @@ func (n *Node) newEngine(self netip.Addr) (*engine, error) {
 	}
 	if e.stack != nil {
 		if n.dns != nil {
-			if err := n.serveDNSUserspace(e.stack); err != nil {
-				e.dev.Close()
-				return nil, err
-			}
+			n.dns.serveFailed(n.log, n.serveDNSUserspace(e.stack))
 		}
 		n.startUserspace(e.stack)
 	}
