@@ -7,7 +7,8 @@
 // (see netmap.ProofHeader); no bearer secret alone ever authenticates a
 // node. TLS is verified by certificate pin, which travels inside every auth
 // key and join key, so the coordinator URL plus the key is all a node or
-// relay needs.
+// relay needs. Wherever a URL is taken, a comma-separated list of
+// replicas may be given instead (replicas.go).
 package coordclient
 
 import (
@@ -86,9 +87,15 @@ func IsUnauthorized(err error) bool {
 
 // NewHTTPClient returns an HTTP client for a coordinator at baseURL: HTTP/2
 // over TLS trusting exactly pin for https URLs, unencrypted HTTP/2 for http
-// URLs (a coordinator started with --insecure-http on loopback). Many
-// Clients may share one; streams multiplex on its connections.
+// URLs (a coordinator started with --insecure-http on loopback). baseURL
+// may be a list of replicas. Many Clients may share one; streams multiplex
+// on its connections.
 func NewHTTPClient(baseURL, pin string) (*http.Client, error) {
+	urls, err := ParseURLs(baseURL)
+	if err != nil {
+		return nil, err
+	}
+	baseURL = urls[0]
 	tr := &http.Transport{
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: 8,
@@ -114,12 +121,35 @@ func NewHTTPClient(baseURL, pin string) (*http.Client, error) {
 	return &http.Client{Transport: tr}, nil
 }
 
-// FetchInfo gets the coordinator's public keys.
+// FetchInfo gets the coordinator's public keys, from the first replica
+// that answers when baseURL is a list.
 func FetchInfo(ctx context.Context, hc *http.Client, baseURL string) (netmap.ServerInfo, error) {
+	info, _, err := fetchInfoAny(ctx, hc, baseURL)
+	return info, err
+}
+
+// fetchInfoAny is FetchInfo that also returns the list and the index of
+// the replica that answered.
+func fetchInfoAny(ctx context.Context, hc *http.Client, baseURL string) (netmap.ServerInfo, *replicaSet, error) {
+	urls, err := ParseURLs(baseURL)
+	if err != nil {
+		return netmap.ServerInfo{}, nil, err
+	}
+	rs := newReplicaSet(urls, 0)
+	var info netmap.ServerInfo
+	err = rs.eachReplica(ctx, func(u string) error {
+		var err error
+		info, err = fetchInfo(ctx, hc, u)
+		return err
+	})
+	return info, rs, err
+}
+
+func fetchInfo(ctx context.Context, hc *http.Client, baseURL string) (netmap.ServerInfo, error) {
 	var info netmap.ServerInfo
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(baseURL, "/")+pathInfo, nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", baseURL+pathInfo, nil)
 	if err != nil {
 		return info, err
 	}
@@ -158,17 +188,18 @@ func readResponse(resp *http.Response, v any) error {
 	return nil
 }
 
-// prover signs requests with a private key of some kind.
+// prover signs requests with a private key of some kind, and sends them
+// to the replica in use.
 type prover struct {
-	base   string
+	rs     *replicaSet
 	hc     *http.Client
 	pub    string
 	shared key.SharedKey
 	now    func() time.Time
 }
 
-func (p *prover) newRequest(ctx context.Context, path string, body []byte) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, "POST", p.base+path, bytes.NewReader(body))
+func (p *prover) newRequest(ctx context.Context, base, path string, body []byte) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, "POST", base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -192,21 +223,26 @@ func (p *prover) postWith(ctx context.Context, path string, v, out any, hdr http
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	req, err := p.newRequest(ctx, path, body)
-	if err != nil {
-		return err
-	}
-	for k, vs := range hdr {
-		req.Header[k] = vs
-	}
-	resp, err := p.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("coordinator %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	return readResponse(resp, out)
+	// Every request of this protocol is idempotent (a registration of a
+	// registered key returns the node), so a replica that did not answer
+	// can be skipped for the next one.
+	return p.rs.eachReplica(ctx, func(base string) error {
+		ctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		req, err := p.newRequest(ctx, base, path, body)
+		if err != nil {
+			return err
+		}
+		for k, vs := range hdr {
+			req.Header[k] = vs
+		}
+		resp, err := p.hc.Do(req)
+		if err != nil {
+			return fmt.Errorf("coordinator %s%s: %w", base, path, err)
+		}
+		defer resp.Body.Close()
+		return readResponse(resp, out)
+	})
 }
 
 // Client is a node's connection to the coordinator.
@@ -215,29 +251,42 @@ type Client struct {
 	Info netmap.ServerInfo
 }
 
-// New returns a node client for baseURL using hc (see NewHTTPClient) and
-// info (see FetchInfo); clients of many simulated nodes share both.
+// New returns a node client for baseURL (one URL or a list of replicas)
+// using hc (see NewHTTPClient) and info (see FetchInfo); clients of many
+// simulated nodes share both. A malformed list leaves the client with
+// the text as its one URL, whose requests then fail.
 func New(baseURL string, hc *http.Client, info netmap.ServerInfo, priv key.NodePrivate) *Client {
+	urls, err := ParseURLs(baseURL)
+	if err != nil {
+		urls = []string{baseURL}
+	}
+	return newClient(newReplicaSet(urls, 0), hc, info, priv)
+}
+
+func newClient(rs *replicaSet, hc *http.Client, info netmap.ServerInfo, priv key.NodePrivate) *Client {
 	return &Client{
-		p: prover{base: strings.TrimRight(baseURL, "/"), hc: hc, pub: priv.Public().String(),
-			shared: key.Precompute(priv, info.Key), now: time.Now},
+		p:    prover{rs: rs, hc: hc, pub: priv.Public().String(), shared: key.Precompute(priv, info.Key), now: time.Now},
 		Info: info,
 	}
 }
 
-// Dial makes an HTTP client trusting pin, fetches the server info and
-// returns a node client.
+// Dial makes an HTTP client trusting pin, fetches the server info (from
+// the first replica that answers) and returns a node client that starts
+// on that replica.
 func Dial(ctx context.Context, baseURL, pin string, priv key.NodePrivate) (*Client, error) {
 	hc, err := NewHTTPClient(baseURL, pin)
 	if err != nil {
 		return nil, err
 	}
-	info, err := FetchInfo(ctx, hc, baseURL)
+	info, rs, err := fetchInfoAny(ctx, hc, baseURL)
 	if err != nil {
 		return nil, err
 	}
-	return New(baseURL, hc, info, priv), nil
+	return newClient(rs, hc, info, priv), nil
 }
+
+// Replica returns the URL of the replica the client uses now.
+func (c *Client) Replica() string { _, u := c.p.rs.current(); return u }
 
 // DialWithAuthKey is Dial with the pin taken from an auth key.
 func DialWithAuthKey(ctx context.Context, baseURL, authKey string, priv key.NodePrivate) (*Client, error) {
@@ -279,27 +328,34 @@ type Stream struct {
 	fr   *netmap.FrameReader
 }
 
-// OpenStream opens the netmap stream. The first frame is a full map. The
-// stream lives until ctx ends, Close is called or the server ends it.
+// OpenStream opens the netmap stream on the replica in use, moving to the
+// next ones while a replica does not answer. The first frame is a full
+// map. The stream lives until ctx ends, Close is called or the server ends
+// it.
 func (c *Client) OpenStream(ctx context.Context, mr netmap.MapRequest) (*Stream, error) {
 	mr.Version = netmap.CurrentCapabilityVersion
 	body, err := json.Marshal(mr)
 	if err != nil {
 		return nil, err
 	}
-	req, err := c.p.newRequest(ctx, pathMap, body)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.p.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator map stream: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, readResponse(resp, nil)
-	}
-	return &Stream{body: resp.Body, fr: netmap.NewFrameReader(resp.Body)}, nil
+	var st *Stream
+	err = c.p.rs.eachReplica(ctx, func(base string) error {
+		req, err := c.p.newRequest(ctx, base, pathMap, body)
+		if err != nil {
+			return err
+		}
+		resp, err := c.p.hc.Do(req)
+		if err != nil {
+			return fmt.Errorf("coordinator %s map stream: %w", base, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			defer resp.Body.Close()
+			return readResponse(resp, nil)
+		}
+		st = &Stream{body: resp.Body, fr: netmap.NewFrameReader(resp.Body)}
+		return nil
+	})
+	return st, err
 }
 
 // NextRaw returns the next frame's JSON; valid until the next call.
@@ -312,11 +368,44 @@ func (s *Stream) Next() (*netmap.MapResponse, error) { return s.fr.ReadMapRespon
 func (s *Stream) Close() error { return s.body.Close() }
 
 // Watch opens the stream and calls fn with the updated map after every
-// frame until ctx ends, fn returns an error, or the stream fails.
+// frame until ctx ends, fn returns an error, or the stream fails. With
+// several replicas, a stream that breaks after it has delivered its full
+// map is reopened on the next replica (which sends a full map again);
+// Watch returns the error only when no replica gives a stream.
 func (c *Client) Watch(ctx context.Context, mr netmap.MapRequest, fn func(*netmap.NetworkMap, *netmap.MapResponse) error) error {
+	backoff := moveBackoffMin
+	for {
+		got, err := c.watchOnce(ctx, mr, fn)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var fnErr *callbackError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		if !got || len(c.p.rs.urls) == 1 || !replicaDown(err, 0) {
+			return err
+		}
+		// The replica stopped answering mid-stream: move on.
+		i, _ := c.p.rs.current()
+		c.p.rs.failed(i)
+		if err := pause(ctx, backoff); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, moveBackoffMax)
+	}
+}
+
+// callbackError carries an error of Watch's callback, which ends Watch.
+type callbackError struct{ err error }
+
+func (e *callbackError) Error() string { return e.err.Error() }
+
+// watchOnce runs one stream; got reports whether it delivered a frame.
+func (c *Client) watchOnce(ctx context.Context, mr netmap.MapRequest, fn func(*netmap.NetworkMap, *netmap.MapResponse) error) (got bool, err error) {
 	s, err := c.OpenStream(ctx, mr)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer s.Close()
 	var nm netmap.NetworkMap
@@ -324,15 +413,16 @@ func (c *Client) Watch(ctx context.Context, mr netmap.MapRequest, fn func(*netma
 		m, err := s.Next()
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return got, ctx.Err()
 			}
-			return err
+			return got, err
 		}
+		got = true
 		if err := nm.Apply(m); err != nil {
-			return err
+			return got, err
 		}
 		if err := fn(&nm, m); err != nil {
-			return err
+			return got, &callbackError{err}
 		}
 	}
 }

@@ -19,20 +19,19 @@ type RelayClient struct {
 	Pin string
 }
 
-// NewRelayClient returns a relay client for a coordinator at baseURL whose
-// certificate has pin.
+// NewRelayClient returns a relay client for a coordinator at baseURL (one
+// URL or a list of replicas) whose certificate has pin.
 func NewRelayClient(ctx context.Context, baseURL, pin string, priv key.RelayPrivate) (*RelayClient, error) {
 	hc, err := NewHTTPClient(baseURL, pin)
 	if err != nil {
 		return nil, err
 	}
-	info, err := FetchInfo(ctx, hc, baseURL)
+	info, rs, err := fetchInfoAny(ctx, hc, baseURL)
 	if err != nil {
 		return nil, err
 	}
 	return &RelayClient{
-		p: prover{base: strings.TrimRight(baseURL, "/"), hc: hc, pub: priv.Public().String(),
-			shared: key.Precompute(priv, info.Key), now: time.Now},
+		p:    prover{rs: rs, hc: hc, pub: priv.Public().String(), shared: key.Precompute(priv, info.Key), now: time.Now},
 		Info: info, Pin: pin,
 	}, nil
 }

@@ -35,6 +35,14 @@ const (
 	AdminPathExpire         = "/admin/v1/nodes/expire"
 	AdminPathRelays         = "/admin/v1/relays"
 	AdminPathPolicy         = "/admin/v1/policy"
+	// AdminPathAuthKeys lists auth keys (GET).
+	AdminPathAuthKeys = "/admin/v1/authkeys"
+	// AdminPathRevoke revokes an auth key (POST IDRequest).
+	AdminPathRevoke = "/admin/v1/authkeys/revoke"
+	// AdminPathUsers lists users (GET) or creates one (POST UserRequest).
+	AdminPathUsers = "/admin/v1/users"
+	// AdminPathUserDelete deletes a user (POST UserRequest).
+	AdminPathUserDelete = "/admin/v1/users/delete"
 )
 
 // maxAdminBody bounds admin requests; a policy is the largest.
@@ -111,6 +119,9 @@ type AuthKeyRequest struct {
 	Ephemeral bool     `json:"ephemeral"`
 	Tags      []string `json:"tags,omitempty"`
 	Expiry    string   `json:"expiry,omitempty"` // Go duration; empty: never
+	// User gets the nodes registered with the key. Empty: admin@, or, for
+	// a tagged key, no user (the nodes are owned by their tags).
+	User string `json:"user,omitempty"`
 }
 
 // KeyResponse carries a newly made key.
@@ -156,7 +167,9 @@ type NameRequest struct {
 
 // NodeInfo is one row of `nodes list`.
 type NodeInfo struct {
-	Name      string    `json:"name"`
+	Name string `json:"name"`
+	// User owns the node; empty for a node owned by its tags.
+	User      string    `json:"user"`
 	IP        string    `json:"ip"`
 	Online    bool      `json:"online"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
@@ -169,6 +182,10 @@ type NodeInfo struct {
 	OS        string    `json:"os"`
 	Ephemeral bool      `json:"ephemeral"`
 	Endpoints []string  `json:"endpoints"`
+	// Replica is the ID of the replica holding the node's stream (the
+	// answering replica's own ID when it holds it; "local" with SQLite);
+	// empty when offline.
+	Replica string `json:"replica,omitempty"`
 	// Netcheck is the node's last netcheck report, as it sent it.
 	Netcheck json.RawMessage `json:"netcheck,omitempty"`
 }
@@ -176,7 +193,10 @@ type NodeInfo struct {
 // CreateAuthKey makes a pre-auth key and returns its text form.
 func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyResponse, error) {
 	now := srv.now()
-	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now}
+	k := &store.AuthKey{Reusable: req.Reusable, Ephemeral: req.Ephemeral, Created: now, User: req.User}
+	if req.User != "" && !policy.ValidUser(req.User) {
+		return KeyResponse{}, fmt.Errorf("--user %q: want a login such as alice@example.com", req.User)
+	}
 	for _, t := range req.Tags {
 		if !strings.HasPrefix(t, "tag:") || !validLabel(t[4:]) {
 			return KeyResponse{}, fmt.Errorf("--tags: %q is not a tag (want tag:name, lower case)", t)
@@ -190,9 +210,15 @@ func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyRe
 		}
 		k.Expires = now.Add(d)
 	}
+	if k.User == "" && len(k.Tags) == 0 {
+		k.User = store.AdminUser
+	}
 	sec := netmap.NewSecret()
 	k.Hash = sec.Hash()
 	if err := srv.store.CreateAuthKey(ctx, k); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return KeyResponse{}, fmt.Errorf("--user %s: no such user; create it first with `coordinator users create %s`", req.User, req.User)
+		}
 		return KeyResponse{}, err
 	}
 	return KeyResponse{Key: netmap.FormatAuthKey(sec, srv.pin), Expires: k.Expires}, nil
@@ -207,13 +233,19 @@ func (srv *Server) Nodes() []NodeInfo {
 	out := make([]NodeInfo, 0, len(st.nodes))
 	for _, n := range st.nodes {
 		ni := NodeInfo{
-			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.sess != nil, LastSeen: n.rec.LastSeen,
+			Name: n.rec.Name, IP: n.rec.IP.String(), Online: n.online(), User: n.rec.User, LastSeen: n.rec.LastSeen,
 			Tags: n.rec.Tags, KeyExpiry: n.rec.KeyExpiry, Expired: n.expired(now), HomeRelay: n.rec.HomeRelay,
 			NodeKey: n.rec.NodeKey, Hostname: n.rec.Hostname, OS: n.rec.OS, Ephemeral: n.rec.Ephemeral,
 			Endpoints: []string{}, Netcheck: n.rec.Netcheck,
 		}
 		if ni.Tags == nil {
 			ni.Tags = []string{}
+		}
+		switch {
+		case n.sess != nil:
+			ni.Replica = srv.ReplicaID()
+		case n.remote != "":
+			ni.Replica = n.remote
 		}
 		for _, e := range n.rec.Endpoints {
 			ni.Endpoints = append(ni.Endpoints, e.String())
@@ -222,6 +254,15 @@ func (srv *Server) Nodes() []NodeInfo {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// ReplicaID names this replica among those sharing the database ("local"
+// with SQLite).
+func (srv *Server) ReplicaID() string {
+	if srv.shared == nil {
+		return "local"
+	}
+	return srv.shared.ReplicaID()
 }
 
 // DeleteNode deletes a node by name; its peers drop it at once.
@@ -303,6 +344,38 @@ func (srv *Server) adminHandler() http.Handler {
 		}
 		adminReply(w, struct{}{}, srv.SetPolicy(r.Context(), body))
 	})
+	mux.HandleFunc("GET "+AdminPathAuthKeys, func(w http.ResponseWriter, r *http.Request) {
+		keys, err := srv.AuthKeys(r.Context())
+		adminReply(w, keys, err)
+	})
+	mux.HandleFunc("POST "+AdminPathRevoke, func(w http.ResponseWriter, r *http.Request) {
+		var req IDRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.RevokeAuthKey(r.Context(), req.ID))
+	})
+	mux.HandleFunc("GET "+AdminPathUsers, func(w http.ResponseWriter, r *http.Request) {
+		users, err := srv.Users(r.Context())
+		adminReply(w, users, err)
+	})
+	mux.HandleFunc("POST "+AdminPathUsers, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		adminReply(w, struct{}{}, srv.CreateUser(r.Context(), req.Name))
+	})
+	mux.HandleFunc("POST "+AdminPathUserDelete, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		n, err := srv.DeleteUser(r.Context(), req.Name, req.Force)
+		adminReply(w, struct {
+			NodesDeleted int `json:"nodes_deleted"`
+		}{n}, err)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -327,6 +400,8 @@ func adminReply(w http.ResponseWriter, v any, err error) {
 		writeJSON(w, http.StatusOK, v)
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "coordinator database unavailable: "+err.Error())
 	default:
 		// Admin errors are the operator's own input (bad policy, bad flag
 		// value) or store failures; the message is what they need either way.

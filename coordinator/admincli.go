@@ -97,6 +97,11 @@ type (
 		Ephemeral bool     `flag:"ephemeral" env:"EPHEMERAL" help:"nodes registered with it are deleted once offline"`
 		Tags      []string `flag:"tags" env:"TAGS" help:"tags given to nodes registered with it"`
 		Expiry    string   `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default: never)"`
+		User      string   `flag:"user" env:"USER" help:"user who owns the nodes registered with it (default admin@; none for a tagged key)"`
+	}
+	forceFlags struct {
+		AdminFlags
+		Force bool `flag:"force" env:"FORCE" help:"also delete the user's nodes"`
 	}
 	relayKeyFlags struct {
 		AdminFlags
@@ -133,11 +138,93 @@ func nodeCommand(verb, path string) adminCommand {
 // adminCommands is every admin command.
 var adminCommands = []adminCommand{
 	&admin[authKeyFlags, KeyResponse]{
-		cmd: "authkey create", usage: "[--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR",
+		cmd: "authkey create", usage: "[--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR",
 		request: func(f *authKeyFlags, _ []string) (string, string, any, error) {
-			return "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry}, nil
+			return "POST", AdminPathAuthKey, AuthKeyRequest{Reusable: f.Reusable, Ephemeral: f.Ephemeral, Tags: f.Tags, Expiry: f.Expiry, User: f.User}, nil
 		},
 		print: func(w io.Writer, _ *authKeyFlags, _ []string, k *KeyResponse) error { return printKey(w, k) },
+	},
+	&admin[jsonFlags, []AuthKeyInfo]{
+		cmd: "authkey list", usage: "[--json] --state-dir DIR",
+		request: func(*jsonFlags, []string) (string, string, any, error) { return "GET", AdminPathAuthKeys, nil, nil },
+		print: func(w io.Writer, f *jsonFlags, _ []string, keys *[]AuthKeyInfo) error {
+			if f.JSON {
+				return printJSON(w, *keys)
+			}
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tUSER\tTAGS\tREUSABLE\tEPHEMERAL\tEXPIRES\tUSES\tSTATE")
+			for _, k := range *keys {
+				state := "valid"
+				switch {
+				case !k.Revoked.IsZero():
+					state = "revoked " + fmtTime(k.Revoked)
+				case k.Expired:
+					state = "expired"
+				case !k.Reusable && k.Uses > 0:
+					state = "used"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%v\t%v\t%s\t%d\t%s\n", k.ID, dash(k.User), dash(strings.Join(k.Tags, ",")),
+					k.Reusable, k.Ephemeral, fmtTime(k.Expires), k.Uses, state)
+			}
+			return tw.Flush()
+		},
+	},
+	&admin[plainFlags, noBody]{
+		cmd: "authkey revoke", usage: "ID --state-dir DIR", args: 1, argsErr: "authkey revoke needs exactly one key ID (see authkey list)",
+		request: func(_ *plainFlags, pos []string) (string, string, any, error) {
+			id, err := strconv.ParseInt(pos[0], 10, 64)
+			if err != nil || id <= 0 {
+				return "", "", nil, usageErr("authkey revoke: %q is not a key ID (a number from authkey list)", pos[0])
+			}
+			return "POST", AdminPathRevoke, IDRequest{ID: id}, nil
+		},
+		print: func(w io.Writer, _ *plainFlags, pos []string, _ *noBody) error {
+			_, err := fmt.Fprintf(w, "auth key %s revoked\n", pos[0])
+			return err
+		},
+	},
+	&admin[plainFlags, noBody]{
+		cmd: "users create", usage: "NAME --state-dir DIR", args: 1, argsErr: "users create needs exactly one user NAME (alice@example.com)",
+		request: func(_ *plainFlags, pos []string) (string, string, any, error) {
+			return "POST", AdminPathUsers, UserRequest{Name: pos[0]}, nil
+		},
+		print: func(w io.Writer, _ *plainFlags, pos []string, _ *noBody) error {
+			_, err := fmt.Fprintf(w, "user %s created\n", pos[0])
+			return err
+		},
+	},
+	&admin[forceFlags, struct {
+		NodesDeleted int `json:"nodes_deleted"`
+	}]{
+		cmd: "users delete", usage: "NAME [--force] --state-dir DIR", args: 1, argsErr: "users delete needs exactly one user NAME (alice@example.com)",
+		request: func(f *forceFlags, pos []string) (string, string, any, error) {
+			return "POST", AdminPathUserDelete, UserRequest{Name: pos[0], Force: f.Force}, nil
+		},
+		print: func(w io.Writer, _ *forceFlags, pos []string, out *struct {
+			NodesDeleted int `json:"nodes_deleted"`
+		}) error {
+			_, err := fmt.Fprintf(w, "user %s deleted (%d nodes deleted)\n", pos[0], out.NodesDeleted)
+			return err
+		},
+	},
+	&admin[jsonFlags, []UserInfo]{
+		cmd: "users list", usage: "[--json] --state-dir DIR",
+		request: func(*jsonFlags, []string) (string, string, any, error) { return "GET", AdminPathUsers, nil, nil },
+		print: func(w io.Writer, f *jsonFlags, _ []string, users *[]UserInfo) error {
+			if f.JSON {
+				return printJSON(w, *users)
+			}
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tNODES\tCREATED")
+			for _, u := range *users {
+				created := fmtTime(u.Created)
+				if u.BuiltIn {
+					created = "(built in)"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\n", u.Name, u.Nodes, created)
+			}
+			return tw.Flush()
+		},
 	},
 	&admin[relayKeyFlags, KeyResponse]{
 		cmd: "relaykey create", usage: "--region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR",
@@ -193,13 +280,13 @@ var adminCommands = []adminCommand{
 				return printJSON(w, *nodes)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
+			fmt.Fprintln(tw, "NAME\tUSER\tIP\tONLINE\tLAST SEEN\tTAGS\tKEY EXPIRY\tHOME RELAY")
 			for _, n := range *nodes {
 				exp := fmtTime(n.KeyExpiry)
 				if n.Expired {
 					exp += " (expired)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Online, fmtTime(n.LastSeen),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, dash(n.User), n.IP, n.Online, fmtTime(n.LastSeen),
 					dash(strings.Join(n.Tags, ",")), exp, dash(n.HomeRelay))
 			}
 			return tw.Flush()

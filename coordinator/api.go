@@ -103,6 +103,14 @@ func (srv *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, ae.code, netmap.ErrorResponse{Error: ae.msg, Code: ae.reason})
 		return
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		// Streams stay up and the mesh keeps working; only changes wait.
+		srv.m.storeErrors.WithLabelValues("unavailable").Inc()
+		srv.log.Warn("request failed: database unavailable", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "coordinator database unavailable; retry shortly")
+		return
+	}
+	srv.m.storeErrors.WithLabelValues("other").Inc()
 	srv.log.Error("request failed", "path", r.URL.Path, "err", err)
 	writeError(w, http.StatusInternalServerError, "internal error; see the coordinator log")
 }
@@ -168,6 +176,9 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 		shared, expired = n.shared, n.expired(now)
 	}
 	srv.st.mu.RUnlock()
+	if n == nil && srv.shared != nil {
+		n, shared, expired = srv.authFromStore(r, nk, now)
+	}
 	if n == nil {
 		srv.m.authFailures.WithLabelValues("unknown_node").Inc()
 		return nil, errNodeUnknown(nk)
@@ -180,6 +191,33 @@ func (srv *Server) authNode(r *http.Request, body []byte) (*nodeState, error) {
 		return nil, errNodeExpired()
 	}
 	return n, nil
+}
+
+// authFromStore looks for a node this replica has not heard of yet
+// (registered through another replica a moment ago) in the store: a
+// lookup by key, like the in-memory one; the proof is checked after, as
+// for any node.
+func (srv *Server) authFromStore(r *http.Request, nk key.NodePublic, now time.Time) (*nodeState, key.SharedKey, bool) {
+	n := srv.nodeFromStore(r.Context(), nk)
+	if n == nil {
+		return nil, key.SharedKey{}, false
+	}
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	return n, n.shared, n.expired(now)
+}
+
+// nodeFromStore loads a node this replica has not heard of yet from the
+// store, or returns nil.
+func (srv *Server) nodeFromStore(ctx context.Context, nk key.NodePublic) *nodeState {
+	rec, err := srv.store.NodeByKey(ctx, nk.String())
+	if err != nil {
+		return nil
+	}
+	srv.syncNode(ctx, netmap.NodeID(rec.ID))
+	srv.st.mu.RLock()
+	defer srv.st.mu.RUnlock()
+	return srv.st.byKey[nk]
 }
 
 func (srv *Server) checkProof(shared *key.SharedKey, sealed []byte, r *http.Request, body []byte, now time.Time) error {
@@ -273,8 +311,14 @@ func (srv *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		home = &req.HomeRelay
 	}
 	if err := srv.applyReport(r.Context(), n, dk, eps, home, req.Netcheck); err != nil {
-		srv.fail(w, r, err)
-		return
+		if !errors.Is(err, store.ErrUnavailable) {
+			srv.fail(w, r, err)
+			return
+		}
+		// The database is away: serve the stream from memory anyway (the
+		// node's peers and keys are all there); its report is lost, and
+		// its next update carries it again.
+		srv.log.Warn("map stream without storing the node's report: database unavailable", "node", n.rec.Name, "err", err)
 	}
 
 	ctx, cancel := context.WithCancel(r.Context())
@@ -308,14 +352,16 @@ func (srv *Server) openSession(s *session) error {
 		return errNodeExpired()
 	}
 	old := n.sess
+	wasOnline := n.online()
 	n.sess = s
 	if old != nil {
 		old.cancel() // a node has one stream; the newest wins
-	} else {
+	} else if !wasOnline {
 		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
 	srv.m.streams.Inc()
+	srv.rep.streamChanged(n.id, true)
 	return nil
 }
 
@@ -335,10 +381,11 @@ func (srv *Server) closeSession(s *session) {
 	n.rec.LastSeen = now
 	rec := n.rec
 	_, live := st.nodes[n.id]
-	if live && !n.expired(now) {
+	if live && !n.expired(now) && !n.online() {
 		st.onlineChangedLocked(n, now)
 	}
 	st.mu.Unlock()
+	srv.rep.streamChanged(n.id, false)
 	if live {
 		// last_seen is informational: a failed write loses only it.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

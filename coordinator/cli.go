@@ -28,7 +28,12 @@ const usageTop = `coordinator — the Wiremesh control plane
 usage:
   coordinator serve --listen ADDR --state-dir DIR [--server-url URL] [--db URL] [--policy FILE]
                     [--relay-map FILE] [--metrics-listen ADDR]
-  coordinator authkey create [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
+  coordinator authkey create [--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
+  coordinator authkey list [--json] --state-dir DIR
+  coordinator authkey revoke ID --state-dir DIR
+  coordinator users create NAME --state-dir DIR
+  coordinator users list [--json] --state-dir DIR
+  coordinator users delete NAME [--force] --state-dir DIR
   coordinator relaykey create --region CODE [--region-name NAME] [--expiry 720h] --state-dir DIR
   coordinator relaykey list [--json] --state-dir DIR
   coordinator relaykey revoke ID --state-dir DIR
@@ -41,7 +46,8 @@ usage:
   coordinator version
 
 Each command takes --help. Admin commands talk to the running server through
-DIR/admin.sock (root or the server's user only).
+DIR/admin.sock (root or the server's user only). With replicas on one
+PostgreSQL database (--db postgres://...), any replica's --state-dir will do.
 `
 
 // serveFlags are the flags of `coordinator serve`.
@@ -49,7 +55,7 @@ type serveFlags struct {
 	Listen            string        `flag:"listen" env:"LISTEN" help:"address to serve the API on (TLS), host:port"`
 	StateDir          string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the database, keys, certificate and admin socket"`
 	ServerURL         string        `flag:"server-url" env:"SERVER_URL" help:"URL nodes use to reach this server (default https://LISTEN)"`
-	DB                string        `flag:"db" env:"DB" help:"database URL: sqlite://PATH (default: coordinator.db in --state-dir); postgres:// comes later"`
+	DB                string        `flag:"db" env:"DB" help:"database: postgres://USER@HOST:PORT/DB?sslmode=disable, shared by any number of replicas, or sqlite://PATH (default: coordinator.db in --state-dir)"`
 	Policy            string        `flag:"policy" env:"POLICY" help:"HuJSON policy file to install at start (its tests must pass)"`
 	RelayMap          string        `flag:"relay-map" env:"RELAY_MAP" help:"static relay map file (JSON) merged with relays that join"`
 	MetricsListen     string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -62,6 +68,7 @@ type serveFlags struct {
 	HeartbeatInterval time.Duration `flag:"relay-heartbeat" env:"RELAY_HEARTBEAT" envDefault:"10s" help:"relay heartbeat interval; 3 missed mark a relay down"`
 	BodyTimeout       time.Duration `flag:"body-timeout" env:"BODY_TIMEOUT" envDefault:"10s" help:"a request body must arrive within this"`
 	MaxConnsPerSource int           `flag:"max-conns-per-source" env:"MAX_CONNS_PER_SOURCE" envDefault:"1024" help:"connections one client address may hold; more are closed on accept"`
+	ReplayPerSource   int           `flag:"replay-per-source" env:"REPLAY_PER_SOURCE" envDefault:"65536" help:"authenticated requests one client address may make per 2-minute proof window (load generators need more)"`
 	DNSDomain         string        `flag:"dns-domain" env:"DNS_DOMAIN" envDefault:"mesh.internal" help:"MagicDNS suffix for node names"`
 	Nameservers       []string      `flag:"dns-nameservers" env:"DNS_NAMESERVERS" help:"upstream DNS servers sent to nodes"`
 	cli.Logging
@@ -102,7 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
-	case "authkey", "relaykey", "nodes", "relays", "policy":
+	case "authkey", "relaykey", "nodes", "relays", "policy", "users":
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
 			fmt.Fprint(stdout, usageTop)
 			if len(rest) == 0 {
@@ -144,7 +151,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Listen: f.Listen, StateDir: f.StateDir, ServerURL: f.ServerURL, DB: f.DB, PolicyFile: f.Policy,
 		RelayMapFile: f.RelayMap, TLSCert: f.TLSCert, TLSKey: f.TLSKey, InsecureHTTP: f.InsecureHTTP,
 		KeyExpiry: f.KeyExpiry, EphemeralTimeout: f.EphemeralTimeout, HeartbeatInterval: f.HeartbeatInterval,
-		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource,
+		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource, ReplayPerSource: f.ReplayPerSource,
 		DNSDomain: f.DNSDomain, Nameservers: ns, Logger: log, Registry: reg,
 	})
 	if err != nil {

@@ -80,13 +80,6 @@ func (l *sourceLimitListener) release(src netip.Addr) {
 	}
 }
 
-// open returns how many connections src holds (for tests and metrics).
-func (l *sourceLimitListener) open(src netip.Addr) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.count[src]
-}
-
 type limitedConn struct {
 	net.Conn
 	l    *sourceLimitListener

@@ -17,6 +17,9 @@ type serverMetrics struct {
 	registrations *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
 	relayEvents   *prometheus.CounterVec
+	replicaEvents *prometheus.CounterVec
+	leader        prometheus.Gauge
+	storeErrors   *prometheus.CounterVec
 	connsRefused  prometheus.Counter
 	// revocationsEvicted counts revocations dropped because the list was
 	// full (maxRevocations).
@@ -61,11 +64,26 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "coordinator_connections_refused_total", Help: "API connections closed on accept because their source address held its limit.",
 		}),
 	}
+	m.replicaEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_replica_changes_total", Help: "Changes and events heard from other replicas, by kind; dropped counts own stream events not published (queue full).",
+	}, []string{"kind"})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "coordinator_jobs_leader", Help: "1 while this replica holds the jobs lock and runs the periodic jobs (ephemeral clean-up, relay liveness).",
+	})
+	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_store_errors_total", Help: "Requests that failed in the store, by reason (unavailable: the database could not be reached).",
+	}, []string{"reason"})
+	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "revocation", "online", "alive", "dropped"} {
+		m.replicaEvents.WithLabelValues(k)
+	}
+	for _, k := range []string{"unavailable", "other"} {
+		m.storeErrors.WithLabelValues(k)
+	}
 	for _, k := range []string{"full", "delta", "keepalive"} {
 		m.updates.WithLabelValues(k)
 		m.push.WithLabelValues(k)
 	}
-	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultExisting, resultError} {
+	for _, r := range []string{resultOK, resultBadRequest, resultBadKey, resultUsedKey, resultExpiredKey, resultRevokedKey, resultExisting, resultError} {
 		m.registrations.WithLabelValues(r)
 	}
 	// Pre-create every labelled series so dashboards see zeros, not gaps.
@@ -75,7 +93,8 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	for _, e := range []string{"join", "join_refused", "heartbeat", "state_change"} {
 		m.relayEvents.WithLabelValues(e)
 	}
-	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, m.revocationsEvicted, &stateCollector{s: s})
+	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, m.revocationsEvicted,
+		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
 	return m
 }
 
@@ -87,6 +106,7 @@ const (
 	resultBadKey     = "bad_key"
 	resultUsedKey    = "used_key"
 	resultExpiredKey = "expired_key"
+	resultRevokedKey = "revoked_key"
 	resultError      = "error"
 )
 
@@ -114,7 +134,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		switch {
 		case n.expired(now):
 			expired++
-		case n.sess != nil:
+		case n.online():
 			online++
 		default:
 			offline++

@@ -100,6 +100,22 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		return nil, resultBadKey, errorf(http.StatusUnauthorized, "auth key: %v", err)
 	}
 	if res, err := srv.checkAuthKey(r.Context(), secret, now); err != nil {
+		// With replicas, the key may have been used up by this very node
+		// through another replica (whose answer was lost when it died):
+		// then the node is in the store, and registering is idempotent.
+		if res == resultUsedKey && existing == nil && srv.shared != nil {
+			if n := srv.nodeFromStore(r.Context(), req.NodeKey); n != nil {
+				st.mu.RLock()
+				shared, live, node := n.shared, !n.expired(now), n.toNetmap()
+				st.mu.RUnlock()
+				if live {
+					if err := srv.checkProof(&shared, sealed, r, body, now); err != nil {
+						return nil, resultBadRequest, err
+					}
+					return &netmap.RegisterResponse{Node: node}, resultExisting, nil
+				}
+			}
+		}
 		return nil, res, err
 	}
 	if existing == nil {
@@ -126,32 +142,47 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		old := existing.rec
 		st.mu.RUnlock()
 		rec.ID, rec.Name, rec.IP, rec.Created = old.ID, old.Name, old.IP, old.Created
-	} else {
-		// Reserve a name and an address, so that concurrent registrations
-		// (group-committed together by the store) never pick the same.
-		st.mu.Lock()
-		rec.Name = st.uniqueNameLocked(sanitizeName(req.Hostname))
-		ip, ok := st.nextIPLocked()
-		if ok {
-			rec.IP = ip
-			st.reservedNames[rec.Name] = struct{}{}
-			st.usedIPs[ip] = 0
-			st.ipCursor = ip
-		}
-		st.mu.Unlock()
-		if !ok {
-			return nil, resultError, errorf(http.StatusServiceUnavailable, "no free mesh address left in %s", meshPrefix)
-		}
-		defer func() {
-			st.mu.Lock()
-			delete(st.reservedNames, rec.Name)
-			if st.usedIPs[rec.IP] == 0 { // not taken by the node: release
-				delete(st.usedIPs, rec.IP)
-			}
-			st.mu.Unlock()
-		}()
 	}
-	if _, err := srv.store.RegisterNode(r.Context(), secret.Hash(), now, &rec); err != nil {
+	var err2 error
+	if existing != nil {
+		_, err2 = srv.store.RegisterNode(r.Context(), secret.Hash(), now, &rec)
+	} else {
+		for attempt := 1; ; attempt++ {
+			release, ok := st.reserve(&rec, req.Hostname)
+			if !ok {
+				return nil, resultError, errorf(http.StatusServiceUnavailable, "no free mesh address left in %s", meshPrefix)
+			}
+			_, err2 = srv.store.RegisterNode(r.Context(), secret.Hash(), now, &rec)
+			conflict := errors.Is(err2, store.ErrConflict)
+			if err2 == nil {
+				defer release(false, false)
+				break
+			}
+			// With replicas, another one may have taken the name or the
+			// address between our pick and our commit: remember which as
+			// taken and pick again.
+			var ce *store.ConflictError
+			col := ""
+			if errors.As(err2, &ce) {
+				col = ce.Column
+			}
+			release(srv.shared != nil && col == "ip", srv.shared != nil && col == "name")
+			if !conflict || srv.shared == nil || attempt >= maxRegisterAttempts {
+				break
+			}
+			st.mu.RLock()
+			other := st.byKey[req.NodeKey]
+			var node netmap.Node
+			if other != nil {
+				node = other.toNetmap()
+			}
+			st.mu.RUnlock()
+			if other != nil { // registered through another replica meanwhile
+				return &netmap.RegisterResponse{Node: node}, resultExisting, nil
+			}
+		}
+	}
+	if err := err2; err != nil {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			return nil, resultBadKey, errorf(http.StatusUnauthorized, "auth key not recognised")
@@ -159,6 +190,8 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 			return nil, resultUsedKey, errorf(http.StatusUnauthorized, "auth key already used (it is single-use; create a --reusable one for many nodes)")
 		case errors.Is(err, store.ErrKeyExpired):
 			return nil, resultExpiredKey, errorf(http.StatusUnauthorized, "auth key expired")
+		case errors.Is(err, store.ErrKeyRevoked):
+			return nil, resultRevokedKey, errorf(http.StatusUnauthorized, "auth key revoked")
 		case errors.Is(err, store.ErrConflict):
 			return nil, resultError, errorf(http.StatusConflict, "node name, key or address already taken; retry")
 		}
@@ -167,6 +200,7 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 
 	var n *nodeState
 	if existing == nil {
+		var err error
 		if n, err = srv.newNodeState(rec); err != nil { // X25519 outside the lock
 			return nil, resultError, err
 		}
@@ -201,6 +235,8 @@ func (srv *Server) checkAuthKey(ctx context.Context, secret netmap.Secret, now t
 		return resultBadKey, errorf(http.StatusUnauthorized, "auth key not recognised")
 	case err != nil:
 		return resultError, err
+	case !k.Revoked.IsZero():
+		return resultRevokedKey, errorf(http.StatusUnauthorized, "auth key revoked")
 	case !k.Expires.IsZero() && !now.Before(k.Expires):
 		return resultExpiredKey, errorf(http.StatusUnauthorized, "auth key expired")
 	case !k.Reusable && k.Uses > 0:
@@ -249,13 +285,58 @@ func sanitizeName(h string) string {
 	return s
 }
 
+// maxRegisterAttempts bounds how often a registration picks a new name and
+// address after another replica took its pick: more than two replicas
+// racing for one address several times in a row is not plausible.
+const maxRegisterAttempts = 8
+
+// reserve picks a free name and address for rec and holds them, so that
+// concurrent registrations (group-committed together by the store) never
+// pick the same. release gives them back; takenElsewhere keeps them
+// marked as used (another replica has them, and will announce them).
+func (st *state) reserve(rec *store.Node, hostname string) (release func(ipElsewhere, nameElsewhere bool), ok bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	rec.ID = 0
+	rec.Name = st.uniqueNameLocked(sanitizeName(hostname))
+	ip, ok := st.nextIPLocked()
+	if !ok {
+		return nil, false
+	}
+	rec.IP = ip
+	st.reservedNames[rec.Name] = struct{}{}
+	st.usedIPs[ip] = 0
+	st.ipCursor = ip
+	name := rec.Name
+	return func(ipElsewhere, nameElsewhere bool) {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		delete(st.reservedNames, name)
+		if nameElsewhere {
+			if _, known := st.byName[name]; !known {
+				st.takenNames[name] = struct{}{}
+			}
+		}
+		if st.usedIPs[ip] != 0 {
+			return // taken by the node, or known to be taken
+		}
+		if ipElsewhere {
+			st.usedIPs[ip] = takenElsewhereID
+			st.jumpCursorLocked()
+		} else {
+			delete(st.usedIPs, ip)
+		}
+	}, true
+}
+
 // uniqueNameLocked returns base, or base-2, base-3, ... whichever is
 // neither taken nor reserved by a registration in flight.
 func (st *state) uniqueNameLocked(base string) string {
 	free := func(n string) bool {
 		_, taken := st.byName[n]
 		_, reserved := st.reservedNames[n]
-		return !taken && !reserved
+		_, elsewhere := st.takenNames[n]
+		return !taken && !reserved && !elsewhere
 	}
 	if free(base) {
 		return base
@@ -350,7 +431,7 @@ func (srv *Server) deleteNode(ctx context.Context, name string, onlyIfOffline bo
 	n.writeMu.Lock()
 	defer n.writeMu.Unlock()
 	st.mu.RLock()
-	online := n.sess != nil
+	online := n.online()
 	st.mu.RUnlock()
 	if onlyIfOffline && online {
 		return nil
@@ -432,7 +513,15 @@ func (srv *Server) SetPolicy(ctx context.Context, text []byte) error {
 	if err := srv.store.SetPolicy(ctx, string(text), srv.now()); err != nil {
 		return err
 	}
+	srv.installPolicy(p)
+	return nil
+}
+
+// installPolicy puts p in force: every node with a stream recomputes its
+// peers and filter. The caller holds policyMu.
+func (srv *Server) installPolicy(p *policy.Policy) {
 	now := srv.now()
+	st := srv.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.setPolicyLocked(p)
@@ -441,7 +530,6 @@ func (srv *Server) SetPolicy(ctx context.Context, text []byte) error {
 			n.sess.mark(func(pd *pending) { pd.recompute = true }, now)
 		}
 	}
-	return nil
 }
 
 // Policy returns the policy text in force (empty: none, all allowed).

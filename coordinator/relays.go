@@ -64,7 +64,7 @@ func newRelayFleet(srv *Server, snap *store.Snapshot) (*relayFleet, error) {
 		if err != nil {
 			return nil, fmt.Errorf("stored relay %s: %w", r.Name, err)
 		}
-		rs := &relayState{rec: r, key: k, shared: key.Precompute(srv.coordPriv, k), state: netmap.RelayUp}
+		rs := &relayState{rec: r, key: k, shared: key.Precompute(srv.coordPriv, k), state: storedState(r)}
 		if now.Sub(r.LastHeartbeat) > f.deadline() {
 			rs.state = netmap.RelayDown
 		}
@@ -82,6 +82,58 @@ func newRelayFleet(srv *Server, snap *store.Snapshot) (*relayFleet, error) {
 		f.static = m
 	}
 	return f, nil
+}
+
+// storedState is a stored relay's state; rows from before states were
+// stored are up until the liveness job says otherwise.
+func storedState(r store.Relay) string {
+	if r.State == "" {
+		return netmap.RelayUp
+	}
+	return r.State
+}
+
+// syncRelay applies a relay record another replica stored (a join, a
+// heartbeat, a state change).
+func (f *relayFleet) syncRelay(r store.Relay) {
+	k, err := key.ParseRelayPublic(r.Key)
+	if err != nil {
+		f.srv.log.Warn("stored relay", "relay", r.Name, "err", err)
+		return
+	}
+	f.mu.Lock()
+	rs, ok := f.relays[k]
+	changed := false
+	if !ok {
+		rs = &relayState{rec: r, key: k, shared: key.Precompute(f.srv.coordPriv, k), state: storedState(r)}
+		f.relays[k] = rs
+		changed = true
+	} else {
+		changed = rs.rec.Name != r.Name || rs.rec.Addr != r.Addr || rs.rec.Pin != r.Pin || rs.rec.Region != r.Region || rs.state != storedState(r)
+		rs.rec, rs.state = r, storedState(r)
+	}
+	if changed {
+		f.changedLocked()
+	}
+	f.mu.Unlock()
+	if changed {
+		f.srv.broadcastRelayMap()
+	}
+}
+
+// syncRegion applies a region another replica stored.
+func (f *relayFleet) syncRegion(r store.Region) {
+	f.mu.Lock()
+	old, ok := f.regions[r.Code]
+	changed := !ok || old != r
+	f.regions[r.Code] = r
+	if changed {
+		f.changedLocked()
+	}
+	f.mu.Unlock()
+	if changed {
+		f.srv.broadcastRelayMap()
+	}
 }
 
 func (f *relayFleet) deadline() time.Duration {
@@ -403,7 +455,7 @@ func (srv *Server) relayJoin(r *http.Request, body []byte) (*netmap.RelayJoinRes
 	}
 	f := srv.relays
 	f.mu.Lock()
-	rec := store.Relay{Name: name, Region: jk.Region, Addr: req.PublicAddr, Pin: req.Pin, Key: req.Key.String(), Joined: now, LastHeartbeat: now}
+	rec := store.Relay{Name: name, Region: jk.Region, Addr: req.PublicAddr, Pin: req.Pin, Key: req.Key.String(), Joined: now, LastHeartbeat: now, State: netmap.RelayUp}
 	if old, ok := f.relays[req.Key]; ok {
 		rec.Joined = old.rec.Joined
 	}
@@ -483,6 +535,7 @@ func (srv *Server) relayHeartbeat(r *http.Request, body []byte) (*netmap.RelayJo
 		return nil, errorf(http.StatusUnauthorized, "%v", err)
 	}
 	rs.rec.LastHeartbeat = now
+	rs.rec.State = state
 	rs.clients = hb.Clients
 	changed := rs.state != state
 	if changed {
@@ -531,21 +584,29 @@ func (srv *Server) authRelay(r *http.Request, body []byte) (*relayState, error) 
 	return rs, nil
 }
 
-// sweep marks silent relays down.
-func (f *relayFleet) sweep(_ context.Context, now time.Time) {
+// sweep marks silent relays down and stores that, so other replicas
+// follow. Only the jobs leader runs it.
+func (f *relayFleet) sweep(ctx context.Context, now time.Time) {
 	f.mu.Lock()
-	changed := false
+	var down []store.Relay
 	for _, rs := range f.relays {
 		if rs.state != netmap.RelayDown && now.Sub(rs.rec.LastHeartbeat) > f.deadline() {
 			f.srv.log.Warn("relay silent; marking down", "relay", rs.rec.Name, "last_heartbeat", rs.rec.LastHeartbeat)
 			rs.state = netmap.RelayDown
-			changed = true
+			rs.rec.State = netmap.RelayDown
+			down = append(down, rs.rec)
 		}
 	}
+	changed := len(down) > 0
 	if changed {
 		f.changedLocked()
 	}
 	f.mu.Unlock()
+	for _, r := range down {
+		if err := f.srv.store.PutRelay(ctx, r); err != nil {
+			f.srv.log.Warn("store relay state", "relay", r.Name, "err", err)
+		}
+	}
 	if changed {
 		f.srv.m.relayEvents.WithLabelValues("state_change").Inc()
 		f.srv.broadcastRelayMap()

@@ -77,14 +77,6 @@ func (r *revocations) list(now time.Time) (uint64, []netmap.RevokedNode, <-chan 
 	return r.seq, out, r.changed
 }
 
-// revoked reports whether k has a revocation in force.
-func (r *revocations) revoked(k key.NodePublic) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, ok := r.until[k]
-	return ok
-}
-
 // set records (until non-zero) or lifts a revocation and returns the new
 // sequence number, whether anything changed, and whether another entry was
 // dropped to make room; the caller publishes and stores.

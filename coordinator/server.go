@@ -81,10 +81,12 @@ const (
 
 // Config configures a Server. Zero durations take the defaults above.
 type Config struct {
-	Listen       string
-	StateDir     string
-	ServerURL    string
-	DB           string // empty or a path; postgres:// is not supported yet
+	Listen    string
+	StateDir  string
+	ServerURL string
+	// DB is empty (SQLite in StateDir), sqlite://PATH, or a postgres://
+	// URL shared by every replica.
+	DB           string
 	PolicyFile   string
 	RelayMapFile string
 	TLSCert      string
@@ -139,6 +141,10 @@ type Server struct {
 	relays *relayFleet
 	revs   *revocations
 	replay *replayCache
+	// shared is the store as replicas share it; nil with SQLite, whose
+	// coordinator is the only one.
+	shared store.Shared
+	rep    *replicas
 	// policyMu orders policy changes: store write, then install.
 	policyMu sync.Mutex
 
@@ -147,9 +153,6 @@ type Server struct {
 	// started is when New ran (see revokeUntil).
 	started time.Time
 }
-
-// ErrPostgres is returned for --db postgres://, which arrives later.
-var ErrPostgres = errors.New("--db postgres:// is not supported yet; omit --db to use the embedded SQLite database in --state-dir")
 
 // New opens the state directory and the store, loads the working set, and
 // binds the listeners. Call Run to serve.
@@ -188,13 +191,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.DNSDomain = DefaultDNSDomain
 	}
 	dbPath := filepath.Join(cfg.StateDir, dbFile)
+	pg := store.IsPostgresURL(cfg.DB)
 	switch {
-	case strings.HasPrefix(cfg.DB, "postgres://"), strings.HasPrefix(cfg.DB, "postgresql://"):
-		return nil, ErrPostgres
+	case pg:
 	case strings.HasPrefix(cfg.DB, "sqlite://"):
 		dbPath = strings.TrimPrefix(cfg.DB, "sqlite://")
 	case cfg.DB != "":
-		return nil, fmt.Errorf("--db %q: want sqlite://PATH (or omit it)", cfg.DB)
+		return nil, fmt.Errorf("--db %q: want postgres://USER@HOST:PORT/DB?sslmode=disable or sqlite://PATH (or omit it)", cfg.DB)
 	}
 	if cfg.InsecureHTTP {
 		host, _, err := net.SplitHostPort(cfg.Listen)
@@ -214,6 +217,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	srv := &Server{cfg: cfg, log: cfg.Logger, st: newState(), started: cfg.Now(),
 		replay: newReplayCache(netmap.ProofWindow, cfg.ReplayCacheSize, cfg.ReplayPerSource)}
+	srv.rep = newReplicas(srv)
 	var err error
 	// The admin socket comes first: it also detects another coordinator
 	// on this state directory before anything is opened or written.
@@ -222,31 +226,28 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
-	if srv.coordPriv, err = key.LoadOrCreate(filepath.Join(cfg.StateDir, coordKeyF), key.NewCoord); err != nil {
-		srv.closeAll()
-		return nil, fmt.Errorf("coordinator key: %w", err)
-	}
-	if srv.signPriv, err = key.LoadOrCreate(filepath.Join(cfg.StateDir, signKeyF), key.NewSigning); err != nil {
-		srv.closeAll()
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	srv.coordPub, srv.signer, srv.signPub = srv.coordPriv.Public(), srv.signPriv.Signer(), srv.signPriv.Public()
-	if err := srv.loadCert(); err != nil {
-		srv.closeAll()
-		return nil, err
-	}
-	srv.dns = netmap.DNS{Domain: cfg.DNSDomain, MagicDNS: true, Nameservers: cfg.Nameservers}
-
-	st, err := store.OpenSQLite(ctx, dbPath)
-	if err != nil {
-		srv.closeAll()
-		return nil, err
-	}
-	srv.store = st
 	fail := func(err error) (*Server, error) {
 		srv.closeAll()
 		return nil, err
 	}
+	if pg {
+		ps, err := store.OpenPostgres(ctx, cfg.DB, cfg.Logger)
+		if err != nil {
+			return fail(err)
+		}
+		srv.store, srv.shared = ps, ps
+	} else {
+		ss, err := store.OpenSQLite(ctx, dbPath)
+		if err != nil {
+			return fail(err)
+		}
+		srv.store = ss
+	}
+	if err := srv.loadSecrets(ctx); err != nil {
+		return fail(err)
+	}
+	srv.dns = netmap.DNS{Domain: cfg.DNSDomain, MagicDNS: true, Nameservers: cfg.Nameservers}
+	st := srv.store
 	snap, err := st.Load(ctx)
 	if err != nil {
 		return fail(err)
@@ -296,8 +297,66 @@ func (srv *Server) closeAll() {
 	}
 }
 
-func (srv *Server) loadCert() error {
+// loadSecrets loads or makes the coordinator key, the signing key and the
+// TLS certificate: from files in the state directory with SQLite, from the
+// database with PostgreSQL, so that every replica has the same ones (the
+// same pin, the same node-facing key, the same token signer).
+func (srv *Server) loadSecrets(ctx context.Context) error {
 	var err error
+	if srv.shared == nil {
+		if srv.coordPriv, err = key.LoadOrCreate(filepath.Join(srv.cfg.StateDir, coordKeyF), key.NewCoord); err != nil {
+			return fmt.Errorf("coordinator key: %w", err)
+		}
+		if srv.signPriv, err = key.LoadOrCreate(filepath.Join(srv.cfg.StateDir, signKeyF), key.NewSigning); err != nil {
+			return fmt.Errorf("signing key: %w", err)
+		}
+	} else {
+		if err := sharedKey(ctx, srv.store, secretCoordKey, &srv.coordPriv, key.NewCoord); err != nil {
+			return fmt.Errorf("coordinator key: %w", err)
+		}
+		if err := sharedKey(ctx, srv.store, SecretSigningKey, &srv.signPriv, key.NewSigning); err != nil {
+			return fmt.Errorf("signing key: %w", err)
+		}
+	}
+	srv.coordPub, srv.signer, srv.signPub = srv.coordPriv.Public(), srv.signPriv.Signer(), srv.signPriv.Public()
+	return srv.loadCert(ctx)
+}
+
+// Names of the secrets a shared store keeps. An operator (or a test) may
+// store a signing key under SecretSigningKey, in its text form, before the
+// first replica starts, as it may put signing.key in a SQLite state
+// directory.
+const (
+	secretCoordKey   = "coordinator_key"
+	SecretSigningKey = "signing_key"
+	secretTLS        = "tls_certificate" // certificate and key, PEM
+)
+
+// sharedKey loads the key stored as name, storing gen's first.
+func sharedKey[T any, PT interface {
+	*T
+	MarshalText() ([]byte, error)
+	UnmarshalText([]byte) error
+}](ctx context.Context, st store.Store, name string, k PT, gen func() T) error {
+	text, err := st.Secret(ctx, name, func() ([]byte, error) {
+		fresh := gen()
+		return PT(&fresh).MarshalText()
+	})
+	if err != nil {
+		return err
+	}
+	return k.UnmarshalText(text)
+}
+
+func (srv *Server) loadCert(ctx context.Context) error {
+	var err error
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, _, err := net.SplitHostPort(srv.cfg.Listen); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	if u, err := url.Parse(srv.cfg.ServerURL); err == nil && u.Hostname() != "" {
+		hosts = append(hosts, u.Hostname())
+	}
 	switch {
 	case srv.cfg.TLSCert != "" || srv.cfg.TLSKey != "":
 		if srv.cfg.TLSCert == "" || srv.cfg.TLSKey == "" {
@@ -307,14 +366,20 @@ func (srv *Server) loadCert() error {
 		if err != nil {
 			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
 		}
+	case srv.shared != nil:
+		// The first replica's certificate serves them all: nodes check the
+		// pin, not the name, so its host names need not cover the others.
+		pair, err := srv.store.Secret(ctx, secretTLS, func() ([]byte, error) {
+			c, k, err := tlspin.Generate(certName, hosts...)
+			return append(c, k...), err
+		})
+		if err != nil {
+			return fmt.Errorf("tls certificate: %w", err)
+		}
+		if srv.cert, err = tls.X509KeyPair(pair, pair); err != nil {
+			return fmt.Errorf("stored tls certificate: %w", err)
+		}
 	default:
-		hosts := []string{"localhost", "127.0.0.1", "::1"}
-		if h, _, err := net.SplitHostPort(srv.cfg.Listen); err == nil && h != "" {
-			hosts = append(hosts, h)
-		}
-		if u, err := url.Parse(srv.cfg.ServerURL); err == nil && u.Hostname() != "" {
-			hosts = append(hosts, u.Hostname())
-		}
 		srv.cert, err = tlspin.LoadOrCreate(srv.cfg.StateDir, certName, hosts...)
 		if err != nil {
 			return fmt.Errorf("tls certificate: %w", err)
@@ -426,6 +491,25 @@ func (srv *Server) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		srv.sweepLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		srv.rep.run(ctx)
+	}()
+	if srv.shared != nil {
+		t := time.NewTimer(listenReadyTimeout)
+		select {
+		case <-srv.rep.ready:
+		case <-t.C:
+			srv.log.Warn("serving before the database change listener is up; changes made meanwhile arrive with its first resync")
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -444,11 +528,6 @@ func (srv *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		srv.sweepLoop(ctx)
-	}()
 	srv.log.Info("coordinator serving", "addr", srv.ln.Addr().String(), "url", srv.URL(), "pin", srv.pin)
 	var err error
 	select {
@@ -484,6 +563,7 @@ func (srv *Server) sweepLoop(ctx context.Context) {
 }
 
 func (srv *Server) sweep(ctx context.Context) {
+	lead := srv.lead(ctx)
 	now := srv.now()
 	var expired, ephemeral []*nodeState
 	st := srv.st
@@ -495,7 +575,7 @@ func (srv *Server) sweep(ctx context.Context) {
 		if n.expired(now) && !n.expiredSent {
 			expired = append(expired, n)
 		}
-		if n.rec.Ephemeral && n.sess == nil && now.Sub(n.rec.LastSeen) > srv.cfg.EphemeralTimeout {
+		if lead && n.rec.Ephemeral && !n.online() && now.Sub(n.rec.LastSeen) > srv.cfg.EphemeralTimeout {
 			ephemeral = append(ephemeral, n)
 		}
 		if n.sess != nil && n.sess.admissionDue(srv.cfg.TokenLifetime, now) {
@@ -530,7 +610,33 @@ func (srv *Server) sweep(ctx context.Context) {
 			srv.log.Info("deleted ephemeral node after going offline", "node", n.rec.Name)
 		}
 	}
-	srv.relays.sweep(ctx, now)
+	if lead {
+		srv.relays.sweep(ctx, now)
+	}
+}
+
+// lead reports whether this replica runs the jobs that write: always with
+// SQLite; with a shared store, while it holds the jobs lock.
+func (srv *Server) lead(ctx context.Context) bool {
+	lead := true
+	if srv.shared != nil {
+		var err error
+		if lead, err = srv.shared.TryLead(ctx); err != nil && ctx.Err() == nil {
+			srv.log.Debug("jobs lock", "err", err)
+		}
+	}
+	srv.rep.mu.Lock()
+	if lead != srv.rep.leader {
+		srv.log.Info("periodic jobs", "running_here", lead)
+		srv.rep.leader = lead
+	}
+	srv.rep.mu.Unlock()
+	if lead {
+		srv.m.leader.Set(1)
+	} else {
+		srv.m.leader.Set(0)
+	}
+	return lead
 }
 
 func encodeToken(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

@@ -358,7 +358,7 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 				s.sent[id] = struct{}{}
 				continue
 			}
-			online, seen := o.sess != nil, o.rec.LastSeen
+			online, seen := o.online(), o.rec.LastSeen
 			msg.PeersPatch = append(msg.PeersPatch, netmap.PeerChange{ID: id, Online: &online, LastSeen: &seen})
 		}
 		for id := range p.removed {

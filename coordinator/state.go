@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -44,8 +45,12 @@ type nodeState struct {
 	// srcRules and dstRules are the indexes of the policy rules whose
 	// sources (destinations) match this node.
 	srcRules, dstRules []int
-	sess               *session // open stream, nil when offline
-	expiredSent        bool     // peers were told this node expired
+	sess               *session // open stream on this replica, nil when none
+	// remote is the replica another node streams from, when it streams
+	// from another one (replica.go); remoteSeen is when that was heard.
+	remote      string
+	remoteSeen  time.Time
+	expiredSent bool // peers were told this node expired
 	// wire caches this node's JSON encoding as a netmap.Node; nil when stale.
 	wire atomic.Pointer[[]byte]
 }
@@ -54,8 +59,11 @@ func (n *nodeState) expired(now time.Time) bool {
 	return !n.rec.KeyExpiry.IsZero() && !now.Before(n.rec.KeyExpiry)
 }
 
+// online reports whether the node streams from this replica or another.
+func (n *nodeState) online() bool { return n.sess != nil || n.remote != "" }
+
 func (n *nodeState) principal() policy.Principal {
-	return policy.Principal{Name: n.rec.Name, Tags: n.rec.Tags, IP: n.rec.IP}
+	return policy.Principal{Name: n.rec.Name, Tags: n.rec.Tags, IP: n.rec.IP, User: n.rec.User}
 }
 
 func (n *nodeState) prefix() netip.Prefix { return netip.PrefixFrom(n.rec.IP, 32) }
@@ -72,7 +80,7 @@ func (n *nodeState) toNetmap() netmap.Node {
 		DiscoKey:   n.discoKey,
 		Endpoints:  n.rec.Endpoints,
 		HomeRelay:  n.rec.HomeRelay,
-		Online:     n.sess != nil,
+		Online:     n.online(),
 		LastSeen:   n.rec.LastSeen,
 		KeyExpiry:  n.rec.KeyExpiry,
 		Tags:       n.rec.Tags,
@@ -116,9 +124,12 @@ type state struct {
 	usedIPs map[netip.Addr]netmap.NodeID
 	// reservedNames are names held by registrations in flight.
 	reservedNames map[string]struct{}
-	ipCursor      netip.Addr
-	policy        *policy.Policy
-	rules         []*ruleState
+	// takenNames are names another replica committed that this one has
+	// not heard of yet (usedIPs marks their addresses takenElsewhereID).
+	takenNames map[string]struct{}
+	ipCursor   netip.Addr
+	policy     *policy.Policy
+	rules      []*ruleState
 	// visits counts nodes examined by visibleFrom, so tests can check that
 	// a change costs work proportional to the nodes it affects.
 	visits atomic.Int64
@@ -131,6 +142,7 @@ func newState() *state {
 		byName:        map[string]*nodeState{},
 		usedIPs:       map[netip.Addr]netmap.NodeID{},
 		reservedNames: map[string]struct{}{},
+		takenNames:    map[string]struct{}{},
 		policy:        policy.AllowAll(),
 	}
 }
@@ -199,6 +211,7 @@ func (st *state) addLocked(n *nodeState) {
 	st.byKey[n.nodeKey] = n
 	st.byName[n.rec.Name] = n
 	st.usedIPs[n.rec.IP] = n.id
+	delete(st.takenNames, n.rec.Name)
 	st.indexLocked(n)
 }
 
@@ -381,6 +394,32 @@ func (st *state) nextIPLocked() (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
+
+// cursorJump bounds the random jump of the address cursor after another
+// replica took the address this one picked: two replicas registering at
+// once would otherwise walk the same addresses in step and collide on
+// every one. A few thousand of the /10's four million addresses part them
+// for a long while.
+const cursorJump = 4096
+
+// jumpCursorLocked moves the address cursor forward by a random amount.
+func (st *state) jumpCursorLocked() {
+	cur := st.ipCursor
+	if !cur.IsValid() || !meshPrefix.Contains(cur) {
+		cur = meshPrefix.Addr()
+	}
+	b := cur.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += 256 + rand.Uint32N(cursorJump-256)
+	next := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	if !meshPrefix.Contains(next) {
+		next = meshPrefix.Addr()
+	}
+	st.ipCursor = next
+}
+
+// takenElsewhereID marks in usedIPs an address another replica took.
+const takenElsewhereID netmap.NodeID = -1
 
 // meshPrefix is the range mesh addresses come from (netmap.MeshPrefix).
 var meshPrefix = netmap.MeshPrefix

@@ -76,6 +76,9 @@ type world struct {
 	// restart with startCoordinator).
 	coordArgs []string
 	relayMap  string
+	opts      worldOpts
+	// coords are the coordinator replicas; coords[0] is coord above.
+	coords []*replica
 }
 
 type relayInfo struct {
@@ -114,6 +117,12 @@ func (w *world) procWrapped(ns *lab.Namespace, wrap []string, name string, args 
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() {
+		// Stop the process before the test's temporary directories go
+		// (their cleanups were registered earlier, so they run later): a
+		// daemon still writing its state directory would make their
+		// removal fail. The lab's own cleanup kills it only after those.
+		c.Process.Kill()
+		c.Wait()
 		logf.Close()
 		if w.t.Failed() || os.Getenv("WIREMESH_TEST_LOG") == "1" {
 			b, _ := os.ReadFile(logf.Name())
@@ -141,9 +150,35 @@ func (w *world) run(name string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// replica is one coordinator process of a world.
+type replica struct {
+	host *lab.Host
+	dir  string
+	url  string
+	args []string
+	cmd  *exec.Cmd
+}
+
+// worldOpts are the less common ways to set up a world.
+type worldOpts struct {
+	// db, when set, is the --db every coordinator replica uses; its
+	// signing key must be w.signer (see seedSigningKey).
+	db string
+	// replicas is how many coordinators to run (default 1).
+	replicas int
+}
+
 func newWorld(t testing.TB, regions ...string) *world {
 	t.Helper()
-	w := &world{t: t, l: lab.New(t), bin: binaries(t), signer: key.NewSigning()}
+	return newWorldWith(t, worldOpts{}, regions...)
+}
+
+func newWorldWith(t testing.TB, opts worldOpts, regions ...string) *world {
+	t.Helper()
+	w := &world{t: t, l: lab.New(t), bin: binaries(t), signer: key.NewSigning(), opts: opts}
+	if opts.db != "" {
+		seedSigningKey(t, opts.db, w.signer)
+	}
 	var err error
 	if w.coord, err = w.l.AddHost("coord", nil); err != nil {
 		t.Fatal(err)
@@ -180,6 +215,17 @@ func newWorld(t testing.TB, regions ...string) *world {
 	w.coordURL = "https://" + netip.AddrPortFrom(w.coord.Addr, 8443).String()
 	w.relayMap = rm
 	w.startCoordinator(rm)
+	for i := 1; i < opts.replicas; i++ {
+		h, err := w.l.AddHost(fmt.Sprintf("coord%d", i+1), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &replica{host: h, dir: t.TempDir(), url: "https://" + netip.AddrPortFrom(h.Addr, 8443).String()}
+		r.args = []string{"serve", "--listen", strings.TrimPrefix(r.url, "https://"), "--state-dir", r.dir,
+			"--relay-map", rm, "--db", opts.db}
+		w.coords = append(w.coords, r)
+		w.startReplica(r)
+	}
 	out, err := w.run("coordinator", "authkey", "create", "--reusable", "--state-dir", w.coordDir)
 	if err != nil {
 		t.Fatal(err)
@@ -197,10 +243,26 @@ func (w *world) startCoordinator(relayMap string) {
 	if relayMap != "" {
 		args = append(args, "--relay-map", relayMap)
 	}
-	w.coordCmd = w.proc(w.coord.Namespace, "coordinator", args...)
-	// Wait for the admin socket.
+	if w.opts.db != "" {
+		args = append(args, "--db", w.opts.db)
+	}
+	r := &replica{host: w.coord, dir: w.coordDir, url: w.coordURL, args: args}
+	if len(w.coords) == 0 {
+		w.coords = append(w.coords, r)
+	} else {
+		w.coords[0] = r
+	}
+	w.startReplica(r)
+	w.coordCmd = r.cmd
+}
+
+// startReplica starts (or restarts) a coordinator and waits for its admin
+// socket.
+func (w *world) startReplica(r *replica) {
+	w.t.Helper()
+	r.cmd = w.proc(r.host.Namespace, "coordinator", r.args...)
 	if !poll.Wait(poll.DefaultTimeout, func() bool {
-		_, err := w.run("coordinator", "nodes", "list", "--state-dir", w.coordDir)
+		_, err := w.run("coordinator", "nodes", "list", "--state-dir", r.dir)
 		return err == nil
 	}) {
 		w.t.Fatal("coordinator did not come up")
@@ -224,8 +286,14 @@ type node struct {
 
 func (w *world) startNode(name string, h *lab.Host, extra ...string) *node {
 	w.t.Helper()
+	return w.startNodeVia(name, h, w.coordURL, extra...)
+}
+
+// startNodeVia starts a node given coordinators, one URL or a list.
+func (w *world) startNodeVia(name string, h *lab.Host, coordinators string, extra ...string) *node {
+	w.t.Helper()
 	n := &node{w: w, name: name, host: h, dir: w.t.TempDir()}
-	n.args = append([]string{"run", "--coordinator", w.coordURL, "--authkey", w.authKey, "--hostname", name,
+	n.args = append([]string{"run", "--coordinator", coordinators, "--authkey", w.authKey, "--hostname", name,
 		"--state-dir", n.dir, "--log-level", "debug", "--metrics-listen", "127.0.0.1:9100"}, extra...)
 	if !slices.Contains(extra, "--userspace") && !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--accept-dns") }) {
 		// A kernel-mode node in a namespace without /etc/netns/NS/resolv.conf

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,10 +41,17 @@ import (
 // stream sees the hubs and a hub change fans out to all N streams while each
 // full map stays small. Without hubs, every node sees every other (no
 // policy), and the change is made on node 0.
+//
+// With a list of replicas (--coordinator URL1,URL2,...), node i registers
+// and streams through replica i mod R (its list starts there), so the
+// streams spread evenly and a change made through the first replica
+// reaches the others' streams through the database's notifications.
+// --metrics-url then takes the replicas' /metrics URLs in the same order:
+// CPU is summed, memory is reported per replica.
 
 // coordinatorFlags are the flags of `loadtest coordinator`.
 type coordinatorFlags struct {
-	Coordinator string        `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (https://HOST:PORT)"`
+	Coordinator string        `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (https://HOST:PORT), or a comma-separated list of replicas to spread the nodes over"`
 	AuthKey     string        `flag:"authkey" env:"AUTHKEY" help:"reusable auth key for the simulated nodes"`
 	HubAuthKey  string        `flag:"hub-authkey" env:"HUB_AUTHKEY" help:"reusable tagged auth key for the hub nodes (with --hubs)"`
 	Nodes       int           `flag:"nodes" env:"NODES" envDefault:"1000" help:"simulated nodes"`
@@ -52,7 +60,7 @@ type coordinatorFlags struct {
 	Conns       int           `flag:"conns" env:"CONNS" envDefault:"16" help:"HTTP/2 clients the streams are spread over"`
 	Changes     int           `flag:"changes" env:"CHANGES" envDefault:"5" help:"endpoint changes to time"`
 	Timeout     time.Duration `flag:"timeout" env:"TIMEOUT" envDefault:"10m" help:"give up after this long"`
-	MetricsURL  string        `flag:"metrics-url" env:"METRICS_URL" help:"coordinator /metrics URL, to report its memory"`
+	MetricsURL  string        `flag:"metrics-url" env:"METRICS_URL" help:"coordinator /metrics URL, to report its memory (a comma-separated list with replicas)"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 }
 
@@ -78,10 +86,15 @@ type CoordinatorResult struct {
 	CoordinatorCPUPerChangeMS float64 `json:"coordinator_cpu_ms_per_change,omitempty"`
 	// CoordinatorCPUPerStreamUS is the same per affected stream.
 	CoordinatorCPUPerStreamUS float64 `json:"coordinator_cpu_us_per_stream,omitempty"`
-	// CoordinatorRSSBytes is process_resident_memory_bytes from --metrics-url.
+	// CoordinatorRSSBytes is process_resident_memory_bytes from --metrics-url
+	// (the largest replica's with several).
 	CoordinatorRSSBytes  float64 `json:"coordinator_rss_bytes,omitempty"`
 	CoordinatorHeapBytes float64 `json:"coordinator_heap_inuse_bytes,omitempty"`
-	LoadtestHeapBytes    uint64  `json:"loadtest_heap_inuse_bytes"`
+	// Replicas is how many coordinators the nodes were spread over;
+	// ReplicaRSSBytes is each one's resident memory, in --metrics-url order.
+	Replicas          int       `json:"replicas"`
+	ReplicaRSSBytes   []float64 `json:"replica_rss_bytes,omitempty"`
+	LoadtestHeapBytes uint64    `json:"loadtest_heap_inuse_bytes"`
 }
 
 // simNode is one simulated node.
@@ -127,6 +140,19 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("--authkey: %w", err)
 	}
+	urls, err := coordclient.ParseURLs(f.Coordinator)
+	if err != nil {
+		return fmt.Errorf("--coordinator: %w", err)
+	}
+	var metricsURLs []string
+	if f.MetricsURL != "" {
+		metricsURLs = strings.Split(f.MetricsURL, ",")
+	}
+	// rotated is the replica list starting at replica i mod R.
+	rotated := func(i int) string {
+		i %= len(urls)
+		return strings.Join(append(slices.Clone(urls[i:]), urls[:i]...), ",")
+	}
 	clients := make([]*http.Client, f.Conns)
 	for i := range clients {
 		if clients[i], err = coordclient.NewHTTPClient(f.Coordinator, pin); err != nil {
@@ -138,7 +164,7 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 	if err != nil {
 		return err
 	}
-	res := CoordinatorResult{Nodes: f.Nodes, Hubs: f.Hubs, Changes: f.Changes}
+	res := CoordinatorResult{Nodes: f.Nodes, Hubs: f.Hubs, Changes: f.Changes, Replicas: len(urls)}
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffff)
 
 	// 1. Register.
@@ -146,7 +172,7 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 	for i := range nodes {
 		priv := key.NewNode()
 		nodes[i] = &simNode{priv: priv, hub: i < f.Hubs, gotMap: make(chan struct{}),
-			client: coordclient.New(f.Coordinator, clients[i%len(clients)], info, priv)}
+			client: coordclient.New(rotated(i), clients[i%len(clients)], info, priv)}
 	}
 	start := time.Now()
 	if err := forEach(ctx, nodes, f.Concurrency, func(i int, n *simNode) error {
@@ -204,10 +230,10 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 	res.StreamsSeconds = time.Since(start).Seconds()
 
 	// 3. Change one node's endpoints and time the fan-out.
-	var cpu0 []float64
+	var cpu0 float64
 	if f.MetricsURL != "" {
 		time.Sleep(time.Second) // let the online deltas of stream opening drain
-		if cpu0, err = scrapeNamed(ctx, f.MetricsURL, "process_cpu_seconds_total"); err != nil {
+		if cpu0, err = scrapeSum(ctx, metricsURLs, "process_cpu_seconds_total"); err != nil {
 			return fmt.Errorf("--metrics-url: %w", err)
 		}
 	}
@@ -258,19 +284,22 @@ func RunCoordinator(ctx context.Context, args []string, stdout io.Writer) error 
 
 	// 4. CPU and memory.
 	if f.MetricsURL != "" {
-		cpu1, err := scrapeNamed(ctx, f.MetricsURL, "process_cpu_seconds_total")
+		cpu1, err := scrapeSum(ctx, metricsURLs, "process_cpu_seconds_total")
 		if err != nil {
 			return fmt.Errorf("--metrics-url: %w", err)
 		}
-		res.CoordinatorCPUPerChangeMS = (cpu1[0] - cpu0[0]) * 1000 / float64(f.Changes)
+		res.CoordinatorCPUPerChangeMS = (cpu1 - cpu0) * 1000 / float64(f.Changes)
 		if res.AffectedStreams > 0 {
 			res.CoordinatorCPUPerStreamUS = res.CoordinatorCPUPerChangeMS * 1000 / float64(res.AffectedStreams)
 		}
-		m, err := scrapeNamed(ctx, f.MetricsURL, "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes")
-		if err != nil {
-			return fmt.Errorf("--metrics-url: %w", err)
+		for _, u := range metricsURLs {
+			m, err := scrapeNamed(ctx, u, "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes")
+			if err != nil {
+				return fmt.Errorf("--metrics-url: %w", err)
+			}
+			res.ReplicaRSSBytes = append(res.ReplicaRSSBytes, m[0])
+			res.CoordinatorRSSBytes, res.CoordinatorHeapBytes = max(res.CoordinatorRSSBytes, m[0]), max(res.CoordinatorHeapBytes, m[1])
 		}
-		res.CoordinatorRSSBytes, res.CoordinatorHeapBytes = m[0], m[1]
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -372,6 +401,19 @@ func percentile(sorted []float64, p float64) float64 {
 	}
 	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
 	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// scrapeSum adds one unlabelled metric over several endpoints.
+func scrapeSum(ctx context.Context, urls []string, name string) (float64, error) {
+	var sum float64
+	for _, u := range urls {
+		v, err := scrapeNamed(ctx, u, name)
+		if err != nil {
+			return 0, err
+		}
+		sum += v[0]
+	}
+	return sum, nil
 }
 
 // scrapeNamed reads the named unlabelled metrics from a Prometheus text

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wiremesh/wiremesh/cli"
+	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/key"
 	metricsrv "github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -20,7 +21,7 @@ import (
 
 // Flags are relayd's command-line options; each has a RELAYD_ twin.
 type Flags struct {
-	Coordinator    string        `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL to join (with --join-key; remembered afterwards)"`
+	Coordinator    string        `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL to join, or a comma-separated list of replicas URL1,URL2,... (with --join-key; remembered afterwards)"`
 	JoinKey        string        `flag:"join-key" env:"JOIN_KEY" help:"relay join key from coordinator relaykey create (needed once)"`
 	Region         string        `flag:"region" env:"REGION" help:"region code this relay serves (required)"`
 	Listen         string        `flag:"listen" env:"LISTEN" envDefault:":443" help:"UDP address for QUIC and STUN"`
@@ -165,6 +166,11 @@ func (f Flags) config() (Config, error) {
 	}
 	if f.QueueBytes < 1 || f.MaxPending < 1 || f.MaxPendingSrc < 1 || f.HelloTimeout <= 0 {
 		return cfg, errors.New("relayd: --queue-bytes, --max-pending, --max-pending-per-source and --hello-timeout must be positive")
+	}
+	if f.Coordinator != "" {
+		if _, err := coordclient.ParseURLs(f.Coordinator); err != nil {
+			return cfg, fmt.Errorf("relayd: --coordinator: %w", err)
+		}
 	}
 	return cfg, nil
 }

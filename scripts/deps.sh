@@ -4,8 +4,10 @@
 # client for interop tests, dbus-daemon (a private bus for the systemd-resolved
 # configurator's tests), Prometheus (prometheus and promtool, for the live
 # dashboard check and the rule tests), systemd-analyze (to verify the units
-# in dist/systemd/), Debian 13's miniupnpd (unpacked into a cache folder, not
-# installed) and the Go modules. Safe to run repeatedly.
+# in dist/systemd/), PostgreSQL (the coordinator's shared store; tests start
+# their own server with initdb and pg_ctl), Debian 13's miniupnpd (unpacked
+# into a cache folder, not installed) and the Go modules. Safe to run
+# repeatedly.
 set -euo pipefail
 
 need=()
@@ -22,6 +24,8 @@ command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Debian keeps PostgreSQL's programs out of PATH.
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
@@ -35,8 +39,18 @@ if [ ${#need[@]} -gt 0 ]; then
 	fi
 fi
 
-# coturn's package may start a TURN server on install; the tests do not want it.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop coturn >/dev/null 2>&1 || true; fi
+# coturn's package may start a TURN server on install, and postgresql's a
+# cluster; the tests start their own and want neither.
+if command -v systemctl >/dev/null 2>&1; then
+	systemctl stop coturn >/dev/null 2>&1 || true
+	systemctl stop postgresql >/dev/null 2>&1 || true
+fi
+if command -v pg_ctlcluster >/dev/null 2>&1; then
+	for c in /etc/postgresql/*/*; do
+		[ -d "$c" ] || continue
+		pg_ctlcluster "$(basename "$(dirname "$c")")" "$(basename "$c")" stop >/dev/null 2>&1 || true
+	done
+fi
 # Likewise prometheus's package starts its system service where an init
 # system runs; the tests start their own prometheus process with a temp
 # config and storage dir, never the service.

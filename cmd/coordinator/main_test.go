@@ -51,10 +51,10 @@ type daemon struct {
 	logs *bytes.Buffer
 }
 
-func startServe(t *testing.T, bin, dir, addr string) *daemon {
+func startServe(t *testing.T, bin, dir, addr string, extra ...string) *daemon {
 	t.Helper()
 	d := &daemon{logs: &bytes.Buffer{}}
-	d.cmd = exec.Command(bin, "serve", "--listen", addr, "--state-dir", dir, "--log-level", "debug")
+	d.cmd = exec.Command(bin, append([]string{"serve", "--listen", addr, "--state-dir", dir, "--log-level", "debug"}, extra...)...)
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -243,7 +243,7 @@ func TestAdminCommands(t *testing.T) {
 		{"relaykey", "create", "--state-dir", dir},
 		{"nodes", "list", "--state-dir", filepath.Join(dir, "nope")},
 		{"bogus"},
-		{"serve", "--listen", addr, "--state-dir", t.TempDir(), "--db", "postgres://db"},
+		{"serve", "--listen", addr, "--state-dir", t.TempDir(), "--db", "mysql://db"},
 	} {
 		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err == nil || strings.Count(strings.TrimSpace(string(out)), "\n") > 0 && args[0] != "bogus" {

@@ -2,7 +2,7 @@
 // Tailscale-style HuJSON document (JSON with comments and trailing commas):
 //
 //	{
-//	  "groups":    {"group:ops": ["alice-laptop", "tag:admin"]},
+//	  "groups":    {"group:ops": ["alice@example.com", "tag:admin"]},
 //	  "tagOwners": {"tag:web": ["group:ops"], "tag:admin": []},
 //	  "hosts":     {"db": "100.64.0.9", "lab": "198.18.0.0/15"},
 //	  "acls": [
@@ -14,8 +14,9 @@
 //	}
 //
 // A selector (in src, in dst before the ":ports", in groups) is "*", a tag
-// ("tag:x", which must be declared in tagOwners), a group ("group:x", whose
-// members are node names and tags), a hosts alias, an IPv4 address or CIDR,
+// ("tag:x", which must be declared in tagOwners), a user ("alice@example.com",
+// matching every node that user owns), a group ("group:x", whose members
+// are users, node names and tags), a hosts alias, an IPv4 address or CIDR,
 // or a node name. Rules only accept; anything no rule accepts is denied.
 //
 // Compilation is edge-based: a Rule answers "does this node match my
@@ -85,6 +86,7 @@ type Principal struct {
 	Name string
 	Tags []string
 	IP   netip.Addr // invalid when unknown
+	User string     // the owning user; empty when none or unknown
 }
 
 // selector kinds.
@@ -95,13 +97,14 @@ const (
 	selTag
 	selName
 	selPrefix
+	selUser
 )
 
 // Selector matches principals.
 type Selector struct {
 	kind   selKind
 	tag    string
-	name   string
+	name   string // node or user name
 	prefix netip.Prefix
 }
 
@@ -116,6 +119,8 @@ func (s Selector) Matches(p Principal) bool {
 		return p.Name == s.name
 	case selPrefix:
 		return p.IP.IsValid() && s.prefix.Contains(p.IP)
+	case selUser:
+		return p.User != "" && p.User == s.name
 	}
 	return false
 }
@@ -341,6 +346,12 @@ func (p *Policy) selectors(s string, depth int) ([]Selector, error) {
 	if pfx, ok := p.hosts[s]; ok {
 		return []Selector{{kind: selPrefix, prefix: pfx}}, nil
 	}
+	if strings.Contains(s, "@") {
+		if !ValidUser(s) {
+			return nil, fmt.Errorf("%q is not a user name (want a login such as alice@example.com)", s)
+		}
+		return []Selector{{kind: selUser, name: s}}, nil
+	}
 	if strings.ContainsAny(s, "./:") {
 		pfx, err := parsePrefix(s)
 		if err != nil {
@@ -375,8 +386,14 @@ func (p *Policy) principal(s string, lookup func(string) (Principal, bool)) (Pri
 	if ip, err := netip.ParseAddr(s); err == nil {
 		return Principal{IP: ip}, nil
 	}
+	if strings.Contains(s, "@") {
+		if !ValidUser(s) {
+			return Principal{}, fmt.Errorf("%q is not a user name", s)
+		}
+		return Principal{User: s}, nil
+	}
 	if !validName(s) {
-		return Principal{}, fmt.Errorf("%q is not a tag, host, IP or node name", s)
+		return Principal{}, fmt.Errorf("%q is not a tag, user, host, IP or node name", s)
 	}
 	if lookup != nil {
 		if pr, ok := lookup(s); ok {
@@ -495,6 +512,35 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 address", s)
 	}
 	return netip.PrefixFrom(a, 32), nil
+}
+
+// MaxUserLen bounds a user name, as email addresses are bounded (RFC 5321
+// allows 254 characters in a path; 128 covers real logins).
+const MaxUserLen = 128
+
+// ValidUser reports whether s is a user name: LOCAL@DOMAIN, where LOCAL is
+// lower-case letters, digits and . _ + -, and DOMAIN is empty (as in the
+// built-in admin@) or dot-separated DNS labels.
+func ValidUser(s string) bool {
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok || local == "" || len(s) > MaxUserLen {
+		return false
+	}
+	for i := 0; i < len(local); i++ {
+		c := local[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '+' || c == '-') {
+			return false
+		}
+	}
+	if domain == "" {
+		return true
+	}
+	for _, l := range strings.Split(domain, ".") {
+		if !validName(l) {
+			return false
+		}
+	}
+	return true
 }
 
 func validTag(s string) bool { return strings.HasPrefix(s, "tag:") && validName(s[4:]) }

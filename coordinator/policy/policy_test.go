@@ -103,6 +103,8 @@ func TestInvalid(t *testing.T) {
 		"autogroup":       `{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["*:*"]}]}`,
 		"bad test dst":    `{"acls": [], "tests": [{"src": "a", "accept": ["b"]}]}`,
 		"trailing data":   `{"acls": []} {}`,
+		"bad user":        `{"acls": [{"action": "accept", "src": ["Alice@example.com"], "dst": ["*:*"]}]}`,
+		"bad user domain": `{"acls": [{"action": "accept", "src": ["*"], "dst": ["alice@-x.com:22"]}]}`,
 	}
 	for name, text := range cases {
 		if _, err := Parse([]byte(text)); !errors.Is(err, ErrInvalid) {
@@ -133,6 +135,67 @@ func FuzzParse(f *testing.F) {
 		p.RunTests(nil)
 		p.Allows(Principal{Name: "a", IP: netip.MustParseAddr("100.64.0.1")}, Principal{Tags: []string{"tag:x"}}, 80)
 	})
+}
+
+// TestUserSelectors: users select the nodes they own, in groups, src and
+// dst; a node of another user, or of none, is not selected.
+func TestUserSelectors(t *testing.T) {
+	text := `{
+		"groups": {"group:eng": ["alice@example.com", "bob@example.com"]},
+		"tagOwners": {"tag:srv": []},
+		"acls": [
+			{"action": "accept", "src": ["group:eng"], "dst": ["tag:srv:22"]},
+			{"action": "accept", "src": ["carol@example.com"], "dst": ["alice@example.com:8080"]},
+		],
+		"tests": [
+			{"src": "alice@example.com", "accept": ["tag:srv:22"], "deny": ["tag:srv:80", "bob@example.com:8080"]},
+			{"src": "carol@example.com", "accept": ["alice@example.com:8080"], "deny": ["tag:srv:22", "bob@example.com:8080"]},
+			{"src": "admin@", "deny": ["tag:srv:22"]},
+		],
+	}`
+	p, err := Parse([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RunTests(nil); err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr
+	alice := Principal{Name: "laptop", User: "alice@example.com", IP: ip("100.64.0.1")}
+	bob := Principal{Name: "desk", User: "bob@example.com", IP: ip("100.64.0.2")}
+	carol := Principal{Name: "phone", User: "carol@example.com", IP: ip("100.64.0.3")}
+	srv := Principal{Name: "srv", Tags: []string{"tag:srv"}, IP: ip("100.64.0.4")}
+	admin := Principal{Name: "box", User: "admin@", IP: ip("100.64.0.5")}
+	cases := []struct {
+		name     string
+		src, dst Principal
+		port     uint16
+		want     bool
+	}{
+		{"user in group to tag", alice, srv, 22, true},
+		{"other user in group to tag", bob, srv, 22, true},
+		{"user outside group to tag", carol, srv, 22, false},
+		{"admin outside group", admin, srv, 22, false},
+		{"user src to user dst", carol, alice, 8080, true},
+		{"user src to other user", carol, bob, 8080, false},
+		{"user dst, wrong port", carol, alice, 22, false},
+		{"unowned node is no user", Principal{Name: "x", IP: ip("100.64.0.6")}, srv, 22, false},
+	}
+	for _, c := range cases {
+		if got := p.Allows(c.src, c.dst, c.port); got != c.want {
+			t.Errorf("%s: Allows = %v, want %v", c.name, got, c.want)
+		}
+	}
+	for _, u := range []string{"admin@", "alice@example.com", "a.b+c_d-e@x.io"} {
+		if !ValidUser(u) {
+			t.Errorf("ValidUser(%q) = false", u)
+		}
+	}
+	for _, u := range []string{"", "@", "alice", "@example.com", "Alice@x", "a@b..c", "a b@x", strings.Repeat("a", 130) + "@x"} {
+		if ValidUser(u) {
+			t.Errorf("ValidUser(%q) = true", u)
+		}
+	}
 }
 
 // TestExpansionBounded: a policy of a few tens of KB whose group

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/wiremesh/wiremesh/cli"
+	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/meshnode"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
@@ -27,7 +28,7 @@ import (
 
 // RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
 type RunFlags struct {
-	Coordinator      string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL (remembered after the first run)"`
+	Coordinator      string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL, or a comma-separated list of replicas URL1,URL2,... (remembered after the first run)"`
 	AuthKey          string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
 	Hostname         string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
 	StateDir         string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
@@ -113,6 +114,11 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if f.Hostname == "" {
 		f.Hostname, _ = os.Hostname()
+	}
+	if f.Coordinator != "" {
+		if _, err := coordclient.ParseURLs(f.Coordinator); err != nil {
+			return usageWrap("--coordinator: %w", err)
+		}
 	}
 	cfg := meshnode.Config{
 		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
