@@ -37,6 +37,8 @@ const (
 	pathRelayJoin = "/coord/v1/relay/join"
 	pathRelayBeat = "/coord/v1/relay/heartbeat"
 	pathRelayRevs = "/coord/v1/relay/revocations"
+	pathLogin     = "/coord/v1/login"
+	pathLoginWait = "/coord/v1/login/wait"
 )
 
 // maxResponse bounds a non-stream response body (the largest is a join
@@ -60,6 +62,8 @@ var (
 	ErrNodeUnknown = errors.New("node is not registered (deleted?)")
 	// ErrNodeExpired: this node key has expired.
 	ErrNodeExpired = errors.New("node key expired")
+	// ErrLoginExpired: an interactive login was not approved in time.
+	ErrLoginExpired = errors.New("login not approved in time")
 )
 
 // Is lets errors.Is(err, ErrNodeUnknown) and errors.Is(err, ErrNodeExpired)
@@ -70,6 +74,8 @@ func (e *APIError) Is(target error) bool {
 		return e.Code == netmap.CodeNodeUnknown
 	case ErrNodeExpired:
 		return e.Code == netmap.CodeNodeExpired
+	case ErrLoginExpired:
+		return e.Code == netmap.CodeLoginExpired
 	}
 	return false
 }
@@ -86,7 +92,8 @@ func IsUnauthorized(err error) bool {
 }
 
 // NewHTTPClient returns an HTTP client for a coordinator at baseURL: HTTP/2
-// over TLS trusting exactly pin for https URLs, unencrypted HTTP/2 for http
+// over TLS trusting exactly pin for https URLs (or, with an empty pin, a
+// certificate the system's CA roots verify for the URL's host name), unencrypted HTTP/2 for http
 // URLs (a coordinator started with --insecure-http on loopback). baseURL
 // may be a list of replicas. Many Clients may share one; streams multiplex
 // on its connections.
@@ -104,6 +111,9 @@ func NewHTTPClient(baseURL, pin string) (*http.Client, error) {
 	}
 	var p http.Protocols
 	switch {
+	case strings.HasPrefix(baseURL, "https://") && pin == "":
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
+		p.SetHTTP2(true)
 	case strings.HasPrefix(baseURL, "https://"):
 		if !tlspin.ValidPin(pin) {
 			return nil, fmt.Errorf("coordclient: %q is not a certificate pin", pin)
@@ -309,6 +319,45 @@ func (c *Client) Register(ctx context.Context, authKey string, disco key.DiscoPu
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// Login starts an interactive login (the node has no auth key): the
+// answer's URL is for the node's user to open and approve.
+func (c *Client) Login(ctx context.Context, hostname, os string) (*netmap.LoginResponse, error) {
+	req := netmap.LoginRequest{Version: netmap.CurrentCapabilityVersion, NodeKey: mustNodeKey(c.p.pub), Hostname: hostname, OS: os}
+	var resp netmap.LoginResponse
+	if err := c.p.post(ctx, pathLogin, req, &resp, nil); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// loginWaitLimit bounds one long poll; the coordinator answers "pending"
+// well before (after netmap's LoginPollWindow).
+const loginWaitLimit = 2 * time.Minute
+
+// LoginWait waits until the login with code is approved and returns the
+// auth key it carries, opened with priv. It asks again while the answer is
+// "pending", and returns an error matching ErrLoginExpired once the login
+// has expired unapproved.
+func (c *Client) LoginWait(ctx context.Context, code string, priv key.NodePrivate) (authKey, user string, err error) {
+	for {
+		var resp netmap.LoginWaitResponse
+		if err := c.p.postTimeout(ctx, pathLoginWait, netmap.LoginWaitRequest{Code: code}, &resp, loginWaitLimit); err != nil {
+			return "", "", err
+		}
+		switch resp.Status {
+		case netmap.LoginPending:
+			continue
+		case netmap.LoginApproved:
+			text, err := key.Open(priv, c.Info.Key, resp.SealedAuthKey)
+			if err != nil {
+				return "", "", fmt.Errorf("open the approved login's auth key: %w", err)
+			}
+			return string(text), resp.User, nil
+		}
+		return "", "", fmt.Errorf("coordinator: unknown login status %q", resp.Status)
+	}
 }
 
 func mustNodeKey(s string) key.NodePublic {

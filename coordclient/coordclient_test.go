@@ -2,6 +2,8 @@ package coordclient_test
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -57,5 +59,24 @@ func TestDialRegisterWatch(t *testing.T) {
 	other := "sha256/" + strings.Repeat("A", 43)
 	if _, err := coordclient.Dial(context.Background(), s.URL(), other, key.NewNode()); err == nil {
 		t.Fatal("a coordinator with another certificate was trusted")
+	}
+}
+
+// TestNoPinVerifiesWithSystemRoots: without a pin (an interactive login
+// without --coordinator-pin) the client verifies the certificate against
+// the system's CA roots, so the coordinator's self-signed one is refused;
+// with its pin the same coordinator is reached.
+func TestNoPinVerifiesWithSystemRoots(t *testing.T) {
+	s := coordtest.Start(t)
+	hc, err := coordclient.NewHTTPClient(s.URL(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ue x509.UnknownAuthorityError
+	if _, err := coordclient.FetchInfo(context.Background(), hc, s.URL()); !errors.As(err, &ue) {
+		t.Fatalf("self-signed coordinator without a pin: %v", err)
+	}
+	if _, err := coordclient.Dial(context.Background(), s.URL(), s.Pin(), key.NewNode()); err != nil {
+		t.Fatalf("with the pin: %v", err)
 	}
 }

@@ -43,7 +43,20 @@ const (
 	AdminPathUsers = "/admin/v1/users"
 	// AdminPathUserDelete deletes a user (POST UserRequest).
 	AdminPathUserDelete = "/admin/v1/users/delete"
+	// AdminPathWebLogin makes a console sign-in link (POST WebLoginRequest).
+	AdminPathWebLogin = "/admin/v1/web/login"
 )
+
+// WebLoginRequest asks for a one-time console sign-in link; an empty User
+// signs in as an admin.
+type WebLoginRequest struct {
+	User string `json:"user,omitempty"`
+}
+
+// WebLoginResponse carries the link.
+type WebLoginResponse struct {
+	URL string `json:"url"`
+}
 
 // maxAdminBody bounds admin requests; a policy is the largest.
 const maxAdminBody = policy.MaxSize + 4<<10
@@ -127,6 +140,7 @@ type AuthKeyRequest struct {
 // KeyResponse carries a newly made key.
 type KeyResponse struct {
 	Key     string    `json:"key"`
+	ID      int64     `json:"id,omitempty"` // auth keys: the ID authkey list shows
 	Expires time.Time `json:"expires,omitzero"`
 }
 
@@ -221,7 +235,8 @@ func (srv *Server) CreateAuthKey(ctx context.Context, req AuthKeyRequest) (KeyRe
 		}
 		return KeyResponse{}, err
 	}
-	return KeyResponse{Key: netmap.FormatAuthKey(sec, srv.pin), Expires: k.Expires}, nil
+	srv.audit(ctx, "authkey create", authKeyTarget(k))
+	return KeyResponse{Key: netmap.FormatAuthKey(sec, srv.pin), Expires: k.Expires, ID: k.ID}, nil
 }
 
 // Nodes lists every node, sorted by name.
@@ -267,12 +282,32 @@ func (srv *Server) ReplicaID() string {
 
 // DeleteNode deletes a node by name; its peers drop it at once.
 func (srv *Server) DeleteNode(ctx context.Context, name string) error {
-	return srv.deleteNode(ctx, name, false)
+	if err := srv.deleteNode(ctx, name, false); err != nil {
+		return err
+	}
+	srv.audit(ctx, "nodes delete", name)
+	return nil
 }
 
 // ExpireNode expires a node's key now.
 func (srv *Server) ExpireNode(ctx context.Context, name string) error {
-	return srv.expireNode(ctx, name)
+	if err := srv.expireNode(ctx, name); err != nil {
+		return err
+	}
+	srv.audit(ctx, "nodes expire", name)
+	return nil
+}
+
+// authKeyTarget describes an auth key in the audit log (never its secret).
+func authKeyTarget(k *store.AuthKey) string {
+	s := fmt.Sprintf("key %d", k.ID)
+	if k.User != "" {
+		s += " user " + k.User
+	}
+	if len(k.Tags) > 0 {
+		s += " tags " + strings.Join(k.Tags, ",")
+	}
+	return s
 }
 
 // AdminHandler returns the admin socket's handler, for tests that drive it
@@ -281,6 +316,12 @@ func (srv *Server) AdminHandler() http.Handler { return srv.adminHandler() }
 
 func (srv *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	// Changes through the socket are the CLI's (audit.go).
+	cli := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.ServeHTTP(w, r.WithContext(withActor(r.Context(), "cli")))
+		})
+	}
 	mux.HandleFunc("POST "+AdminPathAuthKey, func(w http.ResponseWriter, r *http.Request) {
 		var req AuthKeyRequest
 		if !adminDecode(w, r, &req) {
@@ -376,10 +417,18 @@ func (srv *Server) adminHandler() http.Handler {
 			NodesDeleted int `json:"nodes_deleted"`
 		}{n}, err)
 	})
+	mux.HandleFunc("POST "+AdminPathWebLogin, func(w http.ResponseWriter, r *http.Request) {
+		var req WebLoginRequest
+		if !adminDecode(w, r, &req) {
+			return
+		}
+		u, err := srv.WebSignIn(r.Context(), req.User)
+		adminReply(w, WebLoginResponse{URL: u}, err)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return cli(mux)
 }
 
 func adminDecode(w http.ResponseWriter, r *http.Request, v any) bool {

@@ -109,6 +109,10 @@ type (
 		RegionName string `flag:"region-name" env:"REGION_NAME" help:"human-readable region name"`
 		Expiry     string `flag:"expiry" env:"EXPIRY" help:"the key stops working after this duration (default 720h; 0: never)"`
 	}
+	webLoginFlags struct {
+		AdminFlags
+		User string `flag:"user" env:"USER" help:"sign in as this user, who sees and manages only their own machines and keys (default: an admin)"`
+	}
 )
 
 // noBody is the answer of commands that print no data from it.
@@ -336,6 +340,16 @@ var adminCommands = []adminCommand{
 		wrap: func(err error) error { return fmt.Errorf("policy rejected, the old one stays in force: %w", err) },
 		print: func(w io.Writer, _ *plainFlags, _ []string, _ *noBody) error {
 			_, err := fmt.Fprintln(w, "policy set")
+			return err
+		},
+	},
+	&admin[webLoginFlags, WebLoginResponse]{
+		cmd: "web login", usage: "[--user NAME] --state-dir DIR",
+		request: func(f *webLoginFlags, _ []string) (string, string, any, error) {
+			return "POST", AdminPathWebLogin, WebLoginRequest{User: f.User}, nil
+		},
+		print: func(w io.Writer, _ *webLoginFlags, _ []string, out *WebLoginResponse) error {
+			_, err := fmt.Fprintf(w, "Open this link in a browser within 10 minutes; it signs in once:\n%s\n", out.URL)
 			return err
 		},
 	},

@@ -27,6 +27,8 @@ const (
 	PathUpdate    = "/coord/v1/update"
 	PathRelayJoin = "/coord/v1/relay/join"
 	PathRelayBeat = "/coord/v1/relay/heartbeat"
+	PathLogin     = "/coord/v1/login"
+	PathLoginWait = "/coord/v1/login/wait"
 	PathRelayRevs = "/coord/v1/relay/revocations"
 )
 
@@ -39,6 +41,8 @@ func (srv *Server) Handler() http.Handler {
 	route(mux, "POST", PathUpdate, srv.handleUpdate)
 	route(mux, "POST", PathRelayJoin, srv.handleRelayJoin)
 	route(mux, "POST", PathRelayBeat, srv.handleRelayHeartbeat)
+	route(mux, "POST", PathLogin, srv.handleLogin)
+	route(mux, "POST", PathLoginWait, srv.handleLoginWait)
 	route(mux, "POST", PathRelayRevs, srv.handleRelayRevocations)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))

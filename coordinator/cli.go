@@ -27,7 +27,7 @@ const usageTop = `coordinator — the Wiremesh control plane
 
 usage:
   coordinator serve --listen ADDR --state-dir DIR [--server-url URL] [--db URL] [--policy FILE]
-                    [--relay-map FILE] [--metrics-listen ADDR]
+                    [--relay-map FILE] [--metrics-listen ADDR] [--web-listen ADDR]
   coordinator authkey create [--user NAME] [--reusable] [--ephemeral] [--tags tag:a,tag:b] [--expiry 24h] --state-dir DIR
   coordinator authkey list [--json] --state-dir DIR
   coordinator authkey revoke ID --state-dir DIR
@@ -43,6 +43,7 @@ usage:
   coordinator relays list [--json] --state-dir DIR
   coordinator policy get --state-dir DIR
   coordinator policy set FILE --state-dir DIR
+  coordinator web login [--user NAME] --state-dir DIR
   coordinator version
 
 Each command takes --help. Admin commands talk to the running server through
@@ -60,6 +61,8 @@ type serveFlags struct {
 	RelayMap          string        `flag:"relay-map" env:"RELAY_MAP" help:"static relay map file (JSON) merged with relays that join"`
 	MetricsListen     string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
 	PprofListen       string        `flag:"pprof-listen" env:"PPROF_LISTEN" help:"loopback address to serve Go profiles (/debug/pprof/) on, for diagnosis"`
+	WebListen         string        `flag:"web-listen" env:"WEB_LISTEN" help:"address to serve the web console on (HTTPS, the coordinator's certificate), host:port"`
+	WebURL            string        `flag:"web-url" env:"WEB_URL" help:"the console's URL as browsers reach it, used in sign-in and login links (default https://WEB_LISTEN)"`
 	TLSCert           string        `flag:"tls-cert" env:"TLS_CERT" help:"TLS certificate file (default: self-signed, made in --state-dir)"`
 	TLSKey            string        `flag:"tls-key" env:"TLS_KEY" help:"TLS key file for --tls-cert"`
 	InsecureHTTP      bool          `flag:"insecure-http" env:"INSECURE_HTTP" help:"serve plain HTTP (loopback --listen only; for tests)"`
@@ -109,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
-	case "authkey", "relaykey", "nodes", "relays", "policy", "users":
+	case "authkey", "relaykey", "nodes", "relays", "policy", "users", "web":
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
 			fmt.Fprint(stdout, usageTop)
 			if len(rest) == 0 {
@@ -152,6 +155,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		RelayMapFile: f.RelayMap, TLSCert: f.TLSCert, TLSKey: f.TLSKey, InsecureHTTP: f.InsecureHTTP,
 		KeyExpiry: f.KeyExpiry, EphemeralTimeout: f.EphemeralTimeout, HeartbeatInterval: f.HeartbeatInterval,
 		BodyTimeout: f.BodyTimeout, MaxConnsPerSource: f.MaxConnsPerSource, ReplayPerSource: f.ReplayPerSource,
+		WebListen: f.WebListen, WebURL: f.WebURL,
 		DNSDomain: f.DNSDomain, Nameservers: ns, Logger: log, Registry: reg,
 	})
 	if err != nil {

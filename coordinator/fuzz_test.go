@@ -85,6 +85,37 @@ func FuzzAPI(f *testing.F) {
 	})
 }
 
+// FuzzLogin sends fuzzed bodies to the interactive-login endpoints, each
+// proven with a node key (the fuzzed node_key usually differs from it):
+// every answer is below 500, except 503 once the waiting logins reach
+// their limit.
+func FuzzLogin(f *testing.F) {
+	s := coordtest.Start(f, func(c *coordinator.Config) { c.WebListen = "127.0.0.1:0" })
+	nk := key.NewNode()
+	shared := key.Precompute(nk, s.Info.Key)
+	h := s.Handler()
+	for _, seed := range []string{
+		`{"version":1,"node_key":"` + nk.Public().String() + `","hostname":"laptop","os":"linux"}`,
+		`{"version":1,"node_key":"nodekey:00","hostname":"x"}`,
+		`{"code":"AAAAAAAAAAAAAAAAAAAAAA"}`, `{"code":""}`, `[]`, `null`,
+	} {
+		f.Add(uint8(0), []byte(seed))
+		f.Add(uint8(1), []byte(seed))
+	}
+	paths := []string{coordinator.PathLogin, coordinator.PathLoginWait}
+	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
+		path := paths[int(which)%len(paths)]
+		req := httptest.NewRequest("POST", path, bytes.NewReader(body))
+		req.Header.Set(netmap.ProofHeader, netmap.MakeProof(&shared, nk.Public().String(), "POST", path, body, time.Now()))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		b, _ := io.ReadAll(w.Body)
+		if w.Code >= 500 && !(w.Code == 503 && bytes.Contains(b, []byte("too many logins"))) {
+			t.Fatalf("%s %q: HTTP %d %s", path, body, w.Code, b)
+		}
+	})
+}
+
 // FuzzAdmin drives the admin socket's handler with fuzzed methods, paths
 // and bodies: every answer must be JSON (or the policy text) with a status
 // below 500, and the server must keep serving.
@@ -97,7 +128,7 @@ func FuzzAdmin(f *testing.F) {
 	h := s.AdminHandler()
 	paths := []string{coordinator.AdminPathAuthKey, coordinator.AdminPathRelayKey, coordinator.AdminPathRelayKeys,
 		coordinator.AdminPathRelayKeyRevoke, coordinator.AdminPathNodes, coordinator.AdminPathDelete,
-		coordinator.AdminPathExpire, coordinator.AdminPathRelays, coordinator.AdminPathPolicy, "/admin/v1/nope"}
+		coordinator.AdminPathExpire, coordinator.AdminPathRelays, coordinator.AdminPathPolicy, coordinator.AdminPathWebLogin, "/admin/v1/nope"}
 	methods := []string{"GET", "POST", "PUT", "DELETE"}
 	for i, seed := range []string{
 		`{"reusable":true,"tags":["tag:x"],"expiry":"24h"}`, `{"region":"nyc","expiry":"1h"}`, `{"id":1}`, `{"name":"a"}`,

@@ -21,10 +21,18 @@ type serverMetrics struct {
 	leader        prometheus.Gauge
 	storeErrors   *prometheus.CounterVec
 	connsRefused  prometheus.Counter
+	webSignIns    *prometheus.CounterVec
+	logins        *prometheus.CounterVec
 	// revocationsEvicted counts revocations dropped because the list was
 	// full (maxRevocations).
 	revocationsEvicted prometheus.Counter
 }
+
+// Results of console sign-ins and interactive logins (metric labels).
+var (
+	webSignInResults = []string{"ok", "used", "expired", "unknown", "error"}
+	loginResults     = []string{"started", "approved", "expired", "limited"}
+)
 
 // fanoutBuckets span a loopback delivery (sub-millisecond) to the 2 s goal
 // and beyond.
@@ -64,6 +72,18 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "coordinator_connections_refused_total", Help: "API connections closed on accept because their source address held its limit.",
 		}),
 	}
+	m.webSignIns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_web_signins_total", Help: "Uses of console sign-in links, by result (ok, used, expired, unknown, error).",
+	}, []string{"result"})
+	m.logins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coordinator_interactive_logins_total", Help: "Interactive logins, by event (started, approved, expired: a waiting node was told so, limited: refused, too many waiting).",
+	}, []string{"result"})
+	for _, r := range webSignInResults {
+		m.webSignIns.WithLabelValues(r)
+	}
+	for _, r := range loginResults {
+		m.logins.WithLabelValues(r)
+	}
 	m.replicaEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "coordinator_replica_changes_total", Help: "Changes and events heard from other replicas, by kind; dropped counts own stream events not published (queue full).",
 	}, []string{"kind"})
@@ -94,7 +114,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		m.relayEvents.WithLabelValues(e)
 	}
 	reg.MustRegister(m.streams, m.updates, m.fanout, m.push, m.registrations, m.authFailures, m.relayEvents, m.connsRefused, m.revocationsEvicted,
-		m.replicaEvents, m.leader, m.storeErrors, &stateCollector{s: s})
+		m.replicaEvents, m.leader, m.storeErrors, m.webSignIns, m.logins, &stateCollector{s: s})
 	return m
 }
 

@@ -492,6 +492,57 @@ func (srv *Server) expireNode(ctx context.Context, name string) error {
 	return nil
 }
 
+// RenameNode gives a node a new name (a DNS label, unique). Peers learn
+// it with their next delta; as names are policy selectors, every stream
+// recomputes its peers and filter, as after a policy change.
+func (srv *Server) RenameNode(ctx context.Context, name, to string) error {
+	if !validLabel(to) || sanitizeName(to) != to {
+		return fmt.Errorf("new name %q: want a DNS label (lower-case letters, digits and '-', at most %d)", to, maxNameLen)
+	}
+	st := srv.st
+	st.mu.RLock()
+	n := st.byName[name]
+	_, taken := st.byName[to]
+	_, takenElsewhere := st.takenNames[to]
+	st.mu.RUnlock()
+	if n == nil {
+		return fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+	}
+	if name == to {
+		return nil
+	}
+	if taken || takenElsewhere {
+		return fmt.Errorf("the name %s is taken", to)
+	}
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	if err := srv.store.RenameNode(ctx, n.rec.ID, to); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("the name %s is taken", to)
+		}
+		return err
+	}
+	now := srv.now()
+	st.mu.Lock()
+	if st.byName[name] == n {
+		delete(st.byName, name)
+	}
+	n.rec.Name = to
+	st.byName[to] = n
+	st.unindexLocked(n)
+	st.indexLocked(n)
+	st.changedLocked(n, now, true)
+	for _, o := range st.nodes {
+		if o.sess != nil {
+			o.sess.mark(func(pd *pending) { pd.recompute = true }, now)
+		}
+	}
+	st.mu.Unlock()
+	srv.log.Info("node renamed", "from", name, "to", to)
+	srv.audit(ctx, "nodes rename", name+" -> "+to)
+	return nil
+}
+
 // SetPolicy parses text, runs its tests against the registered nodes, and
 // only if all pass stores it and applies it: every node with a stream gets
 // a delta with its new peers and packet filter. A failing test leaves the
@@ -514,6 +565,7 @@ func (srv *Server) SetPolicy(ctx context.Context, text []byte) error {
 		return err
 	}
 	srv.installPolicy(p)
+	srv.audit(ctx, "policy set", fmt.Sprintf("%d bytes", len(text)))
 	return nil
 }
 

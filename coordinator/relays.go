@@ -338,6 +338,7 @@ func (srv *Server) CreateRelayKey(ctx context.Context, req RelayKeyRequest) (Key
 		// list of its next admission token.
 		srv.broadcastRelayMap()
 	}
+	srv.audit(ctx, "relaykey create", "region "+region)
 	return KeyResponse{Key: netmap.FormatJoinKey(sec, srv.pin), Expires: jk.Expires}, nil
 }
 
@@ -367,6 +368,7 @@ func (srv *Server) RevokeJoinKey(ctx context.Context, id int64) error {
 		return err
 	}
 	srv.log.Info("join key revoked", "id", id)
+	srv.audit(ctx, "relaykey revoke", fmt.Sprintf("key %d", id))
 	return nil
 }
 

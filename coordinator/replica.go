@@ -442,8 +442,19 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 	old := n.rec
 	visible := old.DiscoKey != rec.DiscoKey || !slices.Equal(old.Endpoints, rec.Endpoints) || old.HomeRelay != rec.HomeRelay ||
 		old.Hostname != rec.Hostname || old.OS != rec.OS || !old.KeyExpiry.Equal(rec.KeyExpiry) ||
-		!slices.Equal(old.Tags, rec.Tags) || old.User != rec.User || old.Ephemeral != rec.Ephemeral
-	reindex := !slices.Equal(old.Tags, rec.Tags) || old.User != rec.User
+		!slices.Equal(old.Tags, rec.Tags) || old.User != rec.User || old.Ephemeral != rec.Ephemeral || old.Name != rec.Name
+	reindex := !slices.Equal(old.Tags, rec.Tags) || old.User != rec.User || old.Name != rec.Name
+	if old.Name != rec.Name { // renamed on another replica (RenameNode)
+		if st.byName[old.Name] == n {
+			delete(st.byName, old.Name)
+		}
+		st.byName[rec.Name] = n
+		for _, o := range st.nodes { // names are policy selectors
+			if o.sess != nil {
+				o.sess.mark(func(pd *pending) { pd.recompute = true }, now)
+			}
+		}
+	}
 	if old.LastSeen.After(rec.LastSeen) {
 		rec.LastSeen = old.LastSeen
 	}

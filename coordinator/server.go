@@ -18,6 +18,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
@@ -100,6 +101,12 @@ type Config struct {
 	SweepInterval     time.Duration
 	DNSDomain         string
 	Nameservers       []netip.Addr
+	// WebListen serves the web console (HTTPS) when set; WebURL is its
+	// address as browsers reach it (default https://WEB_LISTEN).
+	WebListen, WebURL string
+	// LoginLifetime is how long an interactive login waits for approval
+	// (zero: LoginLifetime, 10 minutes). Tests make it short.
+	LoginLifetime time.Duration
 	// NoAdminSocket skips the admin socket (tests drive Admin directly).
 	NoAdminSocket bool
 	// ReplayCacheSize and ReplayPerSource bound the proof replay cache
@@ -150,9 +157,19 @@ type Server struct {
 
 	ln      net.Listener
 	adminLn net.Listener
+	webLn   net.Listener // nil without --web-listen
+	webTmpl map[string]*template.Template
+	// webSwept is when expired console rows were last deleted (sweep
+	// goroutine only).
+	webSwept time.Time
 	// started is when New ran (see revokeUntil).
 	started time.Time
 }
+
+// webSweepInterval spaces the deletion of expired sign-in links, sessions
+// and logins: they are refused when read anyway, so this only bounds the
+// tables.
+const webSweepInterval = time.Minute
 
 // New opens the state directory and the store, loads the working set, and
 // binds the listeners. Call Run to serve.
@@ -184,6 +201,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	def(&cfg.RevocationPollTimeout, netmap.RevocationPollTimeout)
 	def(&cfg.SweepInterval, DefaultSweepInterval)
 	def(&cfg.BodyTimeout, DefaultBodyTimeout)
+	def(&cfg.LoginLifetime, LoginLifetime)
 	if cfg.MaxConnsPerSource <= 0 {
 		cfg.MaxConnsPerSource = DefaultMaxConnsPerSource
 	}
@@ -275,6 +293,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if srv.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return fail(fmt.Errorf("listen %s: %w", cfg.Listen, err))
 	}
+	if cfg.WebListen != "" {
+		if srv.webTmpl, err = loadTemplates(); err != nil {
+			return fail(err)
+		}
+		if srv.webLn, err = net.Listen("tcp", cfg.WebListen); err != nil {
+			return fail(fmt.Errorf("--web-listen %s: %w", cfg.WebListen, err))
+		}
+	}
 	return srv, nil
 }
 
@@ -291,6 +317,9 @@ func (srv *Server) closeAll() {
 	}
 	if srv.adminLn != nil {
 		srv.adminLn.Close()
+	}
+	if srv.webLn != nil {
+		srv.webLn.Close()
 	}
 	if srv.store != nil {
 		srv.store.Close()
@@ -490,7 +519,7 @@ func (srv *Server) Run(ctx context.Context) error {
 		hs.Protocols = &p
 	}
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -528,6 +557,24 @@ func (srv *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	var ws *http.Server
+	if srv.webLn != nil {
+		ws = &http.Server{
+			Handler: srv.webHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
+			MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(srv.log.Handler(), slog.LevelDebug),
+			BaseContext: func(net.Listener) context.Context { return ctx },
+			TLSConfig:   &tls.Config{Certificates: []tls.Certificate{srv.cert}, MinVersion: tls.VersionTLS12},
+		}
+		wln := tls.NewListener(newSourceLimitListener(srv.webLn, srv.cfg.MaxConnsPerSource, func() { srv.m.connsRefused.Inc() }), ws.TLSConfig)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ws.Serve(wln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("web console: %w", err)
+			}
+		}()
+		srv.log.Info("web console serving", "url", srv.WebURL())
+	}
 	srv.log.Info("coordinator serving", "addr", srv.ln.Addr().String(), "url", srv.URL(), "pin", srv.pin)
 	var err error
 	select {
@@ -542,6 +589,10 @@ func (srv *Server) Run(ctx context.Context) error {
 	if as != nil {
 		as.Shutdown(sctx)
 		as.Close()
+	}
+	if ws != nil {
+		ws.Shutdown(sctx)
+		ws.Close()
 	}
 	wg.Wait()
 	return err
@@ -612,6 +663,12 @@ func (srv *Server) sweep(ctx context.Context) {
 	}
 	if lead {
 		srv.relays.sweep(ctx, now)
+		if now.Sub(srv.webSwept) >= webSweepInterval {
+			srv.webSwept = now
+			if _, err := srv.store.SweepWeb(ctx, now); err != nil && ctx.Err() == nil {
+				srv.log.Debug("sweep expired console sessions and logins", "err", err)
+			}
+		}
 	}
 }
 

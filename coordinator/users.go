@@ -62,6 +62,7 @@ func (srv *Server) CreateUser(ctx context.Context, name string) error {
 		return err
 	}
 	srv.log.Info("user created", "user", name)
+	srv.audit(ctx, "users create", name)
 	return nil
 }
 
@@ -109,6 +110,7 @@ func (srv *Server) DeleteUser(ctx context.Context, name string, force bool) (int
 		}
 	}
 	srv.log.Info("user deleted", "user", name, "nodes_deleted", len(ids))
+	srv.audit(ctx, "users delete", fmt.Sprintf("%s (%d nodes deleted)", name, len(ids)))
 	return len(ids), nil
 }
 
@@ -140,5 +142,6 @@ func (srv *Server) RevokeAuthKey(ctx context.Context, id int64) error {
 		return err
 	}
 	srv.log.Info("auth key revoked", "id", id)
+	srv.audit(ctx, "authkey revoke", fmt.Sprintf("key %d", id))
 	return nil
 }

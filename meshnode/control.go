@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"time"
 
@@ -20,8 +21,8 @@ const (
 	coordBackoffMax = 30 * time.Second
 )
 
-// ErrNeedAuthKey is returned when the node has never registered and no
-// --authkey was given.
+// ErrNeedAuthKey is returned when a registered node has no pin for its
+// coordinator (a damaged state directory).
 var ErrNeedAuthKey = errors.New("this node is not registered yet: pass --authkey")
 
 // controlLoop keeps the node registered and its netmap stream open until
@@ -42,6 +43,11 @@ func (n *Node) controlLoop(ctx context.Context) {
 		}
 		n.mu.Unlock()
 		n.metrics.coordConnected.Set(0)
+		if errors.Is(err, coordclient.ErrLoginExpired) {
+			n.log.Error("interactive login expired without approval; start again for a new link", "err", err)
+			n.fatal <- fmt.Errorf("interactive login: %w", err)
+			return
+		}
 		if time.Since(start) > time.Minute {
 			bo.Reset() // it had been working
 		}
@@ -107,7 +113,10 @@ func (n *Node) connect(ctx context.Context) (*coordclient.Client, error) {
 			pin = p
 		}
 	}
-	if pin == "" {
+	if pin == "" && !ctl.Registered {
+		// Interactive login: the operator's pin, or none (system CA roots).
+		pin = n.cfg.CoordinatorPin
+	} else if pin == "" {
 		return nil, ErrNeedAuthKey
 	}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -120,11 +129,17 @@ func (n *Node) connect(ctx context.Context) (*coordclient.Client, error) {
 	n.mu.coord = c // reports ride this client too
 	n.mu.Unlock()
 	if !ctl.Registered {
-		if n.cfg.AuthKey == "" {
-			return nil, ErrNeedAuthKey
+		authKey := n.cfg.AuthKey
+		if authKey == "" {
+			if authKey, err = n.interactiveLogin(ctx, c); err != nil {
+				return nil, err
+			}
+			if _, p, err := netmap.ParseAuthKey(authKey); err == nil {
+				pin = p // the coordinator's own pin, from now on
+			}
 		}
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		resp, err := c.Register(rctx, n.cfg.AuthKey, n.paths.DiscoKey(), n.cfg.Hostname, runtime.GOOS)
+		resp, err := c.Register(rctx, authKey, n.paths.DiscoKey(), n.cfg.Hostname, runtime.GOOS)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("register: %w", err)
@@ -204,4 +219,33 @@ func (n *Node) coordClient(ctx context.Context) (reporter.Updater, error) {
 	c = n.mu.coord
 	n.mu.Unlock()
 	return c, nil
+}
+
+// interactiveLogin gets a login URL (reusing the one in progress while it
+// is valid), prints it, and waits for a console user to approve it. It
+// returns the single-use auth key the approval carries, or an error
+// matching coordclient.ErrLoginExpired.
+func (n *Node) interactiveLogin(ctx context.Context, c *coordclient.Client) (string, error) {
+	if n.login == nil || !time.Now().Before(n.login.Expires) {
+		lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		l, err := c.Login(lctx, n.cfg.Hostname, runtime.GOOS)
+		cancel()
+		if err != nil {
+			return "", fmt.Errorf("start interactive login: %w", err)
+		}
+		n.login = l
+		out := n.cfg.LoginOut
+		if out == nil {
+			out = os.Stderr
+		}
+		fmt.Fprintf(out, "\nTo authenticate, visit: %s\n\n", l.URL)
+		n.log.Info("waiting for the login to be approved", "url", l.URL, "expires", l.Expires.UTC().Format(time.RFC3339))
+	}
+	authKey, user, err := c.LoginWait(ctx, n.login.Code, n.priv)
+	if err != nil {
+		return "", fmt.Errorf("wait for login approval: %w", err)
+	}
+	n.log.Info("login approved", "user", user)
+	n.login = nil
+	return authKey, nil
 }

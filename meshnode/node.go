@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -89,7 +90,14 @@ type Config struct {
 	// AcceptDNS runs MagicDNS (--accept-dns): the resolver on
 	// 100.100.100.100:53 and, in kernel TUN mode, the OS pointed at it.
 	AcceptDNS bool
-	Log       *slog.Logger
+	// CoordinatorPin is the coordinator certificate's pin, for a first
+	// start without AuthKey (interactive login); empty trusts the system's
+	// CA roots then.
+	CoordinatorPin string
+	// LoginOut receives the "To authenticate, visit: URL" line of an
+	// interactive login (default os.Stderr).
+	LoginOut io.Writer
+	Log      *slog.Logger
 
 	// testHook, if set, is called with the node once it has started.
 	testHook func(*Node)
@@ -124,6 +132,11 @@ type Node struct {
 	down   chan struct{}
 	reg    *prometheus.Registry
 	socket string // the local API socket, once listening
+	// fatal carries an error that ends the daemon (an interactive login
+	// that expired unapproved).
+	fatal chan error
+	// login is the interactive login in progress; only controlLoop uses it.
+	login *netmap.LoginResponse
 
 	mu struct {
 		sync.Mutex
@@ -188,6 +201,8 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	case <-n.down:
 		n.log.Info("shutting down: meshnode down")
+	case err := <-n.fatal:
+		return err
 	}
 	return nil
 }
@@ -195,7 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate) *Node {
 	n := &Node{
 		cfg: cfg, log: cfg.Log, state: st, priv: priv,
-		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}),
+		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}), fatal: make(chan error, 1),
 		engineReady: make(chan struct{}),
 	}
 	n.filter.SetLocalOnly([]netip.Addr{dns.Address.Addr()}) // the resolver is for this node only

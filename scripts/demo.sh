@@ -44,14 +44,14 @@ wait_for() {
 base=$((20000 + RANDOM % 20000))
 coord_port=$base web_port=$((base + 1)) nyc_port=$((base + 2)) fra_port=$((base + 3))
 socks_a=$((base + 4)) socks_b=$((base + 5)) socks_c=$((base + 6))
-prom_port=$((base + 7))
+prom_port=$((base + 7)) console_port=$((base + 8))
 # Metrics: coordinator, relays and nodes on consecutive loopback ports.
 m_coord=$((base + 10)) m_nyc=$((base + 11)) m_fra=$((base + 12))
 m_a=$((base + 13)) m_b=$((base + 14)) m_c=$((base + 15))
 
-say "Starting the coordinator (SQLite in $tmp/coord)"
+say "Starting the coordinator (SQLite in $tmp/coord; web console on https://127.0.0.1:$console_port)"
 "$BIN/coordinator" serve --listen "127.0.0.1:$coord_port" --state-dir "$tmp/coord" \
-	--metrics-listen "127.0.0.1:$m_coord" --log-level warn 2>"$tmp/coordinator.log" &
+	--web-listen "127.0.0.1:$console_port" --metrics-listen "127.0.0.1:$m_coord" --log-level warn 2>"$tmp/coordinator.log" &
 pids+=($!)
 wait_for "$BIN/coordinator" nodes list --state-dir "$tmp/coord"
 url="https://127.0.0.1:$coord_port"
@@ -155,8 +155,16 @@ if [ -n "$prom" ]; then
 	echo "  dashboards:  $PWD/dashboards/*.json: import into Grafana with $prom as a Prometheus data source"
 fi
 echo "  logs:        $tmp/*.log"
+
+say "Web console: open this one-time link in a browser on this machine (valid 10 minutes, signs in once)"
+echo "  The certificate is the coordinator's own, self-signed: accept the browser's warning"
+echo "  (its pin, which every auth key carries, is sha256/${key##*.})."
+echo "  Another link: $BIN/coordinator web login --state-dir $tmp/coord"
+if [ -t 0 ]; then echo "  The demo runs until you press Enter."; fi
+echo
+"$BIN/coordinator" web login --state-dir "$tmp/coord" | tail -n 1
 if [ -t 0 ]; then
-	read -rp $'\nPress Enter to stop the demo... ' _ || true
+	read -r _ || true
 fi
 
 say "Done; stopping everything"

@@ -5,9 +5,9 @@
 # configurator's tests), Prometheus (prometheus and promtool, for the live
 # dashboard check and the rule tests), systemd-analyze (to verify the units
 # in dist/systemd/), PostgreSQL (the coordinator's shared store; tests start
-# their own server with initdb and pg_ctl), Debian 13's miniupnpd (unpacked
-# into a cache folder, not installed) and the Go modules. Safe to run
-# repeatedly.
+# their own server with initdb and pg_ctl), Chromium (the web console's
+# browser tests), Debian 13's miniupnpd (unpacked into a cache folder, not
+# installed) and the Go modules. Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -24,6 +24,8 @@ command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The web console's browser tests drive headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Debian keeps PostgreSQL's programs out of PATH.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 

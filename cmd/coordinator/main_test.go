@@ -274,3 +274,27 @@ func TestSecondServerRefused(t *testing.T) {
 	}
 	admin(t, bin, "nodes", "list", "--state-dir", dir) // the first still answers
 }
+
+// TestWebLoginCommand: `web login` prints a console link alone on its
+// last line, for an admin or an existing user, and fails clearly without a
+// console or for an unknown user.
+func TestWebLoginCommand(t *testing.T) {
+	bin := buildBinary(t)
+	plain := t.TempDir()
+	startServe(t, bin, plain, freeAddr(t))
+	if out, err := exec.Command(bin, "web", "login", "--state-dir", plain).CombinedOutput(); err == nil || !strings.Contains(string(out), "--web-listen") {
+		t.Errorf("web login without a console: %v %q", err, out)
+	}
+	dir, web := t.TempDir(), freeAddr(t)
+	startServe(t, bin, dir, freeAddr(t), "--web-listen", web)
+	if link := lastLine(admin(t, bin, "web", "login", "--state-dir", dir)); !strings.HasPrefix(link, "https://"+web+"/signin/") {
+		t.Errorf("web login printed %q", link)
+	}
+	if out, err := exec.Command(bin, "web", "login", "--user", "bob@example.com", "--state-dir", dir).CombinedOutput(); err == nil || !strings.Contains(string(out), "no such user") {
+		t.Errorf("web login for a missing user: %v %q", err, out)
+	}
+	admin(t, bin, "users", "create", "bob@example.com", "--state-dir", dir)
+	if link := lastLine(admin(t, bin, "web", "login", "--user", "bob@example.com", "--state-dir", dir)); !strings.HasPrefix(link, "https://"+web+"/signin/") {
+		t.Errorf("web login --user printed %q", link)
+	}
+}

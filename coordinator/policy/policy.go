@@ -208,7 +208,7 @@ func Parse(text []byte) (*Policy, error) {
 	dec.DisallowUnknownFields()
 	var doc Document
 	if err := dec.Decode(&doc); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, positioned(std, err))
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("%w: trailing data after the policy object", ErrInvalid)
@@ -451,7 +451,7 @@ func (p *Policy) RunTests(lookup func(string) (Principal, bool)) error {
 				return fmt.Errorf("%w: tests[%d]: %q: %v", ErrTestFailed, i, d, err)
 			}
 			if !p.Allows(src, dst, port) {
-				return fmt.Errorf("%w: tests[%d]: %s -> %s should be accepted but is denied", ErrTestFailed, i, t.Src, d)
+				return fmt.Errorf("%w: tests[%d]: %q -> %q should be accepted but is denied", ErrTestFailed, i, t.Src, d)
 			}
 		}
 		for _, d := range t.Deny {
@@ -460,7 +460,7 @@ func (p *Policy) RunTests(lookup func(string) (Principal, bool)) error {
 				return fmt.Errorf("%w: tests[%d]: %q: %v", ErrTestFailed, i, d, err)
 			}
 			if p.Allows(src, dst, port) {
-				return fmt.Errorf("%w: tests[%d]: %s -> %s should be denied but is accepted", ErrTestFailed, i, t.Src, d)
+				return fmt.Errorf("%w: tests[%d]: %q -> %q should be denied but is accepted", ErrTestFailed, i, t.Src, d)
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -126,13 +127,18 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"hosts": {"h": "1.2.3.0/24"}, "acls": [{"action": "accept", "src": ["h"], "dst": ["h:1-2,3"]}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := Parse(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error does not wrap ErrInvalid: %v", err)
-			}
+		if err == nil {
+			err = p.RunTests(nil)
+			p.Check("a", "tag:x", 80, nil)
+		} else if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("error does not wrap ErrInvalid: %v", err)
+		}
+		if line := ErrorLine(b, err); line < 0 || line > bytes.Count(b, []byte("\n"))+1 {
+			t.Fatalf("ErrorLine %d outside the text's %d lines (error %v)", line, bytes.Count(b, []byte("\n"))+1, err)
+		}
+		if p == nil {
 			return
 		}
-		p.RunTests(nil)
 		p.Allows(Principal{Name: "a", IP: netip.MustParseAddr("100.64.0.1")}, Principal{Tags: []string{"tag:x"}}, 80)
 	})
 }

@@ -67,6 +67,8 @@ func TestConformance(t *testing.T) {
 		{"AuthKeyLifecycle", testAuthKeyLifecycle},
 		{"Readers", testReaders},
 		{"Secret", testSecret},
+		{"Web", testWeb},
+		{"Rename", testRename},
 		{"RevocationsAndJoinKeys", testRevocationsAndJoinKeys},
 		{"KillDuringRegistrations", testKillDuringRegistrations},
 	}

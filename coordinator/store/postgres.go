@@ -152,6 +152,18 @@ var pgMigrations = []string{
 	);
 	CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+	// 2 (2026-12-02): the web console's sign-in links and sessions, the
+	// interactive logins of nodes, and the audit log (SQLite's 4).
+	`CREATE TABLE webtokens (
+		hash TEXT PRIMARY KEY, kind TEXT NOT NULL, user_name TEXT NOT NULL, admin BOOLEAN NOT NULL,
+		csrf TEXT NOT NULL, created BIGINT NOT NULL, expires BIGINT NOT NULL, used BIGINT NOT NULL DEFAULT 0);
+	CREATE TABLE logins (
+		code_hash TEXT PRIMARY KEY, node_key TEXT NOT NULL, hostname TEXT NOT NULL, os TEXT NOT NULL,
+		created BIGINT NOT NULL, expires BIGINT NOT NULL, approved_by TEXT NOT NULL DEFAULT '',
+		approved BIGINT NOT NULL DEFAULT 0, sealed TEXT NOT NULL DEFAULT '');
+	CREATE TABLE audit (
+		id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL,
+		action TEXT NOT NULL, target TEXT NOT NULL);`,
 }
 
 var pgDialect = &dialect{

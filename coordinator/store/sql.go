@@ -575,6 +575,10 @@ func (s *sqlStore) DeleteUser(ctx context.Context, name string, force bool, now 
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE authkeys SET revoked = ? WHERE user_name = ? AND revoked = 0`), ms(now), name); err != nil {
 			return err
 		}
+		// The user's console links and sessions end with the user.
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM webtokens WHERE user_name = ?`), name); err != nil {
+			return err
+		}
 		return s.notifyIDs(ctx, tx, ChangeNodeDeleted, ids)
 	})
 	if err != nil {

@@ -98,6 +98,18 @@ var sqliteMigrations = []string{
 	ALTER TABLE authkeys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE relays ADD COLUMN state TEXT NOT NULL DEFAULT '';
 	CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+	// 4 (2026-12-02): the web console's sign-in links and sessions, the
+	// interactive logins of nodes, and the audit log.
+	`CREATE TABLE webtokens (
+		hash TEXT PRIMARY KEY, kind TEXT NOT NULL, user_name TEXT NOT NULL, admin INTEGER NOT NULL,
+		csrf TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);
+	CREATE TABLE logins (
+		code_hash TEXT PRIMARY KEY, node_key TEXT NOT NULL, hostname TEXT NOT NULL, os TEXT NOT NULL,
+		created INTEGER NOT NULL, expires INTEGER NOT NULL, approved_by TEXT NOT NULL DEFAULT '',
+		approved INTEGER NOT NULL DEFAULT 0, sealed TEXT NOT NULL DEFAULT '');
+	CREATE TABLE audit (
+		id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
+		action TEXT NOT NULL, target TEXT NOT NULL);`,
 }
 
 var sqliteDialect = &dialect{

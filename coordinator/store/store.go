@@ -189,7 +189,8 @@ type Store interface {
 	CreateUser(ctx context.Context, u User) error
 	// Users lists every user, AdminUser included, by name.
 	Users(ctx context.Context) ([]User, error)
-	// DeleteUser removes a user and revokes its auth keys. A user who owns
+	// DeleteUser removes a user, revokes its auth keys and ends its console
+	// links and sessions. A user who owns
 	// nodes is refused with ErrUserHasNode unless force is set, which
 	// deletes the nodes too; their IDs are returned.
 	DeleteUser(ctx context.Context, name string, force bool, now time.Time) ([]int64, error)
@@ -216,6 +217,9 @@ type Store interface {
 	UpdateNode(ctx context.Context, n *Node) error
 	// DeleteNode removes node id.
 	DeleteNode(ctx context.Context, id int64) error
+	// RenameNode gives node id a new name, or returns ErrConflict (taken)
+	// or ErrNotFound.
+	RenameNode(ctx context.Context, id int64, name string) error
 
 	// CreateJoinKey stores k and creates or renames its region.
 	CreateJoinKey(ctx context.Context, k *JoinKey, r Region) error
@@ -240,6 +244,8 @@ type Store interface {
 	// stores gen's result first; when several callers race, all get the
 	// one value that was stored first.
 	Secret(ctx context.Context, name string, gen func() ([]byte, error)) ([]byte, error)
+
+	WebStore
 
 	// SchemaVersion returns the number of applied migrations.
 	SchemaVersion(ctx context.Context) (int, error)

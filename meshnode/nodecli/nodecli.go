@@ -29,7 +29,8 @@ import (
 // RunFlags are `meshnode run`'s options; each has a MESHNODE_ twin.
 type RunFlags struct {
 	Coordinator      string   `flag:"coordinator" env:"COORDINATOR" help:"coordinator URL, or a comma-separated list of replicas URL1,URL2,... (remembered after the first run)"`
-	AuthKey          string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (needed on the first run only)"`
+	AuthKey          string   `flag:"authkey" env:"AUTHKEY" help:"pre-auth key (first run only; without it the node prints a login URL to approve in the web console)"`
+	CoordinatorPin   string   `flag:"coordinator-pin" env:"COORDINATOR_PIN" help:"coordinator certificate pin for a first run without --authkey (default: verify with the system's CA roots)"`
 	Hostname         string   `flag:"hostname" env:"HOSTNAME" help:"name to register as (default: the machine's host name)"`
 	StateDir         string   `flag:"state-dir" env:"STATE_DIR" help:"directory for the node key, netmap cache and socket (required)"`
 	TUN              string   `flag:"tun" env:"TUN" envDefault:"wm0" help:"kernel TUN device name (needs root)"`
@@ -62,7 +63,7 @@ type ClientFlags struct {
 	Timeout  time.Duration `flag:"timeout" env:"PING_TIMEOUT" envDefault:"5s" help:"ping: how long to wait for each pong"`
 }
 
-const usage = `meshnode run --coordinator URL --authkey KEY --hostname NAME --state-dir DIR
+const usage = `meshnode run --coordinator URL [--authkey KEY | --coordinator-pin PIN] --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
              [--forward-ports PORTS] [--socks5-allow-remote] [--accept-dns=false]
        meshnode status [--json]            peers, paths, traffic and DNS
@@ -123,7 +124,8 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg := meshnode.Config{
 		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
 		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, Log: log,
-		AcceptDNS: f.AcceptDNS,
+		AcceptDNS:      f.AcceptDNS,
+		CoordinatorPin: f.CoordinatorPin, LoginOut: stderr,
 	}
 	if f.Userspace {
 		cfg.Socks5, cfg.Socks5AllowRemote = f.Socks5, f.Socks5AllowRemote
