@@ -3,6 +3,9 @@ package meshnode
 import (
 	"context"
 	"errors"
+	"time"
+
+	"github.com/wiremesh/wiremesh/internal/poll"
 	"net/netip"
 	"strings"
 	"testing"
@@ -175,3 +178,39 @@ func (c *countingOS) Set(context.Context, dns.OSConfig) error { c.sets++; return
 func (c *countingOS) Restore(context.Context) error           { return nil }
 func (c *countingOS) Health() error                           { return nil }
 func (c *countingOS) Mode() string                            { return dns.ModeFile }
+
+// TestDNSRenamedPeer: a peer renamed at the coordinator (the console's
+// rename) reaches the other node's resolver as a delta: the new name
+// answers through `meshnode dns query` (the local API) and the old one is
+// NXDOMAIN.
+func TestDNSRenamedPeer(t *testing.T) {
+	m := newMesh(t, "nyc")
+	a := m.startNode(t, "a", "")
+	b := m.startNode(t, "b", "")
+	for _, n := range []*testNode{a, b} {
+		n.waitStatus(t, "one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
+	}
+	ctx := context.Background()
+	ask := func(name string) localapi.DNSAnswer {
+		ans, err := a.api.DNSQuery(ctx, name, "A")
+		if err != nil {
+			t.Fatalf("dns query %s: %v", name, err)
+		}
+		return ans
+	}
+	if ans := ask("b"); ans.Rcode != "NOERROR" || ans.Source != dns.SourceMesh || len(ans.Answers) != 1 {
+		t.Fatalf("b before the rename: %+v", ans)
+	}
+	if err := m.coord.RenameNode(ctx, "b", "bee"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	poll.Until(t, "the new name answers", func() bool { return ask("bee").Rcode == "NOERROR" })
+	t.Logf("rename visible on a after %v", time.Since(start))
+	if ans := ask("b.mesh.internal"); ans.Rcode != "NXDOMAIN" {
+		t.Fatalf("the old name after the rename: %+v", ans)
+	}
+	if ans := ask("bee.mesh.internal"); len(ans.Answers) != 1 || !strings.Contains(ans.Answers[0], "100.64.") {
+		t.Fatalf("the new name: %+v", ans)
+	}
+}
