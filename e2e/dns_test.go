@@ -133,7 +133,8 @@ func readFile(t *testing.T, path string) string {
 // of mesh addresses, an external name through the global nameserver (a
 // DNS server in another namespace), and, after the coordinator's settings
 // change, the global nameserver on b's mesh address (a Pi-hole on a
-// peer, reached through the tunnel). A new peer resolves within 10 s and
+// peer, reached through the tunnel, from a's kernel TUN and from u's
+// netstack). A new peer resolves within 10 s and
 // a deleted one stops. Another program fighting over the file raises the
 // DNS health warning. Stopping a restores the file; so does a start and
 // stop after SIGKILL. u's SOCKS5 proxy resolves mesh names through the
@@ -255,6 +256,14 @@ func TestLabMagicDNS(t *testing.T) {
 	waitGetent(t, ah, "ads.example.test", "198.18.99.9 ads.example.test", poll.DefaultTimeout)
 	if got := getent(ah, "www.example.test"); got != "" {
 		t.Errorf("the old global nameserver still answers: %q", got)
+	}
+	// The userspace node reaches the same Pi-hole through its netstack.
+	var out string
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		out, _ = w.run("meshnode", "dns", "query", "--json", "--state-dir", u.dir, "ads.example.test")
+		return strings.Contains(out, `"source":"global"`) && strings.Contains(out, "198.18.99.9")
+	}) {
+		t.Errorf("userspace node through the Pi-hole on b: %s", out)
 	}
 
 	// Another program keeps rewriting the file: the node re-applies it a
