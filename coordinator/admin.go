@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wiremesh/wiremesh/coordinator/dnsconf"
 	"github.com/wiremesh/wiremesh/coordinator/policy"
 	"github.com/wiremesh/wiremesh/coordinator/store"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -45,6 +46,15 @@ const (
 	AdminPathUserDelete = "/admin/v1/users/delete"
 	// AdminPathWebLogin makes a console sign-in link (POST WebLoginRequest).
 	AdminPathWebLogin = "/admin/v1/web/login"
+	// AdminPathDNS reads the DNS settings (GET, JSON as dnsconf.Format
+	// writes it) or replaces them (PUT, a HuJSON document).
+	AdminPathDNS = "/admin/v1/dns"
+	// AdminPathRoutes lists routes (GET).
+	AdminPathRoutes = "/admin/v1/routes"
+	// AdminPathRouteApprove and AdminPathRouteUnapprove take a
+	// RouteRequest (POST).
+	AdminPathRouteApprove   = "/admin/v1/routes/approve"
+	AdminPathRouteUnapprove = "/admin/v1/routes/unapprove"
 )
 
 // WebLoginRequest asks for a one-time console sign-in link; an empty User
@@ -58,7 +68,8 @@ type WebLoginResponse struct {
 	URL string `json:"url"`
 }
 
-// maxAdminBody bounds admin requests; a policy is the largest.
+// maxAdminBody bounds admin requests; a policy is the largest (DNS
+// settings are bounded by dnsconf.MaxFileSize, well under it).
 const maxAdminBody = policy.MaxSize + 4<<10
 
 func listenAdmin(path string) (net.Listener, error) {
@@ -385,6 +396,18 @@ func (srv *Server) adminHandler() http.Handler {
 		}
 		adminReply(w, struct{}{}, srv.SetPolicy(r.Context(), body))
 	})
+	mux.HandleFunc("GET "+AdminPathDNS, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(dnsconf.Format(srv.DNS()))
+	})
+	mux.HandleFunc("PUT "+AdminPathDNS, func(w http.ResponseWriter, r *http.Request) {
+		body, err := readBody(w, r, maxAdminBody)
+		if err != nil {
+			srv.fail(w, r, err)
+			return
+		}
+		adminReply(w, struct{}{}, srv.SetDNSText(r.Context(), body))
+	})
 	mux.HandleFunc("GET "+AdminPathAuthKeys, func(w http.ResponseWriter, r *http.Request) {
 		keys, err := srv.AuthKeys(r.Context())
 		adminReply(w, keys, err)
@@ -425,6 +448,18 @@ func (srv *Server) adminHandler() http.Handler {
 		u, err := srv.WebSignIn(r.Context(), req.User)
 		adminReply(w, WebLoginResponse{URL: u}, err)
 	})
+	mux.HandleFunc("GET "+AdminPathRoutes, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, srv.Routes())
+	})
+	for path, approve := range map[string]bool{AdminPathRouteApprove: true, AdminPathRouteUnapprove: false} {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			var req RouteRequest
+			if !adminDecode(w, r, &req) {
+				return
+			}
+			adminReply(w, struct{}{}, srv.ApproveRoute(r.Context(), req.Node, req.Prefix, approve))
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such admin endpoint: %s %s", r.Method, r.URL.Path))
 	})

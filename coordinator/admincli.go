@@ -353,6 +353,11 @@ var adminCommands = []adminCommand{
 			return err
 		},
 	},
+	dnsGetCommand(),
+	dnsSetCommand(),
+	routesListCommand(),
+	routeApproveCommand("approve", AdminPathRouteApprove),
+	routeApproveCommand("unapprove", AdminPathRouteUnapprove),
 }
 
 // runAdmin runs the admin command cmd ("group verb").

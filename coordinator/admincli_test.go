@@ -33,6 +33,10 @@ func TestAdminCommandsGolden(t *testing.T) {
 	dir := s.Dir
 	pol := filepath.Join(t.TempDir(), "p.hujson")
 	os.WriteFile(pol, []byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}`), 0o600)
+	dnsGood := filepath.Join(filepath.Dir(pol), "dns.hujson")
+	os.WriteFile(dnsGood, []byte(`{"domain": "mesh.test", "nameservers": ["198.18.0.53"]}`), 0o600)
+	dnsBad := filepath.Join(filepath.Dir(pol), "dnsbad.hujson")
+	os.WriteFile(dnsBad, []byte(`{"domain": "mesh.test", "nameservers": ["198.18.0.53:5353"]}`), 0o600)
 	badPol := filepath.Join(t.TempDir(), "bad.hujson")
 	os.WriteFile(badPol, []byte(`{"acls": [{"action": "accept", "src": ["tag:nope"], "dst": ["*:*"]}]}`), 0o600)
 	ak := s.AuthKey(t, coordinator.AuthKeyRequest{Reusable: true})
@@ -81,8 +85,22 @@ func TestAdminCommandsGolden(t *testing.T) {
 		append([]string{"policy", "set", filepath.Join(dir, "missing.hujson")}, sd...),
 		append([]string{"policy", "set", badPol}, sd...),
 		append([]string{"policy", "set", pol}, sd...),
+		{"dns"},
+		{"dns", "set", "--help"},
+		append([]string{"dns", "get"}, sd...),
+		append([]string{"dns", "set"}, sd...),
+		append([]string{"dns", "set", dnsBad}, sd...),
+		append([]string{"dns", "set", dnsGood}, sd...),
+		append([]string{"dns", "get"}, sd...),
 		append([]string{"policy", "get"}, sd...),
 		{"policy", "get", "--help"},
+		{"routes", "approve", "--help"},
+		append([]string{"routes", "approve", "alpha"}, sd...),
+		append([]string{"routes", "approve", "alpha", "198.19.50.1/24"}, sd...),
+		append([]string{"routes", "approve", "alpha", "198.19.50.0/24"}, sd...),
+		append([]string{"routes", "unapprove", "nope", "198.19.50.0/24"}, sd...),
+		append([]string{"routes", "list"}, sd...),
+		append([]string{"routes", "list", "--json"}, sd...),
 	}
 	var out strings.Builder
 	for _, args := range cmds {

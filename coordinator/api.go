@@ -278,7 +278,15 @@ func (srv *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		srv.fail(w, r, err)
 		return
 	}
+	if err := validateAdvertised(req.AdvertisedRoutes); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
 	if err := srv.applyReport(r.Context(), n, nil, req.Endpoints, req.HomeRelay, req.Netcheck); err != nil {
+		srv.fail(w, r, err)
+		return
+	}
+	if err := srv.applyAdvertised(r.Context(), n, req.AdvertisedRoutes, req.ExitNode); err != nil {
 		srv.fail(w, r, err)
 		return
 	}

@@ -44,6 +44,11 @@ usage:
   coordinator policy get --state-dir DIR
   coordinator policy set FILE --state-dir DIR
   coordinator web login [--user NAME] --state-dir DIR
+  coordinator dns get --state-dir DIR
+  coordinator dns set FILE --state-dir DIR
+  coordinator routes list [--json] --state-dir DIR
+  coordinator routes approve NODE CIDR --state-dir DIR
+  coordinator routes unapprove NODE CIDR --state-dir DIR
   coordinator version
 
 Each command takes --help. Admin commands talk to the running server through
@@ -112,7 +117,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
-	case "authkey", "relaykey", "nodes", "relays", "policy", "users", "web":
+	case "authkey", "relaykey", "nodes", "relays", "policy", "users", "web", "dns", "routes":
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
 			fmt.Fprint(stdout, usageTop)
 			if len(rest) == 0 {

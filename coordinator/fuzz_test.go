@@ -61,6 +61,8 @@ func FuzzAPI(f *testing.F) {
 		`{"version":1,"disco_key":"discokey:0000000000000000000000000000000000000000000000000000000000000001"}`,
 		`{"version":1,"auth_key":"x","node_key":"nodekey:00","disco_key":"discokey:00"}`,
 		`{"clients":1}`, `{"after":0}`, `{"after":18446744073709551615}`, `[]`, `null`,
+		`{"advertised_routes":["198.19.50.0/24","198.19.60.0/24"],"exit_node":true}`,
+		`{"advertised_routes":["100.64.0.0/24","0.0.0.0/0"]}`,
 	} {
 		for p := range 10 {
 			f.Add(uint8(p), []byte(seed))
@@ -177,7 +179,7 @@ func FuzzStateFiles(f *testing.F) {
 				t.Fatalf("%s: multi-line error %q", name, err)
 			}
 			if after, _ := os.ReadFile(path); !bytes.Equal(after, b) {
-				t.Fatalf("%s: refused, but the file was rewritten", name)
+				t.Fatalf("%s: refused (%v), but the file was rewritten", name, err)
 			}
 			return
 		}

@@ -93,7 +93,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "coordinator_store_errors_total", Help: "Requests that failed in the store, by reason (unavailable: the database could not be reached).",
 	}, []string{"reason"})
-	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "revocation", "online", "alive", "dropped"} {
+	for _, k := range []string{"resync", "lost", "nodes", "node_deleted", "relay", "region", "policy", "dns", "revocation", "online", "alive", "dropped"} {
 		m.replicaEvents.WithLabelValues(k)
 	}
 	for _, k := range []string{"unavailable", "other"} {
@@ -133,6 +133,7 @@ const (
 var (
 	nodesDesc  = prometheus.NewDesc("coordinator_nodes", "Registered nodes, by state (online, offline, expired).", []string{"state"}, nil)
 	relaysDesc = prometheus.NewDesc("coordinator_relays", "Relays in the relay map, by region and state.", []string{"region", "state"}, nil)
+	routesDesc = prometheus.NewDesc("coordinator_routes", "Routes nodes advertise (advertised) and of those the ones approved and in effect (approved); an exit node counts as one route.", []string{"state"}, nil)
 	revsDesc   = prometheus.NewDesc("coordinator_revocations", "Node keys revoked at relays and still in force.", nil, nil)
 )
 
@@ -142,6 +143,7 @@ type stateCollector struct{ s *Server }
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nodesDesc
 	ch <- relaysDesc
+	ch <- routesDesc
 	ch <- revsDesc
 }
 
@@ -149,8 +151,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	st := c.s.st
 	st.mu.RLock()
-	var online, offline, expired int
+	var online, offline, expired, advertised, approved int
 	for _, n := range st.nodes {
+		advertised += len(n.rec.AdvertisedRoutes)
+		approved += len(n.subnets)
+		if n.exit {
+			approved++
+		}
 		switch {
 		case n.expired(now):
 			expired++
@@ -164,6 +171,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(online), "online")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(offline), "offline")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(expired), "expired")
+	ch <- prometheus.MustNewConstMetric(routesDesc, prometheus.GaugeValue, float64(advertised), "advertised")
+	ch <- prometheus.MustNewConstMetric(routesDesc, prometheus.GaugeValue, float64(approved), "approved")
 	_, revs, _ := c.s.revs.list(now)
 	ch <- prometheus.MustNewConstMetric(revsDesc, prometheus.GaugeValue, float64(len(revs)))
 

@@ -142,6 +142,7 @@ func (srv *Server) register(r *http.Request, body []byte) (*netmap.RegisterRespo
 		old := existing.rec
 		st.mu.RUnlock()
 		rec.ID, rec.Name, rec.IP, rec.Created = old.ID, old.Name, old.IP, old.Created
+		rec.AdvertisedRoutes, rec.ApprovedRoutes = old.AdvertisedRoutes, old.ApprovedRoutes
 	}
 	var err2 error
 	if existing != nil {
@@ -578,8 +579,10 @@ func (srv *Server) installPolicy(p *policy.Policy) {
 	defer st.mu.Unlock()
 	st.setPolicyLocked(p)
 	for _, n := range st.nodes {
+		self := n.routesDirty
+		n.routesDirty = false
 		if n.sess != nil {
-			n.sess.mark(func(pd *pending) { pd.recompute = true }, now)
+			n.sess.mark(func(pd *pending) { pd.recompute, pd.self = true, pd.self || self }, now)
 		}
 	}
 }

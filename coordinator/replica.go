@@ -261,6 +261,8 @@ func (r *replicas) apply(ctx context.Context, c store.Change) {
 			return
 		}
 		srv.syncPolicy(text)
+	case store.ChangeDNS:
+		srv.syncDNS(ctx)
 	case store.ChangeRelay:
 		rl, err := srv.store.Relay(ctx, c.Key)
 		if err != nil {
@@ -325,6 +327,7 @@ func (r *replicas) resync(ctx context.Context) {
 		n.writeMu.Unlock()
 	}
 	srv.syncPolicy(snap.Policy)
+	srv.syncDNS(ctx)
 	changed := false
 	for _, rv := range snap.Revocations {
 		if nk, err := key.ParseNodePublic(rv.NodeKey); err == nil {
@@ -455,6 +458,7 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 			}
 		}
 	}
+	routesMoved := !slices.Equal(old.AdvertisedRoutes, rec.AdvertisedRoutes) || !slices.Equal(old.ApprovedRoutes, rec.ApprovedRoutes)
 	if old.LastSeen.After(rec.LastSeen) {
 		rec.LastSeen = old.LastSeen
 	}
@@ -462,10 +466,15 @@ func (srv *Server) applyNodeRec(n *nodeState, rec store.Node) {
 	if dk, err := key.ParseDiscoPublic(rec.DiscoKey); err == nil {
 		n.discoKey = dk
 	}
+	if routesMoved && !n.expired(now) && !n.expiredSent {
+		// Reindexes and tells old and new viewers, and n itself.
+		st.routesChangedLocked(n, now)
+		return
+	}
 	if !visible {
 		return
 	}
-	if reindex {
+	if reindex || routesMoved {
 		st.unindexLocked(n)
 		st.indexLocked(n)
 	}

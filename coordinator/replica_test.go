@@ -299,6 +299,37 @@ func TestConcurrentRegistrationsOnTwoReplicas(t *testing.T) {
 	}
 }
 
+// TestReplicasDNS: DNS settings set through one replica reach the streams
+// held by the other, and a replica started later loads them.
+func TestReplicasDNS(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	rs := startReplicas(t, url, 2)
+	a, b := rs[0], rs[1]
+	ctx := context.Background()
+	n := b.Register(t, a.AuthKey(t, coordinator.AuthKeyRequest{}), "one")
+	w := watch(t, n, netmap.MapRequest{}) // on b
+	w.waitFor("the default settings", func(nm *netmap.NetworkMap) bool { return nm.DNS.Domain == coordinator.DefaultDNSDomain })
+	start := time.Now()
+	if err := a.SetDNSText(ctx, []byte(`{"domain": "corp.mesh", "split": {"corp.test": ["198.18.0.54"]}}`)); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor("settings set on a, on b's stream", func(nm *netmap.NetworkMap) bool {
+		return nm.DNS.Domain == "corp.mesh" && len(nm.DNS.Split["corp.test"]) == 1
+	})
+	t.Logf("dns set on one replica to a stream on the other: %v", time.Since(start))
+	if f := w.lastDNSFrame(); f == nil || f.Full {
+		t.Errorf("settings arrived in %+v, want a delta frame", f)
+	}
+	if d := b.DNS(); d.Domain != "corp.mesh" {
+		t.Fatalf("settings in force on b: %+v", d)
+	}
+	c := startReplicas(t, url, 1)[0]
+	if d := c.DNS(); d.Domain != "corp.mesh" {
+		t.Fatalf("settings on a replica started later: %+v", d)
+	}
+}
+
 // TestRevocationReachesRelaysOfEveryReplica: a node deleted through one
 // replica is in the revocation list a relay polls on the other.
 func TestRevocationReachesRelaysOfEveryReplica(t *testing.T) {

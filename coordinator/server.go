@@ -134,8 +134,10 @@ type Server struct {
 	log   *slog.Logger
 	store store.Store
 	st    *state
-	dns   netmap.DNS
-	m     *serverMetrics
+	// dns is the DNS settings in force; guarded by st.mu, replaced whole
+	// (never changed in place), so a frame may hold a shallow copy.
+	dns netmap.DNS
+	m   *serverMetrics
 
 	coordPriv key.CoordPrivate
 	coordPub  key.CoordPublic
@@ -154,6 +156,8 @@ type Server struct {
 	rep    *replicas
 	// policyMu orders policy changes: store write, then install.
 	policyMu sync.Mutex
+	// dnsMu orders DNS settings changes the same way (dns.go).
+	dnsMu sync.Mutex
 
 	ln      net.Listener
 	adminLn net.Listener
@@ -264,10 +268,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := srv.loadSecrets(ctx); err != nil {
 		return fail(err)
 	}
-	srv.dns = netmap.DNS{Domain: cfg.DNSDomain, MagicDNS: true, Nameservers: cfg.Nameservers}
 	st := srv.store
 	snap, err := st.Load(ctx)
 	if err != nil {
+		return fail(err)
+	}
+	if err := srv.initDNS(snap.DNS); err != nil {
 		return fail(err)
 	}
 	if err := srv.loadSnapshot(snap); err != nil {

@@ -311,7 +311,7 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 		s.sent = map[netmap.NodeID]struct{}{}
 		msg.Peers = []json.RawMessage{}
 		st.visibleFrom(n, now, func(o *nodeState) {
-			msg.Peers = append(msg.Peers, o.wireBytes())
+			msg.Peers = append(msg.Peers, st.peerBytesLocked(o, n))
 			s.sent[o.id] = struct{}{}
 		})
 		p.filter, p.relayMap, p.dns, p.admission = true, true, true, true
@@ -330,8 +330,10 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 					p.removed = addID(p.removed, id)
 				}
 			}
-			for id := range vis {
-				if _, ok := s.sent[id]; !ok {
+			for id, o := range vis {
+				// Routers are sent again: which of their routes this
+				// node may use depends on the policy.
+				if _, ok := s.sent[id]; !ok || o.hasRoutes() {
 					p.changed = addID(p.changed, id)
 				}
 			}
@@ -342,7 +344,7 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 			if !ok || o.expired(now) {
 				continue
 			}
-			msg.PeersChanged = append(msg.PeersChanged, o.wireBytes())
+			msg.PeersChanged = append(msg.PeersChanged, st.peerBytesLocked(o, n))
 			s.sent[id] = struct{}{}
 		}
 		for id := range p.online {
@@ -354,7 +356,7 @@ func (srv *Server) buildFrame(s *session, p pending) (*wireMapResponse, string) 
 				continue
 			}
 			if _, known := s.sent[id]; !known {
-				msg.PeersChanged = append(msg.PeersChanged, o.wireBytes())
+				msg.PeersChanged = append(msg.PeersChanged, st.peerBytesLocked(o, n))
 				s.sent[id] = struct{}{}
 				continue
 			}

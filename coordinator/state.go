@@ -53,6 +53,13 @@ type nodeState struct {
 	expiredSent bool // peers were told this node expired
 	// wire caches this node's JSON encoding as a netmap.Node; nil when stale.
 	wire atomic.Pointer[[]byte]
+	// subnets and exit are the routes in effect (advertised and approved
+	// by an admin or the policy), set by indexLocked; exit is 0.0.0.0/0.
+	subnets []netip.Prefix
+	exit    bool
+	// routesDirty: indexLocked changed subnets or exit (a policy change
+	// did); installPolicy sends the node its own record again.
+	routesDirty bool
 }
 
 func (n *nodeState) expired(now time.Time) bool {
@@ -87,6 +94,10 @@ func (n *nodeState) toNetmap() netmap.Node {
 		Hostname:   n.rec.Hostname,
 		OS:         n.rec.OS,
 		Ephemeral:  n.rec.Ephemeral,
+		// Self sees all its routes in effect; peers see only the part
+		// they may use (peerBytesLocked).
+		Routes:         n.subnets,
+		ExitNodeOption: n.exit,
 	}
 }
 
@@ -177,6 +188,11 @@ func (st *state) setPolicyLocked(p *policy.Policy) {
 // indexLocked computes which rules n matches and adds it to their sets.
 func (st *state) indexLocked(n *nodeState) {
 	n.srcRules, n.dstRules = n.srcRules[:0], n.dstRules[:0]
+	subnets, exit := effectiveRoutes(&n.rec, st.policy)
+	if exit != n.exit || !slices.Equal(subnets, n.subnets) {
+		n.subnets, n.exit, n.routesDirty = subnets, exit, true
+		n.wire.Store(nil)
+	}
 	p := n.principal()
 	for i, rs := range st.rules {
 		if rs.rule.SrcMatches(p) {
@@ -186,7 +202,7 @@ func (st *state) indexLocked(n *nodeState) {
 			}
 			rs.srcIPsCached = nil
 		}
-		if _, ok := rs.rule.DstMatches(p); ok {
+		if _, ok := rs.rule.DstMatches(p); ok || n.routesTo(&rs.rule) {
 			n.dstRules = append(n.dstRules, i)
 			if !rs.dstAll {
 				rs.dst[n.id] = n
@@ -288,6 +304,16 @@ func (st *state) filterLocked(y *nodeState) *netmap.Filter {
 		fr := netmap.FilterRule{SrcIPs: st.srcIPsLocked(rs)}
 		for _, pr := range ports {
 			fr.DstPorts = append(fr.DstPorts, netmap.PortRange{Dst: y.prefix(), First: pr.First, Last: pr.Last})
+		}
+		// A router also accepts, to forward, what the rule allows to the
+		// networks it routes.
+		for _, rd := range rs.rule.RoutedDsts(y.subnets, y.exit) {
+			for _, pr := range rd.Ports {
+				fr.DstPorts = append(fr.DstPorts, netmap.PortRange{Dst: rd.Prefix, First: pr.First, Last: pr.Last})
+			}
+		}
+		if len(fr.DstPorts) == 0 {
+			continue
 		}
 		f.Rules = append(f.Rules, fr)
 	}

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +127,19 @@ func TestLabMeshOverRelay(t *testing.T) {
 	})
 	if p, _ := peerOf(st, "b"); p.Relay != "nyc" || p.TxBytes < 50<<20 || p.Endpoint != "" {
 		t.Fatalf("a's view of b: %+v", p)
+	}
+	// The transfer went through the relay fast path on each node's own
+	// UDP socket, in wireguard-go's batches: 50 MB is over 38,000 packets
+	// of 1,312 bytes.
+	for _, c := range []struct {
+		n    *node
+		dir  string
+		want float64
+	}{{a, "tx", 38000}, {b, "rx", 38000}} {
+		sample := `meshnode_relay_fastpath_batched_packets_total{direction="` + c.dir + `"}`
+		if v, ok := metricValue(c.n, sample); !ok || v < c.want {
+			t.Errorf("%s: %s = %v (present %v), want at least %v", c.n.name, sample, v, ok, c.want)
+		}
 	}
 	// meshnode ping: a disco ping through the relay.
 	out, err := w.run("meshnode", "ping", "--json", "-c", "2", "--state-dir", a.dir, "c")
@@ -296,4 +310,17 @@ func greet(ln net.Listener, msg string) {
 		c.Write([]byte(msg))
 		c.Close()
 	}
+}
+
+// metricValue reads one sample (name with its labels, as exposed) from a
+// node's metrics; false if absent.
+func metricValue(n *node, sample string) (float64, bool) {
+	out := metricsOf(n.host.Namespace, "http://127.0.0.1:9100/metrics", sample)
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == sample {
+			v, err := strconv.ParseFloat(f[1], 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
 }

@@ -23,6 +23,19 @@ import (
 // iperf3 runs a TCP iperf3 test from client to server's addr for d and
 // returns the receiver's bits per second and the sender's retransmits.
 func iperf3(b testing.TB, client, server *lab.Namespace, addr netip.Addr, d time.Duration) (float64, int) {
+	r := iperf3Run(b, client, server, addr, d)
+	return r.bps, r.retransmits
+}
+
+// iperfResult is one iperf3 TCP run: the receiver's rate, the sender's
+// retransmits and bytes sent.
+type iperfResult struct {
+	bps         float64
+	retransmits int
+	sentBytes   float64
+}
+
+func iperf3Run(b testing.TB, client, server *lab.Namespace, addr netip.Addr, d time.Duration) iperfResult {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
@@ -48,7 +61,8 @@ func iperf3(b testing.TB, client, server *lab.Namespace, addr netip.Addr, d time
 	var r struct {
 		End struct {
 			SumSent struct {
-				Retransmits int `json:"retransmits"`
+				Retransmits int     `json:"retransmits"`
+				Bytes       float64 `json:"bytes"`
 			} `json:"sum_sent"`
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
@@ -58,7 +72,79 @@ func iperf3(b testing.TB, client, server *lab.Namespace, addr netip.Addr, d time
 	if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
 		b.Fatalf("iperf3 output: %v\n%s", err, out)
 	}
-	return r.End.SumReceived.BitsPerSecond, r.End.SumSent.Retransmits
+	return iperfResult{bps: r.End.SumReceived.BitsPerSecond, retransmits: r.End.SumSent.Retransmits, sentBytes: r.End.SumSent.Bytes}
+}
+
+// relayCPUSeconds reads the relay's process_cpu_seconds_total.
+func relayCPUSeconds(b testing.TB, w *world) float64 {
+	b.Helper()
+	r := w.relays[0]
+	out := metricsOf(r.Host.Namespace, "http://"+netip.AddrPortFrom(r.Host.Addr, 9100).String()+"/metrics", "process_cpu_seconds_total")
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "process_cpu_seconds_total" {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	b.Fatalf("relay has no process_cpu_seconds_total:\n%s", out)
+	return 0
+}
+
+// relayMSS is the inner TCP segment size on the tunnel (MTU 1280 minus
+// 40 bytes of IPv4 and TCP headers), to turn bytes sent into segments.
+const relayMSS = 1280 - 40
+
+// BenchmarkLabRelayVsDirect measures, in one lab run, iperf3 TCP over the
+// relay path (two kernel-TUN nodes behind hard NATs, through the relay's
+// fast path) and over the direct path (two nodes behind easy NATs), one
+// after the other each iteration, and reports their ratio, the relayed
+// run's retransmits as a share of its segments, and the relay's CPU
+// seconds per gigabit relayed (from its process_cpu_seconds_total).
+func BenchmarkLabRelayVsDirect(b *testing.B) {
+	w := newWorld(b, "nyc")
+	a := w.startNode("a", hardNATHost(b, w, "a"))
+	bn := w.startNode("b", hardNATHost(b, w, "b"))
+	c := w.startNode("c", easy.host(b, w, "c"))
+	d := w.startNode("d", easy.host(b, w, "d"))
+	for _, n := range []*node{a, bn, c, d} {
+		n.waitStatus("three peers", func(st localapi.Status) bool { return len(st.Peers) == 3 })
+	}
+	bIP, dIP := bn.ip(), d.ip()
+	if err := a.ping(bIP, 1); err != nil {
+		b.Fatal(err)
+	}
+	w.waitEndpoints("c", "d")
+	c.ping(dIP, 3)
+	c.waitStatus("direct path to d", func(st localapi.Status) bool { p, _ := peerOf(st, "d"); return p.Path == "direct" })
+	const dur = 5 * time.Second
+	var relayed, direct, retrPct, cpuPerGbit []float64
+	for i := 0; i < b.N; i++ {
+		cpu0 := relayCPUSeconds(b, w)
+		r := iperf3Run(b, a.host.Namespace, bn.host.Namespace, bIP, dur)
+		cpu := relayCPUSeconds(b, w) - cpu0
+		dr := iperf3Run(b, c.host.Namespace, d.host.Namespace, dIP, dur)
+		st, _ := a.status()
+		p, _ := peerOf(st, "b")
+		if p.Path != "relay" {
+			b.Fatalf("a's path to b is %q, want relay", p.Path)
+		}
+		gbit := r.bps * dur.Seconds() / 1e9
+		pct := 100 * float64(r.retransmits) / (r.sentBytes / relayMSS)
+		relayed, direct = append(relayed, r.bps), append(direct, dr.bps)
+		retrPct, cpuPerGbit = append(retrPct, pct), append(cpuPerGbit, cpu/gbit)
+		b.Logf("run %d: relay path %.0f Mbit/s (%d retr, %.2f%% of segments), direct path %.0f Mbit/s (%d retr), ratio %.3f; relay CPU %.2f s for %.2f Gbit = %.2f CPU-s/Gbit",
+			i, r.bps/1e6, r.retransmits, pct, dr.bps/1e6, dr.retransmits, r.bps/dr.bps, cpu, gbit, cpu/gbit)
+		if testing.Verbose() {
+			b.Logf("a metrics:\n%s", metricsOf(a.host.Namespace, "http://127.0.0.1:9100/metrics", "meshnode_relay_fastpath"))
+		}
+	}
+	b.ReportMetric(median(relayed)/1e6, "relay-Mbit/s")
+	b.ReportMetric(median(direct)/1e6, "direct-Mbit/s")
+	b.ReportMetric(median(relayed)/median(direct), "ratio")
+	b.ReportMetric(median(retrPct), "relay-retr-%")
+	b.ReportMetric(median(cpuPerGbit), "relay-CPU-s/Gbit")
 }
 
 // BenchmarkLabRelayIperf3 measures iperf3 TCP over the relay path between

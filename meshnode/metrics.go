@@ -115,7 +115,11 @@ var (
 	descRxBytes     = prometheus.NewDesc("meshnode_rx_bytes_total", "WireGuard bytes received, by path.", []string{"path"}, nil)
 	descRelayConns  = prometheus.NewDesc("meshnode_relay_connections", "Open relay connections, by region.", []string{"region"}, nil)
 	descRelayDrops  = prometheus.NewDesc("meshnode_relay_queue_drops_total", "Relayed packets dropped because wireguard-go fell behind.", nil, nil)
-	descRegionInfo  = prometheus.NewDesc("meshnode_region_info", "Relay regions in the relay map, with their metadata (value 1).",
+	descRelayBatch  = prometheus.NewDesc("meshnode_relay_fastpath_batched_packets_total",
+		"Relayed packets that went through the UDP socket's batches (the relay fast path on the shared socket), by direction.", []string{"direction"}, nil)
+	descRelayBatchErrs = prometheus.NewDesc("meshnode_relay_fastpath_batch_errors_total",
+		"Relayed batches the UDP socket refused; their packets went through the relay connection (QUIC or TCP).", nil, nil)
+	descRegionInfo = prometheus.NewDesc("meshnode_region_info", "Relay regions in the relay map, with their metadata (value 1).",
 		[]string{"region", "name", "latitude", "longitude"}, nil)
 	descHomeRegion = prometheus.NewDesc("meshnode_home_region_info", "The current home relay region (value 1).", []string{"region"}, nil)
 	descHealth     = prometheus.NewDesc("meshnode_health_warnings", "Health warnings, by kind: 1 while the condition holds, else 0.", []string{"kind"}, nil)
@@ -130,6 +134,8 @@ func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRxBytes
 	ch <- descRelayConns
 	ch <- descRelayDrops
+	ch <- descRelayBatch
+	ch <- descRelayBatchErrs
 	ch <- descRegionInfo
 	ch <- descHomeRegion
 	ch <- descHealth
@@ -145,6 +151,9 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRxBytes, prometheus.CounterValue, float64(st.RxBytes[p]), p.String())
 	}
 	ch <- prometheus.MustNewConstMetric(descRelayDrops, prometheus.CounterValue, float64(st.RelayQueueDrops))
+	ch <- prometheus.MustNewConstMetric(descRelayBatch, prometheus.CounterValue, float64(st.FastTxPackets), "tx")
+	ch <- prometheus.MustNewConstMetric(descRelayBatch, prometheus.CounterValue, float64(st.FastRxPackets), "rx")
+	ch <- prometheus.MustNewConstMetric(descRelayBatchErrs, prometheus.CounterValue, float64(st.FastSendErrors))
 	counts := map[string]int{"direct": 0, "relay": 0, "none": 0}
 	for _, p := range c.n.Status().Peers {
 		counts[p.Path]++

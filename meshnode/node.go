@@ -48,11 +48,15 @@ import (
 	"github.com/wiremesh/wiremesh/relayclient"
 )
 
-// MTU is the tunnel MTU. A relayed packet must fit one QUIC datagram right
-// after the handshake on a 1500-byte path, where quic-go carries 1313 bytes
-// of datagram payload: 1248 (inner packet) + 32 (WireGuard header and tag)
-// + 33 (relay frame type and source key) = 1313. See docs/meshnode.md.
-const MTU = 1248
+// MTU is the tunnel MTU, Tailscale's 1280 (the IPv6 minimum). A full-size
+// WireGuard packet is 1280 + 32 (header and tag) = 1312 bytes; over the
+// relay fast path it travels in a 1353-byte FastSend datagram (41-byte
+// header; the relay's limit is 2,048) and a 1345-byte FastRecv (33), well
+// within a 1500-byte path. It no longer fits quic-go's 1313-byte first
+// datagram (1312 + 33 = 1345), so without a fast path full-size packets
+// go over the QUIC stream (relayclient and the relay fall back by
+// themselves); smaller ones still go as datagrams. See docs/meshnode.md.
+const MTU = 1280
 
 // DefaultPort is the UDP port for WireGuard, disco and STUN.
 const DefaultPort = 41641
@@ -235,6 +239,11 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		OnDisco:     func(src bind.Source, pkt []byte) { n.paths.HandleDisco(paths.Source(src), pkt) },
 		OnSTUN:      func(src netip.AddrPort, pkt []byte) { n.stun.Handle(src, pkt) },
 		OnRelaySend: func(peer key.NodePublic) { n.paths.RelaySent(peer) }})
+	// Relay fast paths run over the bind's own UDP socket, so relayed
+	// packets are sent and received in wireguard-go's batches (sendmmsg,
+	// GSO, recvmmsg). Without a socket (--relay-only) each relay
+	// connection opens one of its own.
+	pool.Template.Shared = n.bind
 	n.stun = stunprobe.New(n.bind, nil)
 	n.paths = paths.New(paths.Config{Bind: n.bind, Transport: discoTransport{n.bind, n.relays},
 		Self: priv.Public(), Disco: key.NewDisco(), Metrics: n.metrics.paths(),

@@ -65,6 +65,13 @@ type Node struct {
 	Hostname  string    `json:"hostname,omitempty"` // as the node reported it
 	OS        string    `json:"os,omitempty"`
 	Ephemeral bool      `json:"ephemeral,omitempty"`
+	// Routes are the subnet routes approved for this peer (never the
+	// exit route 0.0.0.0/0, which ExitNodeOption stands for), limited to
+	// those the receiving node may use under the policy.
+	Routes []netip.Prefix `json:"routes,omitempty"`
+	// ExitNodeOption means the peer is an approved exit node the receiving
+	// node may use.
+	ExitNodeOption bool `json:"exit_node_option,omitempty"`
 }
 
 // RegisterRequest is sent once, the first time a node joins, to
@@ -100,6 +107,12 @@ type UpdateRequest struct {
 	Endpoints *[]netip.AddrPort `json:"endpoints,omitempty"`
 	HomeRelay *string           `json:"home_relay,omitempty"`
 	Netcheck  *Netcheck         `json:"netcheck,omitempty"`
+	// AdvertisedRoutes replaces the subnet routes the node offers to
+	// route (--advertise-routes); an empty list withdraws them all.
+	AdvertisedRoutes *[]netip.Prefix `json:"advertised_routes,omitempty"`
+	// ExitNode is whether the node offers itself as an exit node
+	// (--advertise-exit-node).
+	ExitNode *bool `json:"exit_node,omitempty"`
 }
 
 // Netcheck is a node's latest view of its network, as `meshnode netcheck`

@@ -97,6 +97,10 @@ type Config struct {
 	// connect (see Conn.EnableFastPath); without one it carries on over
 	// QUIC or TCP.
 	FastPath bool
+	// Shared, if set, is a UDP socket the fast path runs over instead of
+	// one of its own (see SharedSocket). If it cannot share (ClaimFast
+	// fails), the fast path opens its own socket.
+	Shared SharedSocket
 }
 
 // Errors.

@@ -22,8 +22,12 @@ const bindInterval = 100 * time.Millisecond
 // fastPath is an established fast path: a connected UDP socket to the
 // relay's fast-path port and the session id.
 type fastPath struct {
-	udp     *net.UDPConn
+	udp     *net.UDPConn // nil when shared
 	session [relayproto.SessionLen]byte
+	// shared, when set, is the socket owner's (Config.Shared), and route
+	// is what the owner needs to send batches over it itself.
+	shared SharedSocket
+	route  *FastRoute
 }
 
 // EnableFastPath negotiates the plain-UDP fast path (relayproto/fastpath.go)
@@ -58,6 +62,14 @@ func (c *Conn) EnableFastPath(ctx context.Context) error {
 	ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, strconv.Itoa(int(offer.Port))))
 	if err != nil {
 		return err
+	}
+	if c.cfg.Shared != nil {
+		err := c.enableSharedFast(ctx, ch, offer.Session, ua.AddrPort())
+		if !errors.Is(err, errNotShared) {
+			return err
+		}
+		// The owner cannot share its socket (no UDP socket open): a
+		// socket of our own.
 	}
 	udp, err := net.DialUDP("udp", nil, ua)
 	if err != nil {
@@ -190,6 +202,9 @@ func (c *Conn) sendFast(dst key.NodePublic, payload []byte) (ok bool, err error)
 	fp := c.fast.Load()
 	if fp == nil || relayproto.FastSendOverhead+len(payload) > relayproto.MaxFastDatagram {
 		return false, nil // too large for the relay's batch buffers: QUIC or TCP takes it
+	}
+	if fp.shared != nil {
+		return c.sendShared(fp, dst, payload)
 	}
 	bp := dgramPool.Get().(*[]byte)
 	d := relayproto.AppendFastSend((*bp)[:0], fp.session, dst, payload)

@@ -275,6 +275,66 @@ func TestSecondServerRefused(t *testing.T) {
 	admin(t, bin, "nodes", "list", "--state-dir", dir) // the first still answers
 }
 
+// TestDNSCommands drives `dns get` and `dns set` on the real binary: the
+// flags until something is set, a set shown by get, a bad file refused
+// with one line naming the field (old settings kept), and the stored
+// settings surviving a restart with other flags.
+func TestDNSCommands(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	url := "https://coord.example.net:" + port
+	d := startServe(t, bin, dir, addr, "--server-url", url, "--dns-domain", "flags.test", "--dns-nameservers", "198.18.0.53")
+	get := func() map[string]any {
+		t.Helper()
+		var m map[string]any
+		out := admin(t, bin, "dns", "get", "--state-dir", dir)
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatalf("dns get printed %q: %v", out, err)
+		}
+		return m
+	}
+	if m := get(); m["domain"] != "flags.test" || fmt.Sprint(m["nameservers"]) != "[198.18.0.53]" || m["magic_dns"] != true {
+		t.Fatalf("dns get before any set: %v", m)
+	}
+	good := filepath.Join(dir, "dns.hujson")
+	os.WriteFile(good, []byte(`{
+		// HuJSON
+		"domain": "mesh.internal", "nameservers": ["198.18.0.53"], "search_domains": ["corp.test"],
+		"split": {"corp.test": ["198.18.0.54"]},
+		"extra_records": [{"name": "printer.mesh.internal", "type": "A", "value": "198.19.50.10"},],
+	}`), 0o600)
+	if out := admin(t, bin, "dns", "set", good, "--state-dir", dir); !strings.Contains(out, "dns settings set") {
+		t.Errorf("dns set printed %q", out)
+	}
+	if m := get(); m["domain"] != "mesh.internal" || fmt.Sprint(m["split"]) != "map[corp.test:[198.18.0.54]]" {
+		t.Fatalf("dns get after set: %v", m)
+	}
+	for file, want := range map[string]string{
+		`{"domain": "mesh.internal", "split": {"corp.test": ["198.18.0.54:5353"]}}`: `split["corp.test"][0]: "198.18.0.54:5353": port 5353`,
+		`{"domain": "example.net"}`:                  "domain: example.net overlaps the coordinator's own domain example.net",
+		`{"domain": "mesh.internal", "extra": true}`: "extra: unknown field",
+	} {
+		bad := filepath.Join(dir, "bad.hujson")
+		os.WriteFile(bad, []byte(file), 0o600)
+		out, err := exec.Command(bin, "dns", "set", bad, "--state-dir", dir).CombinedOutput()
+		msg := strings.TrimSpace(string(out))
+		if err == nil || !strings.Contains(msg, want) || !strings.Contains(msg, "the old ones stay in force") || strings.Contains(msg, "\n") {
+			t.Errorf("dns set %s: %v %q, want one line with %q", file, err, msg, want)
+		}
+	}
+	if m := get(); m["domain"] != "mesh.internal" {
+		t.Fatalf("dns get after refused sets: %v", m)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.cmd.Wait()
+	startServe(t, bin, dir, addr, "--server-url", url, "--dns-domain", "other.test")
+	if m := get(); m["domain"] != "mesh.internal" || len(m["extra_records"].([]any)) != 1 {
+		t.Fatalf("dns get after restart: %v", m)
+	}
+}
+
 // TestWebLoginCommand: `web login` prints a console link alone on its
 // last line, for an admin or an existing user, and fails clearly without a
 // console or for an unknown user.

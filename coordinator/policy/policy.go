@@ -19,6 +19,16 @@
 // are users, node names and tags), a hosts alias, an IPv4 address or CIDR,
 // or a node name. Rules only accept; anything no rule accepts is denied.
 //
+// A dst may also name a network behind a subnet router by CIDR or hosts
+// alias ("198.19.50.0/24:80"), and "autogroup:internet" (what an exit node
+// forwards: everything outside the mesh range). "*" as a dst covers routed
+// networks too. autoApprovers approves routers' advertisements without an
+// admin command:
+//
+//	"autoApprovers": {"routes": {"198.19.50.0/24": ["tag:router"]}, "exitNode": ["tag:exit"]}
+//
+// A routes entry covers its prefix and every sub-prefix of it.
+//
 // Compilation is edge-based: a Rule answers "does this node match my
 // sources / my destinations", so the coordinator can find the nodes one
 // change affects without comparing every pair of nodes.
@@ -64,7 +74,20 @@ type Document struct {
 	Hosts     map[string]string   `json:"hosts,omitempty"`
 	ACLs      []ACL               `json:"acls"`
 	Tests     []Test              `json:"tests,omitempty"`
+	// AutoApprovers approves advertised routes and exit nodes by selector.
+	AutoApprovers *AutoApprovers `json:"autoApprovers,omitempty"`
 }
+
+// AutoApprovers names who may have routes approved without an admin
+// command: Routes maps a prefix (covering its sub-prefixes) to selectors,
+// ExitNode lists the selectors whose exit-node offer is approved.
+type AutoApprovers struct {
+	Routes   map[string][]string `json:"routes,omitempty"`
+	ExitNode []string            `json:"exitNode,omitempty"`
+}
+
+// AutogroupInternet is the dst selector for what exit nodes forward.
+const AutogroupInternet = "autogroup:internet"
 
 // ACL is one accept rule.
 type ACL struct {
@@ -98,6 +121,8 @@ const (
 	selName
 	selPrefix
 	selUser
+	// selInternet is autogroup:internet: no node, only exit traffic.
+	selInternet
 )
 
 // Selector matches principals.
@@ -183,6 +208,14 @@ type Policy struct {
 	Rules []Rule
 	doc   Document
 	hosts map[string]netip.Prefix
+	// autoRoutes and autoExit are the compiled autoApprovers.
+	autoRoutes []autoRoute
+	autoExit   []Selector
+}
+
+type autoRoute struct {
+	prefix netip.Prefix
+	sels   []Selector
 }
 
 // AllowAll is what applies when no policy is set: every node may reach every
@@ -236,7 +269,7 @@ func (p *Policy) compile() error {
 			return fmt.Errorf("tagOwners: %q is not a tag (want tag:name)", tag)
 		}
 		for _, o := range owners {
-			if _, err := p.selectors(o, 0); err != nil {
+			if _, err := p.sourceSelectors(o); err != nil {
 				return fmt.Errorf("tagOwners: %s: %v", tag, err)
 			}
 		}
@@ -270,7 +303,7 @@ func (p *Policy) compile() error {
 		}
 		var r Rule
 		for _, s := range a.Src {
-			sels, err := p.selectors(s, 0)
+			sels, err := p.sourceSelectors(s)
 			if err != nil {
 				return fmt.Errorf("acls[%d]: src %q: %v", i, s, err)
 			}
@@ -296,6 +329,9 @@ func (p *Policy) compile() error {
 			}
 		}
 		p.Rules = append(p.Rules, r)
+	}
+	if err := p.compileAutoApprovers(); err != nil {
+		return err
 	}
 	for i, t := range p.doc.Tests {
 		if _, err := p.principal(t.Src, nil); err != nil {
@@ -340,8 +376,10 @@ func (p *Policy) selectors(s string, depth int) ([]Selector, error) {
 			out = append(out, sels...)
 		}
 		return out, nil
+	case s == AutogroupInternet && depth == 0:
+		return []Selector{{kind: selInternet}}, nil
 	case strings.HasPrefix(s, "autogroup:"):
-		return nil, fmt.Errorf("%s: autogroups are not supported", s)
+		return nil, fmt.Errorf("%s: the only autogroup is %s, and only as a dst", s, AutogroupInternet)
 	}
 	if pfx, ok := p.hosts[s]; ok {
 		return []Selector{{kind: selPrefix, prefix: pfx}}, nil

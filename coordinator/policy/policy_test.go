@@ -125,6 +125,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(sample))
 	f.Add([]byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`))
 	f.Add([]byte(`{"hosts": {"h": "1.2.3.0/24"}, "acls": [{"action": "accept", "src": ["h"], "dst": ["h:1-2,3"]}]}`))
+	f.Add([]byte(routesPolicy))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := Parse(b)
 		if err == nil {
@@ -139,7 +140,12 @@ func FuzzParse(f *testing.F) {
 		if p == nil {
 			return
 		}
-		p.Allows(Principal{Name: "a", IP: netip.MustParseAddr("100.64.0.1")}, Principal{Tags: []string{"tag:x"}}, 80)
+		a := Principal{Name: "a", IP: netip.MustParseAddr("100.64.0.1"), Tags: []string{"tag:x"}}
+		p.Allows(a, Principal{Tags: []string{"tag:x"}}, 80)
+		for _, r := range []netip.Prefix{netip.MustParsePrefix("198.19.50.0/24"), netip.MustParsePrefix("0.0.0.0/0")} {
+			p.AutoApproves(r, a)
+			p.MayUseRoute(a, r)
+		}
 	})
 }
 

@@ -67,8 +67,10 @@ func TestConformance(t *testing.T) {
 		{"AuthKeyLifecycle", testAuthKeyLifecycle},
 		{"Readers", testReaders},
 		{"Secret", testSecret},
+		{"DNS", testDNS},
 		{"Web", testWeb},
 		{"Rename", testRename},
+		{"Routes", testRoutes},
 		{"RevocationsAndJoinKeys", testRevocationsAndJoinKeys},
 		{"KillDuringRegistrations", testKillDuringRegistrations},
 	}
@@ -417,6 +419,40 @@ func testReaders(t *testing.T, e engine) {
 	}
 }
 
+// testDNS: none stored at first (in Load and DNS), then the last written
+// settings, and they survive a reopen.
+func testDNS(t *testing.T, e engine) {
+	ctx := context.Background()
+	loc := e.fresh(t)
+	s := mustOpen(t, e, loc)
+	if d, err := s.DNS(ctx); err != nil || d != "" {
+		t.Fatalf("dns of a new store: %q, %v", d, err)
+	}
+	if snap, err := s.Load(ctx); err != nil || snap.DNS != "" {
+		t.Fatalf("load of a new store: dns %q, %v", snap.DNS, err)
+	}
+	now := time.Now()
+	first, second := `{"domain":"a.test","magic_dns":true}`, `{"domain":"b.test","magic_dns":false}`
+	if err := s.SetDNS(ctx, first, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDNS(ctx, second, now.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.DNS(ctx); err != nil || d != second {
+		t.Fatalf("dns: %q, %v", d, err)
+	}
+	s.Close()
+	s = mustOpen(t, e, loc)
+	defer s.Close()
+	if snap, err := s.Load(ctx); err != nil || snap.DNS != second {
+		t.Fatalf("load after reopen: dns %q, %v", snap.DNS, err)
+	}
+	if d, err := s.DNS(ctx); err != nil || d != second {
+		t.Fatalf("dns after reopen: %q, %v", d, err)
+	}
+}
+
 // testSecret: the first stored value wins, for every opener.
 func testSecret(t *testing.T, e engine) {
 	ctx := context.Background()
@@ -550,6 +586,68 @@ func testKillDuringRegistrations(t *testing.T, e engine) {
 		t.Fatalf("%d of %d acknowledged registrations missing after kill -9", missing, len(acked))
 	}
 	t.Logf("%d acknowledged, %d stored after kill -9", len(acked), len(snap.Nodes))
+}
+
+// testRoutes: advertised and approved routes are stored apart, survive a
+// reopen, a node update leaves them alone, and approving twice or
+// unapproving what is not approved changes nothing.
+func testRoutes(t *testing.T, e engine) {
+	ctx := context.Background()
+	loc := e.fresh(t)
+	s := mustOpen(t, e, loc)
+	now := time.Now().Truncate(time.Millisecond)
+	if err := s.CreateAuthKey(ctx, &AuthKey{Hash: "h", Reusable: true, Created: now, User: AdminUser}); err != nil {
+		t.Fatal(err)
+	}
+	n := testNode("r", "100.64.0.1", now)
+	if _, err := s.RegisterNode(ctx, "h", now, n); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Node(ctx, n.ID)
+	if err != nil || len(got.AdvertisedRoutes) != 0 || len(got.ApprovedRoutes) != 0 {
+		t.Fatalf("new node: %+v, %v", got, err)
+	}
+	lan, exit := netip.MustParsePrefix("198.19.50.0/24"), netip.MustParsePrefix("0.0.0.0/0")
+	if err := s.SetAdvertisedRoutes(ctx, n.ID, []netip.Prefix{lan, exit}); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		p       netip.Prefix
+		approve bool
+		changed bool
+	}{{lan, true, true}, {lan, true, false}, {exit, true, true}, {exit, false, true}, {exit, false, false}} {
+		changed, err := s.ApproveRoute(ctx, n.ID, step.p, step.approve)
+		if err != nil || changed != step.changed {
+			t.Fatalf("ApproveRoute(%s, %v) = %v, %v; want %v", step.p, step.approve, changed, err, step.changed)
+		}
+	}
+	n.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:41641")}
+	if err := s.UpdateNode(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetAdvertisedRoutes(ctx, 999, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("advertise for unknown node: %v", err)
+	}
+	if _, err := s.ApproveRoute(ctx, 999, lan, true); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("approve for unknown node: %v", err)
+	}
+	s.Close()
+	s = mustOpen(t, e, loc)
+	defer s.Close()
+	snap, err := s.Load(ctx)
+	if err != nil || len(snap.Nodes) != 1 {
+		t.Fatalf("load: %v", err)
+	}
+	r := snap.Nodes[0]
+	if fmt.Sprint(r.AdvertisedRoutes) != "[198.19.50.0/24 0.0.0.0/0]" || fmt.Sprint(r.ApprovedRoutes) != "[198.19.50.0/24]" || len(r.Endpoints) != 1 {
+		t.Fatalf("after reopen: advertised %v approved %v endpoints %v", r.AdvertisedRoutes, r.ApprovedRoutes, r.Endpoints)
+	}
+	if err := s.SetAdvertisedRoutes(ctx, n.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Node(ctx, n.ID); len(r.AdvertisedRoutes) != 0 || len(r.ApprovedRoutes) != 1 {
+		t.Fatalf("withdrawn: advertised %v approved %v (approval is kept)", r.AdvertisedRoutes, r.ApprovedRoutes)
+	}
 }
 
 // testRevocationsAndJoinKeys: revocations survive a reopen with

@@ -164,6 +164,17 @@ var pgMigrations = []string{
 	CREATE TABLE audit (
 		id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL,
 		action TEXT NOT NULL, target TEXT NOT NULL);`,
+	// 3 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON;
+	// SQLite's migration 5.
+	`CREATE TABLE dns (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		settings TEXT NOT NULL,
+		updated BIGINT NOT NULL
+	);`,
+	// 4 (2026-12-02): subnet routes and exit nodes, advertised and approved
+	// (SQLite's migration 6).
+	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
 
 var pgDialect = &dialect{

@@ -106,6 +106,10 @@ func TestPostgresReplicas(t *testing.T) {
 		if c := next(); c.Kind != ChangePolicy {
 			t.Fatalf("after a policy change: %+v", c)
 		}
+		a.SetDNS(ctx, `{"domain":"mesh.test"}`, now)
+		if c := next(); c.Kind != ChangeDNS || c.Origin != a.ReplicaID() {
+			t.Fatalf("after a dns change: %+v", c)
+		}
 		a.PutRelay(ctx, Relay{Name: "r", Region: "nyc", Key: "relaykey:1"})
 		// The relay's region does not exist: the write failed, and a
 		// rolled-back write announces nothing.

@@ -325,17 +325,18 @@ func jsonText(v any) string {
 }
 
 const nodeColumns = `id, name, node_key, disco_key, hostname, os, ip, tags, ephemeral,
-	created, key_expiry, last_seen, endpoints, home_relay, netcheck, authkey_id, user_name`
+	created, key_expiry, last_seen, endpoints, home_relay, netcheck, authkey_id, user_name,
+	advertised_routes, approved_routes`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanNode(r scanner) (Node, error) {
 	var n Node
-	var ip, tags, eps string
+	var ip, tags, eps, adv, appr string
 	var created, exp, seen int64
 	var nc sql.NullString
 	if err := r.Scan(&n.ID, &n.Name, &n.NodeKey, &n.DiscoKey, &n.Hostname, &n.OS, &ip, &tags, &n.Ephemeral,
-		&created, &exp, &seen, &eps, &n.HomeRelay, &nc, &n.AuthKeyID, &n.User); err != nil {
+		&created, &exp, &seen, &eps, &n.HomeRelay, &nc, &n.AuthKeyID, &n.User, &adv, &appr); err != nil {
 		return n, err
 	}
 	var err error
@@ -344,6 +345,8 @@ func scanNode(r scanner) (Node, error) {
 	}
 	json.Unmarshal([]byte(tags), &n.Tags)
 	json.Unmarshal([]byte(eps), &n.Endpoints)
+	json.Unmarshal([]byte(adv), &n.AdvertisedRoutes)
+	json.Unmarshal([]byte(appr), &n.ApprovedRoutes)
 	if nc.Valid {
 		n.Netcheck = []byte(nc.String)
 	}
@@ -416,6 +419,10 @@ func (s *sqlStore) Load(ctx context.Context) (*Snapshot, error) {
 		err = tx.QueryRowContext(ctx, `SELECT text FROM policy WHERE id = 1`).Scan(&snap.Policy)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("policy: %w", err)
+		}
+		err = tx.QueryRowContext(ctx, `SELECT settings FROM dns WHERE id = 1`).Scan(&snap.DNS)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("dns: %w", err)
 		}
 		var cur string
 		err = tx.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = 'ip_cursor'`).Scan(&cur)
@@ -507,6 +514,16 @@ func (s *sqlStore) Policy(ctx context.Context) (string, error) {
 		return "", nil
 	}
 	return text, s.wrap("read policy", err)
+}
+
+// DNS implements Store.
+func (s *sqlStore) DNS(ctx context.Context) (string, error) {
+	var settings string
+	err := s.db.QueryRowContext(ctx, `SELECT settings FROM dns WHERE id = 1`).Scan(&settings)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return settings, s.wrap("read dns settings", err)
 }
 
 // CreateUser implements Store.
@@ -765,6 +782,77 @@ func (s *sqlStore) UpdateNode(ctx context.Context, n *Node) error {
 	return s.wrap("update node "+n.Name, err)
 }
 
+// SetAdvertisedRoutes implements Store.
+func (s *sqlStore) SetAdvertisedRoutes(ctx context.Context, id int64, routes []netip.Prefix) error {
+	if routes == nil {
+		routes = []netip.Prefix{}
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE nodes SET advertised_routes = ? WHERE id = ?`), jsonText(routes), id)
+		if err != nil {
+			return err
+		}
+		if c, _ := res.RowsAffected(); c == 0 {
+			return ErrNotFound
+		}
+		return s.notifyIDs(ctx, tx, ChangeNodes, []int64{id})
+	})
+	if errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return s.wrap("set advertised routes", err)
+}
+
+// ApproveRoute implements Store.
+func (s *sqlStore) ApproveRoute(ctx context.Context, id int64, route netip.Prefix, approve bool) (bool, error) {
+	changed := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var text string
+		err := tx.QueryRowContext(ctx, s.q(`SELECT approved_routes FROM nodes WHERE id = ?`+s.d.forUpdate), id).Scan(&text)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		var approved []netip.Prefix
+		json.Unmarshal([]byte(text), &approved)
+		has := slices.Contains(approved, route)
+		switch {
+		case approve && !has:
+			approved = append(approved, route)
+			SortPrefixes(approved)
+		case !approve && has:
+			approved = slices.DeleteFunc(approved, func(p netip.Prefix) bool { return p == route })
+		default:
+			return nil
+		}
+		if approved == nil {
+			approved = []netip.Prefix{}
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE nodes SET approved_routes = ? WHERE id = ?`), jsonText(approved), id); err != nil {
+			return err
+		}
+		changed = true
+		return s.notifyIDs(ctx, tx, ChangeNodes, []int64{id})
+	})
+	if errors.Is(err, ErrNotFound) {
+		return false, err
+	}
+	return changed, s.wrap("approve route", err)
+}
+
+// SortPrefixes sorts by address, then prefix length: the order approved
+// routes are stored in.
+func SortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+}
+
 // DeleteNode implements Store.
 func (s *sqlStore) DeleteNode(ctx context.Context, id int64) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
@@ -904,6 +992,19 @@ func (s *sqlStore) SetPolicy(ctx context.Context, text string, now time.Time) er
 		return s.notifyOne(ctx, tx, Change{Kind: ChangePolicy})
 	})
 	return s.wrap("set policy", err)
+}
+
+// SetDNS implements Store.
+func (s *sqlStore) SetDNS(ctx context.Context, settings string, now time.Time) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO dns (id, settings, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET settings = excluded.settings, updated = excluded.updated`),
+			settings, ms(now))
+		if err != nil {
+			return err
+		}
+		return s.notifyOne(ctx, tx, Change{Kind: ChangeDNS})
+	})
+	return s.wrap("set dns settings", err)
 }
 
 // Secret implements Store.

@@ -110,6 +110,15 @@ var sqliteMigrations = []string{
 	CREATE TABLE audit (
 		id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
 		action TEXT NOT NULL, target TEXT NOT NULL);`,
+	// 5 (2026-12-02): the DNS settings (`coordinator dns set`), as JSON.
+	`CREATE TABLE dns (
+		id INTEGER PRIMARY KEY CHECK (id = 1),
+		settings TEXT NOT NULL,
+		updated INTEGER NOT NULL
+	);`,
+	// 6 (2026-12-02): subnet routes and exit nodes, advertised and approved.
+	`ALTER TABLE nodes ADD COLUMN advertised_routes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';`,
 }
 
 var sqliteDialect = &dialect{
@@ -153,7 +162,11 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	// '%', '?' and '#' are escapes, query and fragment in SQLite's URI
+	// syntax: unescaped, a path holding one ("seed#2", a fuzz test's
+	// temporary directory) would open another file.
+	uriPath := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	db, err := sql.Open("sqlite", "file:"+uriPath+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

@@ -98,3 +98,27 @@ func TestSQLiteFilesPrivate(t *testing.T) {
 	}
 	check("reopened")
 }
+
+// TestSQLiteOddPath: a path with URI syntax in it opens that very file.
+func TestSQLiteOddPath(t *testing.T) {
+	top := t.TempDir()
+	dir := filepath.Join(top, "seed#2?x=1%41")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c.db")
+	s, err := OpenSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("database not at %s: %v", path, err)
+	}
+	if _, err := os.Stat(filepath.Join(top, "seed")); err == nil {
+		t.Fatal("opened a file at the path cut at '#'")
+	}
+	if v, err := s.SchemaVersion(context.Background()); err != nil || v != len(sqliteMigrations) {
+		t.Fatalf("schema %d, %v", v, err)
+	}
+}

@@ -1,10 +1,10 @@
 // Package store is the coordinator's durable state behind one interface:
 // users, nodes, auth keys, relay join keys, regions, relays, the policy, the
-// shared secrets (coordinator key, signing key, TLS certificate) and a few
-// counters. The coordinator keeps a working copy of nodes, relays and the
-// policy in memory and writes every change through the Store before it
-// acknowledges it, so a crash (kill -9 included) loses nothing a client was
-// told succeeded.
+// DNS settings, the shared secrets (coordinator key, signing key, TLS
+// certificate) and a few counters. The coordinator keeps a working copy of
+// nodes, relays, the policy and the DNS settings in memory and writes every
+// change through the Store before it acknowledges it, so a crash (kill -9
+// included) loses nothing a client was told succeeded.
 //
 // Two engines implement it with the same SQL (sql.go) and their own
 // dialect and schema migrations:
@@ -98,6 +98,13 @@ type Node struct {
 	// User owns the node; empty for a node owned by its tags (registered
 	// with a tagged key made without --user).
 	User string
+	// AdvertisedRoutes are the routes the node last offered to route;
+	// 0.0.0.0/0 stands for an exit-node offer.
+	AdvertisedRoutes []netip.Prefix
+	// ApprovedRoutes are the routes an admin approved for the node, kept
+	// while the node stops advertising them. A route is in effect while it
+	// is both advertised and approved (here or by the policy).
+	ApprovedRoutes []netip.Prefix
 }
 
 // AuthKey is a pre-auth key. Only the hash of its secret is stored.
@@ -157,10 +164,13 @@ type Revocation struct {
 
 // Snapshot is everything the coordinator loads at start.
 type Snapshot struct {
-	Nodes    []Node
-	Regions  []Region
-	Relays   []Relay
-	Policy   string // empty: none
+	Nodes   []Node
+	Regions []Region
+	Relays  []Relay
+	Policy  string // empty: none
+	// DNS is the DNS settings as JSON (netmap.DNS); empty: none stored,
+	// the coordinator's start-up flags apply.
+	DNS      string
 	IPCursor netip.Addr
 	// Revocations are those still in force at Load; RevocationSeq is the
 	// sequence number of the newest change to them.
@@ -184,6 +194,8 @@ type Store interface {
 	Region(ctx context.Context, code string) (Region, error)
 	// Policy reads the policy text (empty: none).
 	Policy(ctx context.Context) (string, error)
+	// DNS reads the DNS settings, JSON (empty: none stored).
+	DNS(ctx context.Context) (string, error)
 
 	// CreateUser stores u, or returns ErrConflict.
 	CreateUser(ctx context.Context, u User) error
@@ -215,6 +227,12 @@ type Store interface {
 	RegisterNode(ctx context.Context, keyHash string, now time.Time, n *Node) (AuthKey, error)
 	// UpdateNode rewrites the mutable fields of node n.ID.
 	UpdateNode(ctx context.Context, n *Node) error
+	// SetAdvertisedRoutes replaces the routes node id advertises.
+	SetAdvertisedRoutes(ctx context.Context, id int64, routes []netip.Prefix) error
+	// ApproveRoute adds route to node id's approved routes (approve) or
+	// removes it, atomically against other replicas' approvals. It
+	// reports whether the set changed.
+	ApproveRoute(ctx context.Context, id int64, route netip.Prefix, approve bool) (bool, error)
 	// DeleteNode removes node id.
 	DeleteNode(ctx context.Context, id int64) error
 	// RenameNode gives node id a new name, or returns ErrConflict (taken)
@@ -239,6 +257,8 @@ type Store interface {
 
 	// SetPolicy replaces the policy text.
 	SetPolicy(ctx context.Context, text string, now time.Time) error
+	// SetDNS replaces the DNS settings (JSON, checked by the caller).
+	SetDNS(ctx context.Context, settings string, now time.Time) error
 
 	// Secret returns the value stored under name. If there is none it
 	// stores gen's result first; when several callers race, all get the
@@ -289,6 +309,7 @@ const (
 	ChangeRelay       ChangeKind = "relay"        // Key (a relay key) changed
 	ChangeRegion      ChangeKind = "region"       // Key (a region code) changed
 	ChangePolicy      ChangeKind = "policy"       // the policy changed
+	ChangeDNS         ChangeKind = "dns"          // the DNS settings changed
 	// ChangeRevocation: node key Key is revoked at relays until Until
 	// (unix ms; 0: the revocation was lifted).
 	ChangeRevocation ChangeKind = "revocation"

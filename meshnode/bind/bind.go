@@ -4,11 +4,13 @@
 //
 // Flow:
 //
-//	wireguard-go Send(bufs, ep) ─► Endpoint.path ─┬─ direct: StdNetBind.Send (sendmmsg, UDP GSO)
-//	                                              └─ relay:  RelaySender.SendTo(peer, pkt)
+//	wireguard-go Send(bufs, ep) ─► Endpoint.route ─┬─ direct: StdNetBind.Send (sendmmsg, UDP GSO)
+//	                                               ├─ relay, fast path on our socket: FastSend batch ─► StdNetBind.Send
+//	                                               └─ relay otherwise: RelayLink.Send / RelaySender.SendTo per packet
 //
 //	relay client ─► DeliverRelay ─► relayQueue ─► relay ReceiveFunc ─► wireguard-go
 //	UDP socket ─► StdNetBind ReceiveFuncs (recvmmsg, GRO) ─► demux ─┬─ WireGuard ─► wireguard-go
+//	                                                                ├─ FastRecv from a relay ─► wireguard-go
 //	                                                                ├─ disco     ─► OnDisco
 //	                                                                └─ STUN      ─► OnSTUN
 //
@@ -16,7 +18,9 @@
 // its batching. Disco and STUN share that one socket (a STUN answer is only
 // meaningful for the socket that asked). Direct packets are accepted only
 // from addresses a path has been confirmed to (SetDirect); anything else
-// that is not disco or STUN is dropped.
+// that is not disco or STUN is dropped. Relay connections may share the
+// socket for their fast paths (ClaimFast, WriteFast; see fast.go): their
+// relayed packets then travel in the socket's batches both ways.
 package bind
 
 import (
@@ -110,6 +114,11 @@ type Stats struct {
 	RelayQueueDrops      uint64
 	UnknownSourceDrops   uint64
 	DirectSendErrors     uint64
+	// FastTxPackets and FastRxPackets count relayed packets that went
+	// through the UDP socket's batches (the relay fast path on the shared
+	// socket); FastSendErrors counts such batches the socket refused.
+	FastTxPackets, FastRxPackets uint64
+	FastSendErrors               uint64
 }
 
 // Bind implements conn.Bind. Create it with New.
@@ -127,12 +136,16 @@ type Bind struct {
 	peers   map[key.NodePublic]*Endpoint
 	byAddr  map[netip.AddrPort]*Endpoint
 	udpPort uint16
+	fastSrc map[netip.AddrPort]*fastClaim // relay fast-path addresses (ClaimFast)
 
 	txBytes, rxBytes     [3]atomic.Uint64
 	txPackets, rxPackets [3]atomic.Uint64
 	relayDrops           atomic.Uint64
 	unknownDrops         atomic.Uint64
 	directErrs           atomic.Uint64
+	fastTx               atomic.Uint64 // relayed packets sent in fast-path batches
+	fastErrs             atomic.Uint64 // fast-path batches the socket refused
+	fastRx               atomic.Uint64 // relayed packets received on the socket
 }
 
 type udpSocket struct{ conn.Bind }
@@ -148,9 +161,10 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, maxPacket); return &
 // New returns a Bind.
 func New(cfg Config) *Bind {
 	return &Bind{
-		cfg:    cfg,
-		peers:  map[key.NodePublic]*Endpoint{},
-		byAddr: map[netip.AddrPort]*Endpoint{},
+		cfg:     cfg,
+		peers:   map[key.NodePublic]*Endpoint{},
+		byAddr:  map[netip.AddrPort]*Endpoint{},
+		fastSrc: map[netip.AddrPort]*fastClaim{},
 	}
 }
 
@@ -200,6 +214,9 @@ func (b *Bind) Close() error {
 	b.open = false
 	close(b.closing)
 	var err error
+	// Relay fast-path claims outlive a reopen: after one (a new port),
+	// the relay challenges the new address and the claim passes that to
+	// its connection, which re-confirms.
 	if b.std != nil {
 		b.udp.Store(nil)
 		err = b.std.Close()
@@ -265,5 +282,8 @@ func (b *Bind) Stats() Stats {
 	s.RelayQueueDrops = b.relayDrops.Load()
 	s.UnknownSourceDrops = b.unknownDrops.Load()
 	s.DirectSendErrors = b.directErrs.Load()
+	s.FastTxPackets = b.fastTx.Load()
+	s.FastRxPackets = b.fastRx.Load()
+	s.FastSendErrors = b.fastErrs.Load()
 	return s
 }

@@ -27,6 +27,7 @@ type route struct {
 	directEP *conn.StdNetEndpoint // the same, prebuilt for StdNetBind.Send
 	both     bool                 // direct path unconfirmed: the relay carries a copy
 	relay    RelayLink            // the peer's relay connection; nil: ask the RelaySender
+	fast     FastLink             // relay, when it may have a fast path on our socket
 }
 
 // publish applies change to a copy of the route and publishes the copy.

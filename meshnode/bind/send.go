@@ -48,15 +48,27 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	if b.cfg.OnRelaySend != nil && ep.relayBatches.Add(1)&relayNotifyMask == 1 {
 		b.cfg.OnRelaySend(ep.key)
 	}
+	b.txBytes[PathRelay].Add(n)
+	b.txPackets[PathRelay].Add(uint64(len(bufs)))
+	ep.txBytes.Add(n)
+	if r.fast != nil {
+		// The relay's fast path on our own socket: the whole batch in
+		// one sendmmsg (with GSO). On a failed write the batch goes
+		// packet by packet through the link (QUIC or TCP).
+		if fr := r.fast.FastRoute(); fr != nil {
+			if dst, ok := fr.Tag.(*conn.StdNetEndpoint); ok {
+				if u := b.udp.Load(); u != nil {
+					return b.sendFastBatch(u, ep, r, fr, dst, bufs)
+				}
+			}
+		}
+	}
 	var firstErr error
 	for _, p := range bufs {
 		if err := b.sendRelay(ep, r, p); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
-	b.txBytes[PathRelay].Add(n)
-	b.txPackets[PathRelay].Add(uint64(len(bufs)))
-	ep.txBytes.Add(n)
 	return firstErr
 }
 
@@ -113,5 +125,6 @@ func (b *Bind) setDirect(k key.NodePublic, addr netip.AddrPort, both bool) {
 // SetRelay publishes the relay connection packets to peer k go over; nil
 // sends them through the RelaySender until a link is published again.
 func (b *Bind) SetRelay(k key.NodePublic, link RelayLink) {
-	b.Peer(k).publish(func(r *route) { r.relay = link })
+	fl, _ := link.(FastLink)
+	b.Peer(k).publish(func(r *route) { r.relay, r.fast = link, fl })
 }

@@ -32,19 +32,27 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // Write delivers packets from peers to the OS, dropping those the filter
 // rejects. It reports every packet as handled, as a drop is not an error.
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
-	// The common case drops nothing and passes bufs through untouched;
-	// only a batch with drops pays for a new slice.
-	var kept [][]byte
+	return WriteKept(d.Device, bufs, offset, func(pkt []byte) bool {
+		v := d.f.Inbound(pkt)
+		if v != Accept && d.onDrop != nil {
+			d.onDrop(v)
+		}
+		return v == Accept
+	})
+}
+
+// WriteKept writes to dev the packets of bufs (each from offset) that keep
+// accepts, in order, and reports all of bufs as handled: a dropped packet
+// is not an error. The common case drops nothing and passes bufs through
+// untouched; only a batch with drops pays for a new slice.
+func WriteKept(dev tun.Device, bufs [][]byte, offset int, keep func(pkt []byte) bool) (int, error) {
+	var kept [][]byte // nil while nothing has been dropped
 	for i, b := range bufs {
-		v := d.f.Inbound(b[offset:])
-		if v == Accept {
+		if keep(b[offset:]) {
 			if kept != nil {
 				kept = append(kept, b)
 			}
 			continue
-		}
-		if d.onDrop != nil {
-			d.onDrop(v)
 		}
 		if kept == nil {
 			kept = make([][]byte, 0, len(bufs))
@@ -57,7 +65,7 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if len(kept) == 0 {
 		return len(bufs), nil
 	}
-	if _, err := d.Device.Write(kept, offset); err != nil {
+	if _, err := dev.Write(kept, offset); err != nil {
 		return 0, err
 	}
 	return len(bufs), nil

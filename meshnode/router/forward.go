@@ -147,31 +147,13 @@ func (f *Forwarder) judge(pkt []byte) (ok bool, reason Reason) {
 // the filter rejects. A drop is not an error: every packet is reported
 // handled.
 func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
-	var kept [][]byte // nil while nothing has been dropped
-	for i, b := range bufs {
-		ok, reason := f.judge(b[offset:])
-		if ok {
-			if kept != nil {
-				kept = append(kept, b)
-			}
-			continue
+	return filter.WriteKept(f.Device, bufs, offset, func(pkt []byte) bool {
+		ok, reason := f.judge(pkt)
+		if !ok {
+			f.drops[reason].Add(1)
 		}
-		f.drops[reason].Add(1)
-		if kept == nil {
-			kept = make([][]byte, 0, len(bufs))
-			kept = append(kept, bufs[:i]...)
-		}
-	}
-	if kept == nil {
-		kept = bufs
-	}
-	if len(kept) == 0 {
-		return len(bufs), nil
-	}
-	if _, err := f.Device.Write(kept, offset); err != nil {
-		return 0, err
-	}
-	return len(bufs), nil
+		return ok
+	})
 }
 
 // Read reads packets the kernel sends to the mesh and shows those coming

@@ -3,42 +3,15 @@ package router
 import (
 	"encoding/binary"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/routes"
+	"github.com/wiremesh/wiremesh/meshnode/tuntest"
 	"github.com/wiremesh/wiremesh/metrics"
 	"golang.zx2c4.com/wireguard/tun"
 )
-
-type fakeTUN struct {
-	written [][]byte
-	toRead  [][]byte
-}
-
-func (f *fakeTUN) File() *os.File           { return nil }
-func (f *fakeTUN) MTU() (int, error)        { return 1280, nil }
-func (f *fakeTUN) Name() (string, error)    { return "fake", nil }
-func (f *fakeTUN) Events() <-chan tun.Event { return nil }
-func (f *fakeTUN) Close() error             { return nil }
-func (f *fakeTUN) BatchSize() int           { return 8 }
-func (f *fakeTUN) Write(bufs [][]byte, off int) (int, error) {
-	for _, b := range bufs {
-		f.written = append(f.written, append([]byte(nil), b[off:]...))
-	}
-	return len(bufs), nil
-}
-func (f *fakeTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
-	n := 0
-	for n < len(bufs) && len(f.toRead) > 0 {
-		sizes[n] = copy(bufs[n][off:], f.toRead[0])
-		f.toRead = f.toRead[1:]
-		n++
-	}
-	return n, nil
-}
 
 // tcp4 builds a minimal IPv4 TCP packet.
 func tcp4(src, dst string, sport, dport uint16) []byte {
@@ -62,14 +35,14 @@ const (
 	printer = "198.19.50.10"
 )
 
-func newTestForwarder(t *testing.T) (*Forwarder, *fakeTUN, *filter.Filter) {
+func newTestForwarder(t *testing.T) (*Forwarder, *tuntest.TUN, *filter.Filter) {
 	t.Helper()
 	pol := filter.New(nil)
 	pol.SetRules([]filter.Rule{{
 		Srcs: []netip.Prefix{netip.MustParsePrefix(client + "/32")},
 		Dsts: []filter.PortRange{{Dst: netip.MustParsePrefix("198.19.50.0/24"), First: 80, Last: 80}},
 	}})
-	dev := &fakeTUN{}
+	dev := &tuntest.TUN{}
 	f := NewForwarder(dev, netip.MustParseAddr(self), pol, nil)
 	f.SetRoutes([]netip.Prefix{netip.MustParsePrefix("198.19.50.0/24")})
 	return f, dev, pol
@@ -94,12 +67,12 @@ func TestForwarderPolicy(t *testing.T) {
 	if err != nil || n != len(in) {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(in))
 	}
-	if len(dev.written) != 4 {
-		t.Fatalf("%d packets reached the kernel, want 4", len(dev.written))
+	if len(dev.Written) != 4 {
+		t.Fatalf("%d packets reached the kernel, want 4", len(dev.Written))
 	}
 	for i, want := range []int{0, 3, 4, 5} {
-		if string(dev.written[i]) != string(in[want]) {
-			t.Fatalf("packet %d reaching the kernel is input %d's? got %x", i, want, dev.written[i])
+		if string(dev.Written[i]) != string(in[want]) {
+			t.Fatalf("packet %d reaching the kernel is input %d's? got %x", i, want, dev.Written[i])
 		}
 	}
 	for r, want := range map[Reason]uint64{ReasonNoRule: 1, ReasonNotRouted: 1, ReasonMalformed: 0, ReasonFragment: 0} {
@@ -121,7 +94,7 @@ func TestForwarderLANStartedFlow(t *testing.T) {
 	if ok, r := f.judge(reply); ok || r != ReasonNoRule {
 		t.Fatalf("reply before the flow: ok=%v reason=%v, want dropped no_rule", ok, r)
 	}
-	dev.toRead = [][]byte{tcp4(printer, client, 51000, 443)}
+	dev.Reads = [][]byte{tcp4(printer, client, 51000, 443)}
 	bufs, sizes := [][]byte{make([]byte, 1500)}, []int{0}
 	if n, _ := f.Read(bufs, sizes, 0); n != 1 {
 		t.Fatalf("Read = %d", n)
@@ -164,7 +137,7 @@ func TestReasonStrings(t *testing.T) {
 func TestMetricsLint(t *testing.T) {
 	reg := metrics.NewRegistry()
 	m := NewMetrics(reg)
-	f := NewForwarder(&fakeTUN{}, netip.MustParseAddr(self), filter.New(nil), m)
+	f := NewForwarder(&tuntest.TUN{}, netip.MustParseAddr(self), filter.New(nil), m)
 	f.drops[ReasonNoRule].Add(3)
 	m.bindSpoof(func() uint64 { return 2 })
 	m.applyErrors.Inc()
@@ -225,8 +198,8 @@ func FuzzForwarderWrite(f *testing.F) {
 		for r := Reason(0); r < numReasons; r++ {
 			drops += fw.Drops(r)
 		}
-		if uint64(len(dev.written))+drops != 1 {
-			t.Fatalf("%d delivered + %d dropped, want 1 in all", len(dev.written), drops)
+		if uint64(len(dev.Written))+drops != 1 {
+			t.Fatalf("%d delivered + %d dropped, want 1 in all", len(dev.Written), drops)
 		}
 	})
 }
@@ -270,6 +243,6 @@ func BenchmarkForwarderWrite(b *testing.B) {
 }
 
 // discardTUN is a tun.Device whose writes vanish.
-type discardTUN struct{ fakeTUN }
+type discardTUN struct{ tuntest.TUN }
 
 func (*discardTUN) Write(bufs [][]byte, off int) (int, error) { return len(bufs), nil }
