@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,11 +232,13 @@ func TestRegisterStreamAndDelta(t *testing.T) {
 }
 
 func TestAuthKeyKinds(t *testing.T) {
+	var skew atomic.Int64 // the coordinator's clock runs this far ahead
 	s := coordtest.Start(t, func(c *coordinator.Config) {
 		// Long enough that eph connects before the sweeper may delete it
 		// for being offline since registration.
 		c.EphemeralTimeout = 2 * time.Second
 		c.SweepInterval = 20 * time.Millisecond
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 	})
 	ctx := context.Background()
 	if _, err := s.CreateAuthKey(ctx, coordinator.AuthKeyRequest{Tags: []string{"Bad Tag"}}); err == nil {
@@ -253,7 +256,7 @@ func TestAuthKeyKinds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond) // let the 1 ms key lapse; nothing races with it
+	skew.Store(int64(time.Second)) // the coordinator's clock passes the key's expiry
 	n := s.NewClient()
 	if _, err := n.Client.Register(ctx, exp.Key, n.Disco.Public(), "late", "linux"); !coordclient.IsUnauthorized(err) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired key: %v", err)

@@ -86,7 +86,7 @@ func TestLabGeoNoFlap(t *testing.T) {
 	w.l.AddDelay(r.WAN, w.relays[1].Host.Addr, 12*time.Millisecond, 5*time.Millisecond)
 	a := w.startNode("a", ha)
 	a.waitStatus("a home", func(st localapi.Status) bool { return st.Self.HomeRelay != "" })
-	time.Sleep(2 * time.Second) // let the first latency-based choice settle
+	a.netcheck(t) // a full probe round: the first choice by measured latency
 	home := a.home(t)
 	changes := []string{home}
 	end := time.Now().Add(60 * time.Second)

@@ -95,7 +95,9 @@ func TestLabServiceCapabilities(t *testing.T) {
 	// Node a runs with the node unit's capabilities; b as plain root.
 	a := &node{w: w, name: "a", host: hardNATHost(t, w, "a"), dir: t.TempDir()}
 	a.args = []string{"run", "--coordinator", w.coordURL, "--authkey", w.authKey, "--hostname", "a",
-		"--state-dir", a.dir, "--log-level", "debug", "--metrics-listen", "127.0.0.1:9100"}
+		"--state-dir", a.dir, "--log-level", "debug", "--metrics-listen", "127.0.0.1:9100",
+		// The namespace has no resolv.conf of its own: leave the host's alone.
+		"--accept-dns=false"}
 	nodeWrap := []string{"setpriv", "--no-new-privs", "--bounding-set", "-all,+net_admin,+net_bind_service",
 		"--inh-caps", "-all"}
 	a.cmd = w.procWrapped(a.host.Namespace, nodeWrap, "meshnode", a.args...)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -71,7 +72,11 @@ type world struct {
 	signer   key.SigningPrivate
 	relays   []relayInfo
 	authKey  string
-	opts     worldOpts
+	// coordArgs are more `coordinator serve` arguments (set before a
+	// restart with startCoordinator).
+	coordArgs []string
+	relayMap  string
+	opts      worldOpts
 	// coords are the coordinator replicas; coords[0] is coord above.
 	coords []*replica
 }
@@ -208,6 +213,7 @@ func newWorldWith(t testing.TB, opts worldOpts, regions ...string) *world {
 	rm := filepath.Join(t.TempDir(), "relays.json")
 	os.WriteFile(rm, []byte(`{"regions":[`+strings.Join(regs, ",")+`]}`), 0o600)
 	w.coordURL = "https://" + netip.AddrPortFrom(w.coord.Addr, 8443).String()
+	w.relayMap = rm
 	w.startCoordinator(rm)
 	for i := 1; i < opts.replicas; i++ {
 		h, err := w.l.AddHost(fmt.Sprintf("coord%d", i+1), nil)
@@ -233,6 +239,7 @@ func (w *world) startCoordinator(relayMap string) {
 	w.t.Helper()
 	args := []string{"serve", "--listen", strings.TrimPrefix(w.coordURL, "https://"), "--state-dir", w.coordDir,
 		"--metrics-listen", "127.0.0.1:9100"}
+	args = append(args, w.coordArgs...)
 	if relayMap != "" {
 		args = append(args, "--relay-map", relayMap)
 	}
@@ -288,6 +295,12 @@ func (w *world) startNodeVia(name string, h *lab.Host, coordinators string, extr
 	n := &node{w: w, name: name, host: h, dir: w.t.TempDir()}
 	n.args = append([]string{"run", "--coordinator", coordinators, "--authkey", w.authKey, "--hostname", name,
 		"--state-dir", n.dir, "--log-level", "debug", "--metrics-listen", "127.0.0.1:9100"}, extra...)
+	if !slices.Contains(extra, "--userspace") && !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--accept-dns") }) {
+		// A kernel-mode node in a namespace without /etc/netns/NS/resolv.conf
+		// would rewrite the host's /etc/resolv.conf: MagicDNS is opt-in here
+		// (dns_test.go gives its namespaces their own file).
+		n.args = append(n.args, "--accept-dns=false")
+	}
 	n.start()
 	return n
 }

@@ -27,6 +27,7 @@ type frame struct {
 	ids                       []netmap.NodeID
 	old                       map[netmap.NodeID]netmap.Node
 	relayMap, filter, cache   bool
+	dns, self                 bool // the DNS settings or this node's entry changed
 	admission                 string
 	fromCoordinator, firstMap bool
 }
@@ -49,7 +50,8 @@ func (n *Node) applyFrame(m *netmap.MapResponse) error {
 		return n.applyNetmap(fresh, true)
 	}
 	f := frame{old: map[netmap.NodeID]netmap.Node{}, fromCoordinator: true, cache: true,
-		relayMap: m.RelayMap != nil, filter: m.PacketFilter != nil}
+		relayMap: m.RelayMap != nil, filter: m.PacketFilter != nil,
+		dns: m.DNS != nil, self: m.Self != nil}
 	note := func(id netmap.NodeID) {
 		if _, seen := f.old[id]; !seen {
 			f.old[id] = nm.Peers[id]
@@ -103,7 +105,7 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 	n.mu.nm = nm
 	n.mu.Unlock()
 	return n.applyChanges(nm, frame{full: true, cache: fromCoordinator, fromCoordinator: fromCoordinator,
-		firstMap: fromCoordinator && first, admission: nm.Admission.Token, filter: true,
+		firstMap: fromCoordinator && first, admission: nm.Admission.Token, filter: true, dns: true, self: true,
 		relayMap: oldNM == nil || !reflect.DeepEqual(oldNM.RelayMap, nm.RelayMap)})
 }
 
@@ -142,6 +144,15 @@ func (n *Node) applyChanges(nm *netmap.NetworkMap, f frame) error {
 	for _, c := range changes {
 		c.record(n, &uapi)
 	}
+	var df dnsFrame
+	if f.dns {
+		d := nm.DNS
+		df.settings = &d
+	}
+	if f.self {
+		s := nm.Self
+		df.self = &s
+	}
 	eng, peers := n.mu.engine, len(n.mu.applied)
 	n.mu.Unlock()
 
@@ -157,6 +168,7 @@ func (n *Node) applyChanges(nm *netmap.NetworkMap, f frame) error {
 	for _, c := range changes {
 		c.apply(n)
 	}
+	n.feedDNS(df, changes)
 	if f.filter {
 		n.filter.SetRules(rules)
 	}

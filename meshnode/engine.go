@@ -37,6 +37,10 @@ func (n *Node) newEngine(self netip.Addr) (*engine, error) {
 			return nil, err
 		}
 		e.tun = t
+		if n.dns != nil {
+			name, _ := t.Name()
+			n.dns.serveFailed(n.log, n.serveDNSKernel(name))
+		}
 	}
 	wrapped := filter.Wrap(e.tun, n.filter, func(v filter.Verdict) {
 		n.metrics.filterDrops.WithLabelValues(v.String()).Inc()
@@ -52,6 +56,9 @@ func (n *Node) newEngine(self netip.Addr) (*engine, error) {
 		return nil, fmt.Errorf("wireguard up: %w", err)
 	}
 	if e.stack != nil {
+		if n.dns != nil {
+			n.dns.serveFailed(n.log, n.serveDNSUserspace(e.stack))
+		}
 		n.startUserspace(e.stack)
 	}
 	return e, nil
@@ -131,23 +138,4 @@ func (n *Node) socksAllow(dst netip.AddrPort) error {
 		}
 	}
 	return fmt.Errorf("%w: %s is no peer's address", socks5.ErrNotAllowed, dst)
-}
-
-// resolveName maps a peer name (or name.domain) to its mesh address.
-func (n *Node) resolveName(name string) (netip.Addr, bool) {
-	n.mu.Lock()
-	domain := ""
-	if n.mu.nm != nil {
-		domain = n.mu.nm.DNS.Domain
-	}
-	n.mu.Unlock()
-	if domain != "" && len(name) > len(domain)+1 && name[len(name)-len(domain)-1:] == "."+domain {
-		name = name[:len(name)-len(domain)-1]
-	}
-	p, ok := n.peerByNameOrIP(name)
-	if !ok {
-		return netip.Addr{}, false
-	}
-	a, ok := selfAddr(p)
-	return a, ok
 }

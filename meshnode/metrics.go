@@ -96,6 +96,7 @@ const (
 	healthNoHome      = "no_home_relay"            // no home relay connection: peers cannot reach us through a relay
 	healthUDPBlocked  = "udp_blocked"              // STUN fails while relays answer: no direct paths possible
 	healthHardNAT     = "hard_nat"                 // endpoint-dependent mapping: direct paths only to easy peers
+	healthDNS         = "dns"                      // the OS is not pointed at MagicDNS (resolv.conf fought over, resolved failed)
 )
 
 // NAT kinds: the values of meshnode_nat_info's kind label.
@@ -173,8 +174,8 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 	home := c.n.relays.Home().Region
 	nat := c.natKind()
 	warn := map[string]bool{healthCoordinator: !coordUp, healthNoHome: home == "",
-		healthUDPBlocked: nat == natUDPBlocked, healthHardNAT: nat == natHard}
-	for _, k := range []string{healthCoordinator, healthNoHome, healthUDPBlocked, healthHardNAT} {
+		healthUDPBlocked: nat == natUDPBlocked, healthHardNAT: nat == natHard, healthDNS: c.n.dnsHealth() != nil}
+	for _, k := range []string{healthCoordinator, healthNoHome, healthUDPBlocked, healthHardNAT, healthDNS} {
 		ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, boolFloat(warn[k]), k)
 	}
 	ch <- prometheus.MustNewConstMetric(descNATKind, prometheus.GaugeValue, 1, nat)

@@ -1,6 +1,8 @@
 package meshnode
 
 import (
+	"context"
+	"github.com/wiremesh/wiremesh/meshnode/dns"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +59,14 @@ func TestMetricsLint(t *testing.T) {
 // from the node's state: every warning kind is present, set only while its
 // condition holds; the NAT kind follows the STUN mappings; the key expiry
 // follows the netmap.
+// fakeOS is an OS configurator with a given health.
+type fakeOS struct{ health error }
+
+func (fakeOS) Set(context.Context, dns.OSConfig) error { return nil }
+func (fakeOS) Restore(context.Context) error           { return nil }
+func (f fakeOS) Health() error                         { return f.health }
+func (fakeOS) Mode() string                            { return dns.ModeFile }
+
 func TestPathHealthMetrics(t *testing.T) {
 	n := &Node{priv: key.NewNode(), filter: filter.New(nil)}
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
@@ -76,6 +86,7 @@ func TestPathHealthMetrics(t *testing.T) {
 # HELP meshnode_health_warnings Health warnings, by kind: 1 while the condition holds, else 0.
 # TYPE meshnode_health_warnings gauge
 meshnode_health_warnings{kind="coordinator_disconnected"} 1
+meshnode_health_warnings{kind="dns"} 0
 meshnode_health_warnings{kind="hard_nat"} 0
 meshnode_health_warnings{kind="no_home_relay"} 1
 meshnode_health_warnings{kind="udp_blocked"} 0
@@ -99,6 +110,7 @@ meshnode_port_mapping_info{kind="none"} 1
 # HELP meshnode_health_warnings Health warnings, by kind: 1 while the condition holds, else 0.
 # TYPE meshnode_health_warnings gauge
 meshnode_health_warnings{kind="coordinator_disconnected"} 0
+meshnode_health_warnings{kind="dns"} 0
 meshnode_health_warnings{kind="hard_nat"} 1
 meshnode_health_warnings{kind="no_home_relay"} 0
 meshnode_health_warnings{kind="udp_blocked"} 0
@@ -124,6 +136,19 @@ meshnode_nat_info{kind="easy"} 1
 # HELP meshnode_nat_info This node's NAT kind as its probes see it (value 1).
 # TYPE meshnode_nat_info gauge
 meshnode_nat_info{kind="udp_blocked"} 1
+`)
+	// The OS configuration fought over (resolv.conf rewritten by another
+	// program): the dns warning.
+	n.mu.nat.udpBlocked = false
+	n.dns = &magicDNS{os: fakeOS{health: dns.ErrFoughtOver}}
+	want("meshnode_health_warnings", `
+# HELP meshnode_health_warnings Health warnings, by kind: 1 while the condition holds, else 0.
+# TYPE meshnode_health_warnings gauge
+meshnode_health_warnings{kind="coordinator_disconnected"} 0
+meshnode_health_warnings{kind="dns"} 1
+meshnode_health_warnings{kind="hard_nat"} 0
+meshnode_health_warnings{kind="no_home_relay"} 0
+meshnode_health_warnings{kind="udp_blocked"} 0
 `)
 	// With every series present (key expiry included), the names lint clean.
 	problems, err := metrics.Lint(reg)

@@ -34,6 +34,7 @@ import (
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/meshnode/bind"
+	"github.com/wiremesh/wiremesh/meshnode/dns"
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/netcheck"
@@ -95,6 +96,9 @@ type Config struct {
 	PinRegion      string
 	ExcludeRegions []string
 	RegionWeights  map[string]float64
+	// AcceptDNS runs MagicDNS (--accept-dns): the resolver on
+	// 100.100.100.100:53 and, in kernel TUN mode, the OS pointed at it.
+	AcceptDNS bool
 	// CoordinatorPin is the coordinator certificate's pin, for a first
 	// start without AuthKey (interactive login); empty trusts the system's
 	// CA roots then.
@@ -110,6 +114,10 @@ type Config struct {
 	testNow func() time.Time
 	// testPortmap, if set, replaces the real port-mapping client.
 	testPortmap startMapper
+	// testResolvConf replaces /etc/resolv.conf; testNoBus skips the
+	// system bus (systemd-resolved).
+	testResolvConf string
+	testNoBus      bool
 }
 
 // Node is a running daemon.
@@ -128,6 +136,7 @@ type Node struct {
 	stun      *stunprobe.Prober
 	check     *netcheck.Checker
 	report    *reporter.Reporter
+	dns       *magicDNS // nil with AcceptDNS off
 
 	ctx    context.Context // the daemon's lifetime
 	wg     sync.WaitGroup
@@ -194,6 +203,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("node key: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	recoverDNS(cfg, st)
 	n := newNode(ctx, cfg, st, priv)
 	defer n.stop(cancel)
 	if err := n.start(); err != nil {
@@ -215,6 +225,7 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		filter: filter.New(nil), ctx: ctx, down: make(chan struct{}), fatal: make(chan error, 1),
 		engineReady: make(chan struct{}),
 	}
+	n.filter.SetLocalOnly([]netip.Addr{dns.Address.Addr()}) // the resolver is for this node only
 	n.mu.applied = map[key.NodePublic]netmap.Node{}
 	n.mu.rtt = map[key.NodePublic]float64{}
 	n.reg = metrics.NewRegistry()
@@ -257,6 +268,9 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Paths:       n.paths,
 		Log:         n.log,
 	})
+	if cfg.AcceptDNS {
+		n.dns = n.newMagicDNS()
+	}
 	n.report = reporter.New(n.coordClient, n.log.With("component", "reporter"))
 	n.check = netcheck.New(netcheck.Config{
 		STUN: n.stun, UDP: func() bool { return n.bind.Port() != 0 },
@@ -381,6 +395,7 @@ func (n *Node) stop(cancel context.CancelFunc) {
 	cancel()
 	n.wg.Wait()
 	n.saveCache()
+	n.stopDNS()
 	n.mu.Lock()
 	eng := n.mu.engine
 	n.mu.Unlock()

@@ -108,7 +108,7 @@ func (m *mesh) startNodeWith(t testing.TB, name string, dir string, mod func(*Co
 	ctx, cancel := context.WithCancel(context.Background())
 	n.stop = cancel
 	cfg := Config{Coordinator: m.coord.URL(), AuthKey: m.authKey, Hostname: name, StateDir: dir,
-		Userspace: true, Socks5: n.socks, Log: testLogger(t, name),
+		Userspace: true, Socks5: n.socks, Log: testLogger(t, name), AcceptDNS: true,
 		// Test servers pick free ports after the nodes start: forward
 		// them all (forward_test.go tests the forwarding rules).
 		ForwardPorts: allPorts(t),

@@ -174,5 +174,6 @@ func (n *Node) expirePeers() {
 	for _, c := range changes {
 		c.apply(n)
 	}
+	n.feedDNS(dnsFrame{}, changes)
 	n.metrics.peers.Set(float64(peers))
 }

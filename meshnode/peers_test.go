@@ -29,10 +29,17 @@ func selfNode() netmap.Node {
 // first map: userspace, relays only, no coordinator.
 func newTestNode(t *testing.T, now func() time.Time) *Node {
 	t.Helper()
+	return newTestNodeWith(t, Config{testNow: now})
+}
+
+// newTestNodeWith is newTestNode with more of cfg (userspace, relays only
+// and the state directory are always set).
+func newTestNodeWith(t *testing.T, cfg Config) *Node {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	st := stateDir(t.TempDir())
-	n := newNode(ctx, Config{Userspace: true, RelayOnly: true, StateDir: string(st), Log: testLogger(t, "self"), testNow: now},
-		st, key.NewNode())
+	cfg.Userspace, cfg.RelayOnly, cfg.StateDir, cfg.Log = true, true, string(st), testLogger(t, "self")
+	n := newNode(ctx, cfg, st, key.NewNode())
 	t.Cleanup(func() { n.stop(cancel) })
 	return n
 }

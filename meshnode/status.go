@@ -96,6 +96,7 @@ func (n *Node) Status() localapi.Status {
 		st.Peers = append(st.Peers, ps)
 	}
 	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
+	st.DNS = n.dnsStatus()
 	return st
 }
 

@@ -91,7 +91,10 @@ echo "Hello from node C, over the Wiremesh mesh." >"$tmp/www/index.html"
 pids+=($!)
 wait_for curl -sf "http://127.0.0.1:$web_port/"
 
-say "Node A fetches http://c:$web_port/ through its SOCKS5 proxy (127.0.0.1:$socks_a)"
+say "Node A's MagicDNS resolver (100.100.100.100, inside its netstack) knows c"
+"$BIN/meshnode" dns query --state-dir "$tmp/node-a" c
+
+say "Node A fetches http://c:$web_port/ through its SOCKS5 proxy (127.0.0.1:$socks_a), which resolves c through MagicDNS"
 curl -sS --max-time 20 --retry 5 --retry-all-errors --socks5-hostname "127.0.0.1:$socks_a" "http://c:$web_port/"
 
 say "meshnode ping c (disco pings through the relay and over the direct path)"

@@ -20,6 +20,7 @@ package filter
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,7 +103,10 @@ type flowKey struct {
 // Filter is safe for concurrent use.
 type Filter struct {
 	rules atomic.Pointer[[]Rule]
-	now   func() time.Time
+	// localOnly are addresses this node serves to its own programs only
+	// (MagicDNS's 100.100.100.100): no rule admits a packet to them.
+	localOnly atomic.Pointer[[]netip.Addr]
+	now       func() time.Time
 
 	mu    sync.Mutex
 	flows map[flowKey]int64 // unix nanoseconds of the last outbound packet
@@ -125,6 +129,14 @@ func New(now func() time.Time) *Filter {
 func (f *Filter) SetRules(rules []Rule) {
 	r := append([]Rule(nil), rules...)
 	f.rules.Store(&r)
+}
+
+// SetLocalOnly sets the addresses no peer may reach, whatever the rules
+// say (a rule's destination "*" is 0.0.0.0/0): services for this node's
+// own programs, such as its DNS resolver.
+func (f *Filter) SetLocalOnly(addrs []netip.Addr) {
+	a := append([]netip.Addr(nil), addrs...)
+	f.localOnly.Store(&a)
 }
 
 // Drops returns how many packets were dropped for reason v.
@@ -201,6 +213,9 @@ func (f *Filter) inbound(b []byte) Verdict {
 	p, ok := Parse(b)
 	if !ok {
 		return DropMalformed
+	}
+	if lo := f.localOnly.Load(); lo != nil && slices.Contains(*lo, p.Dst) {
+		return DropNoRule
 	}
 	if !p.Fragment && !p.ICMPEcho {
 		// A reply to one of our flows: its key is ours reversed.

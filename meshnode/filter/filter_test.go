@@ -196,3 +196,26 @@ func BenchmarkOutboundAndReply(b *testing.B) {
 		}
 	}
 }
+
+// TestLocalOnly: an address set local-only (the node's DNS resolver) is
+// never reached by a peer, not even through a rule whose destination is
+// "*" (0.0.0.0/0), nor by a packet posing as a reply to one of our flows;
+// the node's own address still is.
+func TestLocalOnly(t *testing.T) {
+	const quad100 = "100.100.100.100"
+	f := New(nil)
+	f.SetRules([]Rule{{Srcs: []netip.Prefix{pfx("0.0.0.0/0")}, Dsts: []PortRange{{Dst: pfx("0.0.0.0/0"), First: 0, Last: 65535}}}})
+	if got := f.Inbound(ipv4(ProtoUDP, peerB, quad100, 40000, 53)); got != Accept {
+		t.Fatalf("before SetLocalOnly: %v", got)
+	}
+	f.SetLocalOnly([]netip.Addr{netip.MustParseAddr(quad100)})
+	f.Outbound(ipv4(ProtoUDP, quad100, peerB, 53, 40000))
+	for _, pkt := range [][]byte{ipv4(ProtoUDP, peerB, quad100, 40000, 53), ipv4(ProtoTCP, peerC, quad100, 40000, 53), icmpEcho(peerB, quad100, false, 1)} {
+		if got := f.Inbound(pkt); got != DropNoRule {
+			t.Fatalf("a peer reached the local-only address: %v", got)
+		}
+	}
+	if got := f.Inbound(ipv4(ProtoUDP, peerB, me, 40000, 53)); got != Accept {
+		t.Fatalf("the node's own address: %v", got)
+	}
+}

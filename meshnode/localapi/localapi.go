@@ -1,6 +1,6 @@
 // Package localapi is the meshnode daemon's local control interface: HTTP
 // over a unix socket (DIR/meshnode.sock, mode 0600) that the meshnode CLI
-// uses for status, ping, netcheck, ip, whois and down. The JSON types here
+// uses for status, ping, netcheck, dns query, ip, whois and down. The JSON types here
 // are the ones documented for `--json` output in docs/meshnode.md.
 //
 // Who may use it: root and the user the daemon runs as. The socket's mode
@@ -34,6 +34,8 @@ type Status struct {
 	Self        Self         `json:"self"`
 	Coordinator Coordinator  `json:"coordinator"`
 	Peers       []PeerStatus `json:"peers"`
+	// DNS is MagicDNS's state (absent from daemons without it).
+	DNS *DNSStatus `json:"dns,omitempty"`
 }
 
 // Self describes this node.
@@ -227,6 +229,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, nc)
 	})
+	mux.HandleFunc("GET /v1/dns/query", s.serveDNSQuery)
 	mux.HandleFunc("POST /v1/down", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, struct{}{})
 		s.b.Down()
@@ -336,6 +339,10 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 		return err
 	}
 	defer resp.Body.Close()
+	return decodeJSON(resp, v)
+}
+
+func decodeJSON(resp *http.Response, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 

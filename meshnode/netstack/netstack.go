@@ -167,7 +167,9 @@ func (st *Stack) AddAddress(a netip.Addr) error {
 		proto = ipv6.ProtocolNumber
 	}
 	pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddrFromSlice(a.Unmap().AsSlice()).WithPrefix()}
-	if err := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+	// Never primary: connections the stack starts (to peers) keep the
+	// node's own address as their source, which peers' WireGuard accepts.
+	if err := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{PEB: stack.NeverPrimaryEndpoint}); err != nil {
 		return fmt.Errorf("netstack: add address %v: %v", a, err)
 	}
 	return nil

@@ -41,6 +41,7 @@ type RunFlags struct {
 	PinRegion        string   `flag:"pin-region" env:"PIN_REGION" help:"always use this relay region as home while it is usable"`
 	ExcludeRegions   []string `flag:"exclude-regions" env:"EXCLUDE_REGIONS" help:"never use these relay regions as home"`
 	RegionWeights    []string `flag:"region-weights" env:"REGION_WEIGHTS" help:"latency weights by region, such as nyc=2,fra=0.5 (2 makes a region look twice as far)"`
+	AcceptDNS        bool     `flag:"accept-dns" env:"ACCEPT_DNS" envDefault:"true" help:"run MagicDNS: answer DNS at 100.100.100.100 and (kernel TUN mode) point the OS at it; false leaves the OS and the resolver off"`
 	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
 	PortMapping      bool     `flag:"port-mapping" env:"PORT_MAPPING" envDefault:"true" help:"ask the gateway to forward the UDP port (NAT-PMP, PCP or UPnP IGD) and offer the mapped address to peers; deleted on exit"`
 	UserspaceFlags
@@ -65,8 +66,9 @@ type ClientFlags struct {
 
 const usage = `meshnode run --coordinator URL [--authkey KEY | --coordinator-pin PIN] --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
-             [--forward-ports PORTS] [--socks5-allow-remote] [--port-mapping=false]
-       meshnode status [--json]            peers, paths and traffic
+             [--forward-ports PORTS] [--socks5-allow-remote] [--accept-dns=false] [--port-mapping=false]
+       meshnode status [--json]            peers, paths, traffic and DNS
+       meshnode dns query [--json] NAME [TYPE]   ask the node's resolver (TYPE: A, AAAA, PTR, ...)
        meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
        meshnode ping [--json] [-c N] [--timeout D] PEER
        meshnode ip [PEER]                  this node's (or PEER's) mesh address
@@ -123,6 +125,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg := meshnode.Config{
 		Coordinator: f.Coordinator, AuthKey: f.AuthKey, Hostname: f.Hostname, StateDir: f.StateDir,
 		TUN: f.TUN, Userspace: f.Userspace, Port: f.Port, Metrics: f.MetricsListen, PortMapping: f.PortMapping, Log: log,
+		AcceptDNS:      f.AcceptDNS,
 		CoordinatorPin: f.CoordinatorPin, LoginOut: stderr,
 	}
 	if f.Userspace {
@@ -168,6 +171,7 @@ var locals = map[string]local{
 	"ip":       ipCmd,
 	"whois":    whoisCmd,
 	"netcheck": netcheckCmd,
+	"dns":      dnsCmd,
 	"down": func(ctx context.Context, c *localapi.Client, _ ClientFlags, _ []string, _ io.Writer) error {
 		return c.Down(ctx)
 	},
@@ -272,6 +276,29 @@ func whoisCmd(ctx context.Context, c *localapi.Client, f ClientFlags, pos []stri
 	return nil
 }
 
+// dnsCmd is `meshnode dns query NAME [TYPE]`.
+func dnsCmd(ctx context.Context, c *localapi.Client, f ClientFlags, pos []string, stdout io.Writer) error {
+	if len(pos) < 2 || len(pos) > 3 || pos[0] != "query" {
+		return cli.Usagef("meshnode dns query [--json] NAME [TYPE]")
+	}
+	qtype := "A"
+	if len(pos) == 3 {
+		qtype = strings.ToUpper(pos[2])
+	}
+	a, err := c.DNSQuery(ctx, pos[1], qtype)
+	if err != nil {
+		return err
+	}
+	if f.JSON {
+		return writeJSON(stdout, a)
+	}
+	fmt.Fprintf(stdout, "%s %s: %s from %s\n", a.Name, a.Type, a.Rcode, a.Source)
+	for _, rr := range a.Answers {
+		fmt.Fprintln(stdout, rr)
+	}
+	return nil
+}
+
 func netcheckCmd(ctx context.Context, c *localapi.Client, f ClientFlags, _ []string, stdout io.Writer) error {
 	nc, err := c.Netcheck(ctx)
 	if err != nil {
@@ -312,6 +339,13 @@ func printStatus(w io.Writer, st localapi.Status) {
 		}
 	}
 	fmt.Fprintf(w, "%s %s  home relay %s  coordinator %s\n", st.Self.Name, strings.Join(st.Self.IPs, ","), orDash(st.Self.HomeRelay), coord)
+	if st.DNS != nil {
+		fmt.Fprintf(w, "dns %s  domain %s", st.DNS.Mode, orDash(st.DNS.Domain))
+		if st.DNS.Health != "" {
+			fmt.Fprintf(w, "  warning: %s", st.DNS.Health)
+		}
+		fmt.Fprintln(w)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tIP\tONLINE\tPATH\tVIA\tRTT\tRX\tTX\tHANDSHAKE")
 	for _, p := range st.Peers {

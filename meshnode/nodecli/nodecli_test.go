@@ -26,6 +26,10 @@ func TestCommandExitCodes(t *testing.T) {
 		{[]string{"version"}, 0},
 		{[]string{"--help"}, 0},
 		{[]string{"status", "--state-dir", t.TempDir()}, 1}, // no daemon there
+		{[]string{"dns", "--state-dir", t.TempDir()}, 2},
+		{[]string{"dns", "--state-dir", t.TempDir(), "lookup", "b"}, 2},
+		{[]string{"dns", "--state-dir", t.TempDir(), "query", "b", "A", "extra"}, 2},
+		{[]string{"dns", "--state-dir", t.TempDir(), "query", "b"}, 1}, // no daemon there
 	} {
 		var out bytes.Buffer
 		err := Command(context.Background(), tc.args, &out, &out)
