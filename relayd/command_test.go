@@ -76,10 +76,17 @@ func TestCommandServesAndDrains(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
+		// --listen-tcp on its own ephemeral port: the default (the UDP
+		// port's number on TCP) may be taken by another package's test.
 		done <- relayd.Command(ctx, []string{"--region", "x", "--state-dir", dir, "--listen", "127.0.0.1:0",
-			"--trust-key-file", tf, "--drain-grace", "50ms"}, &bytes.Buffer{}, &bytes.Buffer{})
+			"--listen-tcp", "127.0.0.1:0", "--trust-key-file", tf, "--drain-grace", "50ms"}, &bytes.Buffer{}, &bytes.Buffer{})
 	}()
 	waitUntil(t, "metrics endpoint", func() bool {
+		select {
+		case err := <-done: // it should not stop on its own
+			t.Fatalf("relayd exited before serving: %v", err)
+		default:
+		}
 		c, err := net.Dial("tcp", maddr)
 		if err == nil {
 			c.Close()
