@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/wiremesh/wiremesh/cli"
@@ -99,8 +98,6 @@ var errUsage = cli.ErrUsage
 func usageErr(format string, a ...any) error {
 	return fmt.Errorf("%w: %s (see coordinator --help)", errUsage, fmt.Sprintf(format, a...))
 }
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
