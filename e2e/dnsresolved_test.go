@@ -3,13 +3,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +15,7 @@ import (
 	"github.com/godbus/dbus/v5"
 	mdns "github.com/miekg/dns"
 	"github.com/wiremesh/wiremesh/internal/poll"
+	"github.com/wiremesh/wiremesh/meshnode/dns/dnstest"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 )
 
@@ -82,33 +79,6 @@ func (f *fakeResolved) RevertLink(link int32) *dbus.Error {
 	return nil
 }
 
-// privateSystemBus starts a dbus-daemon of the test's own (never the
-// host's) and returns its address.
-func privateSystemBus(t *testing.T) string {
-	t.Helper()
-	if _, err := exec.LookPath("dbus-daemon"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true and no dbus-daemon (scripts/deps.sh installs it)")
-		}
-		t.Skip("no dbus-daemon")
-	}
-	cmd := exec.Command("dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address",
-		"--address=unix:path="+filepath.Join(t.TempDir(), "bus"))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon: %v", err)
-	}
-	return strings.TrimSpace(line)
-}
-
 // TestLabMagicDNSResolved: where systemd-resolved is the system's
 // resolver (it owns org.freedesktop.resolve1 and resolv.conf names its
 // stub), a kernel-mode node configures its TUN link over D-Bus instead of
@@ -118,7 +88,7 @@ func privateSystemBus(t *testing.T) string {
 // 100.100.100.100, status says "resolved", and stopping reverts the link.
 // The bus is a private dbus-daemon with a stand-in for resolved.
 func TestLabMagicDNSResolved(t *testing.T) {
-	busAddr := privateSystemBus(t)
+	busAddr := dnstest.PrivateBus(t)
 	svc, err := dbus.Connect(busAddr)
 	if err != nil {
 		t.Fatal(err)

@@ -1,47 +1,17 @@
 package dns
 
 import (
-	"bufio"
 	"context"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/wiremesh/wiremesh/meshnode/dns/dnstest"
 )
-
-// privateBus starts a dbus-daemon of the test's own (never the system's)
-// and returns its address.
-func privateBus(t *testing.T) string {
-	t.Helper()
-	if _, err := exec.LookPath("dbus-daemon"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true and no dbus-daemon (scripts/deps.sh installs it)")
-		}
-		t.Skip("no dbus-daemon")
-	}
-	dir := t.TempDir()
-	cmd := exec.Command("dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address",
-		"--address=unix:path="+filepath.Join(dir, "bus"))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon: %v", err)
-	}
-	return strings.TrimSpace(line)
-}
 
 func connect(t *testing.T, addr string) *dbus.Conn {
 	t.Helper()
@@ -96,7 +66,7 @@ func (f *fakeResolved) RevertLink(link int32) *dbus.Error {
 // TestResolved drives the configurator over a real D-Bus daemon against a
 // stand-in for org.freedesktop.resolve1.
 func TestResolved(t *testing.T) {
-	addr := privateBus(t)
+	addr := dnstest.PrivateBus(t)
 	client := connect(t, addr)
 	dir := t.TempDir()
 	stub := filepath.Join(dir, "resolv.conf")
