@@ -19,6 +19,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/wiremesh/wiremesh/coordinator"
+	"github.com/wiremesh/wiremesh/internal/freeport"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/tlspin"
 )
@@ -54,12 +55,7 @@ func chromiumPath(t *testing.T) string {
 func freePort(t *testing.T, network string) int {
 	t.Helper()
 	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
+		return freeport.Both(t) // relayd takes the same number on TCP too
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

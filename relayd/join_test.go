@@ -2,8 +2,8 @@ package relayd_test
 
 import (
 	"context"
+	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,18 +12,16 @@ import (
 	"github.com/wiremesh/wiremesh/admit"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/coordinator/coordtest"
+	"github.com/wiremesh/wiremesh/internal/freeport"
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayclient"
 	"github.com/wiremesh/wiremesh/relayd"
 )
 
+// freeUDP returns a loopback address whose port is free on UDP (QUIC) and
+// on TCP (the fallback relayd opens on the same number).
 func freeUDP(t *testing.T) string {
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
+	return fmt.Sprintf("127.0.0.1:%d", freeport.Both(t))
 }
 
 // TestJoin: relayd --coordinator --join-key joins the fleet, takes the
