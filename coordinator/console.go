@@ -147,6 +147,8 @@ func (srv *Server) webHandler() http.Handler {
 	mux.HandleFunc("POST /keys", srv.action(srv.webKeyCreate))
 	mux.HandleFunc("POST /keys/{id}/revoke", srv.action(srv.webKeyRevoke))
 	mux.HandleFunc("POST /users", srv.action(srv.adminOnly(srv.webUserCreate)))
+	mux.HandleFunc("POST /users/{name}/delete", srv.action(srv.adminOnly(srv.webUserDelete)))
+	mux.HandleFunc("POST /sessions/{id}/revoke", srv.action(srv.webSessionRevoke))
 	mux.HandleFunc("GET /dns", srv.page(srv.webDNS))
 	mux.HandleFunc("POST /dns", srv.action(srv.adminOnly(srv.webDNSSave)))
 	mux.HandleFunc("GET /routes", srv.page(srv.webRoutes))

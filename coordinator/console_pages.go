@@ -217,10 +217,11 @@ func (srv *Server) webRelays(w http.ResponseWriter, r *http.Request, s *webSessi
 
 // keysPage is the users and keys page.
 type keysPage struct {
-	Users   []UserInfo
-	Keys    []AuthKeyInfo
-	NewKey  string // the secret of a key just made: shown once
-	NewUser string
+	Users    []UserInfo
+	Keys     []AuthKeyInfo
+	Sessions []sessionRow
+	NewKey   string // the secret of a key just made: shown once
+	NewUser  string
 }
 
 func (srv *Server) keysData(r *http.Request, s *webSession) (keysPage, error) {
@@ -238,6 +239,9 @@ func (srv *Server) keysData(r *http.Request, s *webSession) (keysPage, error) {
 		if d.Users, err = srv.Users(r.Context()); err != nil {
 			return d, err
 		}
+	}
+	if d.Sessions, err = srv.visibleSessions(r.Context(), s); err != nil {
+		return d, err
 	}
 	return d, nil
 }

@@ -98,7 +98,7 @@ func TestConsoleNeedsSession(t *testing.T) {
 			t.Errorf("GET %s without a session: HTTP %d", p, code)
 		}
 	}
-	for _, p := range []string{"/signout", "/machines/a/delete", "/keys", "/keys/1/revoke", "/users", "/dns", "/routes/approve", "/routes/unapprove", "/acl", "/login/abc"} {
+	for _, p := range []string{"/signout", "/machines/a/delete", "/keys", "/keys/1/revoke", "/users", "/users/alice@example.com/delete", "/sessions/abc/revoke", "/dns", "/routes/approve", "/routes/unapprove", "/acl", "/login/abc"} {
 		if code, _, _ := b.do("POST", p, url.Values{"csrf": {"x"}}); code != http.StatusUnauthorized {
 			t.Errorf("POST %s without a session: HTTP %d", p, code)
 		}
