@@ -561,6 +561,7 @@ func TestLabExitNode(t *testing.T) {
 	if got := waitWho(t, cHost, inetTCP, 20*time.Second); got != exHost.PublicAddr().String() {
 		t.Fatalf("internet host saw %s, want the exit node's public address %s (c's own is %s)", got, exHost.PublicAddr(), cHost.PublicAddr())
 	}
+	t.Logf("internet host saw %s (the exit node's public address; c's own is %s)", got, cHost.PublicAddr())
 	// The coordinator and the relay stay reachable: the stream is up, a
 	// netcheck reaches the relay, and a disco ping goes through.
 	time.Sleep(2 * time.Second)
@@ -614,6 +615,7 @@ func TestLabExitNode(t *testing.T) {
 	if n, u := seenTCP.Load()-tcp0, seenUDP.Load()-udp0; n != 0 || u != 0 {
 		t.Fatalf("with the exit node dead the internet host saw %d connections and %d datagrams", n, u)
 	}
+	t.Logf("exit node dead: nothing reached the internet host in %v (before: %d connections)", time.Since(killed).Round(time.Second), tcp0)
 	c.stop()
 	if left := routingLeftovers(cHost); len(left) > 0 {
 		t.Fatalf("left after a clean exit: %v", left)
