@@ -558,10 +558,11 @@ func TestLabExitNode(t *testing.T) {
 		p, _ := peerOf(st, "ex")
 		return st.Self.ExitNode == "ex" && st.Self.ExitNodeUp && p.ExitNodeOption
 	})
-	if got := waitWho(t, cHost, inetTCP, 20*time.Second); got != exHost.PublicAddr().String() {
+	seen := waitWho(t, cHost, inetTCP, 20*time.Second)
+	if got := seen; got != exHost.PublicAddr().String() {
 		t.Fatalf("internet host saw %s, want the exit node's public address %s (c's own is %s)", got, exHost.PublicAddr(), cHost.PublicAddr())
 	}
-	t.Logf("internet host saw %s (the exit node's public address; c's own is %s)", got, cHost.PublicAddr())
+	t.Logf("internet host saw %s (the exit node's public address; c's own is %s)", seen, cHost.PublicAddr())
 	// The coordinator and the relay stay reachable: the stream is up, a
 	// netcheck reaches the relay, and a disco ping goes through.
 	time.Sleep(2 * time.Second)
