@@ -130,6 +130,25 @@ func (w *world) routeRows(t testing.TB) (string, []map[string]any) {
 	return out, rows
 }
 
+// waitAdvertised waits until the coordinator lists node's advertisement
+// of prefix.
+func (w *world) waitAdvertised(t testing.TB, node, prefix string) {
+	t.Helper()
+	var out string
+	if !poll.Wait(poll.DefaultTimeout, func() bool {
+		var rows []map[string]any
+		out, rows = w.routeRows(t)
+		for _, r := range rows {
+			if r["node"] == node && r["prefix"] == prefix && r["advertised"] == true {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("%s's advertisement of %s never reached the coordinator: %s", node, prefix, out)
+	}
+}
+
 func (w *world) setPolicy(t testing.TB, doc string) {
 	t.Helper()
 	pf := filepath.Join(t.TempDir(), "policy.hujson")
@@ -548,9 +567,10 @@ func TestLabExitNode(t *testing.T) {
 		sendUDP(cHost)
 	}
 	if n, u := seenTCP.Load(), seenUDP.Load(); n != 0 || u != 0 {
-		t.Fatalf("before approval the internet host saw %d connections and %d datagrams from c", n, u)
+		t.Fatalf("before approval the internet host saw %d connections and %d datagrams from c; c's routing: %v", n, u, routingLeftovers(cHost))
 	}
 
+	w.waitAdvertised(t, "ex", "0.0.0.0/0")
 	if _, err := w.run("coordinator", "routes", "approve", "ex", "0.0.0.0/0", "--state-dir", w.coordDir); err != nil {
 		t.Fatal(err)
 	}
@@ -621,4 +641,52 @@ func TestLabExitNode(t *testing.T) {
 	if left := routingLeftovers(cHost); len(left) > 0 {
 		t.Fatalf("left after a clean exit: %v", left)
 	}
+}
+
+// BenchmarkLabSubnetRouterIperf3 measures iperf3 TCP from a node to the
+// printer behind a subnet router (the router's forward filter, SNAT and
+// kernel forwarding on the path), beside the same flow to the router's
+// own mesh address, in the same run, and reports the ratio. Both nodes
+// sit behind easy NATs, so the mesh leg is direct.
+func BenchmarkLabSubnetRouterIperf3(b *testing.B) {
+	w := newWorld(b, "nyc")
+	gw, err := w.l.AddRouter("site", lab.RouterConfig{NAT: lab.Easy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	printer, err := w.l.AddHost("printer", gw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rtHost, err := w.l.AddHost("rt", gw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pfx := netip.PrefixFrom(printer.Addr, 24).Masked().String()
+	rt := w.startNode("rt", rtHost, "--advertise-routes", pfx)
+	c := w.startNode("c", easy.host(b, w, "c"), "--accept-routes")
+	c.waitStatus("rt as a peer", func(st localapi.Status) bool { _, ok := peerOf(st, "rt"); return ok })
+	w.waitAdvertised(b, "rt", pfx)
+	if _, err := w.run("coordinator", "routes", "approve", "rt", pfx, "--state-dir", w.coordDir); err != nil {
+		b.Fatal(err)
+	}
+	c.waitStatus("rt primary", func(st localapi.Status) bool { return slices.Equal(peerRoutes(st, "rt"), []string{pfx}) })
+	w.waitEndpoints("rt", "c")
+	rtIP := rt.ip()
+	c.ping(rtIP, 3)
+	c.waitStatus("direct path", func(st localapi.Status) bool { p, _ := peerOf(st, "rt"); return p.Path == "direct" })
+	const d = 5 * time.Second
+	var routed, own []float64
+	for i := 0; i < b.N; i++ {
+		rbps, rretr := iperf3(b, c.host.Namespace, printer.Namespace, printer.Addr, d)
+		obps, oretr := iperf3(b, c.host.Namespace, rtHost.Namespace, rtIP, d)
+		routed, own = append(routed, rbps), append(own, obps)
+		st, _ := c.status()
+		p, _ := peerOf(st, "rt")
+		b.Logf("run %d (%s): through the subnet router %.0f Mbit/s (%d retr), to the router's mesh address %.0f Mbit/s (%d retr), ratio %.3f",
+			i, p.Path, rbps/1e6, rretr, obps/1e6, oretr, rbps/obps)
+	}
+	b.ReportMetric(median(routed)/1e6, "routed-Mbit/s")
+	b.ReportMetric(median(own)/1e6, "router-Mbit/s")
+	b.ReportMetric(median(routed)/median(own), "ratio")
 }

@@ -82,6 +82,14 @@ func (n *Node) newRouting(e *engine, dev tun.Device, kernel bool, self netip.Add
 		}
 	}
 	e.routes = routectl.New(cfg) // newEngine runs it once the device is up
+	// Fail closed: with the rules and backstops not in place, an exit
+	// node's traffic would take the underlay.
+	if err := e.routes.Start(self); err != nil {
+		if e.router != nil {
+			e.router.Close()
+		}
+		return nil, fmt.Errorf("routing: %w", err)
+	}
 	return dev, nil
 }
 

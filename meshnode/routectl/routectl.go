@@ -90,6 +90,9 @@ type Controller struct {
 	log  *slog.Logger
 	sel  *routes.Selector
 	kick chan struct{}
+	// last is what was installed; Start, then only Run's goroutine,
+	// touch it.
+	last applied
 
 	mu struct {
 		sync.Mutex
@@ -194,8 +197,11 @@ func (c *Controller) Update(self netip.Addr, peers []netmap.Node) {
 	}
 }
 
-// Run pings routers, evaluates and applies until ctx ends.
-func (c *Controller) Run(ctx context.Context) {
+// Start installs the initial state at once (the forwarder's routes, the
+// kernel's rules and backstops, with every route down until its router
+// answers), so that nothing flows before it is in place. Call it once,
+// before Run; an error means the kernel state could not be installed.
+func (c *Controller) Start(self netip.Addr) error {
 	if c.cfg.Forwarder != nil {
 		fw := slices.Clone(c.cfg.Advertise)
 		if c.cfg.AdvertiseExit {
@@ -203,15 +209,22 @@ func (c *Controller) Run(ctx context.Context) {
 		}
 		c.cfg.Forwarder.SetRoutes(fw)
 	}
+	c.mu.Lock()
+	c.mu.self = self
+	c.mu.Unlock()
+	c.readLAN()
+	return c.apply(&c.last, true)
+}
+
+// Run pings routers, evaluates and applies until ctx ends. Start must
+// have been called.
+func (c *Controller) Run(ctx context.Context) {
 	eval := time.NewTicker(routes.EvalInterval)
 	defer eval.Stop()
 	ping := time.NewTicker(routes.PingInterval)
 	defer ping.Stop()
 	pongs := make(chan paths.Pong, maxPongs)
-	var last applied
 	ticks := 0
-	c.readLAN()
-	c.apply(&last, true)
 	for {
 		force := false
 		select {
@@ -236,7 +249,7 @@ func (c *Controller) Run(ctx context.Context) {
 				force = c.readLAN()
 			}
 		}
-		c.apply(&last, force)
+		c.apply(&c.last, force)
 	}
 }
 
@@ -281,10 +294,10 @@ type applied struct {
 
 // apply evaluates the selector and installs the result where it changed
 // (everywhere when force, or after a failed Set).
-func (c *Controller) apply(last *applied, force bool) {
+func (c *Controller) apply(last *applied, force bool) error {
 	decided, changed := c.sel.Evaluate(time.Now())
 	if !changed && !force && last.ok {
-		return
+		return nil
 	}
 	if changed {
 		for _, r := range decided {
@@ -339,10 +352,11 @@ func (c *Controller) apply(last *applied, force bool) {
 		if err := c.cfg.OS.Set(st); err != nil {
 			c.log.Error("installing routes failed; retrying", "err", err)
 			last.ok = false
-			return
+			return err
 		}
 	}
 	last.state, last.ok = st, true
+	return nil
 }
 
 // Status is what `meshnode status` shows of routing.

@@ -106,6 +106,9 @@ func sortedKeys() (key.NodePublic, key.NodePublic) {
 func start(t *testing.T, cfg Config, f *fakeMesh) (*Controller, context.CancelFunc) {
 	cfg.OS, cfg.Probe, cfg.SetAllowed, cfg.Present = f, f.probe, f.setAllowed, f.present
 	c := New(cfg)
+	if err := c.Start(netip.MustParseAddr("100.64.0.1")); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
