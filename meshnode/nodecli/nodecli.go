@@ -382,6 +382,31 @@ func printStatus(w io.Writer, st localapi.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, strings.Join(p.IPs, ","), p.Online, p.Path, orDash(via), rtt, p.RxBytes, p.TxBytes, hs)
 	}
 	tw.Flush()
+	printRoutes(w, st)
+}
+
+// printRoutes adds the routing lines: the exit node in use, the peers
+// that offer one, and the primary router of each route.
+func printRoutes(w io.Writer, st localapi.Status) {
+	if st.Self.ExitNode != "" {
+		state := "up"
+		if !st.Self.ExitNodeUp {
+			state = "unreachable: non-local traffic is stopped"
+		}
+		fmt.Fprintf(w, "exit node %s (%s)\n", st.Self.ExitNode, state)
+	}
+	var offers []string
+	for _, p := range st.Peers {
+		if p.ExitNodeOption {
+			offers = append(offers, p.Name)
+		}
+		if len(p.Routes) > 0 {
+			fmt.Fprintf(w, "routes via %s: %s\n", p.Name, strings.Join(p.Routes, ","))
+		}
+	}
+	if len(offers) > 0 {
+		fmt.Fprintf(w, "exit nodes offered: %s\n", strings.Join(offers, ","))
+	}
 }
 
 func orDash(s string) string {
