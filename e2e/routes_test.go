@@ -415,6 +415,8 @@ func TestLabSubnetRouterHA(t *testing.T) {
 		_, ok2 := peerOf(st, "rt2")
 		return ok1 && ok2 && primary(st) != ""
 	})
+	w.waitAdvertised(t, "rt1", pfx)
+	w.waitAdvertised(t, "rt2", pfx)
 	_, rows := w.routeRows(t)
 	for _, r := range rows {
 		if r["approved"] != true || r["auto_approved"] != true {
@@ -425,7 +427,7 @@ func TestLabSubnetRouterHA(t *testing.T) {
 		t.Fatalf("routes list: %v", rows)
 	}
 
-	var gaps []time.Duration
+	var gaps, paces []time.Duration
 	for run := 0; run < haRuns(); run++ {
 		who := waitWho(t, c.host, printer80, 20*time.Second)
 		prim := byAddr[who]
@@ -472,12 +474,22 @@ func TestLabSubnetRouterHA(t *testing.T) {
 		routers[prim].cmd.Process.Kill()
 		routers[prim].cmd.Wait()
 		var gap time.Duration
+		var prev time.Time
 		deadline := time.After(20 * time.Second)
 	wait:
 		for {
 			select {
 			case a := <-answers:
-				if a.at.After(killed) && byAddr[a.who] == standby {
+				if a.at.Before(killed) {
+					// The client's own pace with a healthy primary: the
+					// baseline the gap compares with.
+					if !prev.IsZero() {
+						paces = append(paces, a.at.Sub(prev))
+					}
+					prev = a.at
+					continue
+				}
+				if byAddr[a.who] == standby {
 					gap = a.at.Sub(killed)
 					break wait
 				}
@@ -500,7 +512,13 @@ func TestLabSubnetRouterHA(t *testing.T) {
 	sorted := slices.Clone(gaps)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
 	med, worst := sorted[len(sorted)/2], sorted[len(sorted)-1]
-	t.Logf("failover gap over %d runs: median %v, worst %v", len(gaps), med.Round(time.Millisecond), worst.Round(time.Millisecond))
+	slices.Sort(paces)
+	pace := time.Duration(0)
+	if len(paces) > 0 {
+		pace = paces[len(paces)/2]
+	}
+	t.Logf("failover gap over %d runs: median %v, worst %v; the client's answer interval with a healthy primary (baseline): median %v",
+		len(gaps), med.Round(time.Millisecond), worst.Round(time.Millisecond), pace.Round(time.Millisecond))
 	if med > 3*time.Second {
 		t.Fatalf("median failover gap %v, goal 3 s", med)
 	}
