@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"github.com/wiremesh/wiremesh/internal/poll"
 	"github.com/wiremesh/wiremesh/lab"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
@@ -87,6 +88,32 @@ func waitWho(t *testing.T, h *lab.Host, addr string, limit time.Duration) string
 		t.Fatalf("%s never answered from %s: %v", addr, h.Short, err)
 	}
 	return got
+}
+
+// whoamiDNS serves DNS on addr:53 (UDP) in h: an A query for any name
+// answers with the address the query came from, so a resolver's upstream
+// path shows in the answer.
+func whoamiDNS(t *testing.T, h *lab.Host, addr netip.Addr) {
+	t.Helper()
+	pc, err := h.ListenUDP(netip.AddrPortFrom(addr, 53).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &mdns.Server{PacketConn: pc, Handler: mdns.HandlerFunc(func(w mdns.ResponseWriter, req *mdns.Msg) {
+		m := new(mdns.Msg)
+		m.SetReply(req)
+		if len(req.Question) == 1 && req.Question[0].Qtype == mdns.TypeA {
+			src, _ := netip.ParseAddrPort(w.RemoteAddr().String())
+			m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: req.Question[0].Name, Rrtype: mdns.TypeA,
+				Class: mdns.ClassINET, Ttl: 0}, A: src.Addr().Unmap().AsSlice()})
+		}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	s.NotifyStartedFunc = func() { close(started) }
+	go s.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { s.Shutdown() })
 }
 
 // routingLeftovers lists what Wiremesh's router would have installed in
@@ -568,10 +595,15 @@ func TestLabExitNode(t *testing.T) {
 		}
 	}
 
+	// The internet's DNS server answers with the address that asked: c's
+	// OS resolver (MagicDNS, which forwards to it) must ask from the exit
+	// node's side.
+	whoamiDNS(t, inet, inet.Addr)
 	exHost := hardNATHost(t, w, "ex")
 	ex := w.startNode("ex", exHost, "--advertise-exit-node")
 	cHost := hardNATHost(t, w, "c")
-	c := w.startNode("c", cHost, "--exit-node", "ex")
+	netnsResolvConf(t, cHost, "nameserver "+inet.Addr.String()+"\n")
+	c := w.startNode("c", cHost, "--exit-node", "ex", "--accept-dns")
 	c.waitStatus("ex as a peer", func(st localapi.Status) bool { _, ok := peerOf(st, "ex"); return ok })
 
 	// Not approved yet: c's traffic to the internet stops (it never
@@ -601,6 +633,13 @@ func TestLabExitNode(t *testing.T) {
 		t.Fatalf("internet host saw %s, want the exit node's public address %s (c's own is %s)", got, exHost.PublicAddr(), cHost.PublicAddr())
 	}
 	t.Logf("internet host saw %s (the exit node's public address; c's own is %s)", seen, cHost.PublicAddr())
+	// DNS for a non-mesh name goes through MagicDNS to the OS's
+	// nameserver, asked from the exit node's side.
+	if !poll.Wait(20*time.Second, func() bool {
+		return getent(cHost, "whoami.test") == exHost.PublicAddr().String()+" whoami.test"
+	}) {
+		t.Fatalf("the nameserver saw the query from %q, want the exit node's %s", getent(cHost, "whoami.test"), exHost.PublicAddr())
+	}
 	// The coordinator and the relay stay reachable: the stream is up, a
 	// netcheck reaches the relay, and a disco ping goes through.
 	time.Sleep(2 * time.Second)
