@@ -238,8 +238,10 @@ func (c *Controller) Run(ctx context.Context) {
 			c.mu.Unlock()
 			continue
 		case <-ping.C:
-			for _, k := range c.candidates() {
-				c.cfg.Probe(k, pongs)
+			if c.cfg.Probe != nil {
+				for _, k := range c.candidates() {
+					c.cfg.Probe(k, pongs)
+				}
 			}
 			continue
 		case <-c.kick:
