@@ -243,8 +243,9 @@ func peerRoutes(st localapi.Status, name string) []string {
 // TestLabSubnetRouter: a printer (no meshnode) on a LAN behind a router
 // node is reached from a node behind another NAT after `routes approve`
 // and not before; with SNAT it sees the router's LAN address and needs no
-// route back. Bad advertisements and bad approvals fail with their errors
-// and change nothing. A policy allowing port 80 on the routed network but
+// route back; a userspace node reaches it through its SOCKS5 proxy. Bad
+// advertisements and bad approvals fail with their errors and change
+// nothing. A policy allowing port 80 on the routed network but
 // not 22: 22 is dropped at the router and counted. The daemons leave no
 // rule, route or table on exit, and a SIGKILLed one's are removed by the
 // next start.
@@ -328,6 +329,25 @@ func TestLabSubnetRouter(t *testing.T) {
 	if p, _ := peerOf(st, "rt"); p.ExitNodeOption || st.Self.ExitNode != "" {
 		t.Fatalf("exit node fields without an exit node: self %+v, rt %+v", st.Self, p)
 	}
+
+	// Userspace: --accept-routes through the SOCKS5 proxy (the netstack
+	// sends the routed destination into the tunnel, to rt).
+	uHost := hardNATHost(t, w, "u")
+	u := w.startNode("u", uHost, "--userspace", "--socks5", "127.0.0.1:1080", "--accept-routes")
+	u.waitStatus("rt primary for the route", func(st localapi.Status) bool {
+		return slices.Equal(peerRoutes(st, "rt"), []string{pfx})
+	})
+	var viaSocks string
+	if !poll.Wait(20*time.Second, func() bool {
+		viaSocks = strings.TrimSpace(string(curlSocks(uHost, "http://"+printer80+"/")))
+		return viaSocks != ""
+	}) {
+		t.Fatal("the userspace node never reached the printer through SOCKS5")
+	}
+	if viaSocks != rtHost.Addr.String() {
+		t.Fatalf("through SOCKS5 the printer saw %s, want %s", viaSocks, rtHost.Addr)
+	}
+	u.stop()
 
 	// The policy: 80 on the routed network, not 22. 22 is dropped at rt.
 	w.setPolicy(t, fmt.Sprintf(`{
