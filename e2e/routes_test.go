@@ -320,7 +320,11 @@ func TestLabSubnetRouter(t *testing.T) {
 	c.waitStatus("rt primary for the route", func(st localapi.Status) bool {
 		return slices.Equal(peerRoutes(st, "rt"), []string{pfx})
 	})
-	t.Logf("approved route in c's status after %v", time.Since(approved).Round(time.Millisecond))
+	took := time.Since(approved)
+	t.Logf("approved route in c's status after %v", took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("the approved route took %v to reach c (goal 2 s)", took)
+	}
 	if got := waitWho(t, c.host, printer80, 20*time.Second); got != rtHost.Addr.String() {
 		t.Fatalf("the printer saw %s, want rt's LAN address %s (SNAT)", got, rtHost.Addr)
 	}
@@ -576,8 +580,10 @@ func TestLabSubnetRouterHA(t *testing.T) {
 
 // TestLabExitNode: a node using an exit node reaches an "internet" host on
 // the lab's wan with the exit node's public address as its source, while
-// its coordinator and relay stay reachable; a userspace node does the same
-// through its SOCKS5 proxy. Before the exit node is approved, and after it
+// its coordinator and relay stay reachable, and DNS for a non-mesh name is
+// asked from the exit node's side; with --exit-node-allow-lan-access a
+// node reaches its LAN directly, without it not; a userspace node does the
+// same through its SOCKS5 proxy. Before the exit node is approved, and after it
 // is SIGKILLed, nothing from the client reaches the internet host.
 func TestLabExitNode(t *testing.T) {
 	w := newWorld(t, "nyc")
@@ -673,6 +679,30 @@ func TestLabExitNode(t *testing.T) {
 	}
 	if _, err := w.run("meshnode", "ping", "-c", "2", "--state-dir", c.dir, "ex"); err != nil {
 		t.Fatal(err)
+	}
+
+	// LAN access: c's own gateway is not reachable (its traffic goes to
+	// the exit node); c2, with --exit-node-allow-lan-access, reaches its
+	// gateway directly and the internet through the exit node.
+	c2Host := hardNATHost(t, w, "c2")
+	for _, h := range []*lab.Host{cHost, c2Host} {
+		ln, err := h.Router.Listen(netip.AddrPortFrom(h.Gateway, 7070).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go whoami(ln, nil)
+	}
+	c2 := w.startNode("c2", c2Host, "--exit-node", "ex", "--exit-node-allow-lan-access")
+	c2.waitStatus("exit node in use", func(st localapi.Status) bool { return st.Self.ExitNodeUp })
+	if got := waitWho(t, c2Host, netip.AddrPortFrom(c2Host.Gateway, 7070).String(), 10*time.Second); got != c2Host.Addr.String() {
+		t.Fatalf("c2's gateway saw %s, want c2's LAN address %s", got, c2Host.Addr)
+	}
+	if got := waitWho(t, c2Host, inetTCP, 10*time.Second); got != exHost.PublicAddr().String() {
+		t.Fatalf("with LAN access the internet host saw %s from c2, want %s", got, exHost.PublicAddr())
+	}
+	if got, err := askWho(cHost, netip.AddrPortFrom(cHost.Gateway, 7070).String(), 2*time.Second); err == nil {
+		t.Fatalf("c reached its LAN (as %s) without --exit-node-allow-lan-access", got)
 	}
 
 	// Userspace: the same through SOCKS5.
