@@ -157,8 +157,13 @@ func (c *Controller) Update(self netip.Addr, peers []netmap.Node) {
 			}
 		}
 		next[p.NodeKey] = e
-		if len(e.routes) > 0 {
-			offers[p.NodeKey] = append(offers[p.NodeKey], e.routes...)
+		for _, r := range e.routes {
+			// A network this node routes itself stays on its LAN: taking
+			// another router's offer for it would send the LAN's traffic
+			// (forwarded traffic too) back into the tunnel.
+			if !c.ownRoute(r) {
+				offers[p.NodeKey] = append(offers[p.NodeKey], r)
+			}
 		}
 		if isExit {
 			exitName = p.Name
@@ -216,6 +221,16 @@ func (c *Controller) Start(self netip.Addr) error {
 	return c.apply(&c.last, true)
 }
 
+// ownRoute reports whether r overlaps a route this node advertises.
+func (c *Controller) ownRoute(r netip.Prefix) bool {
+	for _, a := range c.cfg.Advertise {
+		if a.Overlaps(r) {
+			return true
+		}
+	}
+	return false
+}
+
 // Run pings routers, evaluates and applies until ctx ends. Start must
 // have been called.
 func (c *Controller) Run(ctx context.Context) {
@@ -261,7 +276,8 @@ func (c *Controller) candidates() []key.NodePublic {
 	defer c.mu.Unlock()
 	var out []key.NodePublic
 	for k, p := range c.mu.peers {
-		if (c.cfg.AcceptRoutes && len(p.routes) > 0) || k == c.mu.exitKey && !k.IsZero() {
+		if (c.cfg.AcceptRoutes && slices.ContainsFunc(p.routes, func(r netip.Prefix) bool { return !c.ownRoute(r) })) ||
+			k == c.mu.exitKey && !k.IsZero() {
 			out = append(out, k)
 		}
 	}

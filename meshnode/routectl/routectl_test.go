@@ -282,3 +282,26 @@ func TestRouterSide(t *testing.T) {
 		}
 	})
 }
+
+// TestOwnRoutesNotAccepted: a router that also accepts routes does not take
+// another router's offer for (part of) its own network, only the others.
+func TestOwnRoutesNotAccepted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeMesh()
+		other, _ := sortedKeys()
+		f.setAlive(other, true)
+		elsewhere := netip.MustParsePrefix("198.19.60.0/24")
+		c, _ := start(t, Config{AcceptRoutes: true, Advertise: []netip.Prefix{lan}}, f)
+		c.Update(netip.MustParseAddr("100.64.0.1"), []netmap.Node{
+			peerNode("standby", other, "100.64.0.2", []netip.Prefix{lanHalf, elsewhere}, false),
+		})
+		time.Sleep(3 * time.Second)
+		st, allowed := f.last()
+		if !slices.Equal(st.Routes, []router.Route{{Prefix: elsewhere, Up: true}}) {
+			t.Fatalf("routes %+v, want only %s", st.Routes, elsewhere)
+		}
+		if !slices.Equal(allowed[other], []netip.Prefix{elsewhere}) {
+			t.Fatalf("allowed %v", allowed)
+		}
+	})
+}
