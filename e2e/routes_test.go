@@ -583,8 +583,9 @@ func TestLabSubnetRouterHA(t *testing.T) {
 // its coordinator and relay stay reachable, and DNS for a non-mesh name is
 // asked from the exit node's side; with --exit-node-allow-lan-access a
 // node reaches its LAN directly, without it not; a userspace node does the
-// same through its SOCKS5 proxy. Before the exit node is approved, and after it
-// is SIGKILLed, nothing from the client reaches the internet host.
+// same through its SOCKS5 proxy. Before the first netmap (the coordinator
+// down at the first start), before the exit node is approved, and after
+// it is SIGKILLed, nothing from the client reaches the internet host.
 func TestLabExitNode(t *testing.T) {
 	w := newWorld(t, "nyc")
 	inet, err := w.l.AddHost("inet", nil)
@@ -629,7 +630,21 @@ func TestLabExitNode(t *testing.T) {
 	ex := w.startNode("ex", exHost, "--advertise-exit-node")
 	cHost := hardNATHost(t, w, "c")
 	netnsResolvConf(t, cHost, "nameserver "+inet.Addr.String()+"\n")
+	// c's first start while the coordinator is down: no netmap yet, and
+	// already nothing leaves but the node's own traffic.
+	w.stopCoordinator()
 	c := w.startNode("c", cHost, "--exit-node", "ex", "--accept-dns")
+	if !poll.Wait(poll.DefaultTimeout, func() bool { return len(routingLeftovers(cHost)) > 0 }) {
+		t.Fatal("no block installed before the first netmap")
+	}
+	for i := 0; i < 3; i++ {
+		askWho(cHost, inetTCP, 500*time.Millisecond)
+		sendUDP(cHost)
+	}
+	if n, u := seenTCP.Load(), seenUDP.Load(); n != 0 || u != 0 {
+		t.Fatalf("before the first netmap the internet host saw %d connections and %d datagrams from c", n, u)
+	}
+	w.startCoordinator(w.relayMap)
 	c.waitStatus("ex as a peer", func(st localapi.Status) bool { _, ok := peerOf(st, "ex"); return ok })
 
 	// Not approved yet: c's traffic to the internet stops (it never

@@ -28,6 +28,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -164,6 +165,9 @@ type Node struct {
 	fatal chan error
 	// login is the interactive login in progress; only controlLoop uses it.
 	login *netmap.LoginResponse
+	// early is the router that blocks exit-node traffic before the first
+	// netmap (blockUntilNetmap); nil once the engine's router owns it.
+	early atomic.Pointer[router.Router]
 	// uapiMu orders UAPI peer updates (netmap changes, expiries, route
 	// moves) so that each is computed and applied before the next.
 	uapiMu sync.Mutex
@@ -396,6 +400,9 @@ func (n *Node) start() error {
 			return err
 		}
 	}
+	if err := n.blockUntilNetmap(); err != nil {
+		return err
+	}
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
 	n.goAsync(n.paths.Run)
@@ -426,6 +433,7 @@ func (n *Node) stop(cancel context.CancelFunc) {
 	n.wg.Wait()
 	n.saveCache()
 	n.stopDNS()
+	n.closeEarlyBlock(true)
 	n.mu.Lock()
 	eng := n.mu.engine
 	n.mu.Unlock()

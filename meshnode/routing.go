@@ -56,6 +56,44 @@ func cleanupRoutes(cfg Config) {
 	}
 }
 
+// blockUntilNetmap installs, on a kernel-TUN node with --exit-node that has
+// no engine yet (a first start, no cached netmap), the exit route's
+// unreachable backstop and the rules: until the first netmap names the
+// exit node nothing but the node's own (marked) traffic leaves. The
+// engine's router replaces it (router.New cleans it up first).
+func (n *Node) blockUntilNetmap() error {
+	if n.cfg.Userspace || n.cfg.ExitNode == "" {
+		return nil
+	}
+	n.mu.Lock()
+	built := n.mu.engine != nil
+	n.mu.Unlock()
+	if built {
+		return nil
+	}
+	r, err := router.New(router.Config{TUN: n.cfg.TUN, Self: netip.IPv4Unspecified(), Logger: n.log.With("component", "router")})
+	if err != nil {
+		return fmt.Errorf("routing: %w", err)
+	}
+	if err := r.Set(router.State{Routes: []router.Route{{Prefix: routes.ExitPrefix}}}); err != nil {
+		r.Close()
+		return fmt.Errorf("routing: block until the first netmap: %w", err)
+	}
+	n.early.Store(r)
+	return nil
+}
+
+// closeEarlyBlock forgets the pre-netmap block once an engine's router
+// owns the namespace (New already removed what it installed), or removes
+// it on a stop before the first netmap.
+func (n *Node) closeEarlyBlock(remove bool) {
+	if r := n.early.Swap(nil); r != nil && remove {
+		if err := r.Close(); err != nil {
+			n.log.Warn("removing routing state failed", "err", err)
+		}
+	}
+}
+
 // newRouting makes the route controller for an engine, and on a kernel
 // TUN device the OS router and, on a router, the forwarder around dev (the
 // filtered TUN device). It returns the device to build on.
@@ -67,6 +105,7 @@ func (n *Node) newRouting(e *engine, dev tun.Device, kernel bool, self netip.Add
 		Log: n.log.With("component", "routes"),
 	}
 	if kernel && (n.cfg.routesOffered() || n.cfg.routesUsed()) {
+		n.closeEarlyBlock(false) // router.New below cleans it up
 		name, _ := dev.Name()
 		r, err := router.New(router.Config{TUN: name, Self: self, Logger: n.log.With("component", "router"), Metrics: n.metrics.router})
 		if err != nil {
