@@ -812,3 +812,34 @@ func BenchmarkLabSubnetRouterIperf3(b *testing.B) {
 	b.ReportMetric(median(own)/1e6, "router-Mbit/s")
 	b.ReportMetric(median(routed)/median(own), "ratio")
 }
+
+// TestLabSubnetRouterNoSNAT: with --snat-subnet-routes=false the printer
+// sees the client's own mesh address, so it needs a route back to the mesh
+// through the router: without one its answers are lost, with one (on the
+// site's gateway) they arrive.
+func TestLabSubnetRouterNoSNAT(t *testing.T) {
+	w := newWorld(t, "nyc")
+	site := newSite(t, w)
+	serveWhoami(t, site.printer, "0.0.0.0:80", nil)
+	printer80 := netip.AddrPortFrom(site.printer.Addr, 80).String()
+	pfx := site.prefix.String()
+	rtHost := site.host(t, w, "rt")
+	w.startNode("rt", rtHost, "--advertise-routes", pfx, "--snat-subnet-routes=false")
+	c := w.startNode("c", hardNATHost(t, w, "c"), "--accept-routes")
+	w.waitAdvertised(t, "rt", pfx)
+	if _, err := w.run("coordinator", "routes", "approve", "rt", pfx, "--state-dir", w.coordDir); err != nil {
+		t.Fatal(err)
+	}
+	c.waitStatus("rt primary for the route", func(st localapi.Status) bool {
+		return slices.Equal(peerRoutes(st, "rt"), []string{pfx})
+	})
+	if got, err := askWho(c.host, printer80, 3*time.Second); err == nil {
+		t.Fatalf("without SNAT and without a route back the printer answered (saw %s)", got)
+	}
+	if err := site.gw.IP("route add 100.64.0.0/10 via " + rtHost.Addr.String()); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitWho(t, c.host, printer80, 20*time.Second); got != c.ip().String() {
+		t.Fatalf("without SNAT the printer saw %s, want c's mesh address %s", got, c.ip())
+	}
+}
