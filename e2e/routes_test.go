@@ -722,8 +722,18 @@ func TestLabExitNode(t *testing.T) {
 
 	// Userspace: the same through SOCKS5.
 	uHost := hardNATHost(t, w, "u")
+	netnsResolvConf(t, uHost, "nameserver "+inet.Addr.String()+"\n") // u's MagicDNS's OS resolver
 	u := w.startNode("u", uHost, "--userspace", "--socks5", "127.0.0.1:1080", "--exit-node", "ex")
 	u.waitStatus("exit node in use", func(st localapi.Status) bool { return st.Self.ExitNodeUp })
+	// Its MagicDNS asks the nameserver through the netstack, so from the
+	// exit node's side too.
+	var dnsOut string
+	if !poll.Wait(20*time.Second, func() bool {
+		dnsOut, _ = w.run("meshnode", "dns", "query", "--json", "--state-dir", u.dir, "whoami.test", "A")
+		return strings.Contains(dnsOut, exHost.PublicAddr().String())
+	}) {
+		t.Fatalf("userspace node's DNS query was not asked from the exit node's side (want %s): %s", exHost.PublicAddr(), dnsOut)
+	}
 	var got string
 	if !poll.Wait(20*time.Second, func() bool {
 		got = strings.TrimSpace(string(curlSocks(uHost, "http://"+inetTCP+"/")))
