@@ -272,6 +272,13 @@ func TestLabSubnetRouter(t *testing.T) {
 			t.Errorf("--advertise-routes %s: %v, want an error containing %q", c.arg, err, c.want)
 		}
 	}
+	// Nothing changed: no node registered, no route listed.
+	if out, err := w.run("coordinator", "nodes", "list", "--json", "--state-dir", w.coordDir); err != nil || strings.Contains(out, `"name"`) {
+		t.Fatalf("a bad advertisement registered a node: %v %s", err, out)
+	}
+	if out, rows := w.routeRows(t); len(rows) != 0 {
+		t.Fatalf("routes after bad advertisements: %s", out)
+	}
 
 	rtHost := site.host(t, w, "rt")
 	rt := w.startNode("rt", rtHost, "--advertise-routes", pfx)
