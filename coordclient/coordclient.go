@@ -19,8 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/wiremesh/wiremesh/key"
@@ -98,6 +100,20 @@ func IsUnauthorized(err error) bool {
 // may be a list of replicas. Many Clients may share one; streams multiplex
 // on its connections.
 func NewHTTPClient(baseURL, pin string) (*http.Client, error) {
+	return NewHTTPClientWith(baseURL, pin, Options{})
+}
+
+// Options are the less common ways to reach a coordinator.
+type Options struct {
+	// Control, if set, is called on every socket the client opens before
+	// it connects (net.Dialer.Control): a node that accepts subnet routes
+	// or uses an exit node marks its sockets so that they bypass its own
+	// routing table.
+	Control func(network, address string, c syscall.RawConn) error
+}
+
+// NewHTTPClientWith is NewHTTPClient with options.
+func NewHTTPClientWith(baseURL, pin string, opts Options) (*http.Client, error) {
 	urls, err := ParseURLs(baseURL)
 	if err != nil {
 		return nil, err
@@ -108,6 +124,9 @@ func NewHTTPClient(baseURL, pin string) (*http.Client, error) {
 		MaxIdleConnsPerHost: 8,
 		IdleConnTimeout:     2 * time.Minute,
 		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	if opts.Control != nil {
+		tr.DialContext = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: opts.Control}).DialContext
 	}
 	var p http.Protocols
 	switch {
@@ -284,7 +303,12 @@ func newClient(rs *replicaSet, hc *http.Client, info netmap.ServerInfo, priv key
 // the first replica that answers) and returns a node client that starts
 // on that replica.
 func Dial(ctx context.Context, baseURL, pin string, priv key.NodePrivate) (*Client, error) {
-	hc, err := NewHTTPClient(baseURL, pin)
+	return DialWith(ctx, baseURL, pin, priv, Options{})
+}
+
+// DialWith is Dial with options.
+func DialWith(ctx context.Context, baseURL, pin string, priv key.NodePrivate, opts Options) (*Client, error) {
+	hc, err := NewHTTPClientWith(baseURL, pin, opts)
 	if err != nil {
 		return nil, err
 	}

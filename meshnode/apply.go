@@ -114,6 +114,8 @@ func (n *Node) applyNetmap(nm *netmap.NetworkMap, fromCoordinator bool) error {
 func (n *Node) applyChanges(nm *netmap.NetworkMap, f frame) error {
 	now := n.now()
 	var uapi strings.Builder
+	n.uapiMu.Lock()
+	defer n.uapiMu.Unlock()
 	n.mu.Lock()
 	if f.admission != "" {
 		if _, raw, err := admit.ParseText(f.admission); err == nil {
@@ -169,6 +171,7 @@ func (n *Node) applyChanges(nm *netmap.NetworkMap, f frame) error {
 		c.apply(n)
 	}
 	n.feedDNS(df, changes)
+	n.feedRoutes()
 	if f.filter {
 		n.filter.SetRules(rules)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/wiremesh/wiremesh/backoff"
 	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/meshnode/reporter"
+	"github.com/wiremesh/wiremesh/meshnode/router"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -120,7 +121,7 @@ func (n *Node) connect(ctx context.Context) (*coordclient.Client, error) {
 		return nil, ErrNeedAuthKey
 	}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	c, err := coordclient.Dial(dctx, url, pin, n.priv)
+	c, err := coordclient.DialWith(dctx, url, pin, n.priv, n.coordOptions())
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("reach coordinator: %w", err)
@@ -208,7 +209,7 @@ func (n *Node) coordClient(ctx context.Context) (reporter.Updater, error) {
 	if err != nil || !ctl.Registered {
 		return nil, errors.New("not registered")
 	}
-	c, err = coordclient.Dial(ctx, ctl.URL, ctl.Pin, n.priv)
+	c, err = coordclient.DialWith(ctx, ctl.URL, ctl.Pin, n.priv, n.coordOptions())
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +220,15 @@ func (n *Node) coordClient(ctx context.Context) (reporter.Updater, error) {
 	c = n.mu.coord
 	n.mu.Unlock()
 	return c, nil
+}
+
+// coordOptions marks the coordinator's sockets when the node's routing
+// table could otherwise pull them into the tunnel.
+func (n *Node) coordOptions() coordclient.Options {
+	if n.cfg.markSockets() {
+		return coordclient.Options{Control: router.Control}
+	}
+	return coordclient.Options{}
 }
 
 // interactiveLogin gets a login URL (reusing the one in progress while it

@@ -85,6 +85,11 @@ func (n *Node) newMagicDNS() *magicDNS {
 		// Mesh nameservers (a Pi-hole on a peer) through the netstack;
 		// others through the host network.
 		cfg.MeshDialer = stackDialer{n}
+		if n.cfg.ExitNode != "" {
+			// With an exit node every nameserver is asked from the exit
+			// node's side: through the netstack, never the host network.
+			cfg.Dialer = stackDialer{n}
+		}
 	}
 	d.res = dns.New(cfg)
 	if n.cfg.Userspace {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/wiremesh/wiremesh/meshnode/filter"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
+	"github.com/wiremesh/wiremesh/meshnode/routectl"
+	"github.com/wiremesh/wiremesh/meshnode/router"
 	"github.com/wiremesh/wiremesh/meshnode/socks5"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
@@ -21,6 +23,10 @@ type engine struct {
 	dev   *device.Device
 	tun   tun.Device
 	stack *netstack.Stack // userspace mode only
+	// routes decides subnet routes and the exit node; router installs
+	// them in the kernel (kernel TUN with a routing flag only, else nil).
+	routes *routectl.Controller
+	router *router.Router
 }
 
 func (n *Node) newEngine(self netip.Addr) (*engine, error) {
@@ -42,11 +48,29 @@ func (n *Node) newEngine(self netip.Addr) (*engine, error) {
 			n.dns.serveFailed(n.log, n.serveDNSKernel(name))
 		}
 	}
-	wrapped := filter.Wrap(e.tun, n.filter, func(v filter.Verdict) {
+	filtered := filter.Wrap(e.tun, n.filter, func(v filter.Verdict) {
 		n.metrics.filterDrops.WithLabelValues(v.String()).Inc()
 	})
+	// A router's forwarder sits outside the filter, so forwarded packets
+	// it drops are counted as router drops.
+	wrapped, err := n.newRouting(e, filtered, !n.cfg.Userspace, self)
+	if err != nil {
+		e.tun.Close()
+		return nil, err
+	}
 	e.dev = device.NewDevice(wrapped, n.bind, wgLogger(n.log))
+	ok := false
+	defer func() {
+		if !ok && e.router != nil {
+			e.router.Close()
+		}
+	}()
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", n.priv.UAPI(), n.cfg.Port)
+	if n.cfg.markSockets() {
+		// The UDP socket to peers (and relays' fast path on it) bypasses
+		// the routing table; wireguard-go sets SO_MARK on it.
+		cfg += fmt.Sprintf("fwmark=%d\n", router.BypassMark)
+	}
 	if err := e.dev.IpcSet(cfg); err != nil {
 		e.dev.Close()
 		return nil, fmt.Errorf("configure wireguard: %w", err)
@@ -55,6 +79,8 @@ func (n *Node) newEngine(self netip.Addr) (*engine, error) {
 		e.dev.Close()
 		return nil, fmt.Errorf("wireguard up: %w", err)
 	}
+	ok = true
+	n.goAsync(e.routes.Run)
 	if e.stack != nil {
 		if n.dns != nil {
 			n.dns.serveFailed(n.log, n.serveDNSUserspace(e.stack))
@@ -136,6 +162,15 @@ func (n *Node) socksAllow(dst netip.AddrPort) error {
 				return nil
 			}
 		}
+	}
+	// A routed destination (--accept-routes, --exit-node) whose route is
+	// up: the netstack sends it into the tunnel, WireGuard to the
+	// primary router.
+	if eng := n.mu.engine; eng != nil && eng.routes != nil && eng.routes.Routed(dst.Addr()) {
+		return nil
+	}
+	if n.cfg.routesUsed() {
+		return fmt.Errorf("%w: %s is no peer's address and no route to it is up", socks5.ErrNotAllowed, dst)
 	}
 	return fmt.Errorf("%w: %s is no peer's address", socks5.ErrNotAllowed, dst)
 }

@@ -1,6 +1,7 @@
 package meshnode
 
 import (
+	"github.com/wiremesh/wiremesh/meshnode/router"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,6 +12,7 @@ import (
 
 // nodeMetrics are the meshnode_ metrics. None carries a per-peer label.
 type nodeMetrics struct {
+	router            *router.Metrics // subnet routes and exit nodes
 	peers             prometheus.Gauge
 	coordConnected    prometheus.Gauge
 	filterDrops       *prometheus.CounterVec
@@ -74,6 +76,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 	reg.MustRegister(m.peers, m.coordConnected, m.filterDrops, m.homeChanges, m.discoRx, m.pingRTT, m.relayPendingDrops,
 		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, m.regionRTT, m.regionLatency, &pathCollector{n: n})
 	m.portmap = portmap.NewMetrics(reg)
+	m.router = router.NewMetrics(reg)
 	return m
 }
 

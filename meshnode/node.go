@@ -28,6 +28,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/portmap"
 	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/meshnode/reporter"
+	"github.com/wiremesh/wiremesh/meshnode/router"
 	"github.com/wiremesh/wiremesh/meshnode/stunprobe"
 	"github.com/wiremesh/wiremesh/metrics"
 	"github.com/wiremesh/wiremesh/netmap"
@@ -103,6 +105,21 @@ type Config struct {
 	// start without AuthKey (interactive login); empty trusts the system's
 	// CA roots then.
 	CoordinatorPin string
+	// Subnet routes and exit nodes (kernel TUN for the router side):
+	// AdvertiseRoutes (--advertise-routes, validated with routes.Validate)
+	// and AdvertiseExitNode (--advertise-exit-node) are what this node
+	// offers, SNATSubnetRoutes (--snat-subnet-routes, on in the CLI)
+	// masquerades routed traffic behind its LAN address; AcceptRoutes
+	// (--accept-routes) uses peers' approved routes, ExitNode
+	// (--exit-node NAME|IP) sends all non-local traffic through that peer,
+	// and ExitNodeAllowLAN (--exit-node-allow-lan-access) keeps the LAN
+	// off it.
+	AdvertiseRoutes   []netip.Prefix
+	AdvertiseExitNode bool
+	SNATSubnetRoutes  bool
+	AcceptRoutes      bool
+	ExitNode          string
+	ExitNodeAllowLAN  bool
 	// LoginOut receives the "To authenticate, visit: URL" line of an
 	// interactive login (default os.Stderr).
 	LoginOut io.Writer
@@ -148,6 +165,12 @@ type Node struct {
 	fatal chan error
 	// login is the interactive login in progress; only controlLoop uses it.
 	login *netmap.LoginResponse
+	// early is the router that blocks exit-node traffic before the first
+	// netmap (blockUntilNetmap); nil once the engine's router owns it.
+	early atomic.Pointer[router.Router]
+	// uapiMu orders UAPI peer updates (netmap changes, expiries, route
+	// moves) so that each is computed and applied before the next.
+	uapiMu sync.Mutex
 
 	mu struct {
 		sync.Mutex
@@ -162,7 +185,10 @@ type Node struct {
 		mapper     portmap.Mapper             // the port-mapping client; nil while none runs
 		rtt        map[key.NodePublic]float64 // last disco RTT, ms
 		dirtyCache bool
-		nat        natFacts
+		// routeIPs are the routed prefixes each peer carries in WireGuard
+		// beside its addresses (the primaries the route controller chose).
+		routeIPs map[key.NodePublic][]netip.Prefix
+		nat      natFacts
 		// nextExpiry is when the earliest configured peer key expires
 		// (plus KeyExpiryGrace); zero: none. It may be early (the peer
 		// was since renewed or removed), which costs one scan.
@@ -202,8 +228,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("node key: %w", err)
 	}
+	if err := checkRouteFlags(cfg); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	recoverDNS(cfg, st)
+	cleanupRoutes(cfg)
 	n := newNode(ctx, cfg, st, priv)
 	defer n.stop(cancel)
 	if err := n.start(); err != nil {
@@ -240,6 +270,9 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 		Log:       n.log.With("component", "relay"),
 		Prefs:     &relayclient.Prefs{},
 	}}
+	if cfg.markSockets() {
+		pool.Template.Control = router.Control
+	}
 	n.pool = pool
 	n.relays = relays.New(relays.Config{Pool: pool, Bind: bindRef{n}, PendingDrops: n.metrics.relayPendingDrops,
 		Log: n.log.With("component", "relays")})
@@ -367,6 +400,9 @@ func (n *Node) start() error {
 			return err
 		}
 	}
+	if err := n.blockUntilNetmap(); err != nil {
+		return err
+	}
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
 	n.goAsync(n.paths.Run)
@@ -379,6 +415,7 @@ func (n *Node) start() error {
 	})
 	n.goAsync(n.check.Run)
 	n.goAsync(n.report.Run)
+	n.advertise()
 	if n.cfg.PortMapping {
 		n.goAsync(n.runPortMapping)
 	}
@@ -396,11 +433,19 @@ func (n *Node) stop(cancel context.CancelFunc) {
 	n.wg.Wait()
 	n.saveCache()
 	n.stopDNS()
+	n.closeEarlyBlock(true)
 	n.mu.Lock()
 	eng := n.mu.engine
 	n.mu.Unlock()
 	if eng != nil {
 		eng.close()
+		if eng.router != nil {
+			// After the TUN device (and the routes through it) is gone:
+			// until now the backstops kept traffic from the underlay.
+			if err := eng.router.Close(); err != nil {
+				n.log.Warn("removing routing state failed", "err", err)
+			}
+		}
 	}
 	if n.socket != "" {
 		os.Remove(n.socket)

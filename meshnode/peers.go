@@ -2,6 +2,7 @@ package meshnode
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -17,6 +18,9 @@ type peerChange struct {
 	key       key.NodePublic
 	old, next netmap.Node
 	had, has  bool
+	// routed are the routed prefixes the peer carries beside its
+	// addresses (set by record).
+	routed []netip.Prefix
 }
 
 // live reports whether p is a peer to configure: not this node, and its
@@ -81,6 +85,7 @@ func (c peerChange) record(n *Node, uapi *strings.Builder) {
 			}
 		}
 	}
+	c.routed = n.mu.routeIPs[c.key]
 	writeUAPI(uapi, c)
 }
 
@@ -128,11 +133,7 @@ func writeUAPI(b *strings.Builder, c peerChange) {
 		fmt.Fprintf(b, "endpoint=%s\n", k)
 	}
 	b.WriteString("replace_allowed_ips=true\n")
-	ips := p.AllowedIPs
-	if len(ips) == 0 {
-		ips = p.Addresses
-	}
-	for _, ip := range ips {
+	for _, ip := range peerAllowedIPs(p, c.routed) {
 		fmt.Fprintf(b, "allowed_ip=%s\n", ip)
 	}
 }
@@ -148,6 +149,10 @@ func (n *Node) expirePeers() {
 		return
 	}
 	n.mu.nextExpiry = time.Time{}
+	n.mu.Unlock()
+	n.uapiMu.Lock()
+	defer n.uapiMu.Unlock()
+	n.mu.Lock()
 	var uapi strings.Builder
 	var changes []peerChange
 	for k, p := range n.mu.applied {
@@ -175,5 +180,6 @@ func (n *Node) expirePeers() {
 		c.apply(n)
 	}
 	n.feedDNS(dnsFrame{}, changes)
+	n.feedRoutes()
 	n.metrics.peers.Set(float64(peers))
 }

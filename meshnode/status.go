@@ -15,6 +15,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
+	"github.com/wiremesh/wiremesh/meshnode/routectl"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -53,6 +54,11 @@ func (n *Node) Status() localapi.Status {
 	}
 	eng := n.mu.engine
 	n.mu.Unlock()
+	var rs routectl.Status
+	if eng != nil && eng.routes != nil {
+		rs = eng.routes.Status()
+	}
+	st.Self.ExitNode, st.Self.ExitNodeUp = rs.ExitNode, rs.ExitNodeUp
 
 	var wg map[key.NodePublic]wgPeer
 	if eng != nil {
@@ -60,7 +66,11 @@ func (n *Node) Status() localapi.Status {
 	}
 	st.Peers = []localapi.PeerStatus{}
 	for k, p := range peers {
-		ps := localapi.PeerStatus{Name: p.Name, NodeKey: k.String(), Online: p.Online, IPs: []string{}, RTTMs: rtts[k]}
+		ps := localapi.PeerStatus{Name: p.Name, NodeKey: k.String(), Online: p.Online, IPs: []string{}, RTTMs: rtts[k],
+			Routes: []string{}, ExitNodeOption: p.ExitNodeOption}
+		for _, r := range rs.Primary[k] {
+			ps.Routes = append(ps.Routes, r.String())
+		}
 		for _, a := range p.Addresses {
 			ps.IPs = append(ps.IPs, a.Addr().String())
 		}

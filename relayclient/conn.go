@@ -20,6 +20,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -101,6 +102,11 @@ type Config struct {
 	// one of its own (see SharedSocket). If it cannot share (ClaimFast
 	// fails), the fast path opens its own socket.
 	Shared SharedSocket
+	// Control, if set, is called on every socket the client opens itself
+	// (QUIC without Transport, TCP, the fast path's own UDP socket) before
+	// it is used: a node that accepts subnet routes or uses an exit node
+	// marks them so that they bypass its own routing table.
+	Control func(network, address string, c syscall.RawConn) error
 }
 
 // Errors.
@@ -307,17 +313,33 @@ func dialQUIC(ctx context.Context, cfg Config) (*rawConn, error) {
 		KeepAlivePeriod: keepAlive,
 	}
 	var qc *quic.Conn
-	if cfg.Transport != nil {
+	var own net.PacketConn // our own socket, closed with the connection
+	switch {
+	case cfg.Transport != nil:
 		qc, err = cfg.Transport.Dial(ctx, ua, tlsConfig(cfg), qconf)
-	} else {
+	case cfg.Control != nil:
+		lc := net.ListenConfig{Control: cfg.Control}
+		if own, err = lc.ListenPacket(ctx, "udp", ":0"); err == nil {
+			qc, err = quic.Dial(ctx, own, ua, tlsConfig(cfg), qconf)
+		}
+	default:
 		qc, err = quic.DialAddr(ctx, cfg.Relay.Addr, tlsConfig(cfg), qconf)
 	}
 	if err != nil {
+		if own != nil {
+			own.Close()
+		}
 		return nil, fmt.Errorf("quic: %w", err)
+	}
+	closeQC := func(msg string) {
+		qc.CloseWithError(0, msg)
+		if own != nil {
+			own.Close()
+		}
 	}
 	st, err := qc.OpenStream()
 	if err != nil {
-		qc.CloseWithError(0, "")
+		closeQC("")
 		return nil, fmt.Errorf("quic: %w", err)
 	}
 	return &rawConn{
@@ -326,13 +348,13 @@ func dialQUIC(ctx context.Context, cfg Config) (*rawConn, error) {
 			cs := qc.ConnectionState().TLS
 			return cs.ExportKeyingMaterial(relayproto.ExporterLabel, nil, relayproto.ExporterLen)
 		},
-		close: func() { qc.CloseWithError(0, "closed") },
+		close: func() { closeQC("closed") },
 		setRD: func(t time.Time) { st.SetReadDeadline(t) },
 	}, nil
 }
 
 func dialTCP(ctx context.Context, cfg Config) (*rawConn, error) {
-	d := tls.Dialer{Config: tlsConfig(cfg)}
+	d := tls.Dialer{Config: tlsConfig(cfg), NetDialer: &net.Dialer{Control: cfg.Control}}
 	nc, err := d.DialContext(ctx, "tcp", cfg.Relay.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("tcp: %w", err)

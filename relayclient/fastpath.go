@@ -71,7 +71,12 @@ func (c *Conn) EnableFastPath(ctx context.Context) error {
 		// The owner cannot share its socket (no UDP socket open): a
 		// socket of our own.
 	}
-	udp, err := net.DialUDP("udp", nil, ua)
+	d := net.Dialer{Control: c.cfg.Control}
+	nc, err := d.DialContext(ctx, "udp", ua.String())
+	var udp *net.UDPConn
+	if err == nil {
+		udp = nc.(*net.UDPConn)
+	}
 	if err != nil {
 		return fmt.Errorf("relayclient: fast path socket: %w", err)
 	}

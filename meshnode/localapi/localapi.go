@@ -44,6 +44,11 @@ type Self struct {
 	IPs       []string `json:"ips"`
 	NodeKey   string   `json:"node_key"`
 	HomeRelay string   `json:"home_relay"`
+	// ExitNode is the exit node in use (--exit-node, by name), empty when
+	// none; ExitNodeUp whether it answers now (while it does not, all
+	// traffic for it stops).
+	ExitNode   string `json:"exit_node"`
+	ExitNodeUp bool   `json:"exit_node_up"`
 }
 
 // Coordinator is the control-plane connection state.
@@ -67,6 +72,11 @@ type PeerStatus struct {
 	RxBytes       uint64     `json:"rx_bytes"`
 	TxBytes       uint64     `json:"tx_bytes"`
 	LastHandshake *time.Time `json:"last_handshake"`
+	// Routes are the approved subnet routes this peer is the primary
+	// router for, as this node chose; ExitNodeOption whether it offers
+	// this node an exit node.
+	Routes         []string `json:"routes"`
+	ExitNodeOption bool     `json:"exit_node_option"`
 }
 
 // PingResult is one line of `meshnode ping --json`.

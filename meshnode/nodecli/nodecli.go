@@ -23,6 +23,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
+	"github.com/wiremesh/wiremesh/meshnode/routes"
 	"github.com/wiremesh/wiremesh/meshnode/socks5"
 )
 
@@ -45,7 +46,18 @@ type RunFlags struct {
 	EndpointPrefixes []string `flag:"endpoint-prefixes" env:"ENDPOINT_PREFIXES" help:"offer only local addresses inside these prefixes as direct-path candidates (default: all but loopback)"`
 	PortMapping      bool     `flag:"port-mapping" env:"PORT_MAPPING" envDefault:"true" help:"ask the gateway to forward the UDP port (NAT-PMP, PCP or UPnP IGD) and offer the mapped address to peers; deleted on exit"`
 	UserspaceFlags
+	RouteFlags
 	cli.Logging
+}
+
+// RouteFlags are `meshnode run`'s subnet-route and exit-node options.
+type RouteFlags struct {
+	AdvertiseRoutes   []string `flag:"advertise-routes" env:"ADVERTISE_ROUTES" help:"offer to route these networks for the mesh, such as 198.19.50.0/24,10.1.0.0/16 (kernel TUN; an admin or the policy's autoApprovers approves them)"`
+	SNATSubnetRoutes  bool     `flag:"snat-subnet-routes" env:"SNAT_SUBNET_ROUTES" envDefault:"true" help:"routed traffic leaves with this node's own LAN address, so the LAN needs no route back to the mesh"`
+	AdvertiseExitNode bool     `flag:"advertise-exit-node" env:"ADVERTISE_EXIT_NODE" help:"offer this node as an exit node (0.0.0.0/0; kernel TUN)"`
+	AcceptRoutes      bool     `flag:"accept-routes" env:"ACCEPT_ROUTES" help:"send traffic for approved subnet routes to their primary router"`
+	ExitNode          string   `flag:"exit-node" env:"EXIT_NODE" help:"send all traffic that is not for a local network through this peer (NAME or mesh IP); while it is unreachable that traffic stops"`
+	ExitNodeAllowLAN  bool     `flag:"exit-node-allow-lan-access" env:"EXIT_NODE_ALLOW_LAN_ACCESS" help:"with --exit-node: reach this node's own LAN directly"`
 }
 
 // UserspaceFlags are `meshnode run`'s options for --userspace's proxy and
@@ -67,6 +79,8 @@ type ClientFlags struct {
 const usage = `meshnode run --coordinator URL [--authkey KEY | --coordinator-pin PIN] --hostname NAME --state-dir DIR
              [--tun NAME | --userspace] [--port 41641] [--socks5 ADDR] [--metrics-listen ADDR]
              [--forward-ports PORTS] [--socks5-allow-remote] [--accept-dns=false] [--port-mapping=false]
+             [--advertise-routes CIDR,...] [--snat-subnet-routes=false] [--advertise-exit-node]
+             [--accept-routes] [--exit-node NAME|IP [--exit-node-allow-lan-access]]
        meshnode status [--json]            peers, paths, traffic and DNS
        meshnode dns query [--json] NAME [TYPE]   ask the node's resolver (TYPE: A, AAAA, PTR, ...)
        meshnode netcheck [--json]          UDP, public address, NAT kind and latency to every relay region
@@ -139,6 +153,11 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return usageWrap("--forward-ports: %w", err)
 		}
 	}
+	if cfg.AdvertiseRoutes, err = routes.ParseAdvertised(strings.Join(f.AdvertiseRoutes, ",")); err != nil {
+		return usageWrap("--advertise-routes: %w", err)
+	}
+	cfg.AdvertiseExitNode, cfg.SNATSubnetRoutes = f.AdvertiseExitNode, f.SNATSubnetRoutes
+	cfg.AcceptRoutes, cfg.ExitNode, cfg.ExitNodeAllowLAN = f.AcceptRoutes, f.ExitNode, f.ExitNodeAllowLAN
 	cfg.PinRegion, cfg.ExcludeRegions = f.PinRegion, f.ExcludeRegions
 	for _, kv := range f.RegionWeights {
 		code, w, ok := strings.Cut(kv, "=")
@@ -363,6 +382,31 @@ func printStatus(w io.Writer, st localapi.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, strings.Join(p.IPs, ","), p.Online, p.Path, orDash(via), rtt, p.RxBytes, p.TxBytes, hs)
 	}
 	tw.Flush()
+	printRoutes(w, st)
+}
+
+// printRoutes adds the routing lines: the exit node in use, the peers
+// that offer one, and the primary router of each route.
+func printRoutes(w io.Writer, st localapi.Status) {
+	if st.Self.ExitNode != "" {
+		state := "up"
+		if !st.Self.ExitNodeUp {
+			state = "unreachable: non-local traffic is stopped"
+		}
+		fmt.Fprintf(w, "exit node %s (%s)\n", st.Self.ExitNode, state)
+	}
+	var offers []string
+	for _, p := range st.Peers {
+		if p.ExitNodeOption {
+			offers = append(offers, p.Name)
+		}
+		if len(p.Routes) > 0 {
+			fmt.Fprintf(w, "routes via %s: %s\n", p.Name, strings.Join(p.Routes, ","))
+		}
+	}
+	if len(offers) > 0 {
+		fmt.Fprintf(w, "exit nodes offered: %s\n", strings.Join(offers, ","))
+	}
 }
 
 func orDash(s string) string {

@@ -195,6 +195,16 @@ func (r *Router) PeerPresent(peer key.NodePublic) {
 	}
 }
 
+// Present reports whether peer is believed connected to its home relay:
+// known, and no relay has said it left since.
+func (r *Router) Present(peer key.NodePublic) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, known := r.peers[peer]
+	_, gone := r.gone[peer]
+	return known && !gone
+}
+
 // RelayFor returns the relay to reach peer through.
 func (r *Router) RelayFor(peer key.NodePublic) (relayclient.Relay, bool) {
 	r.mu.Lock()

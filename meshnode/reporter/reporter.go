@@ -75,6 +75,13 @@ func (r *Reporter) Netcheck(nc netmap.Netcheck) {
 	r.merge(func(u *netmap.UpdateRequest) { u.Netcheck = &nc })
 }
 
+// Routes reports the subnet routes this node advertises (an empty list
+// withdraws them) and whether it offers itself as an exit node.
+func (r *Reporter) Routes(subnets []netip.Prefix, exit bool) {
+	subnets = append([]netip.Prefix{}, subnets...) // never nil: "[]" withdraws
+	r.merge(func(u *netmap.UpdateRequest) { u.AdvertisedRoutes, u.ExitNode = &subnets, &exit })
+}
+
 func (r *Reporter) merge(set func(*netmap.UpdateRequest)) {
 	r.mu.Lock()
 	set(&r.pending)
@@ -107,6 +114,9 @@ func (r *Reporter) putBack(u netmap.UpdateRequest) {
 	}
 	if r.pending.Netcheck == nil {
 		r.pending.Netcheck = u.Netcheck
+	}
+	if r.pending.AdvertisedRoutes == nil && r.pending.ExitNode == nil {
+		r.pending.AdvertisedRoutes, r.pending.ExitNode = u.AdvertisedRoutes, u.ExitNode
 	}
 	r.has = true
 }

@@ -2,8 +2,10 @@ package reporter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -107,4 +109,33 @@ func codeFor(err error) netmap.ErrorCode {
 		return netmap.CodeNodeUnknown
 	}
 	return netmap.CodeNodeExpired
+}
+
+// TestRoutesSurviveFailure: an advertisement made while the coordinator is
+// down is sent once it is back; an empty one goes out as "[]" (withdraw),
+// never as an absent field.
+func TestRoutesSurviveFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCoord{fail: errors.New("down")}
+		r, cancel := start(t, f)
+		defer cancel()
+		r.Routes(nil, false)
+		synctest.Wait()
+		r.Home("nyc")
+		f.set(nil)
+		time.Sleep(RetryMax)
+		got, _ := f.seen()
+		if len(got) != 1 || got[0].AdvertisedRoutes == nil || got[0].ExitNode == nil || *got[0].ExitNode {
+			t.Fatalf("requests %+v, want one with the withdrawal", got)
+		}
+		b, _ := json.Marshal(got[0])
+		if !strings.Contains(string(b), `"advertised_routes":[]`) {
+			t.Fatalf("withdrawal encoded as %s", b)
+		}
+		r.Routes([]netip.Prefix{netip.MustParsePrefix("198.19.50.0/24")}, true)
+		synctest.Wait()
+		if got, _ = f.seen(); len(got) != 2 || len(*got[1].AdvertisedRoutes) != 1 || !*got[1].ExitNode {
+			t.Fatalf("after recovery: %+v", got)
+		}
+	})
 }
