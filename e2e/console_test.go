@@ -216,11 +216,26 @@ func TestLabConsoleInBrowser(t *testing.T) {
 		}
 		return nil
 	})
-	// Routes, approved in the browser further on. meshnode has no
-	// --advertise-routes yet, so the test sends the advertisement through
-	// the coordinator's node API as the node itself would: with the
-	// node's own key, from its state dir. web-server and build-box both
-	// offer the LAN; build-box also offers itself as an exit node.
+	// Routes, approved in the browser further on. These nodes run in
+	// userspace on loopback, where --advertise-routes is refused (routing
+	// needs a kernel TUN; the routes lab tests cover it), so the test
+	// sends the advertisement through the coordinator's node API as the
+	// node itself would: with the node's own key, from its state dir.
+	// web-server and build-box both offer the LAN; build-box also offers
+	// itself as an exit node.
+	//
+	// Each node reports its own advertisement (none) at start, ahead of
+	// anything else it reports; once the coordinator holds a node's
+	// endpoints (reported once the engine is up), that report is in and
+	// cannot overwrite the test's.
+	eventually(t, "web-server and build-box reported their endpoints", 30*time.Second, func() error {
+		for _, n := range lb.nodes(coordDir) {
+			if (n.Name == "web-server" || n.Name == "build-box") && len(n.Endpoints) == 0 {
+				return fmt.Errorf("%s has reported no endpoints yet", n.Name)
+			}
+		}
+		return nil
+	})
 	lan := netip.MustParsePrefix("198.19.50.0/24")
 	advertiseAs := func(name string, subnets []netip.Prefix, exit bool) {
 		t.Helper()

@@ -403,6 +403,9 @@ func (n *Node) start() error {
 	if err := n.blockUntilNetmap(); err != nil {
 		return err
 	}
+	// First in the reporter's queue: any later report (endpoints,
+	// netcheck) the coordinator holds means the advertisement is in too.
+	n.advertise()
 	n.goAsync(n.controlLoop)
 	n.goAsync(n.housekeeping)
 	n.goAsync(n.paths.Run)
@@ -415,7 +418,6 @@ func (n *Node) start() error {
 	})
 	n.goAsync(n.check.Run)
 	n.goAsync(n.report.Run)
-	n.advertise()
 	if n.cfg.PortMapping {
 		n.goAsync(n.runPortMapping)
 	}
