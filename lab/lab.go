@@ -47,6 +47,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -139,11 +140,38 @@ func (l *Lab) newNamespace(name string) (*Namespace, error) {
 	if err := run(nil, "ip", "netns", "add", ns.Name); err != nil {
 		return nil, err
 	}
+	if err := l.ownResolvConf(ns.Name); err != nil {
+		return nil, err
+	}
 	if err := ns.ip("link set lo up"); err != nil {
 		return nil, err
 	}
 	return ns, nil
 }
+
+// ownResolvConf gives the namespace its own /etc/resolv.conf, which
+// `ip netns exec` bind-mounts over the host's for everything the lab runs
+// there. A daemon under test that manages DNS (meshnode's MagicDNS) then
+// rewrites the namespace's file, never the host's, even when it is killed
+// before it can restore what it found. A test may overwrite the file with
+// the content it needs; Close (or Sweep, after a killed run) removes it.
+func (l *Lab) ownResolvConf(ns string) error {
+	dir := filepath.Join(netnsEtc, ns)
+	l.mu.Lock()
+	l.dirs = append(l.dirs, dir)
+	l.mu.Unlock()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	body := "# lab namespace " + ns + ": its own resolv.conf, so nothing run here changes the host's\n"
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(body), 0o644); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	return nil
+}
+
+// netnsEtc is where `ip netns exec` looks for a namespace's own /etc files.
+const netnsEtc = "/etc/netns"
 
 // allocLink returns the next /24 of the public or private pool as
 // (upstream .1, downstream .2, prefix length).

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -535,5 +536,39 @@ func BenchmarkLabBaselineNetns10(b *testing.B) {
 		if err := run(strings.NewReader(del.String()), "ip", "-batch", "-"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestLabOwnResolvConf: every namespace reads a resolv.conf of its own
+// (so a daemon that rewrites it leaves the host's alone), and the file
+// goes with the lab.
+func TestLabOwnResolvConf(t *testing.T) {
+	Require(t)
+	l, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	h, err := l.AddHost("a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.Command(context.Background(), "cat", "/etc/resolv.conf").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "lab namespace "+h.Name) {
+		t.Fatalf("namespace sees the host's resolv.conf:\n%s", out)
+	}
+	host, _ := os.ReadFile("/etc/resolv.conf")
+	if strings.Contains(string(host), "lab namespace") {
+		t.Fatal("the host's resolv.conf is the lab's")
+	}
+	dir := filepath.Join(netnsEtc, h.Name)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("%s left after close: %v", dir, err)
 	}
 }

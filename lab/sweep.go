@@ -10,7 +10,7 @@ import (
 
 // Sweep deletes namespaces left by lab runs whose process no longer exists
 // (a test binary killed by a timeout or a signal cannot run its cleanups),
-// and their temporary folders (miniupnpd configurations). Namespaces of live
+// and their temporary folders (miniupnpd configurations) and /etc/netns files. Namespaces of live
 // processes, including this one, are left alone. It returns the namespace
 // names it deleted.
 func Sweep() ([]string, error) {
@@ -55,10 +55,12 @@ func Sweep() ([]string, error) {
 	return stale, run(strings.NewReader(b.String()), "ip", "-force", "-batch", "-")
 }
 
-// sweepDirs removes the lab's temporary folders whose owner is gone.
+// sweepDirs removes the lab's temporary folders and namespaces' /etc
+// folders whose owner is gone.
 func sweepDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), namePrefix+"*"))
-	for _, d := range dirs {
+	etc, _ := filepath.Glob(filepath.Join(netnsEtc, namePrefix+"*"))
+	for _, d := range append(dirs, etc...) {
 		pid, ok := ownerPID(filepath.Base(d))
 		if !ok || pid == os.Getpid() {
 			continue
