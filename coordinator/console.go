@@ -33,7 +33,9 @@ import (
 //
 // Scoping: an admin (a link made without --user, or for admin@) sees and
 // changes everything; any other user sees and changes only their own
-// machines and keys, and approves logins for themselves. Another user's
+// machines and keys, approves logins for themselves, sees the routes of
+// their own machines and the DNS settings (which their machines receive
+// anyway), and changes neither routes nor DNS. Another user's
 // machine or key answers exactly as a missing one does.
 
 //go:embed webui
@@ -145,6 +147,12 @@ func (srv *Server) webHandler() http.Handler {
 	mux.HandleFunc("POST /keys", srv.action(srv.webKeyCreate))
 	mux.HandleFunc("POST /keys/{id}/revoke", srv.action(srv.webKeyRevoke))
 	mux.HandleFunc("POST /users", srv.action(srv.adminOnly(srv.webUserCreate)))
+	mux.HandleFunc("POST /users/{name}/delete", srv.action(srv.adminOnly(srv.webUserDelete)))
+	mux.HandleFunc("POST /sessions/{id}/revoke", srv.action(srv.webSessionRevoke))
+	mux.HandleFunc("GET /dns", srv.page(srv.webDNS))
+	mux.HandleFunc("POST /dns", srv.action(srv.adminOnly(srv.webDNSSave)))
+	mux.HandleFunc("GET /routes", srv.page(srv.webRoutes))
+	mux.HandleFunc("POST /routes/{op}", srv.action(srv.adminOnly(srv.webRouteAction)))
 	mux.HandleFunc("GET /acl", srv.page(srv.adminOnly(srv.webACL)))
 	mux.HandleFunc("POST /acl", srv.action(srv.adminOnly(srv.webACLSave)))
 	mux.HandleFunc("GET /audit", srv.page(srv.adminOnly(srv.webAudit)))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/coordinator/policy"
 	"github.com/wiremesh/wiremesh/coordinator/store"
+	"github.com/wiremesh/wiremesh/meshnode/routes"
 	"github.com/wiremesh/wiremesh/netmap"
 )
 
@@ -24,6 +25,11 @@ import (
 type machineRow struct {
 	NodeInfo
 	ExpiresSoon bool
+	// Subnets are the subnet routes the machine advertises or has
+	// approved; Exit its exit-node offer, if any (HasExit).
+	Subnets []RouteInfo
+	Exit    RouteInfo
+	HasExit bool
 }
 
 // visibleNodes returns the nodes s may see.
@@ -76,9 +82,21 @@ func (srv *Server) webMachines(w http.ResponseWriter, r *http.Request, s *webSes
 		sortBy = "name"
 	}
 	now := srv.now()
+	byNode := map[string][]RouteInfo{}
+	for _, rt := range srv.Routes() {
+		byNode[rt.Node] = append(byNode[rt.Node], rt)
+	}
 	rows := make([]machineRow, 0, len(nodes))
 	for _, n := range nodes {
-		rows = append(rows, machineRow{NodeInfo: n, ExpiresSoon: !n.Expired && !n.KeyExpiry.IsZero() && n.KeyExpiry.Sub(now) < nearExpiry})
+		row := machineRow{NodeInfo: n, ExpiresSoon: !n.Expired && !n.KeyExpiry.IsZero() && n.KeyExpiry.Sub(now) < nearExpiry}
+		for _, rt := range byNode[n.Name] {
+			if rt.Prefix == routes.ExitPrefix.String() {
+				row.Exit, row.HasExit = rt, true
+			} else {
+				row.Subnets = append(row.Subnets, rt)
+			}
+		}
+		rows = append(rows, row)
 	}
 	srv.render(w, r, http.StatusOK, "machines.html", s, pageData{Title: "Machines", Nav: "machines",
 		Notice: r.URL.Query().Get("done"), Error: r.URL.Query().Get("error"),
@@ -199,10 +217,11 @@ func (srv *Server) webRelays(w http.ResponseWriter, r *http.Request, s *webSessi
 
 // keysPage is the users and keys page.
 type keysPage struct {
-	Users   []UserInfo
-	Keys    []AuthKeyInfo
-	NewKey  string // the secret of a key just made: shown once
-	NewUser string
+	Users    []UserInfo
+	Keys     []AuthKeyInfo
+	Sessions []sessionRow
+	NewKey   string // the secret of a key just made: shown once
+	NewUser  string
 }
 
 func (srv *Server) keysData(r *http.Request, s *webSession) (keysPage, error) {
@@ -220,6 +239,9 @@ func (srv *Server) keysData(r *http.Request, s *webSession) (keysPage, error) {
 		if d.Users, err = srv.Users(r.Context()); err != nil {
 			return d, err
 		}
+	}
+	if d.Sessions, err = srv.visibleSessions(r.Context(), s); err != nil {
+		return d, err
 	}
 	return d, nil
 }

@@ -92,13 +92,13 @@ func startConsole(t *testing.T, opts ...func(*coordinator.Config)) *coordtest.Se
 func TestConsoleNeedsSession(t *testing.T) {
 	s := startConsole(t)
 	b := newBrowser(t, s)
-	for _, p := range []string{"/", "/machines", "/api/machines", "/relays", "/keys", "/acl", "/audit", "/login/abc", "/nope"} {
+	for _, p := range []string{"/", "/machines", "/api/machines", "/relays", "/keys", "/dns", "/routes", "/acl", "/audit", "/login/abc", "/nope"} {
 		code, body, _ := b.do("GET", p, nil)
 		if code != http.StatusUnauthorized || strings.Contains(body, "csrf") {
 			t.Errorf("GET %s without a session: HTTP %d", p, code)
 		}
 	}
-	for _, p := range []string{"/signout", "/machines/a/delete", "/keys", "/keys/1/revoke", "/users", "/acl", "/login/abc"} {
+	for _, p := range []string{"/signout", "/machines/a/delete", "/keys", "/keys/1/revoke", "/users", "/users/alice@example.com/delete", "/sessions/abc/revoke", "/dns", "/routes/approve", "/routes/unapprove", "/acl", "/login/abc"} {
 		if code, _, _ := b.do("POST", p, url.Values{"csrf": {"x"}}); code != http.StatusUnauthorized {
 			t.Errorf("POST %s without a session: HTTP %d", p, code)
 		}

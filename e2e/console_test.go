@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,8 +19,11 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/wiremesh/wiremesh/coordclient"
 	"github.com/wiremesh/wiremesh/coordinator"
 	"github.com/wiremesh/wiremesh/internal/freeport"
+	"github.com/wiremesh/wiremesh/key"
+	"github.com/wiremesh/wiremesh/meshnode/localapi"
 	"github.com/wiremesh/wiremesh/netmap"
 	"github.com/wiremesh/wiremesh/tlspin"
 )
@@ -212,6 +216,30 @@ func TestLabConsoleInBrowser(t *testing.T) {
 		}
 		return nil
 	})
+	// Routes, approved in the browser further on. meshnode has no
+	// --advertise-routes yet, so the test sends the advertisement through
+	// the coordinator's node API as the node itself would: with the
+	// node's own key, from its state dir. web-server and build-box both
+	// offer the LAN; build-box also offers itself as an exit node.
+	lan := netip.MustParsePrefix("198.19.50.0/24")
+	advertiseAs := func(name string, subnets []netip.Prefix, exit bool) {
+		t.Helper()
+		var priv key.NodePrivate
+		if err := key.ReadKeyFile(filepath.Join(lb.dir, "node-"+name, "node.key"), &priv); err != nil {
+			t.Fatal(err)
+		}
+		actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := coordclient.DialWithAuthKey(actx, coordURL, adminKey, priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Update(actx, netmap.UpdateRequest{AdvertisedRoutes: &subnets, ExitNode: &exit}); err != nil {
+			t.Fatalf("advertise routes of %s: %v", name, err)
+		}
+	}
+	advertiseAs("web-server", []netip.Prefix{lan}, false)
+	advertiseAs("build-box", []netip.Prefix{lan}, true)
 	policyBefore := lb.run("coordinator", "policy", "get", "--state-dir", coordDir)
 
 	// The browser: a fresh profile, nothing that phones home.
@@ -244,14 +272,20 @@ func TestLabConsoleInBrowser(t *testing.T) {
 	defer cancel()
 	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
+		start := time.Now()
 		if err := chromedp.Do(ctx, steps...); err != nil {
 			t.Fatalf("browser: %s: %v", what, err)
 		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Logf("browser: %s took %v", what, took.Round(time.Millisecond))
+		}
 	}
-	// get runs a step that returns a value.
+	// text returns the text of the first element that matches the CSS
+	// selector sel (a plain string would be a DOM search, which also
+	// matches text: "main" would find "domain").
 	text := func(what string, sel string) string {
 		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Text(sel))
+		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
 		if err != nil {
 			t.Fatalf("browser: %s: %v", what, err)
 		}
@@ -338,7 +372,7 @@ func TestLabConsoleInBrowser(t *testing.T) {
 		if err := chromedp.Do(ctx, chromedp.Navigate(webURL+"/relays")); err != nil {
 			return err
 		}
-		body, err := chromedp.Run(ctx, chromedp.Text("main"))
+		body, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("main")))
 		if err != nil {
 			return err
 		}
@@ -384,6 +418,110 @@ func TestLabConsoleInBrowser(t *testing.T) {
 		t.Errorf("checker: %q", answer)
 	}
 
+	routesList := func() map[string]coordinator.RouteInfo {
+		var rs []coordinator.RouteInfo
+		if err := json.Unmarshal([]byte(lb.run("coordinator", "routes", "list", "--json", "--state-dir", coordDir)), &rs); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]coordinator.RouteInfo{}
+		for _, r := range rs {
+			out[r.Node+" "+r.Prefix] = r
+		}
+		return out
+	}
+	if r := routesList()["web-server "+lan.String()]; !r.Advertised || r.Approved {
+		t.Fatalf("routes list before approval: %+v", r)
+	}
+	row := `tr[data-node="web-server"][data-prefix="198.19.50.0/24"]`
+	run("approve a route", chromedp.Navigate(webURL+"/routes"), chromedp.WaitVisible(row),
+		chromedp.Click(row+` button.approve`), chromedp.WaitVisible("p.notice"))
+	if n := text("route approved", "p.notice"); !strings.Contains(n, "web-server: 198.19.50.0/24 approved") {
+		t.Errorf("after approving: %q", n)
+	}
+	if r := routesList()["web-server "+lan.String()]; !r.Approved || !r.Primary {
+		t.Errorf("routes list after approving in the browser: %+v", r)
+	}
+	if r := routesList()["build-box "+lan.String()]; r.Approved {
+		t.Errorf("build-box's route approved too: %+v", r)
+	}
+	if p := text("primary", row+" td.primary"); p != "primary" {
+		t.Errorf("web-server's route shows primary %q", p)
+	}
+	// The exit node, from the machines page.
+	run("approve an exit node", chromedp.Navigate(webURL+"/machines"), chromedp.WaitVisible(`tr[data-name="build-box"]`),
+		chromedp.Click(`tr[data-name="build-box"] details summary`),
+		chromedp.Click(`tr[data-name="build-box"] button.approve-exit`), chromedp.WaitVisible("p.notice"))
+	if r := routesList()["build-box 0.0.0.0/0"]; !r.Approved || !r.Primary {
+		t.Errorf("routes list after approving the exit node in the browser: %+v", r)
+	}
+	if e := text("exit node column", `tr[data-name="build-box"] td.exit`); e != "offered, approved" {
+		t.Errorf("build-box's exit node column: %q", e)
+	}
+	run("routes page", chromedp.Navigate(webURL+"/routes"), chromedp.WaitVisible("#routes"))
+	shot("routes.png")
+
+	// DNS: a bad value is shown beside its field and changes nothing; a
+	// good save reaches a real node's resolver.
+	dnsBefore := lb.run("coordinator", "dns", "get", "--state-dir", coordDir)
+	run("bad DNS settings", chromedp.Navigate(webURL+"/dns"), chromedp.WaitVisible("#dns-form"),
+		chromedp.SetValue("#domain", "lab.test"),
+		chromedp.SetValue("#nameservers", "198.18.0.53\n198.18.0.300"),
+		chromedp.SetValue("#split", "corp.test 198.18.0.54"),
+		chromedp.SetValue("#extra_records", "printer.lab.test A 198.19.50.10"),
+		chromedp.Click("#dns-save"), chromedp.WaitVisible("#err-nameservers"))
+	if e := text("nameserver error", "#err-nameservers"); e != `line 2: "198.18.0.300" is not an IP address (or ip:53)` {
+		t.Errorf("error beside the nameservers: %q", e)
+	}
+	if after := lb.run("coordinator", "dns", "get", "--state-dir", coordDir); after != dnsBefore {
+		t.Errorf("a refused DNS save changed the settings: %s", after)
+	}
+	shot("dns-error.png")
+	run("good DNS settings", chromedp.SetValue("#nameservers", "198.18.0.53"), chromedp.Click("#dns-save"), chromedp.WaitVisible("p.notice"))
+	var got struct {
+		Domain       string `json:"domain"`
+		ExtraRecords []struct {
+			Name, Value string
+		} `json:"extra_records"`
+	}
+	if err := json.Unmarshal([]byte(lb.run("coordinator", "dns", "get", "--state-dir", coordDir)), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Domain != "lab.test" || len(got.ExtraRecords) != 1 || got.ExtraRecords[0].Value != "198.19.50.10" {
+		t.Errorf("coordinator dns get after the console's save: %+v", got)
+	}
+	shot("dns.png")
+	buildBox := filepath.Join(lb.dir, "node-build-box")
+	eventually(t, "the DNS change reaches build-box's resolver", 10*time.Second, func() error {
+		var st localapi.Status
+		if err := json.Unmarshal([]byte(lb.run("meshnode", "status", "--json", "--state-dir", buildBox)), &st); err != nil {
+			return err
+		}
+		if st.DNS == nil || st.DNS.Domain != "lab.test" {
+			return fmt.Errorf("status dns %+v", st.DNS)
+		}
+		var a localapi.DNSAnswer
+		if err := json.Unmarshal([]byte(lb.run("meshnode", "dns", "query", "--json", "--state-dir", buildBox, "printer.lab.test")), &a); err != nil {
+			return err
+		}
+		if a.Source != "extra" || len(a.Answers) != 1 || !strings.HasSuffix(a.Answers[0], "198.19.50.10") {
+			return fmt.Errorf("printer.lab.test: %+v", a)
+		}
+		return nil
+	})
+	var webIP string
+	for _, n := range nodes {
+		if n.Name == "web-server" {
+			webIP = n.IP
+		}
+	}
+	var a localapi.DNSAnswer
+	if err := json.Unmarshal([]byte(lb.run("meshnode", "dns", "query", "--json", "--state-dir", buildBox, "web-server.lab.test")), &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.Source != "mesh" || len(a.Answers) != 1 || !strings.HasSuffix(a.Answers[0], webIP) {
+		t.Errorf("web-server.lab.test from build-box: %+v, want %s", a, webIP)
+	}
+
 	// Interactive login: a node with no auth key prints a link; approving
 	// it in the browser registers it and it comes online.
 	lines := make(chan string, 64)
@@ -424,13 +562,30 @@ func TestLabConsoleInBrowser(t *testing.T) {
 		t.Errorf("new-laptop's status in the browser: %q", status)
 	}
 
-	// The phone-width layout and the audit log.
-	run("phone width", chromedp.EmulateViewport(390, 844), chromedp.Navigate(webURL+"/machines"), chromedp.WaitVisible("#machines"))
-	shot("machines-phone.png")
+	// No page is wider than the screen, on a desktop or a phone.
+	for _, width := range []int{1280, 390} {
+		run(fmt.Sprintf("%d px wide", width), chromedp.EmulateViewport(int64(width), 900))
+		for _, p := range []string{"/machines", "/relays", "/keys", "/dns", "/acl", "/routes", "/audit"} {
+			run(fmt.Sprintf("%s at %d px", p, width), chromedp.Navigate(webURL+p), chromedp.WaitVisible(chromedp.CSS("main")))
+			wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wide > width {
+				t.Errorf("%s is %d px wide on a %d px screen", p, wide, width)
+			}
+			switch {
+			case width == 390 && p == "/machines":
+				shot("machines-phone.png")
+			case width == 390 && p == "/dns":
+				shot("dns-phone.png")
+			}
+		}
+	}
 	run("desktop width", chromedp.EmulateViewport(1280, 900))
 	run("audit log", chromedp.Navigate(webURL+"/audit"))
 	body = text("audit log", "main")
-	for _, want := range []string{"cli", "users create", "authkey create", "web login", "console:admin@", "web sign in", "login approve"} {
+	for _, want := range []string{"cli", "users create", "authkey create", "web login", "console:admin@", "web sign in", "login approve", "routes approve", "dns set"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("audit log lacks %q:\n%s", want, body)
 		}

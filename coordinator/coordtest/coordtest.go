@@ -25,6 +25,7 @@ type Server struct {
 	HTTP     *http.Client // trusts the server's pin
 	Info     netmap.ServerInfo
 	cancel   context.CancelFunc
+	stopped  bool // Run returned within stopWait
 	done     chan error
 	stopOnce sync.Once
 }
@@ -47,7 +48,13 @@ func Start(t testing.TB, opts ...func(*coordinator.Config)) *Server {
 	}
 	s := &Server{Server: srv, Dir: cfg.StateDir, Registry: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- srv.Run(ctx) }()
-	t.Cleanup(s.Stop)
+	t.Cleanup(func() {
+		if !s.stop() {
+			// Said plainly: otherwise TempDir's RemoveAll fails later
+			// with "directory not empty" and hides the cause.
+			t.Errorf("coordtest: coordinator still running %v after cancel", stopWait)
+		}
+	})
 	s.HTTP, err = coordclient.NewHTTPClient(srv.URL(), srv.Pin())
 	if err != nil {
 		t.Fatal(err)
@@ -59,17 +66,25 @@ func Start(t testing.TB, opts ...func(*coordinator.Config)) *Server {
 	return s
 }
 
+// stopWait bounds how long Stop waits for Run to return.
+const stopWait = 30 * time.Second
+
 // Stop stops the server and waits for it. Safe to call twice.
-func (s *Server) Stop() {
+func (s *Server) Stop() { s.stop() }
+
+// stop stops the server and reports whether Run returned in time.
+func (s *Server) stop() bool {
 	s.stopOnce.Do(func() {
 		s.HTTP.CloseIdleConnections() // else HTTP/2 shutdown waits out its GOAWAY timer
 		s.cancel()
 		select {
 		case <-s.done:
-		case <-time.After(10 * time.Second):
+			s.stopped = true
+		case <-time.After(stopWait):
 		}
 		s.HTTP.CloseIdleConnections()
 	})
+	return s.stopped
 }
 
 // AuthKey makes an auth key.

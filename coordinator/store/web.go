@@ -156,6 +156,26 @@ func (s *sqlStore) DeleteWebToken(ctx context.Context, hash string) error {
 	return s.wrap("delete web token", err)
 }
 
+// WebSessions returns the sessions live at now, newest first, at most
+// limit.
+func (s *sqlStore) WebSessions(ctx context.Context, now time.Time, limit int) ([]WebToken, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+webTokenColumns+` FROM webtokens WHERE kind = ? AND expires > ? ORDER BY created DESC, hash LIMIT ?`),
+		TokenSession, ms(now), limit)
+	if err != nil {
+		return nil, s.wrap("list web sessions", err)
+	}
+	defer rows.Close()
+	var out []WebToken
+	for rows.Next() {
+		t, err := scanWebToken(rows)
+		if err != nil {
+			return nil, s.wrap("list web sessions", err)
+		}
+		out = append(out, t)
+	}
+	return out, s.wrap("list web sessions", rows.Err())
+}
+
 // CreateLogin stores l unless maxPending logins are already waiting
 // (ErrLoginLimit).
 func (s *sqlStore) CreateLogin(ctx context.Context, l Login, maxPending int, now time.Time) error {
@@ -269,6 +289,7 @@ type WebStore interface {
 	WebToken(ctx context.Context, hash, kind string, now time.Time) (WebToken, error)
 	UseSignIn(ctx context.Context, hash string, now time.Time) (WebToken, error)
 	DeleteWebToken(ctx context.Context, hash string) error
+	WebSessions(ctx context.Context, now time.Time, limit int) ([]WebToken, error)
 	CreateLogin(ctx context.Context, l Login, maxPending int, now time.Time) error
 	Login(ctx context.Context, codeHash string) (Login, error)
 	ApproveLogin(ctx context.Context, codeHash, user string, sealed []byte, now time.Time) error

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -101,6 +102,26 @@ func testWeb(t *testing.T, e engine) {
 	}
 	if _, err := s.WebToken(ctx, "sess", TokenSession, now); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("session after sign-out: %v", err)
+	}
+	// Listing: live sessions only (no links, nothing expired), newest first.
+	s1 := WebToken{Hash: "s1", Kind: TokenSession, User: AdminUser, Admin: true, CSRF: "c1", Created: now, Expires: now.Add(time.Hour)}
+	s2 := WebToken{Hash: "s2", Kind: TokenSession, User: "v@x", CSRF: "c2", Created: now.Add(time.Millisecond), Expires: now.Add(time.Hour)}
+	dead := WebToken{Hash: "s3", Kind: TokenSession, User: "v@x", CSRF: "c3", Created: now.Add(2 * time.Millisecond), Expires: now}
+	for _, tok := range []WebToken{s1, s2, dead} {
+		if err := s.CreateWebToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.WebSessions(ctx, now, 10); err != nil || !reflect.DeepEqual(got, []WebToken{s2, s1}) {
+		t.Fatalf("sessions: %+v, %v; want s2, s1", got, err)
+	}
+	if got, err := s.WebSessions(ctx, now, 1); err != nil || !reflect.DeepEqual(got, []WebToken{s2}) {
+		t.Fatalf("sessions, limit 1: %+v, %v; want s2", got, err)
+	}
+	for _, h := range []string{"s1", "s2", "s3"} {
+		if err := s.DeleteWebToken(ctx, h); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	l := Login{CodeHash: "c1", NodeKey: "nodekey:01", Hostname: "laptop", OS: "linux", Created: now, Expires: now.Add(10 * time.Minute)}
