@@ -99,3 +99,50 @@ func TestHistQuantiles(t *testing.T) {
 		t.Fatalf("p50 %v p99 %v", p50, p99)
 	}
 }
+
+// TestRelayClientBatch: with --client-batch the fast-path clients send
+// FastSend datagrams from their own sockets with sendmmsg and count what
+// arrives through recvmmsg (so a packet received proves that path), the
+// UDP forwarder's clients likewise; a paced run still keeps to its rate.
+func TestRelayClientBatch(t *testing.T) {
+	fwd, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go forwardUDP(ctx, fwd)
+	for _, rate := range []string{"0", "2000"} {
+		t.Run("rate="+rate, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", rate, "--delivery", "fastpath",
+				"--client-batch", "8", "--baseline-udp", fwd.LocalAddr().String(), "--json", "--progress", "0"}, &out, &errOut)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, errOut.String())
+			}
+			var rep RelayReport
+			if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+				t.Fatalf("output is not one JSON object: %v\n%s", err, out.String())
+			}
+			if len(rep.Runs) != 1 || rep.Runs[0].Delivery != "fastpath" || rep.Baseline == nil {
+				t.Fatalf("runs %+v baseline %+v", rep.Runs, rep.Baseline)
+			}
+			for _, r := range []RunResult{rep.Runs[0], *rep.Baseline} {
+				if r.Sent == 0 || r.Received == 0 || r.Received > r.Sent || r.LatencyP99Ms < r.LatencyP50Ms {
+					t.Errorf("inconsistent run %+v", r)
+				}
+				// 2000 pkt/s for 0.3 s, plus at most one batch per pair
+				// and a tick's worth of slack.
+				if rate != "0" && float64(r.Sent) > 1.2*2000*0.3+2*8 {
+					t.Errorf("%s sent %d packets, over its rate", r.Delivery, r.Sent)
+				}
+			}
+		})
+	}
+	for _, bad := range [][]string{{"--client-batch", "0"}, {"--client-batch", "257"}, {"--client-batch", "2", "--size", "2040"}} {
+		var out, errOut bytes.Buffer
+		if err := Command(ctx, append([]string{"relay", "--delivery", "fastpath"}, bad...), &out, &errOut); err == nil {
+			t.Errorf("%v: no error", bad)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/key"
 	"github.com/wiremesh/wiremesh/relayclient"
+	"github.com/wiremesh/wiremesh/relayproto"
 )
 
 // Payload layout of every test packet: the latency is measured one way
@@ -46,6 +47,7 @@ type relayOpts struct {
 	SearchTime  time.Duration `flag:"search-duration" env:"SEARCH_DURATION" envDefault:"3s" help:"length of each --max-loss trial run"`
 	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
+	ClientBatch int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
 }
 
 // searchSteps are the fractions of the unpaced delivery rate tried, in
@@ -103,6 +105,12 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if o.Pairs < 1 || o.Size < headerLen || o.Size > 65000 || o.Duration <= 0 {
 		return fmt.Errorf("loadtest relay: need --pairs ≥ 1, --size %d..65000, --duration > 0", headerLen)
 	}
+	if o.ClientBatch < 1 || o.ClientBatch > maxClientBatch {
+		return fmt.Errorf("loadtest relay: --client-batch %d: want 1..%d", o.ClientBatch, maxClientBatch)
+	}
+	if o.ClientBatch > 1 && o.Size+relayproto.FastSendOverhead > relayproto.MaxFastDatagram {
+		return fmt.Errorf("loadtest relay: --client-batch needs --size ≤ %d", relayproto.MaxFastDatagram-relayproto.FastSendOverhead)
+	}
 	var deliveries []string
 	switch o.Delivery {
 	case "both":
@@ -121,14 +129,14 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 	defer tgt.stop()
 	rep := RelayReport{Mode: "relay", Relay: tgt.relay.Addr}
 	for _, d := range deliveries {
-		r, err := runPairs(ctx, tgt, pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.Rate}, o.Progress, errOut)
+		r, err := runPairs(ctx, tgt, pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.Rate, batch: o.ClientBatch}, o.Progress, errOut)
 		if err != nil {
 			return err
 		}
 		rep.Runs = append(rep.Runs, r)
 	}
 	if o.BaselineUDP != "" {
-		b, err := runUDPPairs(ctx, o.BaselineUDP, pairSpec{delivery: "udp", pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.Rate}, o.Progress, errOut)
+		b, err := runUDPPairs(ctx, o.BaselineUDP, pairSpec{delivery: "udp", pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.Rate, batch: o.ClientBatch}, o.Progress, errOut)
 		if err != nil {
 			return err
 		}
@@ -148,7 +156,7 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 		}
 		var base *RunResult
 		for _, full := range all {
-			spec := pairSpec{delivery: full.Delivery, pairs: o.Pairs, size: o.Size, dur: o.SearchTime}
+			spec := pairSpec{delivery: full.Delivery, pairs: o.Pairs, size: o.Size, dur: o.SearchTime, batch: o.ClientBatch}
 			best, err := searchRate(ctx, tgt, o.BaselineUDP, spec, full.PacketsPerS, o.MaxLoss, errOut)
 			if err != nil {
 				return err
@@ -172,7 +180,7 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 	}
 	if o.Flood {
 		for _, d := range deliveries {
-			spec := pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.ProbeRate * float64(o.Pairs)}
+			spec := pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: o.Duration, rate: o.ProbeRate * float64(o.Pairs), batch: o.ClientBatch}
 			un, err := runPairs(ctx, tgt, spec, o.Progress, errOut)
 			if err != nil {
 				return err
@@ -253,6 +261,7 @@ type pairSpec struct {
 	dur      time.Duration
 	rate     float64 // total pps over the measured pairs; 0 = unpaced
 	flood    int     // extra unpaced pairs, not measured
+	batch    int     // datagrams per system call of batched clients (≤ 1: none)
 }
 
 // counters are one receiver's figures.
@@ -273,8 +282,9 @@ func (c *counters) record(t0 time.Time, p []byte) {
 	c.bytes.Add(uint64(len(p)))
 }
 
-// sender sends to one destination.
-type sender func(payload []byte) error
+// sender sends packets to one destination, in order. It may keep the
+// slice only until it returns.
+type sender func(payloads [][]byte) error
 
 // runPairs measures one run through the relay.
 func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duration, errOut io.Writer) (RunResult, error) {
@@ -285,11 +295,16 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 	stats := make([]*counters, n)
 	sends := make([]sender, n)
 	var conns []*relayclient.Conn
+	var socks []*batchSocket
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
+		for _, s := range socks {
+			s.close()
+		}
 	}()
+	batched := fast && spec.batch > 1
 	var (
 		mu       sync.Mutex
 		firstErr error
@@ -304,7 +319,20 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			a, b, err := dialPair(ctx, tgt, datagrams, stats[i], t0)
+			var sa, sb *batchSocket
+			if batched {
+				var err error
+				if sa, sb, err = batchPair(stats[i], t0, spec.batch); err != nil {
+					mu.Lock()
+					firstErr = errors.Join(firstErr, err)
+					mu.Unlock()
+					return
+				}
+				mu.Lock()
+				socks = append(socks, sa, sb)
+				mu.Unlock()
+			}
+			a, b, err := dialPair(ctx, tgt, datagrams, stats[i], t0, sa, sb)
 			if err == nil && fast {
 				for _, c := range []*relayclient.Conn{a, b.Conn} {
 					if ferr := c.EnableFastPath(ctx); ferr != nil {
@@ -328,7 +356,21 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 				transport = "udp+" + transport
 			}
 			dst := b.peerKey
-			sends[i] = func(p []byte) error { return a.Send(dst, p) }
+			if batched {
+				sends[i], err = fastBatchSender(a, sa, dst, spec)
+				if err != nil {
+					firstErr = errors.Join(firstErr, err)
+				}
+				return
+			}
+			sends[i] = func(ps [][]byte) error {
+				for _, p := range ps {
+					if err := a.Send(dst, p); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 		}()
 	}
 	wg.Wait()
@@ -340,7 +382,7 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 	binary.BigEndian.PutUint32(warm, payloadMagic)
 	for range 3 {
 		for _, s := range sends {
-			s(warm)
+			s([][]byte{warm})
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -360,7 +402,9 @@ type peerConn struct {
 	peerKey key.NodePublic
 }
 
-func dialPair(ctx context.Context, tgt *target, datagrams bool, st *counters, t0 time.Time) (*relayclient.Conn, peerConn, error) {
+// dialPair dials a sender and a receiver; sa and sb, when not nil, are
+// their fast paths' sockets (batched clients).
+func dialPair(ctx context.Context, tgt *target, datagrams bool, st *counters, t0 time.Time, sa, sb *batchSocket) (*relayclient.Conn, peerConn, error) {
 	ca, err := tgt.config(datagrams)
 	if err != nil {
 		return nil, peerConn{}, err
@@ -370,6 +414,9 @@ func dialPair(ctx context.Context, tgt *target, datagrams bool, st *counters, t0
 		return nil, peerConn{}, err
 	}
 	cb.Handler = func(p relayclient.Packet) { st.record(t0, p.Payload) }
+	if sa != nil {
+		ca.Shared, cb.Shared = sa, sb
+	}
 	a, err := relayclient.Dial(ctx, ca)
 	if err != nil {
 		return nil, peerConn{}, err
@@ -409,7 +456,7 @@ func drive(ctx context.Context, t0 time.Time, sends []sender, stats []*counters,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sendLoop(ctx, t0, send, stats[i], spec.size, rate)
+			sendLoop(ctx, t0, send, stats[i], spec.size, rate, spec.batch)
 		}()
 	}
 	wg.Wait()
@@ -423,21 +470,28 @@ func drive(ctx context.Context, t0 time.Time, sends []sender, stats []*counters,
 // pacingTick is the pacing granularity: each tick sends the packets due.
 const pacingTick = time.Millisecond
 
-func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size int, rate float64) {
-	buf := make([]byte, size)
-	binary.BigEndian.PutUint32(buf, payloadMagic)
-	buf[4] = phaseMeasure
-	one := func() bool {
-		binary.BigEndian.PutUint64(buf[5:], uint64(time.Since(t0)))
-		if err := send(buf); err != nil {
+func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size int, rate float64, batch int) {
+	batch = max(batch, 1)
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+		binary.BigEndian.PutUint32(bufs[i], payloadMagic)
+		bufs[i][4] = phaseMeasure
+	}
+	// some sends n packets in one call, each stamped just before.
+	some := func(n int) bool {
+		for _, b := range bufs[:n] {
+			binary.BigEndian.PutUint64(b[5:], uint64(time.Since(t0)))
+		}
+		if err := send(bufs[:n]); err != nil {
 			return false
 		}
-		c.sent.Add(1)
+		c.sent.Add(uint64(n))
 		return true
 	}
 	if rate <= 0 {
 		for ctx.Err() == nil {
-			if !one() {
+			if !some(batch) {
 				return
 			}
 		}
@@ -455,10 +509,11 @@ func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size 
 		}
 		due := time.Since(start).Seconds() * rate
 		for done+1 <= due {
-			if !one() {
+			n := min(batch, int(due-done))
+			if !some(n) {
 				return
 			}
-			done++
+			done += float64(n)
 		}
 	}
 }

@@ -9,6 +9,10 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/net/ipv4"
+
+	"github.com/wiremesh/wiremesh/relayproto"
 )
 
 // The baseline: a plain Go UDP forwarder with the same job as the relay
@@ -132,26 +136,49 @@ func runUDPPairs(ctx context.Context, fwd string, spec pairSpec, prog time.Durat
 		rx.SetReadDeadline(time.Time{})
 		st := stats[i]
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 65536)
-			for {
-				n, err := rx.Read(buf)
+		if spec.batch > 1 {
+			go func() { defer wg.Done(); readUDPBatches(rx, spec.batch, func(d []byte) { st.record(t0, d) }) }()
+		} else {
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 65536)
+				for {
+					n, err := rx.Read(buf)
+					if err != nil {
+						return
+					}
+					if n > udpHeader {
+						st.record(t0, buf[udpHeader:n])
+					}
+				}
+			}()
+		}
+		pkts := make([][]byte, max(spec.batch, 1))
+		for j := range pkts {
+			pkts[j] = make([]byte, udpHeader+spec.size)
+			pkts[j][0] = 'D'
+			binary.BigEndian.PutUint16(pkts[j][1:], uint16(i))
+		}
+		pc := ipv4.NewPacketConn(tx)
+		var ms []ipv4.Message
+		sends[i] = func(ps [][]byte) error {
+			for len(ps) > 0 {
+				k := min(len(ps), len(pkts))
+				for j, p := range ps[:k] {
+					copy(pkts[j][udpHeader:], p)
+				}
+				var err error
+				if k == 1 {
+					_, err = tx.Write(pkts[0])
+				} else {
+					ms, err = writeAll(pc, ms, pkts[:k], nil)
+				}
 				if err != nil {
-					return
+					return err
 				}
-				if n > udpHeader {
-					st.record(t0, buf[udpHeader:n])
-				}
+				ps = ps[k:]
 			}
-		}()
-		pkt := make([]byte, udpHeader+spec.size)
-		pkt[0] = 'D'
-		binary.BigEndian.PutUint16(pkt[1:], uint16(i))
-		sends[i] = func(p []byte) error {
-			copy(pkt[udpHeader:], p)
-			_, err := tx.Write(pkt)
-			return err
+			return nil
 		}
 	}
 	res := RunResult{Delivery: "udp", Transport: "udp", Pairs: spec.pairs, Size: spec.size, TargetPPS: spec.rate}
@@ -160,4 +187,28 @@ func runUDPPairs(ctx context.Context, fwd string, spec pairSpec, prog time.Durat
 	}
 	summarize(&res, stats, spec)
 	return res, nil
+}
+
+// readUDPBatches reads the forwarder's datagrams n at a time from rx until
+// it is closed and passes each payload (after the header) to record.
+func readUDPBatches(rx *net.UDPConn, n int, record func([]byte)) {
+	pc := ipv4.NewPacketConn(rx)
+	ms := make([]ipv4.Message, n)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, relayproto.MaxFastDatagram)} // --client-batch sizes fit
+	}
+	for {
+		k, err := pc.ReadBatch(ms, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		for i := range ms[:k] {
+			if ms[i].N > udpHeader {
+				record(ms[i].Buffers[0][udpHeader:ms[i].N])
+			}
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -22,9 +23,13 @@ import (
 //	    sends (one buffer, the kernel splits it), then one sendmmsg
 //	    (WriteBatch) on that destination's socket
 //
-// Fairness is unchanged: every client still has its own socket and loop, so
-// a flooding client fills its own receive buffer and batches, never another
-// client's. A destination whose send fails (its socket closed, its buffer
+// Fairness: every client has its own socket and loop, so a flooding client
+// fills its own receive buffer and batches, never another client's. And a
+// client over its --client-rate does not cost the relay a core either:
+// once a batch from its own socket hits the limit, its loop pauses until
+// the bucket holds a batch again (at most fastPauseMax), so what it sends
+// beyond its rate is dropped by the kernel at its socket instead of being
+// read, parsed and dropped by the relay. A destination whose send fails (its socket closed, its buffer
 // refusing) loses only its own packets of the batch, counted as
 // write_error; the other destinations of the batch are still written.
 
@@ -39,6 +44,9 @@ const (
 	// gsoMaxBytes the largest UDP payload.
 	gsoMaxSegments = 64
 	gsoMaxBytes    = 1<<16 - 1 - 8 - 40
+	// fastPauseMax bounds one pause of a rate-limited client's loop, so
+	// that a closed socket or a changed limit is seen soon.
+	fastPauseMax = 10 * time.Millisecond
 )
 
 // batchConn is what the fast path needs from ipv4.PacketConn and
@@ -70,6 +78,8 @@ type fastBatch struct {
 	msgs   []ipv4.Message // scratch for one destination's sendmmsg
 	counts []int          // frames in each of msgs
 	gso    [][]byte       // scratch buffers for coalesced GSO sends
+	// limited is a client whose packets in this batch hit its rate limit.
+	limited *client
 }
 
 func newFastBatch() *fastBatch {
@@ -98,8 +108,9 @@ func (b *fastBatch) add(conn *net.UDPConn, bc batchConn, addr netip.AddrPort, fr
 }
 
 // fastLoop reads fast-path datagrams from conn in batches until it is
-// closed.
-func (s *Server) fastLoop(conn *net.UDPConn, bc batchConn) {
+// closed. own is set for a client's own socket, whose loop pauses while
+// that client is over its rate (see fastPause).
+func (s *Server) fastLoop(conn *net.UDPConn, bc batchConn, own bool) {
 	b := newFastBatch()
 	for {
 		n, err := bc.ReadBatch(b.in, 0)
@@ -111,7 +122,23 @@ func (s *Server) fastLoop(conn *net.UDPConn, bc batchConn) {
 		}
 		s.m.fastBatch.Observe(float64(n))
 		s.handleFastBatch(conn, b, b.in[:n])
+		if own {
+			if d := fastPause(b, time.Now()); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		b.limited = nil
 	}
+}
+
+// fastPause is how long a client's own loop waits after batch b: until
+// the client's bucket holds a full batch again if b hit its rate limit,
+// else 0.
+func fastPause(b *fastBatch, now time.Time) time.Duration {
+	if b.limited == nil || b.limited.lim == nil {
+		return 0
+	}
+	return b.limited.lim.wait(fastBatchLen*relayproto.MaxFastDatagram, now, fastPauseMax)
 }
 
 // handleFastBatch acts on one batch of datagrams that arrived on conn and

@@ -176,3 +176,72 @@ func TestFastBatchOneDestinationFull(t *testing.T) {
 		})
 	}
 }
+
+// TestFastBatchRateLimitedPause: a batch from a client over its rate marks
+// the client, and its own socket's loop pauses until its bucket holds a
+// batch again, never longer than fastPauseMax; a batch within the rate
+// pauses nothing. The packets within the burst are still forwarded.
+func TestFastBatchRateLimitedPause(t *testing.T) {
+	const rate, burst = 1 << 20, 8 * 1280 // 1 MiB/s, eight packets
+	s := newTestServer(t, func(c *Config) {
+		c.ListenFast = "127.0.0.1:0"
+		c.ClientRate, c.ClientBurst = rate, burst
+	})
+	a, b := newFastPeer(t, s), newFastPeer(t, s)
+	p := payloads(1280)[0]
+	fb := newFastBatch()
+	s.handleFastBatch(a.fs.conn, fb, batchOf(a, b.cl, p, b.cl, p))
+	if fb.limited != nil || fastPause(fb, time.Now()) != 0 {
+		t.Fatalf("a batch within the burst marked %v", fb.limited)
+	}
+	var sends []any
+	for range fastBatchLen {
+		sends = append(sends, b.cl, p)
+	}
+	s.handleFastBatch(a.fs.conn, fb, batchOf(a, sends...))
+	if fb.limited != a.cl {
+		t.Fatalf("over its rate, the batch marked %v, want the sender", fb.limited)
+	}
+	now := time.Now()
+	d := fastPause(fb, now)
+	// The bucket is empty: a batch's worth (capped at the burst) refills
+	// in burst/rate, about 9.8 ms, just under the cap.
+	if want := time.Duration(float64(burst) / rate * float64(time.Second)); d <= 0 || d > want || d > fastPauseMax {
+		t.Fatalf("pause %v, want (0, %v]", d, want)
+	}
+	if got := len(recvAll(t, b, 8, a)); got != 8 {
+		t.Fatalf("%d packets within the burst arrived, want 8", got)
+	}
+	if n := testutil.ToFloat64(s.m.drops.WithLabelValues(dropRateLimited)); n != 2+fastBatchLen-8 {
+		t.Fatalf("rate_limited drops %v, want %d", n, 2+fastBatchLen-8)
+	}
+}
+
+// TestLimiterWait: how long until the bucket holds n bytes.
+func TestLimiterWait(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := newLimiter(1000, 5000, t0)
+	if d := l.wait(1000, t0, time.Minute); d != 0 {
+		t.Fatalf("full bucket: wait %v", d)
+	}
+	if !l.allow(5000, t0) {
+		t.Fatal("the burst was refused")
+	}
+	for _, c := range []struct {
+		n     int
+		at    time.Duration
+		max   time.Duration
+		want  time.Duration
+		about string
+	}{
+		{1000, 0, time.Minute, time.Second, "empty bucket"},
+		{1000, 400 * time.Millisecond, time.Minute, 600 * time.Millisecond, "partly refilled"},
+		{1000, 2 * time.Second, time.Minute, 0, "refilled"},
+		{9000, 0, time.Minute, 5 * time.Second, "more than the burst waits for a full bucket"},
+		{9000, 0, 10 * time.Millisecond, 10 * time.Millisecond, "capped"},
+	} {
+		if d := l.wait(c.n, t0.Add(c.at), c.max); d != c.want {
+			t.Errorf("%s: wait(%d) at +%v = %v, want %v", c.about, c.n, c.at, d, c.want)
+		}
+	}
+}

@@ -246,7 +246,7 @@ func (s *Server) sendFast(dst *client, addr netip.AddrPort, src key.NodePublic, 
 func (s *Server) serveFast(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { s.fast.Close() })
 	defer stop()
-	s.fastLoop(s.fast, s.fastBC)
+	s.fastLoop(s.fast, s.fastBC, false)
 }
 
 // serveFastConn serves one client's own fast-path socket until the client
@@ -261,7 +261,7 @@ func (s *Server) serveFastConn(conn *net.UDPConn, bc batchConn, done <-chan stru
 		}
 		conn.Close()
 	}()
-	s.fastLoop(conn, bc)
+	s.fastLoop(conn, bc, true)
 }
 
 // handleFast acts on one fast-path datagram that arrived on conn; packets
@@ -316,6 +316,7 @@ func (s *Server) forwardFast(src *client, dstKey key.NodePublic, d, payload []by
 		if addr, ok := dst.fastAddr(); ok {
 			if src.lim != nil && !src.lim.allow(len(payload), time.Now()) {
 				s.m.drops.WithLabelValues(dropRateLimited).Inc()
+				b.limited = src
 				return
 			}
 			dst.noteSender(src)

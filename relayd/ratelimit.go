@@ -33,3 +33,19 @@ func (l *limiter) allow(n int, now time.Time) bool {
 	l.tokens -= float64(n)
 	return true
 }
+
+// wait returns how long until the bucket holds n bytes (0 if it does now),
+// at most max; a bucket shallower than n counts as full at its depth.
+func (l *limiter) wait(n int, now time.Time, max time.Duration) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tokens := l.tokens
+	if el := now.Sub(l.last).Seconds(); el > 0 {
+		tokens = min(l.burst, tokens+el*l.rate)
+	}
+	need := min(float64(n), l.burst) - tokens
+	if need <= 0 || l.rate <= 0 {
+		return 0
+	}
+	return min(time.Duration(need/l.rate*float64(time.Second)), max)
+}
