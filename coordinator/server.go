@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -503,8 +504,18 @@ func (srv *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer srv.store.Close()
+	// Handlers still running when the servers close (Close does not wait
+	// for them) must finish before the store closes under them.
+	var inflight atomic.Int64
+	track := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			inflight.Add(1)
+			defer inflight.Add(-1)
+			h.ServeHTTP(w, r)
+		})
+	}
 	hs := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           track(srv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
@@ -554,7 +565,7 @@ func (srv *Server) Run(ctx context.Context) error {
 	}()
 	var as *http.Server
 	if srv.adminLn != nil {
-		as = &http.Server{Handler: srv.adminHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+		as = &http.Server{Handler: track(srv.adminHandler()), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -566,7 +577,7 @@ func (srv *Server) Run(ctx context.Context) error {
 	var ws *http.Server
 	if srv.webLn != nil {
 		ws = &http.Server{
-			Handler: srv.webHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
+			Handler: track(srv.webHandler()), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
 			MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(srv.log.Handler(), slog.LevelDebug),
 			BaseContext: func(net.Listener) context.Context { return ctx },
 			TLSConfig:   &tls.Config{Certificates: []tls.Certificate{srv.cert}, MinVersion: tls.VersionTLS12},
@@ -601,8 +612,18 @@ func (srv *Server) Run(ctx context.Context) error {
 		ws.Close()
 	}
 	wg.Wait()
+	for deadline := time.Now().Add(handlerDrain); inflight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := inflight.Load(); n > 0 {
+		srv.log.Warn("closing the store with handlers still running", "handlers", n)
+	}
 	return err
 }
+
+// handlerDrain bounds how long Run waits, after its servers close, for
+// handlers still running; their contexts are already cancelled.
+const handlerDrain = 10 * time.Second
 
 // sweepLoop enforces deadlines: node-key expiry, ephemeral nodes gone
 // offline, silent relays, and admission tokens due for refresh.
