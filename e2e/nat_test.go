@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/wiremesh/wiremesh/lab"
 	"github.com/wiremesh/wiremesh/meshnode/localapi"
+	"github.com/wiremesh/wiremesh/meshnode/paths"
 )
 
 // site is where a node sits: behind one router, two (double NAT), or a
@@ -203,4 +205,58 @@ func natRun(t *testing.T, sa, sb site) (string, time.Duration) {
 		ttd = 0
 	}
 	return p.Path, ttd
+}
+
+// TestLabPrimedRetry: a punch between two bare double NATs spoiled on
+// purpose goes direct on the retry after the conntrack timeout. Before the
+// nodes start, b's host sends one full-TTL packet from the node's port to
+// a's public ip:port: a's outer (bare) router records a connection to
+// itself, so a's flow to b is remapped and the first punch fails. The
+// retry comes after paths.PrimedRetry (35 s), once the pair has been
+// quiet long enough for that entry (30 s) to expire.
+func TestLabPrimedRetry(t *testing.T) {
+	w := newWorld(t, "nyc")
+	ha := bareDouble.host(t, w, "a")
+	hb := bareDouble.host(t, w, "b")
+	c, err := hb.ListenUDP(":41641")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteToUDPAddrPort([]byte("spoil"), netip.AddrPortFrom(ha.PublicAddr(), 41641)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	a := w.startNode("a", ha)
+	b := w.startNode("b", hb)
+	for _, n := range []*node{a, b} {
+		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
+	}
+	w.waitEndpoints("a", "b")
+	bIP := b.ip()
+	if err := a.ping(bIP, 3); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	path := func() string {
+		st, _ := a.status()
+		p, _ := peerOf(st, "b")
+		return p.Path
+	}
+	// The first try is spoiled: still relayed well past a normal punch.
+	for time.Since(start) < 8*time.Second {
+		if p := path(); p == "direct" {
+			t.Fatalf("direct after %v: the spoiling packet did not spoil the first punch", time.Since(start))
+		}
+		a.ping(bIP, 1)
+	}
+	// The retry: PrimedRetry after the first attempt, and a few seconds.
+	deadline := start.Add(paths.PrimedRetry + 15*time.Second)
+	for time.Now().Before(deadline) {
+		if path() == "direct" {
+			t.Logf("direct after %v (the retry)", time.Since(start))
+			return
+		}
+		a.ping(bIP, 1)
+	}
+	t.Fatalf("still %s after %v: the retry after the conntrack timeout did not go direct", path(), time.Since(start))
 }

@@ -226,7 +226,7 @@ func (m *Manager) gotPunch(k key.NodePublic, msg *disco.Punch) {
 func (m *Manager) answerSearch(k key.NodePublic, msg *disco.Punch) {
 	hard, public := m.cfg.Punch.Self()
 	ip := msg.Addr.Addr().Unmap()
-	if hard || !public.IsValid() || !ip.Is4() || ip.IsUnspecified() {
+	if punch.RoleFor(hard, false, true, false) != punch.RoleEasy || !public.IsValid() || !ip.Is4() || ip.IsUnspecified() {
 		return // two hard sides (or no STUN answer yet): stay on the relay
 	}
 	now := m.cfg.Now()
