@@ -62,7 +62,7 @@ func TestLabTTLPriming(t *testing.T) {
 	const port = 41641
 	for _, tc := range []struct {
 		name        string
-		ttl         int // 0: no priming
+		ttl         int  // 0: no priming
 		raw         bool // through a Primer (raw socket, the node's port as source), not SendTTL
 		wantFar     bool
 		wantArrives bool
