@@ -16,7 +16,7 @@ func (m *Manager) RelaySent(k key.NodePublic) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	pp := m.peers[k]
-	due := pp != nil && !pp.best.IsValid() && m.retryDue(k, pp.attempted, now)
+	due := pp != nil && !pp.best.IsValid() && m.retryDue(k, pp.attempted, pp.tries, now)
 	m.mu.Unlock()
 	if due {
 		m.attempt(k, true)
@@ -36,6 +36,9 @@ func (m *Manager) attempt(k key.NodePublic, announce bool) {
 		m.mu.Unlock()
 		return
 	}
+	if !pp.best.IsValid() && (pp.attempted.IsZero() || now.Sub(pp.attempted) >= roundGap) {
+		pp.tries++ // a new round (an announce and the follow-up to the peer's count once)
+	}
 	pp.attempted = now
 	if pp.probing.IsZero() && !pp.best.IsValid() {
 		pp.probing = now
@@ -45,6 +48,7 @@ func (m *Manager) attempt(k key.NodePublic, announce bool) {
 		cands = append(cands, c)
 	}
 	m.mu.Unlock()
+	m.cfg.Log.Debug("upgrade attempt", "peer", k.ShortString(), "announce", announce, "candidates", len(cands))
 	m.prime(cands)
 	m.offerSearch(k)
 	if announce {
@@ -214,6 +218,7 @@ func (m *Manager) pongLocked(pp *peer, src netip.AddrPort, rtt time.Duration, at
 	case !pp.best.IsValid():
 		pp.best, pp.bestRTT, pp.lastPong = src, rtt, at
 		pp.confirmed = false
+		pp.tries = 0
 		if !pp.probing.IsZero() {
 			ttd = at.Sub(pp.probing)
 		}
@@ -270,7 +275,7 @@ func (m *Manager) tick(now time.Time) {
 		case pp.best.IsValid() && active && now.Sub(pp.lastPing) >= HeartbeatInterval:
 			pp.lastPing = now
 			acts = append(acts, action{peer: k, addr: pp.best})
-		case !pp.best.IsValid() && active && m.retryDue(k, pp.attempted, now):
+		case !pp.best.IsValid() && active && m.retryDue(k, pp.attempted, pp.tries, now):
 			acts = append(acts, action{peer: k, retry: true})
 		}
 	}
@@ -336,6 +341,7 @@ func (m *Manager) NetworkChanged() {
 			sides = append(sides, k)
 		}
 		pp.attempted = time.Time{}
+		pp.tries = 0
 		pp.searchAt = time.Time{}
 	}
 	m.mu.Unlock()

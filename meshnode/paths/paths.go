@@ -187,6 +187,7 @@ type peer struct {
 	lastPong  time.Time // on best
 	lastPing  time.Time // heartbeat sent to best
 	attempted time.Time // last upgrade attempt
+	tries     int       // rounds of attempts since the last direct path
 	probing   time.Time // when the current upgrade began (time to direct)
 	lastTx    uint64
 	active    time.Time

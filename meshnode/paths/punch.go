@@ -60,9 +60,23 @@ const (
 	// ConntrackUnreplied is Linux's nf_conntrack_udp_timeout: how long a
 	// router keeps a UDP entry that saw no reply.
 	ConntrackUnreplied = 30 * time.Second
-	// PrimedRetry is the upgrade retry when priming is on: past
+	// PrimedRetry is the first upgrade retry when priming is on: past
 	// ConntrackUnreplied, so a spoiled entry has expired.
 	PrimedRetry = ConntrackUnreplied + 5*time.Second
+	// ConntrackGCLag is how long an expired conntrack entry may stay in
+	// the table until the kernel's garbage collector (whose scan interval
+	// goes up to 60 s on a quiet table) removes it. Until then masquerade
+	// still finds it by source and gives new flows from the same ip:port
+	// the same (remapped) port, so a retry inside that window is spoiled
+	// like the try before it.
+	ConntrackGCLag = 60 * time.Second
+	// PrimedRetrySlow is every later retry when priming is on: past the
+	// timeout and the collector's lag.
+	PrimedRetrySlow = ConntrackUnreplied + ConntrackGCLag + 5*time.Second
+	// roundGap separates rounds of attempts: a node's own attempt and
+	// the one that follows the peer's call-me-maybe a moment later are
+	// one round.
+	roundGap = 5 * time.Second
 )
 
 // Sides takes a hard side's winning socket (meshnode/bind).
@@ -116,20 +130,25 @@ func (m *Manager) searchesOn() bool {
 
 func (m *Manager) primingOn() bool { return m.cfg.Punch != nil && m.cfg.Punch.Prime != nil }
 
-// retryEvery is the upgrade retry interval.
-func (m *Manager) retryEvery() time.Duration {
-	if m.primingOn() {
+// retryEvery is the upgrade retry interval after tries rounds of
+// attempts without a direct path.
+func (m *Manager) retryEvery(tries int) time.Duration {
+	switch {
+	case !m.primingOn():
+		return UpgradeRetry
+	case tries <= 1:
 		return PrimedRetry
 	}
-	return UpgradeRetry
+	return PrimedRetrySlow
 }
 
 // retryDue reports whether a retry towards k is due, attempted being the
-// last attempt: with priming on, only the lower node key of the pair
-// retries on its own (the other one follows its call-me-maybe), at twice
-// the interval as a fallback.
-func (m *Manager) retryDue(k key.NodePublic, attempted, now time.Time) bool {
-	every := m.retryEvery()
+// last attempt and tries the rounds of attempts since the last direct
+// path: with priming on, only the lower node key of the pair retries on
+// its own (the other one follows its call-me-maybe), at twice the
+// interval as a fallback.
+func (m *Manager) retryDue(k key.NodePublic, attempted time.Time, tries int, now time.Time) bool {
+	every := m.retryEvery(tries)
 	if m.primingOn() && !attempted.IsZero() && keyLess(k, m.cfg.Self) {
 		every *= 2
 	}

@@ -151,8 +151,9 @@ func TestPrimedPunchOrder(t *testing.T) {
 	})
 }
 
-// TestPrimedRetry: with priming on, retries wait out the conntrack
-// timeout, and only the lower node key of a pair retries at that pace.
+// TestPrimedRetry: with priming on, the first retry waits out the
+// conntrack timeout, later ones the garbage collector's lag as well, and
+// only the lower node key of a pair retries at that pace.
 func TestPrimedRetry(t *testing.T) {
 	_, a, b := linkedPair()
 	for _, n := range []*tnode{a, b} {
@@ -164,19 +165,67 @@ func TestPrimedRetry(t *testing.T) {
 	}
 	now := time.Now()
 	last := now.Add(-PrimedRetry)
-	if !low.m.retryDue(lowPeer, last, now) {
+	if !low.m.retryDue(lowPeer, last, 1, now) {
 		t.Fatal("the lower key does not retry after PrimedRetry")
 	}
-	if high.m.retryDue(low.key.Public(), last, now) {
+	if high.m.retryDue(low.key.Public(), last, 1, now) {
 		t.Fatal("the higher key retries at the lower key's pace")
 	}
-	if !high.m.retryDue(low.key.Public(), now.Add(-2*PrimedRetry), now) {
+	if !high.m.retryDue(low.key.Public(), now.Add(-2*PrimedRetry), 1, now) {
 		t.Fatal("the higher key never retries")
 	}
-	if low.m.retryDue(lowPeer, now.Add(-ConntrackUnreplied), now) {
+	if low.m.retryDue(lowPeer, now.Add(-ConntrackUnreplied), 1, now) {
 		t.Fatal("a retry inside the conntrack timeout")
 	}
-	if !low.m.retryDue(lowPeer, time.Time{}, now) || !high.m.retryDue(low.key.Public(), time.Time{}, now) {
+	if low.m.retryDue(lowPeer, last, 2, now) {
+		t.Fatal("a second retry inside the conntrack collector's lag")
+	}
+	if !low.m.retryDue(lowPeer, now.Add(-PrimedRetrySlow), 2, now) {
+		t.Fatal("no second retry after PrimedRetrySlow")
+	}
+	if !low.m.retryDue(lowPeer, time.Time{}, 0, now) || !high.m.retryDue(low.key.Public(), time.Time{}, 0, now) {
 		t.Fatal("the first attempt is not due at once")
 	}
+	// Without priming: UpgradeRetry, whoever's key is lower.
+	low.m.cfg.Punch, high.m.cfg.Punch = nil, nil
+	if !high.m.retryDue(low.key.Public(), now.Add(-UpgradeRetry), 5, now) {
+		t.Fatal("without priming the retry is not UpgradeRetry")
+	}
+}
+
+// TestAttemptRounds: a node's attempt and the follow-up to the peer's
+// call-me-maybe a moment later count as one round; an attempt after
+// roundGap starts the next, and a direct path resets the count.
+func TestAttemptRounds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		defer drain()
+		_, a, b := linkedPair()
+		a.w.setDelay(b.addr, 0, false) // no direct path yet
+		k := b.key.Public()
+		tries := func() int {
+			a.m.mu.Lock()
+			defer a.m.mu.Unlock()
+			return a.m.peers[k].tries
+		}
+		a.m.attempt(k, true)
+		a.m.attempt(k, false) // the follow-up, a moment later
+		if got := tries(); got != 1 {
+			t.Fatalf("after one round: %d tries", got)
+		}
+		time.Sleep(roundGap)
+		a.m.attempt(k, true)
+		if got := tries(); got != 2 {
+			t.Fatalf("after two rounds: %d tries", got)
+		}
+		a.w.setDelay(b.addr, 5*time.Millisecond, true)
+		a.m.attempt(k, false)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := a.bind.path(k); got != "direct "+b.addr.String() {
+			t.Fatalf("path %s, want direct", got)
+		}
+		if got := tries(); got != 0 {
+			t.Fatalf("after a direct path: %d tries", got)
+		}
+	})
 }
