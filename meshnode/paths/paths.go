@@ -5,7 +5,8 @@
 // per-peer path state machine.
 //
 // Inputs: peer deltas (UpsertPeer, RemovePeer), disco packets from either
-// path (HandleDisco: pings, pongs, call-me-maybes), relay traffic that
+// path (HandleDisco: pings, pongs, call-me-maybes, and the punch messages
+// that coordinate birthday searches; see punch.go), relay traffic that
 // could be upgraded (RelaySent), local address changes and STUN results
 // (Discovery). Output: each peer's path, handed to the Bind (SetDirect,
 // SetTentative), and the addresses WireGuard packets may come from
