@@ -18,6 +18,7 @@
 //	ping         (1): txid 12 | node key 32 | zero padding (probes path MTU)
 //	pong         (2): txid 12 | observed source: IPv6 or IPv4-mapped 16 | port 2
 //	call-me-maybe(3): endpoints, each 16-byte address and 2-byte port
+//	punch        (4): step 1 | search id 4 | address: IPv6 or IPv4-mapped 16 | port 2
 //
 // Unknown trailing bytes after a known body are ignored so later versions can
 // extend a message; unknown types are an error.
@@ -64,6 +65,7 @@ const (
 	TypePing        MessageType = 1
 	TypePong        MessageType = 2
 	TypeCallMeMaybe MessageType = 3
+	TypePunch       MessageType = 4
 )
 
 func (t MessageType) String() string {
@@ -74,6 +76,8 @@ func (t MessageType) String() string {
 		return "pong"
 	case TypeCallMeMaybe:
 		return "call-me-maybe"
+	case TypePunch:
+		return "punch"
 	}
 	return fmt.Sprintf("type(%d)", byte(t))
 }
@@ -122,6 +126,64 @@ type Pong struct {
 // and asks the receiver to ping them all now: the hole punch.
 type CallMeMaybe struct {
 	Endpoints []netip.AddrPort
+}
+
+// PunchStep is a step of a coordinated punch (see Punch).
+type PunchStep byte
+
+// Punch steps. A birthday search (an easy NAT and a hard one) runs
+// StepHard, StepEasy, StepProbe; a primed punch (bare Linux NATs) runs
+// StepPrime, StepPrimed.
+const (
+	// StepHard: "my NAT maps a new port per destination; Addr's IP is my
+	// public address". Sent by the hard side when it wants a direct path.
+	StepHard PunchStep = 1
+	// StepEasy: "my NAT keeps one mapping; Addr is my public ip:port:
+	// open your sockets towards it". The easy side's answer.
+	StepEasy PunchStep = 2
+	// StepProbe: "every socket has sent: probe my public IP now".
+	StepProbe PunchStep = 3
+	// StepPrime: "I primed my NATs towards your endpoints: prime yours,
+	// then ping me".
+	StepPrime PunchStep = 4
+	// StepPrimed: "I primed too, and pinged you: ping me now".
+	StepPrimed PunchStep = 5
+	maxStep              = StepPrimed
+)
+
+func (s PunchStep) String() string {
+	switch s {
+	case StepHard:
+		return "hard"
+	case StepEasy:
+		return "easy"
+	case StepProbe:
+		return "probe"
+	case StepPrime:
+		return "prime"
+	case StepPrimed:
+		return "primed"
+	}
+	return fmt.Sprintf("step(%d)", byte(s))
+}
+
+// Punch, sent through a relay, coordinates a punch the plain call-me-maybe
+// exchange cannot do: who opens sockets, who probes, and when. ID ties the
+// steps of one attempt together, so a late step of an old one is ignored.
+type Punch struct {
+	Step PunchStep
+	ID   uint32
+	Addr netip.AddrPort
+}
+
+// Type implements Message.
+func (*Punch) Type() MessageType { return TypePunch }
+
+// AppendMarshal implements Message.
+func (m *Punch) AppendMarshal(b []byte) []byte {
+	b = append(b, byte(TypePunch), Version, byte(m.Step))
+	b = binary.BigEndian.AppendUint32(b, m.ID)
+	return appendAddrPort(b, m.Addr)
 }
 
 // Type implements Message.
@@ -212,6 +274,15 @@ func Parse(p []byte) (Message, error) {
 			m.Endpoints = append(m.Endpoints, ep)
 		}
 		return m, nil
+	case TypePunch:
+		if len(body) < 1+4+epLen {
+			return nil, fmt.Errorf("%w: punch of %d bytes", ErrMalformed, len(body))
+		}
+		step := PunchStep(body[0])
+		if step == 0 || step > maxStep {
+			return nil, fmt.Errorf("%w: punch step %d", ErrMalformed, body[0])
+		}
+		return &Punch{Step: step, ID: binary.BigEndian.Uint32(body[1:]), Addr: parseAddrPort(body[5:])}, nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknown, p[0])
 }

@@ -29,6 +29,7 @@ func TestRoundTrip(t *testing.T) {
 		{"call-me-maybe", &CallMeMaybe{Endpoints: []netip.AddrPort{
 			netip.MustParseAddrPort("198.19.1.2:41641"), netip.MustParseAddrPort("198.18.3.2:41641")}}},
 		{"call-me-maybe empty", &CallMeMaybe{Endpoints: []netip.AddrPort{}}},
+		{"punch", &Punch{Step: StepProbe, ID: 0xdeadbeef, Addr: netip.MustParseAddrPort("198.18.0.9:0")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pkt := Seal(nil, a.Public(), &ab, tc.m)
@@ -94,6 +95,9 @@ func TestParse(t *testing.T) {
 		{"short ping", []byte{1, 0, 1, 2, 3}, ErrMalformed},
 		{"short pong", append([]byte{2, 0}, make([]byte, txIDLen+epLen-1)...), ErrMalformed},
 		{"ragged call-me-maybe", append([]byte{3, 0}, make([]byte, epLen+1)...), ErrMalformed},
+		{"short punch", append([]byte{4, 0, 1}, make([]byte, 4+epLen-1)...), ErrMalformed},
+		{"punch step 0", append([]byte{4, 0, 0}, make([]byte, 4+epLen)...), ErrMalformed},
+		{"punch step 9", append([]byte{4, 0, 9}, make([]byte, 4+epLen)...), ErrMalformed},
 		{"unknown", []byte{7, 0}, ErrUnknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

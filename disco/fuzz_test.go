@@ -12,6 +12,8 @@ func FuzzParse(f *testing.F) {
 	f.Add((&Pong{Src: netip.MustParseAddrPort("198.18.0.2:41641")}).AppendMarshal(nil))
 	f.Add((&CallMeMaybe{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:41641")}}).AppendMarshal(nil))
 	f.Add([]byte{3, 0})
+	f.Add((&Punch{Step: StepEasy, ID: 7, Addr: netip.MustParseAddrPort("198.18.0.2:41641")}).AppendMarshal(nil))
+	f.Add([]byte{4, 0, 9, 0, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Parse(b)
 		if err != nil {

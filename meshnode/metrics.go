@@ -8,6 +8,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/bind"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
 	"github.com/wiremesh/wiremesh/meshnode/portmap"
+	"github.com/wiremesh/wiremesh/meshnode/punch"
 )
 
 // nodeMetrics are the meshnode_ metrics. None carries a per-peer label.
@@ -29,7 +30,8 @@ type nodeMetrics struct {
 	// portmap holds meshnode_port_mapping_info and the mapping counters;
 	// registered whether or not --port-mapping is on, so the info series
 	// (kind "none" without a mapping) is always there.
-	portmap *portmap.Metrics
+	portmap  *portmap.Metrics
+	birthday *punch.Metrics
 }
 
 func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
@@ -77,6 +79,7 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 		m.discoPings, m.pathChanges, m.timeToDirect, m.hardNAT, m.regionRTT, m.regionLatency, &pathCollector{n: n})
 	m.portmap = portmap.NewMetrics(reg)
 	m.router = router.NewMetrics(reg)
+	m.birthday = punch.NewMetrics(reg)
 	return m
 }
 
@@ -89,7 +92,7 @@ func (m *nodeMetrics) paths() paths.Metrics {
 // pathChangeReasons are meshnode_path_changes_total's (direction, reason)
 // pairs, created at start so dashboards see every series.
 var pathChangeReasons = [][2]string{{"upgrade", paths.ReasonFirstPong}, {"downgrade", paths.ReasonTrustExpired},
-	{"downgrade", paths.ReasonPeerMoved}, {"downgrade", paths.ReasonNetworkChanged}}
+	{"downgrade", paths.ReasonPeerMoved}, {"downgrade", paths.ReasonNetworkChanged}, {"upgrade", paths.ReasonBirthday}}
 
 // Health warnings: the values of meshnode_health_warnings's kind label.
 // Each series is 1 while the condition holds and 0 otherwise, so a

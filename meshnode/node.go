@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -42,6 +43,7 @@ import (
 	"github.com/wiremesh/wiremesh/meshnode/netstack"
 	"github.com/wiremesh/wiremesh/meshnode/paths"
 	"github.com/wiremesh/wiremesh/meshnode/portmap"
+	"github.com/wiremesh/wiremesh/meshnode/punch"
 	"github.com/wiremesh/wiremesh/meshnode/relays"
 	"github.com/wiremesh/wiremesh/meshnode/reporter"
 	"github.com/wiremesh/wiremesh/meshnode/router"
@@ -289,6 +291,7 @@ func newNode(ctx context.Context, cfg Config, st stateDir, priv key.NodePrivate)
 	n.paths = paths.New(paths.Config{Bind: n.bind, Transport: discoTransport{n.bind, n.relays},
 		Self: priv.Public(), Disco: key.NewDisco(), Metrics: n.metrics.paths(),
 		Endpoints: func() []netip.AddrPort { return n.discovery.Endpoints() },
+		Punch:     n.punchConfig(),
 		Log:       n.log.With("component", "paths")})
 	n.discovery = paths.NewDiscovery(paths.DiscoveryConfig{
 		LocalAddrs:  func() []netip.Addr { return paths.LocalAddrs(cfg.EndpointPrefixes, meshPrefix) },
@@ -328,6 +331,46 @@ func (n *Node) setNAT(mapped int, hard bool) {
 	n.mu.Lock()
 	n.mu.nat.mapped, n.mu.nat.hard = mapped, hard
 	n.mu.Unlock()
+}
+
+// PrimeTTL is the TTL of priming packets for bare Linux NATs: it passes
+// two NATs of the node's own (a home router behind a carrier's NAT) and
+// dies at the first router past them, before the far side's.
+const PrimeTTL = 3
+
+// punchConfig wires coordinated punches: birthday searches (our NAT kind
+// from discovery, extra sockets, the winner handed to the bind) and
+// priming from the bind's port. Nil with direct paths off.
+func (n *Node) punchConfig() *paths.PunchConfig {
+	if n.cfg.RelayOnly {
+		return nil
+	}
+	return &paths.PunchConfig{
+		Self: func() (bool, netip.AddrPort) {
+			n.mu.Lock()
+			hard := n.mu.nat.hard
+			n.mu.Unlock()
+			if pm, _ := n.portMapping(); pm.IsValid() {
+				hard = false // the mapped address is one every peer reaches
+			}
+			return hard, n.discovery.PublicEndpoint()
+		},
+		Listen: func() (*net.UDPConn, error) { return net.ListenUDP("udp4", nil) },
+		Sides:  n.bind,
+		Prime: func(pkt []byte, dst netip.AddrPort) error {
+			port := n.bind.Port()
+			if port == 0 {
+				return errors.New("no UDP socket")
+			}
+			p, err := punch.NewPrimer(PrimeTTL)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			return p.Send(port, dst, pkt)
+		},
+		Metrics: n.metrics.birthday,
+	}
 }
 
 // discoTransport sends disco packets from the bind's UDP socket or

@@ -6,9 +6,10 @@ import (
 	"github.com/wiremesh/wiremesh/key"
 )
 
-// RemovePeer forgets a peer, its direct address and every address
-// accepted for it.
+// RemovePeer forgets a peer, its direct address, its side socket and
+// every address accepted for it.
 func (b *Bind) RemovePeer(k key.NodePublic) {
+	b.RemoveSide(k)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	ep, ok := b.peers[k]

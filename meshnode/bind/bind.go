@@ -128,15 +128,18 @@ type Bind struct {
 	// udp mirrors std for the send path, which loads it with no lock.
 	udp atomic.Pointer[udpSocket]
 
-	mu      sync.RWMutex // guards the fields below; read-locked per received batch
-	std     conn.Bind
-	open    bool
-	relayIn chan relayPacket
-	closing chan struct{}
-	peers   map[key.NodePublic]*Endpoint
-	byAddr  map[netip.AddrPort]*Endpoint
-	udpPort uint16
-	fastSrc map[netip.AddrPort]*fastClaim // relay fast-path addresses (ClaimFast)
+	mu       sync.RWMutex // guards the fields below; read-locked per received batch
+	std      conn.Bind
+	open     bool
+	relayIn  chan relayPacket
+	sideIn   chan relayPacket // WireGuard packets read from side sockets
+	closing  chan struct{}
+	peers    map[key.NodePublic]*Endpoint
+	byAddr   map[netip.AddrPort]*Endpoint
+	udpPort  uint16
+	fastSrc  map[netip.AddrPort]*fastClaim // relay fast-path addresses (ClaimFast)
+	sides    map[key.NodePublic]*sideConn  // side sockets (AddSide), by peer
+	sideAddr map[netip.AddrPort]*sideConn  // the same, by the peer's address
 
 	txBytes, rxBytes     [3]atomic.Uint64
 	txPackets, rxPackets [3]atomic.Uint64
@@ -161,10 +164,12 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, maxPacket); return &
 // New returns a Bind.
 func New(cfg Config) *Bind {
 	return &Bind{
-		cfg:     cfg,
-		peers:   map[key.NodePublic]*Endpoint{},
-		byAddr:  map[netip.AddrPort]*Endpoint{},
-		fastSrc: map[netip.AddrPort]*fastClaim{},
+		cfg:      cfg,
+		peers:    map[key.NodePublic]*Endpoint{},
+		byAddr:   map[netip.AddrPort]*Endpoint{},
+		fastSrc:  map[netip.AddrPort]*fastClaim{},
+		sides:    map[key.NodePublic]*sideConn{},
+		sideAddr: map[netip.AddrPort]*sideConn{},
 	}
 }
 
@@ -185,7 +190,9 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	}
 	b.relayIn = make(chan relayPacket, relayQueueLen)
 	b.closing = make(chan struct{})
-	fns := []conn.ReceiveFunc{b.makeReceiveRelay(b.relayIn, b.closing)}
+	b.sideIn = make(chan relayPacket, relayQueueLen)
+	fns := []conn.ReceiveFunc{b.makeReceiveQueue(b.relayIn, b.closing, PathRelay),
+		b.makeReceiveQueue(b.sideIn, b.closing, PathDirect)}
 	actual := port
 	if b.cfg.Direct {
 		b.std = conn.NewStdNetBind()
@@ -204,8 +211,18 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return fns, actual, nil
 }
 
-// Close implements conn.Bind: every ReceiveFunc returns net.ErrClosed.
+// Close implements conn.Bind: every ReceiveFunc returns net.ErrClosed,
+// and side sockets are closed (their peers' paths fall back to the relay
+// once their pongs stop).
 func (b *Bind) Close() error {
+	b.mu.Lock()
+	if !b.open {
+		b.mu.Unlock()
+		return nil
+	}
+	sides := b.takeSidesLocked()
+	b.mu.Unlock()
+	b.closeSides(sides)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.open {

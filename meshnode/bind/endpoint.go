@@ -28,6 +28,7 @@ type route struct {
 	both     bool                 // direct path unconfirmed: the relay carries a copy
 	relay    RelayLink            // the peer's relay connection; nil: ask the RelaySender
 	fast     FastLink             // relay, when it may have a fast path on our socket
+	side     *sideConn            // the peer's side socket (AddSide): direct sends to its remote leave from it
 }
 
 // publish applies change to a copy of the route and publishes the copy.

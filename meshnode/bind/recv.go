@@ -41,7 +41,9 @@ func (b *Bind) DeliverRelay(from key.NodePublic, pkt []byte) {
 	}
 }
 
-func (b *Bind) makeReceiveRelay(in chan relayPacket, closing chan struct{}) conn.ReceiveFunc {
+// makeReceiveQueue reads packets queued by DeliverRelay (path PathRelay)
+// or side-socket readers (PathDirect).
+func (b *Bind) makeReceiveQueue(in chan relayPacket, closing chan struct{}, path Path) conn.ReceiveFunc {
 	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		var p relayPacket
 		select {
@@ -53,7 +55,7 @@ func (b *Bind) makeReceiveRelay(in chan relayPacket, closing chan struct{}) conn
 		for {
 			sizes[n] = copy(packets[n], (*p.buf)[:p.n])
 			eps[n] = p.from
-			b.rxBytes[PathRelay].Add(uint64(sizes[n]))
+			b.rxBytes[path].Add(uint64(sizes[n]))
 			p.from.rxBytes.Add(uint64(sizes[n]))
 			bufPool.Put(p.buf)
 			n++
@@ -67,7 +69,7 @@ func (b *Bind) makeReceiveRelay(in chan relayPacket, closing chan struct{}) conn
 			}
 			break
 		}
-		b.rxPackets[PathRelay].Add(uint64(n))
+		b.rxPackets[path].Add(uint64(n))
 		return n, nil
 	}
 }

@@ -22,7 +22,21 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	}
 	r := ep.route.Load()
 	if r.directEP != nil {
-		if u := b.udp.Load(); u != nil {
+		if s := r.side; s != nil && s.remote == r.direct {
+			err := s.send(bufs)
+			switch {
+			case err != nil:
+				b.directErrs.Add(1)
+			case r.both:
+				b.txBytes[PathDirect].Add(n)
+				b.txPackets[PathDirect].Add(uint64(len(bufs)))
+			default:
+				b.txBytes[PathDirect].Add(n)
+				b.txPackets[PathDirect].Add(uint64(len(bufs)))
+				ep.txBytes.Add(n)
+				return nil
+			}
+		} else if u := b.udp.Load(); u != nil {
 			err := u.Send(bufs, r.directEP)
 			switch {
 			case err != nil:
@@ -85,8 +99,13 @@ func (b *Bind) sendRelay(ep *Endpoint, r *route, p []byte) error {
 	return b.cfg.Relay.SendTo(ep.key, p)
 }
 
-// WriteTo sends a raw packet (disco, STUN) from the UDP socket.
+// WriteTo sends a raw packet (disco, STUN) from the UDP socket, or from
+// the side socket that holds dst's path (AddSide).
 func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
+	if s := b.sideFor(dst); s != nil {
+		_, err := s.conn.WriteToUDPAddrPort(pkt, dst)
+		return err
+	}
 	u := b.udp.Load()
 	if u == nil {
 		return errors.New("bind: direct path is off")

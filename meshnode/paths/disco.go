@@ -47,6 +47,9 @@ func (m *Manager) HandleDisco(src Source, pkt []byte) {
 		inc(m.cfg.Metrics.DiscoRx, "bad")
 		return
 	}
+	if src.Addr.IsValid() {
+		m.deliverSearch(node, src.Addr, pkt) // a birthday search's answer, maybe
+	}
 	switch msg := msg.(type) {
 	case *disco.Ping:
 		if msg.NodeKey != node {
@@ -71,6 +74,12 @@ func (m *Manager) HandleDisco(src Source, pkt []byte) {
 			return // only meaningful through the relay
 		}
 		m.gotCallMeMaybe(node, msg.Endpoints)
+	case *disco.Punch:
+		inc(m.cfg.Metrics.DiscoRx, "punch")
+		if src.Addr.IsValid() {
+			return // coordination travels through the relay only
+		}
+		m.gotPunch(node, msg)
 	}
 }
 

@@ -74,10 +74,11 @@ type DiscoveryConfig struct {
 type Discovery struct {
 	cfg DiscoveryConfig
 
-	mu      sync.Mutex
-	current []netip.AddrPort // last reported endpoints
-	public  netip.Addr       // the public IPv4 the last STUN round saw
-	kick    chan struct{}
+	mu       sync.Mutex
+	current  []netip.AddrPort // last reported endpoints
+	public   netip.Addr       // the public IPv4 the last STUN round saw
+	publicEP netip.AddrPort   // ... with its port (the lowest answer)
+	kick     chan struct{}
 	// firstRound is closed when the first round that could run (socket
 	// open, relay map known) is done.
 	firstRound chan struct{}
@@ -108,6 +109,15 @@ func (d *Discovery) PublicAddr() netip.Addr {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.public
+}
+
+// PublicEndpoint returns the public IPv4 ip:port relays saw for the
+// socket in the last STUN round that got an answer (on a hard NAT, one of
+// several), or the zero AddrPort before any did.
+func (d *Discovery) PublicEndpoint() netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.publicEP
 }
 
 // FirstRound is closed once the first discovery round has run: STUN has
@@ -175,8 +185,8 @@ func (d *Discovery) discover(ctx context.Context, local []netip.Addr, moved bool
 	d.mu.Lock()
 	same := slices.Equal(eps, d.current)
 	d.current = eps
-	if ip := publicAddr(mapped); ip.IsValid() {
-		d.public = ip
+	if ep := publicEndpoint(mapped); ep.IsValid() {
+		d.public, d.publicEP = ep.Addr(), ep
 	}
 	d.mu.Unlock()
 	d.firstOnce.Do(func() { close(d.firstRound) })
@@ -191,16 +201,17 @@ func (d *Discovery) discover(ctx context.Context, local []netip.Addr, moved bool
 	return true
 }
 
-// publicAddr picks the public IPv4 address from STUN answers: the lowest,
-// so the choice is stable when a multi-homed NAT shows several.
-func publicAddr(mapped map[string]netip.AddrPort) netip.Addr {
-	var ip netip.Addr
+// publicEndpoint picks the public IPv4 ip:port from STUN answers: the
+// lowest, so the choice is stable when a multi-homed NAT shows several.
+func publicEndpoint(mapped map[string]netip.AddrPort) netip.AddrPort {
+	var ep netip.AddrPort
 	for _, m := range mapped {
-		if a := m.Addr().Unmap(); a.Is4() && (!ip.IsValid() || a.Less(ip)) {
-			ip = a
+		m = netip.AddrPortFrom(m.Addr().Unmap(), m.Port())
+		if m.Addr().Is4() && (!ep.IsValid() || m.Compare(ep) < 0) {
+			ep = m
 		}
 	}
-	return ip
+	return ep
 }
 
 // endpointSet builds the sorted candidate set from local addresses, STUN

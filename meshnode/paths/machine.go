@@ -16,7 +16,7 @@ func (m *Manager) RelaySent(k key.NodePublic) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	pp := m.peers[k]
-	due := pp != nil && !pp.best.IsValid() && now.Sub(pp.attempted) >= UpgradeRetry
+	due := pp != nil && !pp.best.IsValid() && m.retryDue(k, pp.attempted, pp.tries, now)
 	m.mu.Unlock()
 	if due {
 		m.attempt(k, true)
@@ -24,7 +24,10 @@ func (m *Manager) RelaySent(k key.NodePublic) {
 }
 
 // attempt starts an upgrade: call-me-maybe through the relay (when
-// announce is set) and a ping to every candidate.
+// announce is set) and a ping to every candidate. With priming on, every
+// candidate is primed first, and an announcing attempt sends no ping: the
+// peer pings once it has primed too (see punch.go). A hard-NAT node also
+// offers a birthday search.
 func (m *Manager) attempt(k key.NodePublic, announce bool) {
 	now := m.cfg.Now()
 	m.mu.Lock()
@@ -32,6 +35,9 @@ func (m *Manager) attempt(k key.NodePublic, announce bool) {
 	if pp == nil {
 		m.mu.Unlock()
 		return
+	}
+	if !pp.best.IsValid() && (pp.attempted.IsZero() || now.Sub(pp.attempted) >= roundGap) {
+		pp.tries++ // a new round (an announce and the follow-up to the peer's count once)
 	}
 	pp.attempted = now
 	if pp.probing.IsZero() && !pp.best.IsValid() {
@@ -42,8 +48,14 @@ func (m *Manager) attempt(k key.NodePublic, announce bool) {
 		cands = append(cands, c)
 	}
 	m.mu.Unlock()
+	m.cfg.Log.Debug("upgrade attempt", "peer", k.ShortString(), "announce", announce, "candidates", len(cands))
+	m.prime(cands)
+	m.offerSearch(k)
 	if announce {
 		m.sendTo(k, netip.AddrPort{}, &disco.CallMeMaybe{Endpoints: m.cfg.Endpoints()})
+		if m.primingOn() {
+			return
+		}
 	}
 	for _, c := range cands {
 		m.ping(k, c, nil)
@@ -123,7 +135,9 @@ func (m *Manager) gotCallMeMaybe(k key.NodePublic, eps []netip.AddrPort) {
 	for _, ep := range eps {
 		m.addCandidateLocked(pp, ep, now)
 	}
-	moved := pp.best.IsValid() && !slices.Contains(eps, pp.best)
+	// A birthday search's path is to a port the peer never reports;
+	// trust expiry looks after it instead.
+	moved := pp.best.IsValid() && !pp.punched && !slices.Contains(eps, pp.best)
 	if moved {
 		m.forgetLocked(pp, pp.best)
 		pp.best, pp.bestRTT = netip.AddrPort{}, 0
@@ -204,6 +218,7 @@ func (m *Manager) pongLocked(pp *peer, src netip.AddrPort, rtt time.Duration, at
 	case !pp.best.IsValid():
 		pp.best, pp.bestRTT, pp.lastPong = src, rtt, at
 		pp.confirmed = false
+		pp.tries = 0
 		if !pp.probing.IsZero() {
 			ttd = at.Sub(pp.probing)
 		}
@@ -240,7 +255,7 @@ func (m *Manager) tick(now time.Time) {
 		retry bool
 	}
 	var acts []action
-	var lost []key.NodePublic
+	var lost, sides []key.NodePublic
 	m.mu.Lock()
 	m.expirePingsLocked(now)
 	for k, pp := range m.peers {
@@ -254,14 +269,20 @@ func (m *Manager) tick(now time.Time) {
 			pp.best, pp.bestRTT = netip.AddrPort{}, 0
 			m.cfg.Bind.SetDirect(k, netip.AddrPort{})
 			lost = append(lost, k)
+			if lostPathLocked(pp) {
+				sides = append(sides, k)
+			}
 		case pp.best.IsValid() && active && now.Sub(pp.lastPing) >= HeartbeatInterval:
 			pp.lastPing = now
 			acts = append(acts, action{peer: k, addr: pp.best})
-		case !pp.best.IsValid() && active && now.Sub(pp.attempted) >= UpgradeRetry:
+		case !pp.best.IsValid() && active && m.retryDue(k, pp.attempted, pp.tries, now):
 			acts = append(acts, action{peer: k, retry: true})
 		}
 	}
 	m.mu.Unlock()
+	for _, k := range sides {
+		m.removeSide(k)
+	}
 	for _, k := range lost {
 		inc(m.cfg.Metrics.PathChanges, "downgrade", ReasonTrustExpired)
 		m.cfg.Log.Info("direct path lost; back to the relay", "peer", k.ShortString())
@@ -308,6 +329,7 @@ func (m *Manager) NetworkChanged() {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	lost := 0
+	var sides []key.NodePublic
 	for k, pp := range m.peers {
 		if pp.best.IsValid() {
 			lost++
@@ -315,9 +337,17 @@ func (m *Manager) NetworkChanged() {
 			pp.probing = now
 			m.cfg.Bind.SetDirect(k, netip.AddrPort{})
 		}
+		if lostPathLocked(pp) {
+			sides = append(sides, k)
+		}
 		pp.attempted = time.Time{}
+		pp.tries = 0
+		pp.searchAt = time.Time{}
 	}
 	m.mu.Unlock()
+	for _, k := range sides {
+		m.removeSide(k)
+	}
 	for range lost {
 		inc(m.cfg.Metrics.PathChanges, "downgrade", ReasonNetworkChanged)
 	}

@@ -5,7 +5,8 @@
 // per-peer path state machine.
 //
 // Inputs: peer deltas (UpsertPeer, RemovePeer), disco packets from either
-// path (HandleDisco: pings, pongs, call-me-maybes), relay traffic that
+// path (HandleDisco: pings, pongs, call-me-maybes, and the punch messages
+// that coordinate birthday searches; see punch.go), relay traffic that
 // could be upgraded (RelaySent), local address changes and STUN results
 // (Discovery). Output: each peer's path, handed to the Bind (SetDirect,
 // SetTentative), and the addresses WireGuard packets may come from
@@ -117,6 +118,7 @@ const (
 	ReasonTrustExpired   = "trust_expired"   // downgrade: no pong within the trust window
 	ReasonPeerMoved      = "peer_moved"      // downgrade: the peer's endpoints no longer include our best address
 	ReasonNetworkChanged = "network_changed" // downgrade: our own network changed, every direct path is dropped
+	ReasonBirthday       = "birthday"        // upgrade: a birthday search (easy–hard NAT) found the path
 )
 
 // Metrics are the counters the machine feeds; any may be nil.
@@ -146,7 +148,10 @@ type Config struct {
 	// call-me-maybe. May be nil.
 	Endpoints func() []netip.AddrPort
 	Metrics   Metrics
-	Log       *slog.Logger
+	// Punch enables coordinated punches (birthday searches, priming);
+	// nil: plain hole punching only.
+	Punch *PunchConfig
+	Log   *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -160,6 +165,10 @@ type Manager struct {
 	peers   map[key.NodePublic]*peer
 	byDisco map[key.DiscoPublic]*peer
 	pings   map[disco.TxID]sentPing
+	// ctx is Run's context while it runs (searches need an owner);
+	// searches counts their goroutines, which Run waits for.
+	ctx      context.Context
+	searches sync.WaitGroup
 }
 
 type peer struct {
@@ -179,9 +188,14 @@ type peer struct {
 	lastPong  time.Time // on best
 	lastPing  time.Time // heartbeat sent to best
 	attempted time.Time // last upgrade attempt
+	tries     int       // rounds of attempts since the last direct path
 	probing   time.Time // when the current upgrade began (time to direct)
 	lastTx    uint64
 	active    time.Time
+	search    *search   // a birthday search with the peer, from the offer on
+	searchAt  time.Time // when the last search began or ended
+	punched   bool      // best came from a birthday search
+	side      bool      // ... and its packets leave from a side socket (hard side)
 }
 
 type sentPing struct {
@@ -219,6 +233,15 @@ func (m *Manager) DiscoKey() key.DiscoPublic { return m.pub }
 // Run drives heartbeats, trust expiry, retries and candidate expiry until
 // ctx ends.
 func (m *Manager) Run(ctx context.Context) {
+	m.mu.Lock()
+	m.ctx = ctx
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.ctx = nil
+		m.mu.Unlock()
+		m.searches.Wait() // they run under ctx, which has ended
+	}()
 	t := time.NewTicker(tickEvery)
 	defer t.Stop()
 	for {
@@ -239,8 +262,10 @@ func (m *Manager) UpsertPeer(p netmap.Node) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	pp := m.peers[p.NodeKey]
+	var closeSide bool
 	if pp != nil && pp.discoKey != p.DiscoKey {
 		// The peer restarted: whatever path we had is unconfirmed.
+		closeSide = lostPathLocked(pp)
 		m.dropLocked(pp)
 		if pp.best.IsValid() {
 			m.cfg.Bind.SetDirect(p.NodeKey, netip.AddrPort{})
@@ -270,6 +295,9 @@ func (m *Manager) UpsertPeer(p netmap.Node) {
 		pp.cands[ep] = now
 	}
 	m.mu.Unlock()
+	if closeSide {
+		m.removeSide(p.NodeKey)
+	}
 	if probe {
 		m.attempt(p.NodeKey, true)
 	}
@@ -278,9 +306,17 @@ func (m *Manager) UpsertPeer(p netmap.Node) {
 // RemovePeer forgets a peer: its path, candidates and accepted addresses.
 func (m *Manager) RemovePeer(k key.NodePublic) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	var closeSide bool
 	if pp := m.peers[k]; pp != nil {
+		if pp.search != nil && pp.search.cancel != nil {
+			pp.search.cancel()
+		}
+		closeSide = lostPathLocked(pp)
 		m.dropLocked(pp)
+	}
+	m.mu.Unlock()
+	if closeSide {
+		m.removeSide(k)
 	}
 }
 

@@ -121,6 +121,8 @@ type tnode struct {
 	eps  []netip.AddrPort
 	bind *fakeBind
 	m    *Manager
+	// sent, if set, is told of every UDP packet n sends.
+	sent func(dst netip.AddrPort)
 }
 
 func newWorld() *world {
@@ -158,6 +160,9 @@ func (w *world) setDelay(addr netip.AddrPort, d time.Duration, up bool) {
 }
 
 func (n *tnode) WriteTo(pkt []byte, dst netip.AddrPort) error {
+	if n.sent != nil {
+		n.sent(dst)
+	}
 	n.w.mu.Lock()
 	to, d, up := n.w.owner[dst], n.w.delay[dst], false
 	if _, ok := n.w.delay[dst]; ok && to != nil {

@@ -62,13 +62,15 @@ func TestLabTTLPriming(t *testing.T) {
 	const port = 41641
 	for _, tc := range []struct {
 		name        string
-		ttl         int // 0: no priming
+		ttl         int  // 0: no priming
+		raw         bool // through a Primer (raw socket, the node's port as source), not SendTTL
 		wantFar     bool
 		wantArrives bool
 	}{
-		{"ttl-3", 3, false, true},
-		{"no-priming", 0, false, false},
-		{"full-ttl", 64, true, false},
+		{"ttl-3", 3, false, false, true},
+		{"primer-ttl-3", 3, true, false, true},
+		{"no-priming", 0, false, false, false},
+		{"full-ttl", 64, false, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := lab.New(t)
@@ -107,7 +109,20 @@ func TestLabTTLPriming(t *testing.T) {
 			defer bc.Close()
 			bPub := netip.AddrPortFrom(far.WAN, port)   // B's mapping, if its router keeps the port
 			aPub := netip.AddrPortFrom(outer.WAN, port) // A's, through two easy NATs
-			if tc.ttl > 0 {
+			if tc.raw {
+				// The primer runs in a's namespace: a goroutine locked
+				// to its thread there.
+				if err := a.Do(func() error {
+					p, err := NewPrimer(tc.ttl)
+					if err != nil {
+						return err
+					}
+					defer p.Close()
+					return p.Send(port, bPub, []byte("prime"))
+				}); err != nil {
+					t.Fatal(err)
+				}
+			} else if tc.ttl > 0 {
 				if tc.ttl == 64 {
 					if _, err := ac.WriteToUDPAddrPort([]byte("prime"), bPub); err != nil {
 						t.Fatal(err)
