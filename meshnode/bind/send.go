@@ -22,38 +22,31 @@ func (b *Bind) Send(bufs [][]byte, cep conn.Endpoint) error {
 	}
 	r := ep.route.Load()
 	if r.directEP != nil {
+		// The peer's side socket (a birthday search's winner) when the
+		// direct path runs over it, else the main socket.
+		var err error
+		sent := false
 		if s := r.side; s != nil && s.remote == r.direct {
-			err := s.send(bufs)
-			switch {
-			case err != nil:
-				b.directErrs.Add(1)
-			case r.both:
-				b.txBytes[PathDirect].Add(n)
-				b.txPackets[PathDirect].Add(uint64(len(bufs)))
-			default:
-				b.txBytes[PathDirect].Add(n)
-				b.txPackets[PathDirect].Add(uint64(len(bufs)))
-				ep.txBytes.Add(n)
-				return nil
-			}
+			err, sent = s.send(bufs), true
 		} else if u := b.udp.Load(); u != nil {
-			err := u.Send(bufs, r.directEP)
-			switch {
-			case err != nil:
-				// The direct path failed (network gone, address
-				// changed): this batch goes through the relay, and the
-				// path state machine will notice the missing pongs.
-				b.directErrs.Add(1)
-			case r.both:
-				// Unconfirmed direct path: the relay carries a copy.
-				b.txBytes[PathDirect].Add(n)
-				b.txPackets[PathDirect].Add(uint64(len(bufs)))
-			default:
-				b.txBytes[PathDirect].Add(n)
-				b.txPackets[PathDirect].Add(uint64(len(bufs)))
-				ep.txBytes.Add(n)
-				return nil
-			}
+			err, sent = u.Send(bufs, r.directEP), true
+		}
+		switch {
+		case !sent:
+		case err != nil:
+			// The direct path failed (network gone, address
+			// changed): this batch goes through the relay, and the
+			// path state machine will notice the missing pongs.
+			b.directErrs.Add(1)
+		case r.both:
+			// Unconfirmed direct path: the relay carries a copy.
+			b.txBytes[PathDirect].Add(n)
+			b.txPackets[PathDirect].Add(uint64(len(bufs)))
+		default:
+			b.txBytes[PathDirect].Add(n)
+			b.txPackets[PathDirect].Add(uint64(len(bufs)))
+			ep.txBytes.Add(n)
+			return nil
 		}
 	}
 	if b.cfg.Relay == nil && r.relay == nil {

@@ -311,6 +311,14 @@ func (m *Manager) verifier(node key.NodePublic, shared key.SharedKey, tx disco.T
 	}
 }
 
+// searchLocked returns k's search in progress, or nil. m.mu is held.
+func (m *Manager) searchLocked(k key.NodePublic) *search {
+	if pp := m.peers[k]; pp != nil {
+		return pp.search
+	}
+	return nil
+}
+
 // startHard: the easy side answered our offer; open the sockets.
 func (m *Manager) startHard(k key.NodePublic, msg *disco.Punch) {
 	peerEP := netip.AddrPortFrom(msg.Addr.Addr().Unmap(), msg.Addr.Port())
@@ -319,17 +327,13 @@ func (m *Manager) startHard(k key.NodePublic, msg *disco.Punch) {
 	}
 	now := m.cfg.Now()
 	m.mu.Lock()
-	pp := m.peers[k]
-	var s *search
-	if pp != nil {
-		s = pp.search
-	}
+	s := m.searchLocked(k)
 	if s == nil || s.id != msg.ID || s.role != punch.RoleHard || s.running || m.ctx == nil ||
 		m.runningSearchesLocked() >= MaxSearches {
 		m.mu.Unlock()
 		return
 	}
-	shared := pp.shared
+	shared := m.peers[k].shared // s != nil: the peer is there
 	s.running, s.at, s.tx = true, now, disco.NewTxID()
 	ctx, cancel := context.WithCancel(m.ctx)
 	s.cancel = cancel
@@ -369,11 +373,7 @@ func (m *Manager) startHard(k key.NodePublic, msg *disco.Punch) {
 func (m *Manager) startEasy(k key.NodePublic, msg *disco.Punch) {
 	now := m.cfg.Now()
 	m.mu.Lock()
-	pp := m.peers[k]
-	var s *search
-	if pp != nil {
-		s = pp.search
-	}
+	s := m.searchLocked(k)
 	if s == nil || s.id != msg.ID || s.role != punch.RoleEasy || s.running || s.easy == nil || m.ctx == nil ||
 		m.runningSearchesLocked() >= MaxSearches {
 		m.mu.Unlock()
