@@ -14,12 +14,15 @@
 # measured in the same run for a ratio. Results: $AB/VARIANT-ROUND.json, the
 # relayd's process_cpu_seconds_total before and after in $AB/VARIANT-ROUND.cpu,
 # the load average per run in $AB/log.
+# LOADTEST_FLAGS adds flags to every loadtest relay run, for example
+# "--client-batch 32" (clients that batch their system calls too).
 # It uses 127.0.0.1:7410-7414 and stops everything it starts (by PID).
 set -euo pipefail
 AB=${AB:-/tmp/ab}
 ROUNDS=${ROUNDS:-3}
 VARIANTS=${VARIANTS:-before after}
 BASELINE=${BASELINE:-on}
+read -r -a ltflags <<<"${LOADTEST_FLAGS:-}"
 cd "$AB"
 first=${VARIANTS%% *}
 first=${first%-nogso}
@@ -49,7 +52,7 @@ for round in $(seq "$ROUNDS"); do
 		c0=$(cpu)
 		./"$bin"-loadtest relay --relay 127.0.0.1:7410 --pin "$pin" --relay-key "$rk" --signing-key-file "$AB/sign.key" \
 			--pairs 8 --size 1280 --duration 5s --delivery fastpath "${base[@]}" --max-loss 0.01 --search-duration 2s \
-			--progress 0 --json >"$AB/$v-$round.json" 2>"$AB/$v-$round.err" || true
+			--progress 0 "${ltflags[@]}" --json >"$AB/$v-$round.json" 2>"$AB/$v-$round.err" || true
 		echo "$c0 $(cpu)" >"$AB/$v-$round.cpu"
 		kill "$rp"
 		wait "$rp" 2>/dev/null || true
