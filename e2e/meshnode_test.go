@@ -37,6 +37,23 @@ func hardNATHost(t testing.TB, w *world, name string) *lab.Host {
 	return h
 }
 
+// relayedPair starts nodes a and b, each behind its own hard NAT (so
+// relayed), waits until each has the other as its one peer, and pings b
+// from a once. It returns the nodes and b's mesh address.
+func relayedPair(t testing.TB, w *world) (a, b *node, bIP netip.Addr) {
+	t.Helper()
+	a = w.startNode("a", hardNATHost(t, w, "a"))
+	b = w.startNode("b", hardNATHost(t, w, "b"))
+	for _, n := range []*node{a, b} {
+		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
+	}
+	bIP = b.ip()
+	if err := a.ping(bIP, 1); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, bIP
+}
+
 // transfer sends size bytes over TCP from src to dst's mesh address and
 // checks the SHA-256 on arrival.
 func transfer(t *testing.T, src, dst *node, dstIP netip.Addr, size int) {

@@ -197,15 +197,7 @@ func median(v []float64) float64 {
 // sends every 10 ms until the first reply.
 func BenchmarkLabTimeToFirstPing(b *testing.B) {
 	w := newWorld(b, "nyc")
-	a := w.startNode("a", hardNATHost(b, w, "a"))
-	bn := w.startNode("b", hardNATHost(b, w, "b"))
-	for _, n := range []*node{a, bn} {
-		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
-	}
-	bIP := bn.ip()
-	if err := a.ping(bIP, 1); err != nil {
-		b.Fatal(err)
-	}
+	a, bn, bIP := relayedPair(b, w)
 	var runs []float64
 	for i := 0; i < b.N; i++ {
 		bn.stop()

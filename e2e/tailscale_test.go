@@ -22,7 +22,6 @@ import (
 
 	"github.com/wiremesh/wiremesh/internal/poll"
 	"github.com/wiremesh/wiremesh/lab"
-	"github.com/wiremesh/wiremesh/meshnode/localapi"
 )
 
 // tsBinDir returns the directory holding derper, tailscaled, tailscale and
@@ -248,15 +247,7 @@ func BenchmarkLabRelayVsTailscale(b *testing.B) {
 	}
 
 	// Wiremesh: two nodes behind hard NATs, relayed by relayd's fast path.
-	a := w.startNode("a", hardNATHost(b, w, "a"))
-	bn := w.startNode("b", hardNATHost(b, w, "b"))
-	for _, n := range []*node{a, bn} {
-		n.waitStatus("one peer", func(st localapi.Status) bool { return len(st.Peers) == 1 })
-	}
-	bIP := bn.ip()
-	if err := a.ping(bIP, 1); err != nil {
-		b.Fatal(err)
-	}
+	a, bn, bIP := relayedPair(b, w)
 
 	const dur = 5 * time.Second
 	var tsBps, wmBps, ratios, tsCPU, wmCPU []float64
