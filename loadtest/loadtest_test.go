@@ -14,16 +14,23 @@ import (
 // These tests run each mode briefly on loopback and check the report's
 // shape and internal consistency, never its speed.
 
-func TestRelayModeJSON(t *testing.T) {
+// startForwarder runs the plain UDP forwarder on loopback until ctx ends.
+func startForwarder(t *testing.T, ctx context.Context) *net.UDPConn {
+	t.Helper()
 	fwd, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	go forwardUDP(ctx, fwd)
+	return fwd
+}
+
+func TestRelayModeJSON(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go forwardUDP(ctx, fwd)
+	fwd := startForwarder(t, ctx)
 	var out, errOut bytes.Buffer
-	err = Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", "2000", "--delivery", "all",
+	err := Command(ctx, []string{"relay", "--pairs", "2", "--duration", "300ms", "--rate", "2000", "--delivery", "all",
 		"--baseline-udp", fwd.LocalAddr().String(), "--flood", "--probe-rate", "200", "--max-loss", "0.5", "--search-duration", "200ms", "--json", "--progress", "100ms"}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
@@ -105,13 +112,9 @@ func TestHistQuantiles(t *testing.T) {
 // arrives through recvmmsg (so a packet received proves that path), the
 // UDP forwarder's clients likewise; a paced run still keeps to its rate.
 func TestRelayClientBatch(t *testing.T) {
-	fwd, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go forwardUDP(ctx, fwd)
+	fwd := startForwarder(t, ctx)
 	for _, rate := range []string{"0", "2000"} {
 		t.Run("rate="+rate, func(t *testing.T) {
 			var out, errOut bytes.Buffer
