@@ -218,6 +218,11 @@ func TestDatabaseUnavailable(t *testing.T) {
 	n2 := b.Register(t, key, "two")
 	w1 := watch(t, n1, netmap.MapRequest{})
 	w1.waitFor("one sees two", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("two"); return ok })
+	// b hears of one through the database (NOTIFY, then a row read): it
+	// must have before the database goes, or it cannot serve one below.
+	w2up := watch(t, on(b, n2), netmap.MapRequest{})
+	w2up.waitFor("two sees one through b", func(nm *netmap.NetworkMap) bool { _, ok := nm.PeerByName("one"); return ok })
+	w2up.stop()
 
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
