@@ -54,6 +54,10 @@ const DefaultQueueBytes = 256 << 10
 // client cannot grow without bound. Config.ClientRate < 0 turns it off.
 const DefaultClientRate = 125_000_000
 
+// DefaultFastBulkNice is how much lower a bulk fast-path client's loop
+// runs in CPU priority (Config.FastBulkNice).
+const DefaultFastBulkNice = 10
+
 // writeTimeout bounds one stream write. A client whose flow-control
 // window stays shut this long is not reading and is closed; its queues
 // meanwhile drop their oldest packets as usual.

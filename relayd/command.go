@@ -30,6 +30,7 @@ type Flags struct {
 	FastListen     string        `flag:"fastpath-listen" env:"FASTPATH_LISTEN" help:"UDP address for the plain-UDP fast path clients may negotiate (default: off); each client gets its own port on this IP"`
 	FastShared     bool          `flag:"fastpath-shared" env:"FASTPATH_SHARED" help:"serve every fast-path client on the --fastpath-listen port itself (one firewall port; no fairness between them)"`
 	FastNoGSO      bool          `flag:"fastpath-no-gso" env:"FASTPATH_NO_GSO" help:"do not use UDP GSO for fast-path sends (sendmmsg batching stays)"`
+	FastBulkNice   int           `flag:"fastpath-bulk-nice" env:"FASTPATH_BULK_NICE" envDefault:"10" help:"serve a fast-path client that keeps its socket full from a thread this much lower in CPU priority (nice 1..19), so other clients' packets go first; 0: off"`
 	PublicAddr     string        `flag:"public-addr" env:"PUBLIC_ADDR" help:"host:port clients reach this relay at"`
 	StateDir       string        `flag:"state-dir" env:"STATE_DIR" help:"directory for the relay key and certificate (required)"`
 	MetricsListen  string        `flag:"metrics-listen" env:"METRICS_LISTEN" help:"address to serve /metrics and /healthz on"`
@@ -102,7 +103,7 @@ func printPin(f Flags, out io.Writer) error {
 
 func (f Flags) config() (Config, error) {
 	cfg := Config{
-		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen, FastShared: f.FastShared, FastNoGSO: f.FastNoGSO,
+		Region: f.Region, Listen: f.Listen, ListenTCP: f.ListenTCP, ListenSTUN: f.STUNListen, ListenFast: f.FastListen, FastShared: f.FastShared, FastNoGSO: f.FastNoGSO, FastBulkNice: f.FastBulkNice,
 		PublicAddr: f.PublicAddr, StateDir: f.StateDir, MeshWith: f.MeshWith,
 		QueueLen: f.QueueLen, DiscoQueueLen: f.DiscoQueueLen, QueueBytes: f.QueueBytes,
 		ClientRate: f.ClientRate, ClientBurst: f.ClientBurst, DrainGrace: f.DrainGrace,
@@ -110,6 +111,9 @@ func (f Flags) config() (Config, error) {
 	}
 	if f.ClientRate == 0 {
 		cfg.ClientRate = -1 // the flag's 0 is "unlimited"; Config's 0 is the default
+	}
+	if f.FastBulkNice == 0 {
+		cfg.FastBulkNice = -1 // the flag's 0 is "off"; Config's 0 is the default
 	}
 	if f.Region == "" {
 		return cfg, errors.New("relayd: --region is required")
@@ -160,6 +164,9 @@ func (f Flags) config() (Config, error) {
 	cfg.MeshSecret = []byte(secret)
 	if f.QueueLen < 1 || f.DiscoQueueLen < 1 {
 		return cfg, errors.New("relayd: --queue-len and --disco-queue-len must be at least 1")
+	}
+	if f.FastBulkNice < 0 || f.FastBulkNice > 19 {
+		return cfg, errors.New("relayd: --fastpath-bulk-nice must be 0 (off) to 19")
 	}
 	if f.ClientRate < 0 || f.ClientBurst < 0 {
 		return cfg, errors.New("relayd: --client-rate and --client-burst must not be negative")

@@ -44,6 +44,8 @@ type metrics struct {
 	revokedClosed   prometheus.Counter
 	revocationPolls *prometheus.CounterVec // result: ok|error|not_supported
 	fastBatch       prometheus.Histogram
+	fastBulkLoops   prometheus.Gauge       // client loops on a lowered-priority thread
+	fastBulkMoves   prometheus.Counter     // times a client loop moved there
 	fastConfirms    *prometheus.CounterVec // result: ok|mismatch
 	fastChallenges  *prometheus.CounterVec // result: sent|rate_limited
 
@@ -136,7 +138,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "relayd_fastpath_read_batch_datagrams", Help: "Datagrams per fast-path read (recvmmsg batch).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32},
 	})
-	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch)
+	m.fastBulkLoops = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "relayd_fastpath_bulk_loops", Help: "Fast-path client loops now served from a thread of lowered CPU priority (clients that keep their socket full; --fastpath-bulk-nice).",
+	})
+	m.fastBulkMoves = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "relayd_fastpath_bulk_demotions_total", Help: "Times a fast-path client loop moved to a thread of lowered CPU priority.",
+	})
+	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch, m.fastBulkLoops, m.fastBulkMoves)
 	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
 	for _, r := range []string{"ok", "mismatch"} {
 		m.fastConfirms.WithLabelValues(r)

@@ -86,9 +86,15 @@ type Config struct {
 	FastShared bool
 	// FastNoGSO turns UDP GSO off on the fast path's sends (sendmmsg
 	// batching stays); for measuring, or kernels that misbehave with it.
-	FastNoGSO  bool
-	PublicAddr string // host:port clients use; only put in the certificate
-	StateDir   string // relay key and certificate live here
+	FastNoGSO bool
+	// FastBulkNice is how much lower the CPU priority (nice) of a bulk
+	// client's fast-path loop is: a client that keeps its own socket full
+	// is served from a thread of its own at that lower priority, so that
+	// the other clients' packets preempt it (docs/relayd.md). 0 means
+	// DefaultFastBulkNice, negative turns it off.
+	FastBulkNice int
+	PublicAddr   string // host:port clients use; only put in the certificate
+	StateDir     string // relay key and certificate live here
 
 	Trusted    []key.SigningPublic // coordinator signing keys (see SetTrusted)
 	MeshWith   []string            // regional peers' addresses (see SetMesh)
@@ -139,6 +145,9 @@ type Server struct {
 	// send shows the path cannot do UDP GSO (or Config.FastNoGSO).
 	fastBC    batchConn
 	fastNoGSO atomic.Bool
+	// bulkNiceFailed is set once lowering a bulk loop's priority failed
+	// (logged once).
+	bulkNiceFailed atomic.Bool
 
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
@@ -193,6 +202,10 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	if cfg.ClientRate == 0 {
 		cfg.ClientRate = DefaultClientRate
 	}
+	if cfg.FastBulkNice == 0 {
+		cfg.FastBulkNice = DefaultFastBulkNice
+	}
+	cfg.FastBulkNice = min(cfg.FastBulkNice, 19)
 	if cfg.ClientRate > 0 && cfg.ClientBurst <= 0 {
 		cfg.ClientBurst = int(cfg.ClientRate)
 	}

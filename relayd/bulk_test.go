@@ -1,0 +1,207 @@
+package relayd
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/wiremesh/wiremesh/internal/poll"
+	"github.com/wiremesh/wiremesh/relayproto"
+)
+
+// threadNices returns the nice value of every thread of this process.
+func threadNices(t *testing.T) []int {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/self/task/*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread ended
+		}
+		// Fields after the command's closing parenthesis start at field 3;
+		// nice is field 19.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) < 17 {
+			t.Fatalf("%s: short stat %q", p, b)
+		}
+		n, err := strconv.Atoi(f[16])
+		if err != nil {
+			t.Fatalf("%s: nice %q: %v", p, f[16], err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func countNice(t *testing.T, nice int) int {
+	n := 0
+	for _, v := range threadNices(t) {
+		if v == nice {
+			n++
+		}
+	}
+	return n
+}
+
+// TestLowerThreadPriority: the helper lowers only the calling thread.
+func TestLowerThreadPriority(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("per-thread priority is Linux only")
+	}
+	base, err := threadNice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base > 12 {
+		t.Skipf("test process already at nice %d", base)
+	}
+	type res struct {
+		nice int
+		err  error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := lowerThreadPriority(7); err != nil {
+			ch <- res{err: err}
+			return
+		}
+		n, err := threadNice()
+		ch <- res{n, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.nice != base+7 {
+		t.Fatalf("lowered thread at nice %d, want %d", r.nice, base+7)
+	}
+	if n, _ := threadNice(); n != base {
+		t.Fatalf("calling thread moved to nice %d, want %d", n, base)
+	}
+}
+
+// flooder keeps a's own relay socket full of FastSend datagrams to dst
+// until stop is called.
+func flooder(t *testing.T, a, dst fastPeer) (stop func()) {
+	d := relayproto.AppendFastSend(nil, a.fs.session, dst.cl.key, make([]byte, 1280))
+	to := a.fs.conn.LocalAddr()
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			for range 64 {
+				a.sock.WriteTo(d, to)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestFastBulkClientDemoted: a client that keeps its socket full (here:
+// over its rate, so its loop pauses and the kernel queues) is served from
+// a thread of lowered priority, and back on an ordinary one once it only
+// trickles.
+func TestFastBulkClientDemoted(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("per-thread priority is Linux only")
+	}
+	base, err := threadNice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base+DefaultFastBulkNice > 19 {
+		t.Skipf("test process already at nice %d", base)
+	}
+	lowered := base + DefaultFastBulkNice
+	before := countNice(t, lowered)
+	s := newTestServer(t, func(c *Config) {
+		c.ListenFast = "127.0.0.1:0"
+		c.ClientRate, c.ClientBurst = 1<<20, 8*1280
+	})
+	a, b := newFastPeer(t, s), newFastPeer(t, s) // each with its own socket's loop running
+	stop := flooder(t, a, b)
+	poll.UntilWithin(t, 30*time.Second, "the flooding client's loop demoted", func() bool {
+		return testutil.ToFloat64(s.m.fastBulkLoops) == 1
+	})
+	if n := testutil.ToFloat64(s.m.fastBulkMoves); n != 1 {
+		t.Fatalf("demotions %v, want 1", n)
+	}
+	if n := countNice(t, lowered); n != before+1 {
+		t.Fatalf("%d threads at nice %d, want %d", n, lowered, before+1)
+	}
+	// Packets still flow from the demoted loop.
+	if got := len(recvAll(t, b, 1, a)); got != 1 {
+		t.Fatal("nothing forwarded from the demoted loop")
+	}
+	stop()
+	// A trickle: partial batches only, so after bulkQuiet it moves back.
+	d := relayproto.AppendFastSend(nil, a.fs.session, b.cl.key, []byte("trickle"))
+	poll.UntilWithin(t, 30*time.Second, "the loop back on an ordinary thread", func() bool {
+		a.sock.WriteTo(d, a.fs.conn.LocalAddr())
+		return testutil.ToFloat64(s.m.fastBulkLoops) == 0
+	})
+	poll.UntilWithin(t, 30*time.Second, "the lowered thread gone", func() bool {
+		return countNice(t, lowered) == before
+	})
+	if n := testutil.ToFloat64(s.m.fastBulkMoves); n != 1 {
+		t.Fatalf("demotions %v, want 1", n)
+	}
+}
+
+// TestFastBulkNiceOff: with FastBulkNice negative a flooding client's loop
+// stays where it is.
+func TestFastBulkNiceOff(t *testing.T) {
+	s := newTestServer(t, func(c *Config) {
+		c.ListenFast = "127.0.0.1:0"
+		c.ClientRate, c.ClientBurst = 1<<20, 8*1280
+		c.FastBulkNice = -1
+	})
+	a, b := newFastPeer(t, s), newFastPeer(t, s) // each with its own socket's loop running
+	flooder(t, a, b)
+	poll.UntilWithin(t, 60*time.Second, "several times bulkAfter batches read", func() bool {
+		return fullBatches(t, s) >= 3*bulkAfter
+	})
+	if n := testutil.ToFloat64(s.m.fastBulkMoves); n != 0 {
+		t.Fatalf("demotions %v with the feature off, want 0", n)
+	}
+}
+
+// fullBatches is how many fast-path reads returned a full batch: the
+// histogram's samples above its 16 bucket (reads are at most fastBatchLen).
+func fullBatches(t *testing.T, s *Server) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := s.m.fastBatch.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	h := m.GetHistogram()
+	for _, b := range h.GetBucket() {
+		if b.GetUpperBound() == 16 {
+			return h.GetSampleCount() - b.GetCumulativeCount()
+		}
+	}
+	t.Fatal("no 16 bucket")
+	return 0
+}
