@@ -54,6 +54,17 @@ const DefaultQueueBytes = 256 << 10
 // client cannot grow without bound. Config.ClientRate < 0 turns it off.
 const DefaultClientRate = 125_000_000
 
+// DefaultClientBurst is the default token bucket depth, as time at the
+// client's rate: 100 ms, 12.5 MB at the default rate. A second's worth
+// (the default before) let a flooding client run unlimited for its first
+// second, and that second alone set the other clients' p99 (BENCHMARKS.md).
+// minClientBurst keeps a small --client-rate usable: a fast-path batch of
+// full-size datagrams fits.
+const (
+	DefaultClientBurst = 100 * time.Millisecond
+	minClientBurst     = 64 << 10
+)
+
 // DefaultFastBulkNice is how much lower a bulk fast-path client's loop
 // runs in CPU priority (Config.FastBulkNice).
 const DefaultFastBulkNice = 10

@@ -40,7 +40,7 @@ type Flags struct {
 	MeshSecret     string        `flag:"mesh-secret" env:"MESH_SECRET" help:"shared secret of the regional mesh"`
 	MeshSecretFile string        `flag:"mesh-secret-file" env:"MESH_SECRET_FILE" help:"file holding the mesh secret (beats --mesh-secret)"`
 	ClientRate     float64       `flag:"client-rate" env:"CLIENT_RATE" envDefault:"125000000" help:"per-client send limit in bytes per second (default 1 Gbit/s; 0: unlimited)"`
-	ClientBurst    int           `flag:"client-burst" env:"CLIENT_BURST" help:"per-client burst in bytes (default: one second of --client-rate)"`
+	ClientBurst    int           `flag:"client-burst" env:"CLIENT_BURST" help:"per-client burst in bytes (default: 100 ms of --client-rate, at least 64 KiB)"`
 	QueueLen       int           `flag:"queue-len" env:"QUEUE_LEN" envDefault:"128" help:"per-client data queue in packets (oldest dropped when full)"`
 	DiscoQueueLen  int           `flag:"disco-queue-len" env:"DISCO_QUEUE_LEN" envDefault:"16" help:"per-client disco queue in packets"`
 	QueueBytes     int           `flag:"queue-bytes" env:"QUEUE_BYTES" envDefault:"262144" help:"per-client cap on queued payload bytes, data and disco together (oldest dropped past it)"`

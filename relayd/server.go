@@ -104,7 +104,7 @@ type Config struct {
 	DiscoQueueLen int     // per-client disco queue; 0 means DefaultDiscoQueueLen
 	QueueBytes    int     // payload bytes queued per client, both queues; 0 means DefaultQueueBytes
 	ClientRate    float64 // bytes/s per client; 0 means DefaultClientRate, negative unlimited
-	ClientBurst   int     // token bucket depth in bytes; 0 means one second of ClientRate
+	ClientBurst   int     // token bucket depth in bytes; 0 means DefaultClientBurst of ClientRate
 	DrainGrace    time.Duration
 
 	// Admission limits (see pending.go). Zero values take the defaults.
@@ -207,7 +207,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	}
 	cfg.FastBulkNice = min(cfg.FastBulkNice, 19)
 	if cfg.ClientRate > 0 && cfg.ClientBurst <= 0 {
-		cfg.ClientBurst = int(cfg.ClientRate)
+		cfg.ClientBurst = max(int(cfg.ClientRate*DefaultClientBurst.Seconds()), minClientBurst)
 	}
 	priv, cert, err := LoadState(cfg.StateDir, cfg.PublicAddr)
 	if err != nil {
