@@ -31,6 +31,7 @@ var modes = map[string]mode{
 	"relay":   {"N client pairs through one relay: packets/s, Gbit/s, latency, loss", runRelay},
 	"connect": {"M concurrent idle relay clients: connects/s and relay memory per client", runConnect},
 	"udpfwd":  {"a plain Go UDP forwarder, the baseline for `loadtest relay --baseline-udp`", runUDPFwd},
+	"flood":   {"one pair through a relay at full speed, a flooding client (what relay --flood runs in a process of its own)", runFlood},
 	"keygen":  {"make a signing key for relayd --trust-key and --signing-key-file", runKeygen},
 	"coordinator": {"N simulated nodes registering and streaming netmaps: fan-out p50/p99, memory",
 		func(ctx context.Context, args []string, out, _ io.Writer) error {

@@ -47,6 +47,7 @@ type relayOpts struct {
 	SearchTime  time.Duration `flag:"search-duration" env:"SEARCH_DURATION" envDefault:"3s" help:"length of each --max-loss trial run"`
 	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
+	FloodNice   int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) at this nice value; -1: in this process"`
 	ClientBatch int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
 }
 
@@ -79,6 +80,10 @@ type FloodResult struct {
 	Unloaded RunResult `json:"unloaded"`
 	Loaded   RunResult `json:"loaded"`
 	P99Ratio float64   `json:"p99_ratio"`
+	// FloodProcess says the flooding pair ran in a child process (loadtest
+	// flood) at nice FloodNice, as a client on another host would.
+	FloodProcess bool `json:"flood_process"`
+	FloodNice    int  `json:"flood_nice"`
 }
 
 // RelayReport is `loadtest relay --json` output.
@@ -185,12 +190,21 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 			if err != nil {
 				return err
 			}
-			spec.flood = 1
-			lo, err := runPairs(ctx, tgt, spec, o.Progress, errOut)
+			var lo RunResult
+			proc := o.Relay != "" && o.FloodNice >= 0
+			if proc {
+				lo, err = runFloodChild(ctx, tgt, o, d, spec, errOut)
+			} else {
+				spec.flood = 1
+				lo, err = runPairs(ctx, tgt, spec, o.Progress, errOut)
+			}
 			if err != nil {
 				return err
 			}
-			fr := FloodResult{Delivery: d, Unloaded: un, Loaded: lo}
+			fr := FloodResult{Delivery: d, Unloaded: un, Loaded: lo, FloodProcess: proc}
+			if proc {
+				fr.FloodNice = o.FloodNice
+			}
 			if un.LatencyP99Ms > 0 {
 				fr.P99Ratio = round(lo.LatencyP99Ms/un.LatencyP99Ms, 2)
 			}
@@ -262,6 +276,9 @@ type pairSpec struct {
 	rate     float64 // total pps over the measured pairs; 0 = unpaced
 	flood    int     // extra unpaced pairs, not measured
 	batch    int     // datagrams per system call of batched clients (≤ 1: none)
+	// beforeDrive, when set, runs after the pairs are dialled and warmed
+	// up, just before the senders start.
+	beforeDrive func() error
 }
 
 // counters are one receiver's figures.
@@ -388,6 +405,11 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 	time.Sleep(200 * time.Millisecond)
 
 	res := RunResult{Delivery: spec.delivery, Transport: transport, Pairs: spec.pairs, Size: spec.size, TargetPPS: spec.rate, FloodPairs: spec.flood}
+	if spec.beforeDrive != nil {
+		if err := spec.beforeDrive(); err != nil {
+			return res, err
+		}
+	}
 	err := drive(ctx, t0, sends, stats, spec, prog, errOut)
 	if err != nil {
 		return res, err
@@ -528,6 +550,13 @@ func summarize(res *RunResult, stats []*counters, spec pairSpec) {
 		res.Sent += c.sent.Load()
 		res.Received += c.recv.Load()
 		h.merge(&c.h)
+	}
+	if spec.pairs == 0 {
+		// Only flooding pairs (loadtest flood): report what they sent.
+		for _, c := range stats {
+			res.Sent += c.sent.Load()
+			res.Received += c.recv.Load()
+		}
 	}
 	var bytes uint64
 	for _, c := range stats[:spec.pairs] {
