@@ -81,6 +81,11 @@ type fastBatch struct {
 	gso    [][]byte       // scratch buffers for coalesced GSO sends
 	// limited is a client whose packets in this batch hit its rate limit.
 	limited *client
+	// blocked is set by forwardFast when a datagram from a client on its
+	// own socket found the bucket empty: handleFastBatch then writes what
+	// it has, waits for tokens and tries that datagram again once (retry),
+	// so the relay shapes such a client instead of dropping its packets.
+	blocked, retry bool
 }
 
 func newFastBatch() *fastBatch {
@@ -228,6 +233,20 @@ func (s *Server) handleFastBatch(conn *net.UDPConn, b *fastBatch, in []ipv4.Mess
 		from := ua.AddrPort()
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		s.handleFast(conn, m.Buffers[0][:m.N], from, b)
+		if b.blocked {
+			b.blocked = false
+			s.flushFast(b)
+			need := 0
+			for _, r := range in[i:] {
+				need += r.N
+			}
+			if d := b.limited.lim.wait(need, time.Now(), fastPauseMax); d > 0 {
+				time.Sleep(d)
+			}
+			b.retry = true // a second miss drops it
+			s.handleFast(conn, m.Buffers[0][:m.N], from, b)
+			b.retry = false
+		}
 	}
 	s.flushFast(b)
 }

@@ -315,8 +315,14 @@ func (s *Server) forwardFast(src *client, dstKey key.NodePublic, d, payload []by
 	if dst != nil {
 		if addr, ok := dst.fastAddr(); ok {
 			if src.lim != nil && !src.lim.allow(len(payload), time.Now()) {
-				s.m.drops.WithLabelValues(dropRateLimited).Inc()
 				b.limited = src
+				if fs := src.fast.Load(); fs != nil && fs.conn != nil && !b.retry {
+					// Its own socket: the batch waits for tokens and
+					// this datagram is tried again (handleFastBatch).
+					b.blocked = true
+					return
+				}
+				s.m.drops.WithLabelValues(dropRateLimited).Inc()
 				return
 			}
 			dst.noteSender(src)
