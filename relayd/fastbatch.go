@@ -26,13 +26,15 @@ import (
 //
 // Fairness: every client has its own socket and loop, so a flooding client
 // fills its own receive buffer and batches, never another client's. And a
-// client over its --client-rate does not cost the relay a core either:
-// once a batch from its own socket hits the limit, its loop pauses until
-// the bucket holds a batch again (at most fastPauseMax), so what it sends
-// beyond its rate is dropped by the kernel at its socket instead of being
-// read, parsed and dropped by the relay. A destination whose send fails (its socket closed, its buffer
-// refusing) loses only its own packets of the batch, counted as
-// write_error; the other destinations of the batch are still written.
+// client over its --client-rate is shaped and does not cost the relay a
+// core either: a batch from its own socket that finds the bucket empty
+// waits for tokens mid-way (handleFastBatch), and after it the loop pauses
+// until the bucket holds a batch again (at most fastPauseMax), so what it
+// sends beyond its rate waits in its socket buffer, or is dropped there by
+// the kernel, instead of being read, parsed and dropped by the relay. A
+// destination whose send fails (its socket closed, its buffer refusing)
+// loses only its own packets of the batch, counted as write_error; the
+// other destinations of the batch are still written.
 
 // Batch sizing. 32 datagrams of 2 KiB is 64 KiB per loop, what one 64 KiB
 // read buffer cost before batching; at 1 Gbit/s of 1280-byte packets a
@@ -116,10 +118,10 @@ func (b *fastBatch) add(conn *net.UDPConn, bc batchConn, addr netip.AddrPort, fr
 // Bulk clients. A client that keeps its own socket full (bulkAfter full
 // batches in a row) has its loop moved to an OS thread of its own whose
 // nice value is Config.FastBulkNice higher. The relay's other threads, and
-// with them the other clients' packets, then preempt it: at a 1 Gbit/s
-// flood the other clients' p99 halved in BENCHMARKS.md. Its throughput
-// does not suffer on a relay with spare CPU, as the kernel still gives a
-// lower-priority thread every cycle nobody else wants. The loop moves back
+// with them the other clients' packets, then preempt it when the cores are
+// contended. Its throughput does not suffer on a relay with spare CPU, as
+// the kernel still gives a lower-priority thread every cycle nobody else
+// wants. The loop moves back
 // to an ordinary thread once it has read no full batch for bulkQuiet; the
 // lowered thread ends with it (raising a priority again needs privileges).
 const (
