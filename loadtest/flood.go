@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wiremesh/wiremesh/internal/nice"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
 
@@ -58,7 +59,7 @@ func runFlood(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return fmt.Errorf("loadtest flood: --delivery %q: want fastpath, datagram or stream", o.Delivery)
 	}
 	if o.Nice != 0 {
-		if err := lowerPriority(o.Nice); err != nil {
+		if err := nice.LowerProcess(o.Nice); err != nil {
 			return fmt.Errorf("loadtest flood: %w", err)
 		}
 	}
@@ -125,8 +126,11 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 		return RunResult{}, fmt.Errorf("loadtest: flood child: %w", err)
 	}
 	rd := bufio.NewReader(stdout)
-	readyc := make(chan error, 1)
+	// readyc has the first line's verdict; readDone closes once the
+	// reader is done with the pipe, which Wait must not close before.
+	readyc, readDone := make(chan error, 1), make(chan struct{})
 	go func() {
+		defer close(readDone)
 		line, err := rd.ReadString('\n')
 		if err == nil && strings.TrimSpace(line) != "ready" {
 			err = fmt.Errorf("unexpected line %q", line)
@@ -136,7 +140,7 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 	fail := func(err error) (RunResult, error) {
 		cancel()
 		stdin.Close()
-		<-readyc // the pipe closes when the killed child is reaped
+		<-readDone // the pipe closes once the killed child is gone
 		cmd.Wait()
 		return RunResult{}, fmt.Errorf("loadtest: flood child: %w; its stderr: %s", err, strings.TrimSpace(stderr.String()))
 	}
@@ -144,7 +148,6 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 	defer timer.Stop()
 	select {
 	case err := <-readyc:
-		readyc <- nil // for fail
 		if err != nil {
 			return fail(fmt.Errorf("waiting for ready: %w", err))
 		}

@@ -1,19 +1,19 @@
 package loadtest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/wiremesh/wiremesh/internal/nice"
 	"github.com/wiremesh/wiremesh/key"
 )
 
@@ -29,8 +29,6 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0)
-	case "nice":
-		os.Exit(niceChild())
 	}
 	os.Exit(m.Run())
 }
@@ -91,50 +89,51 @@ func TestRelayFloodChildProcess(t *testing.T) {
 	}
 }
 
-// TestLowerPriority checks lowerPriority in a child process, so this test
-// process keeps its priority.
-func TestLowerPriority(t *testing.T) {
+// TestFloodNice: `loadtest flood --nice 7` runs every thread of its
+// process 7 nice levels lower (read from /proc while it waits on stdin).
+func TestFloodNice(t *testing.T) {
+	base, err := nice.Thread()
+	if err != nil {
+		t.Skipf("no per-thread priority here: %v", err)
+	}
+	if base+7 > 19 {
+		t.Skipf("test process already at nice %d", base)
+	}
+	flags := externalRelay(t)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), childEnv+"=nice")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	cmd := exec.Command(exe, append([]string{"flood", "--duration", "200ms", "--nice", "7", "--wait-stdin", "--json"}, flags...)...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-}
-
-// niceChild renices this process by 7 and checks every thread's nice
-// value in /proc (field 19 of stat); it returns the exit status.
-func niceChild() int {
-	if err := lowerPriority(7); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	defer cmd.Process.Kill()
+	rd := bufio.NewReader(stdout)
+	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("child said %q, %v; stderr: %s", line, err, stderr.String())
 	}
-	ents, err := os.ReadDir("/proc/self/task")
+	th, err := nice.Threads(cmd.Process.Pid)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		t.Fatal(err)
 	}
-	for _, e := range ents {
-		tid, _ := strconv.Atoi(e.Name())
-		st, err := os.ReadFile("/proc/self/task/" + e.Name() + "/stat")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		// Fields after the parenthesised command name start at field 3.
-		f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
-		if f[19-3] != "7" {
-			fmt.Fprintf(os.Stderr, "thread %d: nice %s, want 7\n", tid, f[19-3])
-			return 1
-		}
-		// getpriority returns 20-nice for PRIO_PROCESS.
-		if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err != nil || p != 20-7 {
-			fmt.Fprintf(os.Stderr, "thread %d: getpriority %d %v\n", tid, p, err)
-			return 1
+	for tid, n := range th {
+		if n != base+7 {
+			t.Errorf("child thread %d at nice %d, want %d", tid, n, base+7)
 		}
 	}
-	return 0
+	io.WriteString(stdin, "go\n")
+	rest, _ := io.ReadAll(rd)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v; stderr: %s", err, stderr.String())
+	}
+	var r RunResult
+	if err := json.Unmarshal(rest, &r); err != nil || r.FloodGbitS <= 0 {
+		t.Fatalf("child result %q: %v", rest, err)
+	}
 }

@@ -47,7 +47,7 @@ type relayOpts struct {
 	SearchTime  time.Duration `flag:"search-duration" env:"SEARCH_DURATION" envDefault:"3s" help:"length of each --max-loss trial run"`
 	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
-	FloodNice   int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) at this nice value; -1: in this process"`
+	FloodNice   int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) this many nice levels lower; -1: in this process"`
 	ClientBatch int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
 }
 

@@ -2,10 +2,7 @@ package relayd
 
 import (
 	"os"
-	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,46 +10,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/wiremesh/wiremesh/internal/nice"
 	"github.com/wiremesh/wiremesh/internal/poll"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
 
-// threadNices returns the nice value of every thread of this process.
-func threadNices(t *testing.T) []int {
+func countNice(t *testing.T, n int) int {
 	t.Helper()
-	stats, err := filepath.Glob("/proc/self/task/*/stat")
+	th, err := nice.Threads(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []int
-	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue // the thread ended
-		}
-		// Fields after the command's closing parenthesis start at field 3;
-		// nice is field 19.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) < 17 {
-			t.Fatalf("%s: short stat %q", p, b)
-		}
-		n, err := strconv.Atoi(f[16])
-		if err != nil {
-			t.Fatalf("%s: nice %q: %v", p, f[16], err)
-		}
-		out = append(out, n)
-	}
-	return out
-}
-
-func countNice(t *testing.T, nice int) int {
-	n := 0
-	for _, v := range threadNices(t) {
-		if v == nice {
-			n++
+	c := 0
+	for _, v := range th {
+		if v == n {
+			c++
 		}
 	}
-	return n
+	return c
 }
 
 // niceBase returns this thread's nice value, skipping the test where a
@@ -62,7 +37,7 @@ func niceBase(t *testing.T, add int) int {
 	if runtime.GOOS != "linux" {
 		t.Skip("per-thread priority is Linux only")
 	}
-	base, err := threadNice()
+	base, err := nice.Thread()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,35 +45,6 @@ func niceBase(t *testing.T, add int) int {
 		t.Skipf("test process already at nice %d", base)
 	}
 	return base
-}
-
-// TestLowerThreadPriority: the helper lowers only the calling thread.
-func TestLowerThreadPriority(t *testing.T) {
-	base := niceBase(t, 7)
-	type res struct {
-		nice int
-		err  error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := lowerThreadPriority(7); err != nil {
-			ch <- res{err: err}
-			return
-		}
-		n, err := threadNice()
-		ch <- res{n, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if r.nice != base+7 {
-		t.Fatalf("lowered thread at nice %d, want %d", r.nice, base+7)
-	}
-	if n, _ := threadNice(); n != base {
-		t.Fatalf("calling thread moved to nice %d, want %d", n, base)
-	}
 }
 
 // flooder keeps a's own relay socket full of FastSend datagrams to dst

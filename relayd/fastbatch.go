@@ -10,6 +10,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
+	"github.com/wiremesh/wiremesh/internal/nice"
 	"github.com/wiremesh/wiremesh/relayproto"
 )
 
@@ -159,7 +160,7 @@ func (s *Server) fastRunBulk(conn *net.UDPConn, bc batchConn, b *fastBatch) loop
 	end := make(chan loopEnd, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := lowerThreadPriority(s.cfg.FastBulkNice); err != nil && !s.bulkNiceFailed.Swap(true) {
+		if err := nice.LowerThread(s.cfg.FastBulkNice); err != nil && !s.bulkNiceFailed.Swap(true) {
 			s.log.Warn("fast path: cannot lower a bulk client's thread priority; serving it at the normal one", "err", err)
 		}
 		s.m.fastBulkLoops.Inc()

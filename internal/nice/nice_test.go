@@ -1,0 +1,104 @@
+package nice
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"testing"
+)
+
+// childEnv makes the test binary renice itself as a whole (LowerProcess)
+// in a child, so this test process keeps its priority.
+const childEnv = "NICE_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		if err := processChild(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func base(t *testing.T, add int) int {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("per-thread priority is Linux only")
+	}
+	b, err := Thread()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b+add > maxNice {
+		t.Skipf("test process already at nice %d", b)
+	}
+	return b
+}
+
+// TestLowerThread: only the calling thread is lowered, and /proc agrees.
+func TestLowerThread(t *testing.T) {
+	b := base(t, 7)
+	type res struct {
+		nice, proc int
+		err        error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := LowerThread(7); err != nil {
+			ch <- res{err: err}
+			return
+		}
+		n, err := Thread()
+		th, _ := Threads(os.Getpid())
+		ch <- res{n, th[tidOf()], err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.nice != b+7 || r.proc != b+7 {
+		t.Fatalf("lowered thread at nice %d (/proc: %d), want %d", r.nice, r.proc, b+7)
+	}
+	if n, _ := Thread(); n != b {
+		t.Fatalf("calling thread moved to nice %d, want %d", n, b)
+	}
+}
+
+// TestLowerProcess runs LowerProcess in a child process.
+func TestLowerProcess(t *testing.T) {
+	base(t, 7)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run", "^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// processChild lowers the whole process by 7 and checks every thread.
+func processChild() error {
+	b, err := Thread()
+	if err != nil {
+		return err
+	}
+	if err := LowerProcess(7); err != nil {
+		return err
+	}
+	th, err := Threads(os.Getpid())
+	if err != nil {
+		return err
+	}
+	for tid, n := range th {
+		if n != b+7 {
+			return fmt.Errorf("thread %d: nice %d, want %d", tid, n, b+7)
+		}
+	}
+	return nil
+}
