@@ -155,7 +155,9 @@ func (s *Server) fastLoop(conn *net.UDPConn, bc batchConn, own bool) {
 
 // fastRunBulk runs a bulk client's loop on an OS thread of lowered
 // priority until the client goes quiet or the socket closes, and returns
-// which. The thread is never unlocked, so it ends with the goroutine.
+// which. The thread is never unlocked, so it ends with the goroutine (or,
+// if it is the process's main thread, which the Go runtime never ends,
+// stays parked for good).
 func (s *Server) fastRunBulk(conn *net.UDPConn, bc batchConn, b *fastBatch) loopEnd {
 	end := make(chan loopEnd, 1)
 	go func() {
