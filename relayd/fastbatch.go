@@ -1,6 +1,7 @@
 package relayd
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -173,12 +174,48 @@ func (s *Server) fastRunBulk(conn *net.UDPConn, bc batchConn, b *fastBatch) loop
 	return <-end
 }
 
+// A loop that keeps finding its socket full never parks, and while it runs
+// the Go runtime may have no thread waiting in the network poller: the
+// other Ps are idle, their threads asleep, and only sysmon polls, every
+// 10 ms. Paced clients' datagrams then wait in their sockets for up to that
+// long behind a flooding one. So a loop that read a full batch kicks
+// pollKeeper (at most every pollKickEvery): readying it wakes an idle
+// thread, which runs it and then, finding nothing else to do, polls the
+// network and serves whatever is ready there.
+const pollKickEvery = 100 * time.Microsecond
+
+// fastKick kicks pollKeeper if the last kick from this loop was at least
+// pollKickEvery ago, and returns the time of the latest kick.
+func (s *Server) fastKick(last, now time.Time) time.Time {
+	if now.Sub(last) < pollKickEvery {
+		return last
+	}
+	select {
+	case s.pollKick <- struct{}{}:
+		s.m.fastPollKicks.Inc()
+	default: // a kick is already pending
+	}
+	return now
+}
+
+// pollKeeper is the goroutine fastKick readies; it does nothing else.
+func (s *Server) pollKeeper(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.pollKick:
+		}
+	}
+}
+
 // fastRun is the batch loop. With detect set it returns loopBulk once the
 // socket has been full bulkAfter batches in a row; with quiet set it
 // returns loopQuiet once no batch was full for bulkQuiet.
 func (s *Server) fastRun(conn *net.UDPConn, bc batchConn, own bool, b *fastBatch, detect, quiet bool) loopEnd {
 	full := 0
 	lastFull := time.Now()
+	var kicked time.Time
 	for {
 		n, err := bc.ReadBatch(b.in, 0)
 		if err != nil {
@@ -196,6 +233,7 @@ func (s *Server) fastRun(conn *net.UDPConn, bc batchConn, own bool, b *fastBatch
 		}
 		b.limited = nil
 		if n == len(b.in) {
+			kicked = s.fastKick(kicked, time.Now())
 			full++
 			if detect && full >= bulkAfter {
 				return loopBulk

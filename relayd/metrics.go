@@ -46,6 +46,7 @@ type metrics struct {
 	fastBatch       prometheus.Histogram
 	fastBulkLoops   prometheus.Gauge       // client loops on a lowered-priority thread
 	fastBulkMoves   prometheus.Counter     // times a client loop moved there
+	fastPollKicks   prometheus.Counter     // pollKeeper wake-ups (fastKick)
 	fastConfirms    *prometheus.CounterVec // result: ok|mismatch
 	fastChallenges  *prometheus.CounterVec // result: sent|rate_limited
 
@@ -144,7 +145,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.fastBulkMoves = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "relayd_fastpath_bulk_demotions_total", Help: "Times a fast-path client loop moved to a thread of lowered CPU priority.",
 	})
-	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch, m.fastBulkLoops, m.fastBulkMoves)
+	m.fastPollKicks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "relayd_fastpath_poll_kicks_total", Help: "Times a fast-path loop reading full batches woke an idle thread to poll the other sockets.",
+	})
+	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch, m.fastBulkLoops, m.fastBulkMoves, m.fastPollKicks)
 	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
 	for _, r := range []string{"ok", "mismatch"} {
 		m.fastConfirms.WithLabelValues(r)

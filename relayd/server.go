@@ -148,6 +148,8 @@ type Server struct {
 	// bulkNiceFailed is set once lowering a bulk loop's priority failed
 	// (logged once).
 	bulkNiceFailed atomic.Bool
+	// pollKick wakes pollKeeper (see fastKick).
+	pollKick chan struct{}
 
 	trusted  atomic.Pointer[[]key.SigningPublic]
 	draining atomic.Bool
@@ -214,7 +216,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, m: newMetrics(reg), priv: priv, pub: priv.Public(), cert: cert,
-		pin: pinFromCert(cert), t0: time.Now()}
+		pin: pinFromCert(cert), t0: time.Now(), pollKick: make(chan struct{}, 1)}
 	s.m.regionInfo.WithLabelValues(cfg.Region).Set(1)
 	rand.Read(s.fastKey[:])
 	if err := s.loadRevoked(); err != nil {
@@ -402,6 +404,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.fast != nil {
 		s.spawn(func() { s.serveFast(sctx) })
+		s.spawn(func() { s.pollKeeper(sctx) })
 	}
 	s.spawn(func() { s.pingLoop(sctx) })
 	s.spawn(func() { s.meshLoop(sctx) })
