@@ -2,6 +2,7 @@ package relayd
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,18 +42,36 @@ func TestFastKickInterval(t *testing.T) {
 // context ends.
 func TestPollKeeperStops(t *testing.T) {
 	s := newTestServer(t, nil)
+	stop := startPollKeeper(t, s)
+	for i := range 3 { // the buffer holds one: each later send waits for the keeper
+		select {
+		case s.pollKick <- struct{}{}:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("kick %d not taken within 30 s", i)
+		}
+	}
+	stop()
+}
+
+// startPollKeeper runs s.pollKeeper until the returned stop (also a
+// cleanup), which fails the test if the keeper does not return.
+func startPollKeeper(t *testing.T, s *Server) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); s.pollKeeper(ctx) }()
-	for range 3 {
-		s.pollKick <- struct{}{} // blocks until the keeper took the last one
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Error("pollKeeper did not return after its context ended")
+			}
+		})
 	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("pollKeeper did not return after its context ended")
-	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // TestFloodKicksPoller: a client that keeps its socket full kicks the
@@ -62,10 +81,7 @@ func TestFloodKicksPoller(t *testing.T) {
 		c.ListenFast = "127.0.0.1:0"
 		c.ClientRate, c.ClientBurst = 1<<20, 8*1280
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); s.pollKeeper(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	startPollKeeper(t, s)
 	a, b := newFastPeer(t, s), newFastPeer(t, s)
 	flooder(t, a, b)
 	poll.UntilWithin(t, 60*time.Second, "several kicks from the flooding client's loop", func() bool {
