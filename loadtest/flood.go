@@ -25,6 +25,7 @@ type floodOpts struct {
 	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"fastpath" help:"fastpath, datagram or stream"`
 	ClientBatch int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path clients send and receive up to this many datagrams per system call; 1: one per packet"`
 	Nice        int           `flag:"nice" env:"NICE" help:"lower this process's CPU priority by this much (every thread) before dialling"`
+	Idle        bool          `flag:"idle" env:"IDLE" help:"run every thread of this process under SCHED_IDLE (only CPU time nothing else on the machine wants) before dialling"`
 	WaitStdin   bool          `flag:"wait-stdin" env:"WAIT_STDIN" help:"once dialled and warmed up, print ready on stdout and wait for a line on stdin before flooding"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 }
@@ -38,7 +39,7 @@ const floodReadyTimeout = 30 * time.Second
 // and busy threads do not share a scheduler priority with the paced pairs.
 func runFlood(ctx context.Context, args []string, out, errOut io.Writer) error {
 	o := floodOpts{}
-	if err := parse("flood", &o, args, out, "loadtest flood --relay HOST:PORT --pin PIN --relay-key KEY --signing-key-file FILE [--size 1280] [--duration 10s] [--delivery fastpath] [--nice N] [--wait-stdin] [--json]"); err != nil {
+	if err := parse("flood", &o, args, out, "loadtest flood --relay HOST:PORT --pin PIN --relay-key KEY --signing-key-file FILE [--size 1280] [--duration 10s] [--delivery fastpath] [--nice N] [--idle] [--wait-stdin] [--json]"); err != nil {
 		return err
 	}
 	if o.Relay == "" {
@@ -60,6 +61,11 @@ func runFlood(ctx context.Context, args []string, out, errOut io.Writer) error {
 	}
 	if o.Nice != 0 {
 		if err := nice.LowerProcess(o.Nice); err != nil {
+			return fmt.Errorf("loadtest flood: %w", err)
+		}
+	}
+	if o.Idle {
+		if err := nice.IdleProcess(); err != nil {
 			return fmt.Errorf("loadtest flood: %w", err)
 		}
 	}
@@ -90,7 +96,8 @@ func runFlood(ctx context.Context, args []string, out, errOut io.Writer) error {
 }
 
 // runFloodChild is the loaded run of relay --flood with the flooding pair
-// in a child `loadtest flood` process at nice o.FloodNice: the child dials
+// in a child `loadtest flood` process at nice o.FloodNice (and under
+// SCHED_IDLE with o.FloodIdle): the child dials
 // and warms up, says ready, and floods from the moment the paced pairs
 // start.
 func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery string, spec pairSpec, errOut io.Writer) (RunResult, error) {
@@ -109,6 +116,9 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 	// sending time plus the drain), so the whole measurement is loaded.
 	args = append(args, "--size", strconv.Itoa(o.Size), "--duration", (o.Duration + 2*drainWait).String(),
 		"--delivery", delivery, "--client-batch", strconv.Itoa(o.ClientBatch), "--nice", strconv.Itoa(o.FloodNice), "--wait-stdin", "--json")
+	if o.FloodIdle {
+		args = append(args, "--idle")
+	}
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, exe, args...)

@@ -84,7 +84,7 @@ func TestRelayFloodChildProcess(t *testing.T) {
 		t.Fatalf("flood %+v", rep.Flood)
 	}
 	f := rep.Flood[0]
-	if !f.FloodProcess || f.FloodNice != 19 || f.Loaded.FloodPairs != 1 || f.Loaded.FloodGbitS <= 0 || f.Unloaded.Received == 0 || f.Loaded.Received == 0 {
+	if !f.FloodProcess || f.FloodNice != 19 || !f.FloodIdle || f.Loaded.FloodPairs != 1 || f.Loaded.FloodGbitS <= 0 || f.Unloaded.Received == 0 || f.Loaded.Received == 0 {
 		t.Errorf("flood result %+v", f)
 	}
 }
@@ -99,12 +99,50 @@ func TestFloodNice(t *testing.T) {
 	if base+7 > 19 {
 		t.Skipf("test process already at nice %d", base)
 	}
+	floodChild(t, []string{"--nice", "7"}, func(pid int) {
+		th, err := nice.Threads(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for tid, n := range th {
+			if n != base+7 {
+				t.Errorf("child thread %d at nice %d, want %d", tid, n, base+7)
+			}
+		}
+	})
+}
+
+// TestFloodIdle: `loadtest flood --idle` runs every thread of its process
+// under SCHED_IDLE.
+func TestFloodIdle(t *testing.T) {
+	if _, err := nice.Thread(); err != nil {
+		t.Skipf("no per-thread priority here: %v", err)
+	}
+	floodChild(t, []string{"--idle"}, func(pid int) {
+		pol, err := nice.Policies(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for tid, p := range pol {
+			if p != schedIdle {
+				t.Errorf("child thread %d under policy %d, want SCHED_IDLE (%d)", tid, p, schedIdle)
+			}
+		}
+	})
+}
+
+// floodChild runs `loadtest flood` with extra args against a test relay,
+// calls check with its PID once it is ready (dialled, waiting on stdin),
+// then lets it flood and checks that it reports a flood.
+func floodChild(t *testing.T, extra []string, check func(pid int)) {
+	t.Helper()
 	flags := externalRelay(t)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, append([]string{"flood", "--duration", "200ms", "--nice", "7", "--wait-stdin", "--json"}, flags...)...)
+	args := append([]string{"flood", "--duration", "200ms", "--wait-stdin", "--json"}, extra...)
+	cmd := exec.Command(exe, append(args, flags...)...)
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -118,15 +156,7 @@ func TestFloodNice(t *testing.T) {
 	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
 		t.Fatalf("child said %q, %v; stderr: %s", line, err, stderr.String())
 	}
-	th, err := nice.Threads(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for tid, n := range th {
-		if n != base+7 {
-			t.Errorf("child thread %d at nice %d, want %d", tid, n, base+7)
-		}
-	}
+	check(cmd.Process.Pid)
 	io.WriteString(stdin, "go\n")
 	rest, _ := io.ReadAll(rd)
 	if err := cmd.Wait(); err != nil {
@@ -137,3 +167,6 @@ func TestFloodNice(t *testing.T) {
 		t.Fatalf("child result %q: %v", rest, err)
 	}
 }
+
+// schedIdle is Linux's SCHED_IDLE policy number, as /proc reports it.
+const schedIdle = 5

@@ -48,6 +48,7 @@ type relayOpts struct {
 	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 	FloodNice   int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) this many nice levels lower; -1: in this process"`
+	FloodIdle   bool          `flag:"flood-idle" env:"FLOOD_IDLE" envDefault:"true" help:"with a --flood child process, run it under SCHED_IDLE too, so it takes only CPU time the relay and the paced pairs leave, as a flooder on another host would; false: the nice value alone"`
 	ClientBatch int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
 }
 
@@ -81,9 +82,11 @@ type FloodResult struct {
 	Loaded   RunResult `json:"loaded"`
 	P99Ratio float64   `json:"p99_ratio"`
 	// FloodProcess says the flooding pair ran in a child process (loadtest
-	// flood) at nice FloodNice, as a client on another host would.
+	// flood) at nice FloodNice, and FloodIdle that it ran under SCHED_IDLE,
+	// as a client on another host would.
 	FloodProcess bool `json:"flood_process"`
 	FloodNice    int  `json:"flood_nice"`
+	FloodIdle    bool `json:"flood_idle"`
 }
 
 // RelayReport is `loadtest relay --json` output.
@@ -203,7 +206,7 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 			}
 			fr := FloodResult{Delivery: d, Unloaded: un, Loaded: lo, FloodProcess: proc}
 			if proc {
-				fr.FloodNice = o.FloodNice
+				fr.FloodNice, fr.FloodIdle = o.FloodNice, o.FloodIdle
 			}
 			if un.LatencyP99Ms > 0 {
 				fr.P99Ratio = round(lo.LatencyP99Ms/un.LatencyP99Ms, 2)

@@ -174,14 +174,16 @@ func (s *Server) fastRunBulk(conn *net.UDPConn, bc batchConn, b *fastBatch) loop
 	return <-end
 }
 
-// A loop that keeps finding its socket full never parks, and while it runs
-// the Go runtime may have no thread waiting in the network poller: the
-// other Ps are idle, their threads asleep, and only sysmon polls, every
-// 10 ms. Paced clients' datagrams then wait in their sockets for up to that
-// long behind a flooding one. So a loop that read a full batch kicks
-// pollKeeper (at most every pollKickEvery): readying it wakes an idle
-// thread, which runs it and then, finding nothing else to do, polls the
-// network and serves whatever is ready there.
+// A loop that keeps finding data in its socket never parks, and while it
+// runs the Go runtime may have no thread waiting in the network poller:
+// the other Ps are idle, their threads asleep, and only sysmon polls,
+// every 10 ms. Paced clients' datagrams then wait in their sockets for up
+// to that long behind a flooding one. So a loop that read more than one
+// datagram (a socket with a queue, which it will likely read again without
+// parking; a flooder slower than the relay fills no batch but keeps such a
+// queue) kicks pollKeeper, at most every pollKickEvery: readying it wakes
+// an idle thread, which runs it and then, finding nothing else to do,
+// polls the network and serves whatever is ready there.
 const pollKickEvery = 100 * time.Microsecond
 
 // fastKick kicks pollKeeper if the last kick from this loop was at least
@@ -232,8 +234,10 @@ func (s *Server) fastRun(conn *net.UDPConn, bc batchConn, own bool, b *fastBatch
 			}
 		}
 		b.limited = nil
-		if n == len(b.in) {
+		if n > 1 {
 			kicked = s.fastKick(kicked, time.Now())
+		}
+		if n == len(b.in) {
 			full++
 			if detect && full >= bulkAfter {
 				return loopBulk

@@ -2,11 +2,14 @@ package relayd
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/ipv4"
 
 	"github.com/wiremesh/wiremesh/internal/poll"
 )
@@ -89,5 +92,57 @@ func TestFloodKicksPoller(t *testing.T) {
 	})
 	if got := len(recvAll(t, b, 1, a)); got != 1 {
 		t.Fatal("nothing forwarded while the loop kicks the poller")
+	}
+}
+
+// scriptConn is a batchConn whose reads return batches of the sizes in
+// sizes, one per call, at least pollKickEvery apart, then net.ErrClosed.
+// Each read first notes whether a poll kick is pending (and takes it), so
+// kicked[i] says whether the batch before read i kicked.
+type scriptConn struct {
+	s      *Server
+	sizes  []int
+	kicked []bool
+}
+
+func (c *scriptConn) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
+	select {
+	case <-c.s.pollKick:
+		c.kicked = append(c.kicked, true)
+	default:
+		c.kicked = append(c.kicked, false)
+	}
+	if len(c.sizes) == 0 {
+		return 0, net.ErrClosed
+	}
+	time.Sleep(pollKickEvery) // kicks are at most pollKickEvery apart
+	n := min(c.sizes[0], len(ms))
+	c.sizes = c.sizes[1:]
+	for i := range ms[:n] {
+		ms[i].N = 3 // no fast-path frame: counted as bad and ignored
+		ms[i].Addr = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	}
+	return n, nil
+}
+
+func (c *scriptConn) WriteBatch(ms []ipv4.Message, _ int) (int, error) { return len(ms), nil }
+
+// TestQueuedReadKicksPoller: a loop kicks the poller after every read that
+// found more than one datagram queued (a flooder slower than the relay
+// fills no batch but keeps a queue), full or not, and never after a
+// read of one (a paced client).
+func TestQueuedReadKicksPoller(t *testing.T) {
+	s := newTestServer(t, nil)
+	c := &scriptConn{s: s, sizes: []int{1, 1, 2, 5, 1, fastBatchLen, 1, 1}}
+	if end := s.fastRun(nil, c, false, newFastBatch(), false, false); end != loopClosed {
+		t.Fatalf("fastRun ended with %v, want loopClosed", end)
+	}
+	// kicked[i] is about the batch before read i; read 0 had none before it.
+	want := []bool{false, false, false, true, true, false, true, false, false}
+	if fmt.Sprint(c.kicked) != fmt.Sprint(want) {
+		t.Fatalf("kicks after batches of 1 1 2 5 1 32 1 1: %v, want %v", c.kicked[1:], want[1:])
+	}
+	if n := testutil.ToFloat64(s.m.fastPollKicks); n != 3 {
+		t.Fatalf("kicks counted %v, want 3", n)
 	}
 }

@@ -11,9 +11,11 @@
 # Each round and variant runs two measurements:
 #   flood  loadtest relay --flood: 8 pairs paced at 1,000 packets/s each, first
 #          alone, then beside one pair flooding from a child process at
-#          nice 19 (the p99 ratio of #11);
+#          nice 19 under SCHED_IDLE (the p99 ratio of #11); FLOOD_FLAGS adds
+#          loadtest relay flags, e.g. --flood-idle=false for nice 19 alone;
 #   floor  the same 8 paced pairs for 5 s (--rate 8000) three ways: alone; with
-#          the flood (loadtest flood, nice 19) through the same relayd; and
+#          the flood (loadtest flood $FLOOR_FLOOD, default --nice 19 --idle)
+#          through the same relayd; and
 #          with the flood through a second relayd process. The third is what
 #          perfect isolation inside relayd could reach on this machine: the
 #          kernel and the cores are shared, the relay process is not.
@@ -25,6 +27,8 @@ AB=${AB:-/tmp/ab}
 ROUNDS=${ROUNDS:-3}
 VARIANTS=${VARIANTS:-before after}
 read -r -a rflags <<<"${RELAY_FLAGS:-}"
+read -r -a fflags <<<"${FLOOD_FLAGS:-}"
+read -r -a floor <<<"${FLOOR_FLOOD:---nice 19 --idle}"
 cd "$AB"
 SK=$(./loadtest keygen --out "$AB/sign.key")
 pids=()
@@ -51,7 +55,7 @@ for round in $(seq "$ROUNDS"); do
 		up "$v" 1 7410
 		# shellcheck disable=SC2046
 		./loadtest relay $(target "$v" 1 7410) --pairs 8 --size 1280 --duration 5s --delivery fastpath \
-			--flood --probe-rate 1000 --progress 0 --json >"$AB/$v-$round-flood.json"
+			--flood --probe-rate 1000 --progress 0 --json "${fflags[@]}" >"$AB/$v-$round-flood.json"
 		echo "$v $round flood $(jq -c '.flood[0] | {unloaded_p99_ms: .unloaded.latency_p99_ms, loaded_p99_ms: .loaded.latency_p99_ms, p99_ratio, flood_gbit_per_s: .loaded.flood_gbit_per_s, loss: .loaded.loss}' "$AB/$v-$round-flood.json")"
 		down
 		for mode in alone same other; do
@@ -59,10 +63,10 @@ for round in $(seq "$ROUNDS"); do
 			if [ "$mode" = other ]; then up "$v" 2 7420; fi
 			case $mode in
 			same) # shellcheck disable=SC2046
-				./loadtest flood $(target "$v" 1 7410) --duration 9s --nice 19 >/dev/null &
+				./loadtest flood $(target "$v" 1 7410) --duration 9s "${floor[@]}" >/dev/null &
 				pids+=("$!") ;;
 			other) # shellcheck disable=SC2046
-				./loadtest flood $(target "$v" 2 7420) --duration 9s --nice 19 >/dev/null &
+				./loadtest flood $(target "$v" 2 7420) --duration 9s "${floor[@]}" >/dev/null &
 				pids+=("$!") ;;
 			esac
 			sleep 1.5

@@ -1,7 +1,8 @@
-// Package nice lowers the CPU priority (nice value) of OS threads. Linux
-// keeps a nice value per thread, and a new thread inherits its creator's.
-// Lowering a priority needs no privilege; raising it again needs
-// CAP_SYS_NICE, so nothing here raises one.
+// Package nice lowers the CPU priority of OS threads: their nice value, or
+// their scheduling policy to SCHED_IDLE. Linux keeps both per thread, and
+// a new thread inherits its creator's. Lowering a priority needs no
+// privilege; raising it again needs CAP_SYS_NICE, so nothing here raises
+// one.
 package nice
 
 import (
@@ -30,14 +31,43 @@ func LowerThread(n int) error {
 
 // LowerProcess sets every thread's nice value to the calling thread's
 // plus n (to at most 19), leaving threads already lower where they are.
-// The thread list is walked twice, to catch threads started during the
-// first pass; threads started later inherit the value from their creator.
+// Threads started later inherit the value from their creator.
 func LowerProcess(n int) error {
 	cur, err := Thread()
 	if err != nil {
 		return err
 	}
 	target := min(cur+n, maxNice)
+	return eachThread(func(tid int) error { return set(tid, target) })
+}
+
+// IdleProcess moves every thread of the process to the SCHED_IDLE
+// policy: it then runs only on CPU time no ordinary thread on the machine
+// wants, and an ordinary thread that wakes preempts it at once. Threads
+// started later inherit the policy from their creator. Like a nice value,
+// it needs no privilege to take and CAP_SYS_NICE to leave.
+func IdleProcess() error {
+	return eachThread(func(tid int) error {
+		a, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			return fmt.Errorf("nice: thread %d: %w", tid, err)
+		}
+		if a.Policy == unix.SCHED_IDLE {
+			return nil
+		}
+		a.Policy = unix.SCHED_IDLE
+		a.Priority = 0
+		if err := unix.SchedSetAttr(tid, a, 0); err != nil {
+			return fmt.Errorf("nice: thread %d: SCHED_IDLE: %w", tid, err)
+		}
+		return nil
+	})
+}
+
+// eachThread calls fn for every thread of the process, ignoring threads
+// that end meanwhile. The thread list is walked twice, to catch threads
+// started during the first pass.
+func eachThread(fn func(tid int) error) error {
 	for range 2 {
 		ents, err := os.ReadDir("/proc/self/task")
 		if err != nil {
@@ -48,7 +78,7 @@ func LowerProcess(n int) error {
 			if err != nil {
 				continue
 			}
-			if err := set(tid, target); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := fn(tid); err != nil && !errors.Is(err, unix.ESRCH) {
 				return err
 			}
 		}
@@ -86,7 +116,14 @@ func get(tid int) (int, error) {
 
 // Threads returns the nice value of every thread of process pid, by
 // thread ID, from /proc/PID/task/*/stat (field 19).
-func Threads(pid int) (map[int]int, error) {
+func Threads(pid int) (map[int]int, error) { return statField(pid, 19) }
+
+// Policies returns the scheduling policy (unix.SCHED_*) of every thread
+// of process pid, by thread ID, from /proc/PID/task/*/stat (field 41).
+func Policies(pid int) (map[int]int, error) { return statField(pid, 41) }
+
+// statField reads numeric field f of every thread's stat file of pid.
+func statField(pid, field int) (map[int]int, error) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/task"
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -104,10 +141,10 @@ func Threads(pid int) (map[int]int, error) {
 		}
 		// Fields after the parenthesised command name start at field 3.
 		f := bytes.Fields(st[bytes.LastIndexByte(st, ')')+1:])
-		if len(f) < 19-2 {
+		if len(f) < field-2 {
 			return nil, fmt.Errorf("nice: thread %d: short stat %q", tid, st)
 		}
-		n, err := strconv.Atoi(string(f[19-3]))
+		n, err := strconv.Atoi(string(f[field-3]))
 		if err != nil {
 			return nil, fmt.Errorf("nice: thread %d: %w", tid, err)
 		}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package nice
 
 import (
@@ -6,6 +8,8 @@ import (
 	"os/exec"
 	"runtime"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // childEnv makes the test binary renice itself as a whole (LowerProcess)
@@ -13,8 +17,12 @@ import (
 const childEnv = "NICE_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
-		if err := processChild(); err != nil {
+	if c := os.Getenv(childEnv); c != "" {
+		child := processChild
+		if c == "idle" {
+			child = idleChild
+		}
+		if err := child(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -71,15 +79,56 @@ func TestLowerThread(t *testing.T) {
 // TestLowerProcess runs LowerProcess in a child process.
 func TestLowerProcess(t *testing.T) {
 	base(t, 7)
+	runChild(t, "1")
+}
+
+// TestIdleProcess runs IdleProcess in a child process.
+func TestIdleProcess(t *testing.T) {
+	base(t, 0)
+	runChild(t, "idle")
+}
+
+// runChild runs this test binary with childEnv=mode, which runs one of
+// the child functions below instead of the tests.
+func runChild(t *testing.T, mode string) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run", "^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.Env = append(os.Environ(), childEnv+"="+mode)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+}
+
+// idleChild moves the whole process to SCHED_IDLE, starts a thread after
+// that, and checks every thread's policy, the new one's included.
+func idleChild() error {
+	if err := IdleProcess(); err != nil {
+		return err
+	}
+	tid := make(chan int)
+	go func() {
+		runtime.LockOSThread() // never unlocked: a thread of its own, which may be new
+		tid <- unix.Gettid()
+		select {} // keep it until the process exits
+	}()
+	newTID := <-tid
+	pol, err := Policies(os.Getpid())
+	if err != nil {
+		return err
+	}
+	if _, ok := pol[newTID]; !ok {
+		return fmt.Errorf("thread %d missing from /proc", newTID)
+	}
+	for tid, p := range pol {
+		if p != unix.SCHED_IDLE {
+			return fmt.Errorf("thread %d: policy %d, want SCHED_IDLE (%d)", tid, p, unix.SCHED_IDLE)
+		}
+	}
+	return nil
 }
 
 // processChild lowers the whole process by 7 and checks every thread.
