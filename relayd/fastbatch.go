@@ -61,11 +61,14 @@ type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
+// newBatchConn returns c's batch reader and writer: recvmmsg without
+// allocations where the platform has it (newMmsgConn), x/net otherwise.
 func newBatchConn(c *net.UDPConn) batchConn {
+	var bc batchConn = ipv4.NewPacketConn(c)
 	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil && a.IP != nil && !a.IP.IsUnspecified() {
-		return ipv6.NewPacketConn(c)
+		bc = ipv6.NewPacketConn(c)
 	}
-	return ipv4.NewPacketConn(c)
+	return newMmsgConn(c, bc)
 }
 
 // fastOut is one destination's share of a batch.
@@ -83,6 +86,10 @@ type fastBatch struct {
 	msgs   []ipv4.Message // scratch for one destination's sendmmsg
 	counts []int          // frames in each of msgs
 	gso    [][]byte       // scratch buffers for coalesced GSO sends
+	oob    [][]byte       // their control messages
+	bufs   [][]byte       // backing for msgs' Buffers, one each
+	ua     net.UDPAddr    // the destination of msgs, reused
+	ip     [16]byte       // ua.IP's array
 	// limited is a client whose packets in this batch hit its rate limit.
 	limited *client
 	// blocked is set by forwardFast when a datagram from a client on its
@@ -319,9 +326,9 @@ func (s *Server) flushFast(b *fastBatch) {
 // sizes into GSO sends when gso is set and the kernel allows, and returns
 // how many frames (and payload bytes) were sent.
 func (s *Server) writeFastOut(b *fastBatch, o *fastOut, gso bool) (sent, bytes int) {
-	ua := net.UDPAddrFromAddrPort(o.addr)
+	ua := b.udpAddr(o.addr)
 	useGSO := gso && gsoSupported && !s.fastNoGSO.Load() && len(o.frames) > 1
-	b.msgs, b.counts = b.msgs[:0], b.counts[:0]
+	b.msgs, b.counts, b.bufs = b.msgs[:0], b.counts[:0], b.bufs[:0]
 	gi := 0
 	for i := 0; i < len(o.frames); {
 		f := o.frames[i]
@@ -341,19 +348,22 @@ func (s *Server) writeFastOut(b *fastBatch, o *fastOut, gso bool) (sent, bytes i
 		}
 		msg := ipv4.Message{Addr: ua}
 		if n == 1 {
-			msg.Buffers = [][]byte{f}
+			b.bufs = append(b.bufs, f)
 		} else {
 			if gi == len(b.gso) {
 				b.gso = append(b.gso, make([]byte, 0, gsoMaxBytes))
+				b.oob = append(b.oob, nil)
 			}
 			buf := b.gso[gi][:0]
-			gi++
 			for _, g := range o.frames[i : i+n] {
 				buf = append(buf, g...)
 			}
-			msg.Buffers = [][]byte{buf}
-			msg.OOB = gsoControl(uint16(len(f)))
+			b.bufs = append(b.bufs, buf)
+			b.oob[gi] = gsoControl(b.oob[gi], uint16(len(f)))
+			msg.OOB = b.oob[gi]
+			gi++
 		}
+		msg.Buffers = b.bufs[len(b.bufs)-1 : len(b.bufs) : len(b.bufs)]
 		b.msgs = append(b.msgs, msg)
 		b.counts = append(b.counts, n)
 		i += n
@@ -387,6 +397,23 @@ func (s *Server) writeFastOut(b *fastBatch, o *fastOut, gso bool) (sent, bytes i
 		done += n
 	}
 	return sent, bytes
+}
+
+// udpAddr returns ap as b's reused *net.UDPAddr, valid until the next
+// call: sendmmsg copies it, and net.UDPAddrFromAddrPort would allocate
+// one (and its IP) per destination per batch.
+func (b *fastBatch) udpAddr(ap netip.AddrPort) *net.UDPAddr {
+	a := ap.Addr()
+	if a.Is4() {
+		v := a.As4()
+		copy(b.ip[:], v[:])
+		b.ua.IP = b.ip[:4]
+	} else {
+		b.ip = a.As16()
+		b.ua.IP = b.ip[:]
+	}
+	b.ua.Port, b.ua.Zone = int(ap.Port()), a.Zone()
+	return &b.ua
 }
 
 // frameIndex returns the index of the first frame of message m.

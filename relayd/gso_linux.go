@@ -14,10 +14,16 @@ import (
 // turns it off through gsoShouldDisable.
 const gsoSupported = true
 
-// gsoControl returns the control message asking the kernel to split a send
-// into datagrams of size bytes (the last may be shorter).
-func gsoControl(size uint16) []byte {
-	b := make([]byte, unix.CmsgSpace(2))
+// gsoControl writes into b (reusing its array when it is large enough)
+// the control message asking the kernel to split a send into datagrams of
+// size bytes (the last may be shorter), and returns it.
+func gsoControl(b []byte, size uint16) []byte {
+	n := unix.CmsgSpace(2)
+	if cap(b) < n {
+		b = make([]byte, n)
+	}
+	b = b[:n]
+	clear(b)
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
 	h.Level = unix.SOL_UDP
 	h.Type = unix.UDP_SEGMENT

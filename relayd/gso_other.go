@@ -4,7 +4,7 @@ package relayd
 
 const gsoSupported = false
 
-func gsoControl(uint16) []byte    { return nil }
-func gsoShouldDisable(error) bool { return true }
-func msgTruncated(int) bool       { return false }
-func gsoTooBig(error) bool        { return false }
+func gsoControl([]byte, uint16) []byte { return nil }
+func gsoShouldDisable(error) bool      { return true }
+func msgTruncated(int) bool            { return false }
+func gsoTooBig(error) bool             { return false }
