@@ -18,7 +18,7 @@ import (
 // Batched fast path. Each fast-path socket's loop (one per client, or the
 // shared one) works a batch at a time:
 //
-//	recvmmsg (ReadBatch) up to fastBatchLen datagrams
+//	recvmmsg (ReadBatch; mmsgConn on Linux) up to fastBatchLen datagrams
 //	  → per datagram: parse, check the session and source, rate limit,
 //	    rewrite FastSend into FastRecv in place (no copy)
 //	  → group by destination (its socket and validated address), in order

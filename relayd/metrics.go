@@ -146,7 +146,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "relayd_fastpath_bulk_demotions_total", Help: "Times a fast-path client loop moved to a thread of lowered CPU priority.",
 	})
 	m.fastPollKicks = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "relayd_fastpath_poll_kicks_total", Help: "Times a fast-path loop reading full batches woke an idle thread to poll the other sockets.",
+		Name: "relayd_fastpath_poll_kicks_total", Help: "Times a fast-path loop that read more than one datagram at once woke an idle thread to poll the other sockets.",
 	})
 	reg.MustRegister(m.revoked, m.revokedClosed, m.revocationPolls, m.fastBatch, m.fastBulkLoops, m.fastBulkMoves, m.fastPollKicks)
 	reg.MustRegister(m.pending, m.pendingDropped, m.quicRetries, m.fastConfirms, m.fastChallenges)
