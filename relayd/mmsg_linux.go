@@ -13,8 +13,7 @@ import (
 
 // mmsgConn reads batches with recvmmsg(2) into the caller's messages
 // without allocating: x/net's ReadBatch allocates a *net.UDPAddr for every
-// datagram, which under a flood was most of the relay's garbage, and the
-// garbage collector's cycles then held up every client. Each message's
+// datagram, which under a flood was most of the relay's garbage. Each message's
 // Addr is a *net.UDPAddr that mmsgConn owns and overwrites on the next
 // read, so callers copy what they keep. Writes go through x/net. One
 // goroutine reads at a time (a fast-path socket has one loop).
