@@ -20,7 +20,8 @@
 #          perfect isolation inside relayd could reach on this machine: the
 #          kernel and the cores are shared, the relay process is not.
 # Results: $AB/VARIANT-ROUND-flood.json, $AB/VARIANT-ROUND-floor-{alone,same,other}.json,
-# and one summary line per measurement on stdout. RELAY_FLAGS adds relayd
+# and one summary line per measurement on stdout. MODES picks the floor runs
+# (default "alone same other"; empty: the flood measurement only). RELAY_FLAGS adds relayd
 # flags. It uses 127.0.0.1:7410-7425 and stops everything it starts (by PID).
 set -euo pipefail
 AB=${AB:-/tmp/ab}
@@ -58,7 +59,7 @@ for round in $(seq "$ROUNDS"); do
 			--flood --probe-rate 1000 --progress 0 --json "${fflags[@]}" >"$AB/$v-$round-flood.json"
 		echo "$v $round flood $(jq -c '.flood[0] | {unloaded_p99_ms: .unloaded.latency_p99_ms, loaded_p99_ms: .loaded.latency_p99_ms, p99_ratio, flood_gbit_per_s: .loaded.flood_gbit_per_s, loss: .loaded.loss}' "$AB/$v-$round-flood.json")"
 		down
-		for mode in alone same other; do
+		for mode in ${MODES-alone same other}; do
 			up "$v" 1 7410
 			if [ "$mode" = other ]; then up "$v" 2 7420; fi
 			case $mode in
