@@ -8,7 +8,8 @@
 #   (cd /tmp/ab/src && go build -o ../before-relayd ./cmd/relayd)
 #   go build -o /tmp/ab/after-relayd ./cmd/relayd && go build -o /tmp/ab/loadtest ./cmd/loadtest
 #
-# Each round and variant runs two measurements:
+# Each round and variant runs two measurements (the second only if MODES
+# is not empty):
 #   flood  loadtest relay --flood: 8 pairs paced at 1,000 packets/s each, first
 #          alone, then beside one pair flooding from a child process at
 #          nice 19 under SCHED_IDLE (the p99 ratio of #11); FLOOD_FLAGS adds
