@@ -328,10 +328,39 @@ func runHA(t *testing.T, realWG bool) {
 		standby = rs[1]
 	}
 
+	// The goal is failover to a live standby: its tunnel must be up (it has
+	// answered a probe lately) before the primary dies. Under load its first
+	// WireGuard handshake can be lost, and wireguard-go retries only after
+	// 5 s; killing the primary before then would leave no router at all.
+	// Bounded: 150 checks 100 ms apart.
+	fresh := func(r *haRouter) bool {
+		last := health.LastPong(r.key)
+		return !last.IsZero() && time.Since(last) <= routes.DefaultDeadAfter
+	}
+	for i := 0; !fresh(standby); i++ {
+		if i == 150 {
+			t.Fatalf("the standby %s never answered a probe", standby.host.Addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// state describes what the client saw, for a failure message.
+	state := func() string {
+		var b strings.Builder
+		for _, r := range rs {
+			age := "never"
+			if last := health.LastPong(r.key); !last.IsZero() {
+				age = time.Since(last).Round(time.Millisecond).String() + " ago"
+			}
+			fmt.Fprintf(&b, "%s last pong %s; ", r.host.Addr, age)
+		}
+		fmt.Fprintf(&b, "routes %v", sel.Routes())
+		return b.String()
+	}
+
 	mesh.kill(first)
 	died := time.Now()
 	if waitFor(standby) == nil {
-		t.Fatalf("traffic never moved to the standby %s", standby.host.Addr)
+		t.Fatalf("traffic never moved to the standby %s (%s)", standby.host.Addr, state())
 	}
 	gap := time.Since(died)
 	t.Logf("failover gap %v (goal 3s)", gap.Round(time.Millisecond))
