@@ -329,23 +329,25 @@ func runHA(t *testing.T, realWG bool) {
 	}
 
 	// The goal is failover to a live standby: its tunnel must be up (it has
-	// answered a probe lately) before the primary dies. Under load its first
-	// WireGuard handshake can be lost, and wireguard-go retries only after
-	// 5 s; killing the primary before then would leave no router at all.
-	// Bounded: 150 checks 100 ms apart.
+	// answered a probe lately) before the primary dies, or a standby that
+	// never came up would read as a slow failover. A lost first handshake
+	// is retried by wireguard-go only after 5 s, so this waits up to 15 s
+	// (150 checks 100 ms apart).
 	fresh := func(r *haRouter) bool {
 		last := health.LastPong(r.key)
 		return !last.IsZero() && time.Since(last) <= routes.DefaultDeadAfter
 	}
-	for i := 0; !fresh(standby); i++ {
-		if i == 150 {
-			t.Fatalf("the standby %s never answered a probe", standby.host.Addr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	// state describes what the client saw, for a failure message.
+	// state describes what the client saw, for a failure message: each
+	// router's last pong, the selector's routes and, over WireGuard, each
+	// peer's endpoint, last handshake and byte counts on both ends.
 	state := func() string {
 		var b strings.Builder
+		if wm, ok := mesh.(*wgMesh); ok {
+			fmt.Fprintf(&b, "client wg: %s; ", wgPeers(wm.client))
+			for _, r := range rs {
+				fmt.Fprintf(&b, "%s wg: %s; ", r.host.Addr, wgPeers(r.wg))
+			}
+		}
 		for _, r := range rs {
 			age := "never"
 			if last := health.LastPong(r.key); !last.IsZero() {
@@ -355,6 +357,12 @@ func runHA(t *testing.T, realWG bool) {
 		}
 		fmt.Fprintf(&b, "routes %v", sel.Routes())
 		return b.String()
+	}
+	for i := 0; !fresh(standby); i++ {
+		if i == 150 {
+			t.Fatalf("the standby %s never answered a probe (%s)", standby.host.Addr, state())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	mesh.kill(first)
@@ -369,4 +377,24 @@ func runHA(t *testing.T, realWG bool) {
 	if gap > 3*time.Second {
 		t.Fatalf("failover took %v, goal 3s", gap)
 	}
+}
+
+// wgPeers summarizes d's peers from its UAPI state: endpoint, last
+// handshake (Unix seconds), bytes received and sent.
+func wgPeers(d *device.Device) string {
+	st, err := d.IpcGet()
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, line := range strings.Split(st, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "public_key":
+			out = append(out, "peer "+v[:8])
+		case "endpoint", "last_handshake_time_sec", "rx_bytes", "tx_bytes":
+			out = append(out, k+"="+v)
+		}
+	}
+	return strings.Join(out, " ")
 }

@@ -25,9 +25,18 @@ const wgPort = 51820
 // startWG runs a wireguard-go device on dev inside ns, configured with the
 // UAPI lines given (the private key and listen port are added). The
 // device's sockets are opened inside ns.
+//
+// A socket belongs to the namespace of the thread that opens it, and this
+// process runs many. wireguard-go brings a device up itself when its TUN
+// reports the link up, from its own goroutine, on a thread in the host's
+// namespace: had that won the race with the Up below, the device's sockets
+// would have been bound in the host's namespace, and its peers' packets
+// would have met a closed port. So the device is given dev's events
+// without Up and Down (upOnlyHere), and only the Up below, inside ns,
+// opens its sockets.
 func startWG(t testing.TB, ns *lab.Namespace, dev tun.Device, priv key.NodePrivate, lines ...string) *device.Device {
 	t.Helper()
-	wg := device.NewDevice(dev, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
+	wg := device.NewDevice(upOnlyHere(dev), conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n%s\n", priv.UAPI(), wgPort, strings.Join(lines, "\n"))
 	do(t, ns, func() error {
 		if err := wg.IpcSet(cfg); err != nil {
@@ -37,6 +46,30 @@ func startWG(t testing.TB, ns *lab.Namespace, dev tun.Device, priv key.NodePriva
 	})
 	return wg
 }
+
+// noLinkEvents is a TUN device whose Events leave out link up and down.
+type noLinkEvents struct {
+	tun.Device
+	events chan tun.Event
+}
+
+// upOnlyHere wraps dev so that wireguard-go never changes the device's
+// state on its own (see startWG). The goroutine forwarding the other
+// events ends when dev's event channel closes, as it does when dev does.
+func upOnlyHere(dev tun.Device) tun.Device {
+	w := &noLinkEvents{Device: dev, events: make(chan tun.Event, 4)}
+	go func() {
+		defer close(w.events)
+		for e := range dev.Events() {
+			if e &^= tun.EventUp | tun.EventDown; e != 0 {
+				w.events <- e
+			}
+		}
+	}()
+	return w
+}
+
+func (w *noLinkEvents) Events() <-chan tun.Event { return w.events }
 
 // TestLabExitNodeWireGuard is the exit-node test over real wireguard-go
 // instead of the stand-in. The client's only peer is the exit node and its
