@@ -27,6 +27,7 @@ type floodOpts struct {
 	Nice        int           `flag:"nice" env:"NICE" help:"lower this process's CPU priority by this much (every thread) before dialling"`
 	Idle        bool          `flag:"idle" env:"IDLE" help:"run every thread of this process under SCHED_IDLE (only CPU time nothing else on the machine wants) before dialling"`
 	WaitStdin   bool          `flag:"wait-stdin" env:"WAIT_STDIN" help:"once dialled and warmed up, print ready on stdout and wait for a line on stdin before flooding"`
+	ToggleStdin bool          `flag:"toggle-stdin" env:"TOGGLE_STDIN" help:"--wait-stdin, and then every further line on stdin pauses or resumes the flood (relay --flood-windows); the rate reported is over the time it flooded"`
 	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
 }
 
@@ -75,13 +76,22 @@ func runFlood(ctx context.Context, args []string, out, errOut io.Writer) error {
 	}
 	defer tgt.stop()
 	spec := pairSpec{delivery: o.Delivery, pairs: 0, flood: 1, size: o.Size, dur: o.Duration, batch: o.ClientBatch}
-	if o.WaitStdin {
+	if o.ToggleStdin {
+		spec.gate = newGate()
+	}
+	if o.WaitStdin || o.ToggleStdin {
 		spec.beforeDrive = func() error {
 			if _, err := fmt.Fprintln(out, "ready"); err != nil {
 				return err
 			}
-			if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			rd := bufio.NewReader(os.Stdin)
+			if _, err := rd.ReadString('\n'); err != nil {
 				return fmt.Errorf("loadtest flood: waiting on stdin: %w", err)
+			}
+			if spec.gate != nil {
+				spec.gate.flip(time.Now())
+				// Ends when the parent closes stdin (or the process does).
+				go spec.gate.follow(rd)
 			}
 			return nil
 		}
@@ -114,8 +124,11 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 	}
 	// The child floods a little longer than the paced run lasts (its
 	// sending time plus the drain), so the whole measurement is loaded.
-	args = append(args, "--size", strconv.Itoa(o.Size), "--duration", (o.Duration + 2*drainWait).String(),
+	args = append(args, "--size", strconv.Itoa(o.Size), "--duration", (spec.dur + 2*drainWait).String(),
 		"--delivery", delivery, "--client-batch", strconv.Itoa(o.ClientBatch), "--nice", strconv.Itoa(o.FloodNice), "--wait-stdin", "--json")
+	if spec.win != nil {
+		args = append(args, "--toggle-stdin")
+	}
 	if o.FloodIdle {
 		args = append(args, "--idle")
 	}
@@ -166,14 +179,31 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
+	// With windows, toggling follows the first one: tctx ends it, and
+	// toggled says it has returned (before stdin closes).
+	tctx, tcancel := context.WithCancel(ctx)
+	toggled := make(chan struct{})
 	spec.beforeDrive = func() error {
-		_, err := io.WriteString(stdin, "go\n")
-		return err
+		if _, err := io.WriteString(stdin, "go\n"); err != nil {
+			close(toggled)
+			return err
+		}
+		if spec.win == nil {
+			close(toggled)
+			return nil
+		}
+		go func() {
+			defer close(toggled)
+			spec.win.toggle(tctx, spec.win.wall, stdin)
+		}()
+		return nil
 	}
 	lo, err := runPairs(ctx, tgt, spec, o.Progress, errOut)
+	tcancel()
 	if err != nil {
 		return fail(err)
 	}
+	<-toggled
 	stdin.Close()
 	rest, rerr := io.ReadAll(rd)
 	if werr := cmd.Wait(); werr != nil || rerr != nil {
@@ -186,4 +216,30 @@ func runFloodChild(ctx context.Context, tgt *target, o relayOpts, delivery strin
 	lo.FloodPairs = 1
 	lo.FloodGbitS = fr.FloodGbitS
 	return lo, nil
+}
+
+// runInterleaved is the --flood-windows measurement of delivery d: the
+// paced pairs for twice o.Duration in 2×o.FloodWindows alternating windows
+// beside a flood child that sends in every other one. un is the same
+// pairs' sequential unloaded run, for the bias check.
+func runInterleaved(ctx context.Context, tgt *target, o relayOpts, d string, un RunResult, errOut io.Writer) (*InterleavedResult, error) {
+	n := o.FloodWindows
+	w := &windows{n: n, length: o.Duration / time.Duration(n), settle: o.FloodSettle}
+	var phases [2]RunResult
+	spec := pairSpec{delivery: d, pairs: o.Pairs, size: o.Size, dur: 2 * time.Duration(n) * w.length,
+		rate: o.ProbeRate * float64(o.Pairs), batch: o.ClientBatch, win: w, phases: &phases}
+	lo, err := runFloodChild(ctx, tgt, o, d, spec, errOut)
+	if err != nil {
+		return nil, err
+	}
+	iv := &InterleavedResult{Windows: n, WindowMs: round(w.length.Seconds()*1e3, 1), SettleMs: round(w.settle.Seconds()*1e3, 1),
+		Unloaded: phases[phaseUnloaded], Loaded: phases[phaseLoaded]}
+	iv.Loaded.FloodPairs, iv.Loaded.FloodGbitS = 1, lo.FloodGbitS
+	if p := iv.Unloaded.LatencyP99Ms; p > 0 {
+		iv.P99Ratio = round(iv.Loaded.LatencyP99Ms/p, 2)
+	}
+	if p := un.LatencyP99Ms; p > 0 {
+		iv.UnloadedBias = round(iv.Unloaded.LatencyP99Ms/p, 2)
+	}
+	return iv, nil
 }

@@ -35,21 +35,23 @@ const (
 
 type relayOpts struct {
 	RelayFlags
-	Pairs       int           `flag:"pairs" env:"PAIRS" envDefault:"8" help:"client pairs (each pair: one sender, one receiver)"`
-	Size        int           `flag:"size" env:"SIZE" envDefault:"1280" help:"packet payload size in bytes"`
-	Duration    time.Duration `flag:"duration" env:"DURATION" envDefault:"10s" help:"measured sending time per run"`
-	Rate        float64       `flag:"rate" env:"RATE" help:"total packets per second over all pairs (0: as fast as the relay takes them)"`
-	Delivery    string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream, fastpath, both (datagram and stream) or all three, side by side; fastpath needs relayd --fastpath-listen"`
-	BaselineUDP string        `flag:"baseline-udp" env:"BASELINE_UDP" help:"address of a running loadtest udpfwd, measured in the same run for a ratio"`
-	Flood       bool          `flag:"flood" env:"FLOOD" help:"also measure p99 of paced pairs while one extra pair floods, against the same pairs unloaded"`
-	ProbeRate   float64       `flag:"probe-rate" env:"PROBE_RATE" envDefault:"1000" help:"packets per second per paced pair in the --flood runs"`
-	MaxLoss     float64       `flag:"max-loss" env:"MAX_LOSS" help:"also find, per delivery (and the baseline), the highest paced rate with loss below this fraction, e.g. 0.01 (0: skip)"`
-	SearchTime  time.Duration `flag:"search-duration" env:"SEARCH_DURATION" envDefault:"3s" help:"length of each --max-loss trial run"`
-	Progress    time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
-	JSON        bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
-	FloodNice   int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) this many nice levels lower; -1: in this process"`
-	FloodIdle   bool          `flag:"flood-idle" env:"FLOOD_IDLE" envDefault:"true" help:"with a --flood child process, run it under SCHED_IDLE too, so it takes only CPU time the relay and the paced pairs leave, as a flooder on another host would; false: the nice value alone"`
-	ClientBatch int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
+	Pairs        int           `flag:"pairs" env:"PAIRS" envDefault:"8" help:"client pairs (each pair: one sender, one receiver)"`
+	Size         int           `flag:"size" env:"SIZE" envDefault:"1280" help:"packet payload size in bytes"`
+	Duration     time.Duration `flag:"duration" env:"DURATION" envDefault:"10s" help:"measured sending time per run"`
+	Rate         float64       `flag:"rate" env:"RATE" help:"total packets per second over all pairs (0: as fast as the relay takes them)"`
+	Delivery     string        `flag:"delivery" env:"DELIVERY" envDefault:"both" help:"datagram, stream, fastpath, both (datagram and stream) or all three, side by side; fastpath needs relayd --fastpath-listen"`
+	BaselineUDP  string        `flag:"baseline-udp" env:"BASELINE_UDP" help:"address of a running loadtest udpfwd, measured in the same run for a ratio"`
+	Flood        bool          `flag:"flood" env:"FLOOD" help:"also measure p99 of paced pairs while one extra pair floods, against the same pairs unloaded"`
+	ProbeRate    float64       `flag:"probe-rate" env:"PROBE_RATE" envDefault:"1000" help:"packets per second per paced pair in the --flood runs"`
+	MaxLoss      float64       `flag:"max-loss" env:"MAX_LOSS" help:"also find, per delivery (and the baseline), the highest paced rate with loss below this fraction, e.g. 0.01 (0: skip)"`
+	SearchTime   time.Duration `flag:"search-duration" env:"SEARCH_DURATION" envDefault:"3s" help:"length of each --max-loss trial run"`
+	Progress     time.Duration `flag:"progress" env:"PROGRESS" envDefault:"1s" help:"progress interval on stderr (0: none)"`
+	JSON         bool          `flag:"json" env:"JSON" help:"print one JSON object with the figures"`
+	FloodNice    int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) this many nice levels lower; -1: in this process"`
+	FloodIdle    bool          `flag:"flood-idle" env:"FLOOD_IDLE" envDefault:"true" help:"with a --flood child process, run it under SCHED_IDLE too, so it takes only CPU time the relay and the paced pairs leave, as a flooder on another host would; false: the nice value alone"`
+	FloodWindows int           `flag:"flood-windows" env:"FLOOD_WINDOWS" help:"with a --flood child process, also measure interleaved: the paced pairs run for twice --duration, cut into this many loaded windows alternating with as many unloaded ones (the child paused), and the p99 ratio is between those (0: only the sequential phases)"`
+	FloodSettle  time.Duration `flag:"flood-settle" env:"FLOOD_SETTLE" envDefault:"100ms" help:"with --flood-windows, the start of every window left out of both phases (the flood starting or draining)"`
+	ClientBatch  int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
 }
 
 // searchSteps are the fractions of the unpaced delivery rate tried, in
@@ -87,6 +89,22 @@ type FloodResult struct {
 	FloodProcess bool `json:"flood_process"`
 	FloodNice    int  `json:"flood_nice"`
 	FloodIdle    bool `json:"flood_idle"`
+	// Interleaved is the --flood-windows measurement, when asked for.
+	Interleaved *InterleavedResult `json:"interleaved,omitempty"`
+}
+
+// InterleavedResult is a --flood-windows measurement: the paced pairs'
+// figures over the loaded windows and over the unloaded ones of one run.
+type InterleavedResult struct {
+	Windows  int       `json:"windows"` // per phase
+	WindowMs float64   `json:"window_ms"`
+	SettleMs float64   `json:"settle_ms"`
+	Unloaded RunResult `json:"unloaded"`
+	Loaded   RunResult `json:"loaded"`
+	P99Ratio float64   `json:"p99_ratio"`
+	// UnloadedBias is the unloaded windows' p99 over the sequential
+	// unloaded run's: near 1 when the windows do not tilt the baseline.
+	UnloadedBias float64 `json:"unloaded_bias"`
 }
 
 // RelayReport is `loadtest relay --json` output.
@@ -118,6 +136,17 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 	}
 	if o.ClientBatch > 1 && o.Size+relayproto.FastSendOverhead > relayproto.MaxFastDatagram {
 		return fmt.Errorf("loadtest relay: --client-batch needs --size ≤ %d", relayproto.MaxFastDatagram-relayproto.FastSendOverhead)
+	}
+	if o.FloodWindows != 0 {
+		if !o.Flood || o.Relay == "" || o.FloodNice < 0 {
+			return errors.New("loadtest relay: --flood-windows needs --flood with a --relay and a child process (--flood-nice ≥ 0)")
+		}
+		if o.FloodWindows < 0 || o.FloodWindows > maxFloodWindows {
+			return fmt.Errorf("loadtest relay: --flood-windows %d: want 0..%d", o.FloodWindows, maxFloodWindows)
+		}
+		if o.FloodSettle < 0 || o.FloodSettle >= o.Duration/time.Duration(o.FloodWindows) {
+			return fmt.Errorf("loadtest relay: --flood-settle %v must be shorter than a window (%v)", o.FloodSettle, o.Duration/time.Duration(o.FloodWindows))
+		}
 	}
 	var deliveries []string
 	switch o.Delivery {
@@ -211,6 +240,11 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 			if un.LatencyP99Ms > 0 {
 				fr.P99Ratio = round(lo.LatencyP99Ms/un.LatencyP99Ms, 2)
 			}
+			if o.FloodWindows > 0 {
+				if fr.Interleaved, err = runInterleaved(ctx, tgt, o, d, un, errOut); err != nil {
+					return err
+				}
+			}
 			rep.Flood = append(rep.Flood, fr)
 		}
 	}
@@ -236,6 +270,10 @@ func runRelay(ctx context.Context, args []string, out, errOut io.Writer) error {
 		for _, f := range rep.Flood {
 			fmt.Fprintf(w, "flood %s: p99 unloaded %.3f ms, with one flooding pair %.3f ms (%.2fx); flood pair got %.3f Gbit/s\n",
 				f.Delivery, f.Unloaded.LatencyP99Ms, f.Loaded.LatencyP99Ms, f.P99Ratio, f.Loaded.FloodGbitS)
+			if iv := f.Interleaved; iv != nil {
+				fmt.Fprintf(w, "flood %s interleaved (%d+%d windows of %.0f ms): p99 unloaded %.3f ms, loaded %.3f ms (%.2fx); unloaded bias %.2f; flood pair got %.3f Gbit/s\n",
+					f.Delivery, iv.Windows, iv.Windows, iv.WindowMs, iv.Unloaded.LatencyP99Ms, iv.Loaded.LatencyP99Ms, iv.P99Ratio, iv.UnloadedBias, iv.Loaded.FloodGbitS)
+			}
 		}
 	})
 }
@@ -282,12 +320,27 @@ type pairSpec struct {
 	// beforeDrive, when set, runs after the pairs are dialled and warmed
 	// up, just before the senders start.
 	beforeDrive func() error
+	// win, when set, is an interleaved run's schedule: summarize then
+	// also fills phases with the measured pairs' figures per phase.
+	win    *windows
+	phases *[2]RunResult
+	// gate, when set, pauses the flooding pairs' senders while closed.
+	gate *gate
 }
 
 // counters are one receiver's figures.
 type counters struct {
 	sent, recv, bytes atomic.Uint64
 	h                 hist
+	win               *windows // an interleaved run's schedule, or nil
+	ph                [2]phaseCounters
+}
+
+// phaseCounters are one receiver's figures in one phase of an
+// interleaved run, by the time each packet was sent.
+type phaseCounters struct {
+	sent, recv atomic.Uint64
+	h          hist
 }
 
 // record is the receive path: it must stay cheap (it runs in the client's
@@ -297,8 +350,15 @@ func (c *counters) record(t0 time.Time, p []byte) {
 		return
 	}
 	sent := time.Duration(binary.BigEndian.Uint64(p[5:]))
-	c.h.add(time.Since(t0) - sent)
+	lat := time.Since(t0) - sent
+	c.h.add(lat)
 	c.recv.Add(1)
+	if c.win != nil {
+		if ph := c.win.phase(sent); ph >= 0 {
+			c.ph[ph].h.add(lat)
+			c.ph[ph].recv.Add(1)
+		}
+	}
 	c.bytes.Add(uint64(len(p)))
 }
 
@@ -334,6 +394,9 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 	transport := ""
 	for i := range n {
 		stats[i] = &counters{}
+		if i < spec.pairs {
+			stats[i].win = spec.win
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -408,6 +471,9 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 	time.Sleep(200 * time.Millisecond)
 
 	res := RunResult{Delivery: spec.delivery, Transport: transport, Pairs: spec.pairs, Size: spec.size, TargetPPS: spec.rate, FloodPairs: spec.flood}
+	if spec.win != nil {
+		spec.win.begin(t0)
+	}
 	if spec.beforeDrive != nil {
 		if err := spec.beforeDrive(); err != nil {
 			return res, err
@@ -418,6 +484,13 @@ func runPairs(ctx context.Context, tgt *target, spec pairSpec, prog time.Duratio
 		return res, err
 	}
 	summarize(&res, stats, spec)
+	if spec.win != nil && spec.phases != nil {
+		base := RunResult{Delivery: res.Delivery, Transport: res.Transport, Pairs: res.Pairs, Size: res.Size,
+			TargetPPS: res.TargetPPS, FloodPairs: res.FloodPairs}
+		for ph := range spec.phases {
+			spec.phases[ph] = summarizePhase(base, stats, spec, ph)
+		}
+	}
 	return res, nil
 }
 
@@ -478,10 +551,14 @@ func drive(ctx context.Context, t0 time.Time, sends []sender, stats []*counters,
 		if i < spec.pairs && spec.rate > 0 {
 			rate = spec.rate / float64(spec.pairs)
 		}
+		var g *gate
+		if i >= spec.pairs {
+			g = spec.gate
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sendLoop(ctx, t0, send, stats[i], spec.size, rate, spec.batch)
+			sendLoop(ctx, t0, send, stats[i], spec.size, rate, spec.batch, g)
 		}()
 	}
 	wg.Wait()
@@ -495,7 +572,10 @@ func drive(ctx context.Context, t0 time.Time, sends []sender, stats []*counters,
 // pacingTick is the pacing granularity: each tick sends the packets due.
 const pacingTick = time.Millisecond
 
-func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size int, rate float64, batch int) {
+// sendLoop sends size-byte packets at rate per second (0: as fast as
+// send returns) until ctx ends; an unpaced loop with a gate g sends only
+// while g is open.
+func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size int, rate float64, batch int, g *gate) {
 	batch = max(batch, 1)
 	bufs := make([][]byte, batch)
 	for i := range bufs {
@@ -512,10 +592,20 @@ func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size 
 			return false
 		}
 		c.sent.Add(uint64(n))
+		if c.win != nil {
+			for _, b := range bufs[:n] {
+				if ph := c.win.phase(time.Duration(binary.BigEndian.Uint64(b[5:]))); ph >= 0 {
+					c.ph[ph].sent.Add(1)
+				}
+			}
+		}
 		return true
 	}
 	if rate <= 0 {
 		for ctx.Err() == nil {
+			if g != nil && !g.wait(ctx) {
+				return
+			}
 			if !some(batch) {
 				return
 			}
@@ -545,9 +635,15 @@ func sendLoop(ctx context.Context, t0 time.Time, send sender, c *counters, size 
 
 func summarize(res *RunResult, stats []*counters, spec pairSpec) {
 	var h hist
+	floodSecs := spec.dur.Seconds()
+	if spec.gate != nil {
+		floodSecs = spec.gate.openFor(time.Now()).Seconds()
+	}
 	for i, c := range stats {
 		if i >= spec.pairs {
-			res.FloodGbitS += round(float64(c.bytes.Load())*8/spec.dur.Seconds()/1e9, 3)
+			if floodSecs > 0 {
+				res.FloodGbitS += round(float64(c.bytes.Load())*8/floodSecs/1e9, 3)
+			}
 			continue
 		}
 		res.Sent += c.sent.Load()
@@ -574,4 +670,25 @@ func summarize(res *RunResult, stats []*counters, spec pairSpec) {
 	res.GbitPerS = round(float64(bytes)*8/secs/1e9, 3)
 	res.LatencyP50Ms = round(h.quantile(0.50).Seconds()*1e3, 3)
 	res.LatencyP99Ms = round(h.quantile(0.99).Seconds()*1e3, 3)
+}
+
+// summarizePhase is summarize for one phase of an interleaved run.
+func summarizePhase(base RunResult, stats []*counters, spec pairSpec, ph int) RunResult {
+	res := base
+	var h hist
+	for _, c := range stats[:spec.pairs] {
+		res.Sent += c.ph[ph].sent.Load()
+		res.Received += c.ph[ph].recv.Load()
+		h.merge(&c.ph[ph].h)
+	}
+	secs := float64(spec.win.n) * (spec.win.length - spec.win.settle).Seconds()
+	res.DurationS = round(secs, 3)
+	if res.Sent > 0 {
+		res.Loss = round(1-float64(min(res.Received, res.Sent))/float64(res.Sent), 4)
+	}
+	res.PacketsPerS = round(float64(res.Received)/secs, 0)
+	res.GbitPerS = round(float64(res.Received)*float64(spec.size)*8/secs/1e9, 3)
+	res.LatencyP50Ms = round(h.quantile(0.50).Seconds()*1e3, 3)
+	res.LatencyP99Ms = round(h.quantile(0.99).Seconds()*1e3, 3)
+	return res
 }

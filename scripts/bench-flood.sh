@@ -13,7 +13,9 @@
 #   flood  loadtest relay --flood: 8 pairs paced at 1,000 packets/s each, first
 #          alone, then beside one pair flooding from a child process at
 #          nice 19 under SCHED_IDLE (the p99 ratio of #11); FLOOD_FLAGS adds
-#          loadtest relay flags, e.g. --flood-idle=false for nice 19 alone;
+#          loadtest relay flags, e.g. --flood-idle=false for nice 19 alone, or
+#          --flood-windows 10 for the interleaved measurement as well (its
+#          figures appear as "interleaved" in the summary line);
 #   floor  the same 8 paced pairs for 5 s (--rate 8000) three ways: alone; with
 #          the flood (loadtest flood $FLOOR_FLOOD, default --nice 19 --idle)
 #          through the same relayd; and
@@ -58,7 +60,7 @@ for round in $(seq "$ROUNDS"); do
 		# shellcheck disable=SC2046
 		./loadtest relay $(target "$v" 1 7410) --pairs 8 --size 1280 --duration 5s --delivery fastpath \
 			--flood --probe-rate 1000 --progress 0 --json "${fflags[@]}" >"$AB/$v-$round-flood.json"
-		echo "$v $round flood $(jq -c '.flood[0] | {unloaded_p99_ms: .unloaded.latency_p99_ms, loaded_p99_ms: .loaded.latency_p99_ms, p99_ratio, flood_gbit_per_s: .loaded.flood_gbit_per_s, loss: .loaded.loss}' "$AB/$v-$round-flood.json")"
+		echo "$v $round flood $(jq -c '.flood[0] | {unloaded_p99_ms: .unloaded.latency_p99_ms, loaded_p99_ms: .loaded.latency_p99_ms, p99_ratio, flood_gbit_per_s: .loaded.flood_gbit_per_s, loss: .loaded.loss} + (if .interleaved then {interleaved: (.interleaved | {unloaded_p99_ms: .unloaded.latency_p99_ms, loaded_p99_ms: .loaded.latency_p99_ms, p99_ratio, unloaded_bias, flood_gbit_per_s: .loaded.flood_gbit_per_s})} else {} end)' "$AB/$v-$round-flood.json")"
 		down
 		for mode in ${MODES-alone same other}; do
 			up "$v" 1 7410

@@ -271,7 +271,7 @@ func udpSockets(t *testing.T, h *lab.Host) int {
 }
 
 // TestLabBirthdaySearch runs the easy-hard search 20 times with the default
-// budgets (256 hard sockets, up to 1024 probes at 250/s) and, as the
+// budgets (256 hard sockets, up to 2048 probes at 500/s) and, as the
 // baseline, plain hole punching (the easy side probes only the address the
 // hard side's STUN saw) 20 times. It requires 90% of the searches to find
 // a path that carries data both ways, and the baseline to find none.
