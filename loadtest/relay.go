@@ -50,7 +50,7 @@ type relayOpts struct {
 	FloodNice    int           `flag:"flood-nice" env:"FLOOD_NICE" envDefault:"19" help:"with --flood and --relay, run the flooding pair as a child process (loadtest flood) this many nice levels lower; -1: in this process"`
 	FloodIdle    bool          `flag:"flood-idle" env:"FLOOD_IDLE" envDefault:"true" help:"with a --flood child process, run it under SCHED_IDLE too, so it takes only CPU time the relay and the paced pairs leave, as a flooder on another host would; false: the nice value alone"`
 	FloodWindows int           `flag:"flood-windows" env:"FLOOD_WINDOWS" help:"with a --flood child process, also measure interleaved: the paced pairs run for twice --duration, cut into this many loaded windows alternating with as many unloaded ones (the child paused), and the p99 ratio is between those (0: only the sequential phases)"`
-	FloodSettle  time.Duration `flag:"flood-settle" env:"FLOOD_SETTLE" envDefault:"100ms" help:"with --flood-windows, the start of every window left out of both phases (the flood starting or draining)"`
+	FloodSettle  time.Duration `flag:"flood-settle" env:"FLOOD_SETTLE" envDefault:"300ms" help:"with --flood-windows, the start of every window left out of both phases: the flood draining, or starting again with a full --client-burst"`
 	ClientBatch  int           `flag:"client-batch" env:"CLIENT_BATCH" envDefault:"1" help:"fast-path and --baseline-udp clients send and receive up to this many datagrams per system call (sendmmsg/recvmmsg); 1: one per packet"`
 }
 

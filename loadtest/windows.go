@@ -17,7 +17,9 @@ import (
 // windows that alternate loaded (the flood child sending) and unloaded
 // (the child paused), starting loaded. Every packet counts toward the phase
 // of the window it was sent in, and packets sent in the first settle of a
-// window (while the flood starts, or the relay drains it) toward neither.
+// window toward neither: the relay draining the flood, or the flooder
+// starting again with its token bucket full (relayd's --client-burst) and
+// sending unshaped until it empties.
 // Slow drifts then hit both phases alike.
 
 // maxFloodWindows bounds --flood-windows.
